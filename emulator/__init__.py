@@ -1,0 +1,33 @@
+"""oomemu: the Linux OOM killer and OOM reaper, emulated with real processes.
+
+The map, from pure decision logic to process plumbing::
+
+    scenario.py     TOML scenario files -> Scenario (validated, tasks expanded)
+    oom_kill.py     oom_badness, select_bad_process          (pure)
+    policies/       reaper policies: v4.17, timeout          (pure, clock as a parameter)
+    clock.py        emulated seconds on a scaled monotonic clock; FakeClock for tests
+
+    mm.py           an mm = a POSIX shared-memory segment: header, VMA table, pages
+    zone.py         the zone: shared free-page count under its own semaphore
+    names.py        what a run's segments and semaphores are called in /dev/shm
+    reaper.py       the oom_reaper thread: drives a policy against real mms
+    supervisor.py   spawns the workers (../workers/task.py), plays the OOM killer,
+                    reaches the verdict, tears everything down
+    klog.py         printk with dmesg timestamps;  result.py  RunResult, VictimRecord
+    cleanup.py      removes leftovers of runs whose supervisor died
+    cli.py          the ``oomemu`` command
+
+For your own tests::
+
+    import emulator
+    r = emulator.run_scenario(emulator.load_scenario("mlocked"), policy="timeout", speed=10)
+    assert r.verdict == "resolved" and r.extra_kills == 0
+"""
+
+from .errors import ScenarioError, UsageError
+from .result import RunResult, VictimRecord
+from .scenario import Scenario, load_scenario
+from .supervisor import run_scenario
+
+__all__ = ["load_scenario", "run_scenario", "Scenario", "RunResult", "VictimRecord",
+           "ScenarioError", "UsageError"]

@@ -1,0 +1,306 @@
+"""The mm: one POSIX shared-memory segment per task, laid out like this:
+
+    page 0       header: pid, mm flags, task state, rss counters, VMA table
+    page 1 ...   the pages of the VMAs, each VMA a contiguous range
+
+Faulting a page in writes to it, so the memory is really there (tmpfs
+allocates it: it shows in /dev/shm and in ``st_blocks``). Freeing punches
+the range out with ``MADV_REMOVE``, so it is really gone. The header's
+counters are updated by whoever changes the pages, with the mm's mmap_sem
+held, so the worker (faults, exit) and the reaper (in the supervisor) never
+race on them.
+
+Names follow the kernel: ``MMF_OOM_SKIP`` and ``MMF_UNSTABLE`` are bits in
+``flags``; ``MM_FILEPAGES``/``MM_ANONPAGES``/``MM_SHMEMPAGES`` index the rss
+counters; ``VM_*`` are the VMA flags the reaper looks at.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+import posix_ipc
+
+PAGE_SIZE = 4096
+PAGES_PER_MB = (1 << 20) // PAGE_SIZE
+HEADER_SIZE = PAGE_SIZE
+MAX_VMAS = 64
+
+# mm->flags bits (include/linux/sched/coredump.h)
+MMF_OOM_VICTIM = 25
+MMF_OOM_SKIP = 21
+MMF_UNSTABLE = 22
+
+# vm_flags (include/linux/mm.h)
+VM_SHARED = 0x00000008
+VM_PFNMAP = 0x00000400
+VM_LOCKED = 0x00002000
+VM_IO = 0x00004000
+VM_HUGETLB = 0x00400000
+
+# rss counters (include/linux/mm_types_task.h), plus memory that the kernel
+# does not count in rss but that occupies the zone all the same
+MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS = range(5)
+
+# task states as ``oomemu ps`` shows them
+TASK_NEW, TASK_RUNNING, TASK_UNINTERRUPTIBLE, TASK_EXITING, TASK_DEAD = range(5)
+STATE_NAMES = {TASK_NEW: "new", TASK_RUNNING: "running", TASK_UNINTERRUPTIBLE: "D",
+               TASK_EXITING: "exiting", TASK_DEAD: "exited"}
+
+MMU_NOTIFIERS = {"none": 0, "nonblocking": 1, "blockable": 2}
+
+VMA_KINDS = ("anon", "file_private", "file_shared", "hugetlb", "pfnmap")
+_KIND_FLAGS = {
+    "anon": 0,
+    "file_private": 0,
+    "file_shared": VM_SHARED,
+    "hugetlb": VM_HUGETLB | VM_SHARED,
+    "pfnmap": VM_PFNMAP | VM_IO | VM_SHARED,
+}
+_KIND_COUNTER = {"anon": MM_ANONPAGES, "file_private": MM_FILEPAGES,
+                 "file_shared": MM_FILEPAGES, "hugetlb": None, "pfnmap": None}
+
+#            magic pid flags state victim adj notifier nr_vmas sem_holder pad
+_HEAD = struct.Struct("=4s i I I I i I I i I")
+_COUNTERS = struct.Struct("=5q")          # NR_MM_COUNTERS
+_EXTRA = struct.Struct("=q q q")          # pgtables pages, unaccounted pages, total_vm
+_VMA = struct.Struct("=I I q q q")        # kind, vm_flags, start, capacity, nr_pages
+_HEAD_OFF = 0
+_COUNTERS_OFF = 64
+_EXTRA_OFF = _COUNTERS_OFF + _COUNTERS.size
+_FLAGS_OFF = 128
+_VMA_OFF = 256
+assert _VMA_OFF + MAX_VMAS * _VMA.size <= HEADER_SIZE
+MAGIC = b"OOMM"
+
+
+def vm_flags_for(kind: str, mlocked: bool) -> int:
+    return _KIND_FLAGS[kind] | (VM_LOCKED if mlocked else 0)
+
+
+def vma_is_anonymous(kind_index: int) -> bool:
+    return VMA_KINDS[kind_index] == "anon"
+
+
+@dataclass(frozen=True)
+class Vma:
+    index: int
+    kind: str
+    vm_flags: int
+    start: int        # first page, counted from the end of the header
+    capacity: int     # pages reserved (the segment is sparse)
+    nr_pages: int     # pages resident now
+
+    @property
+    def mlocked(self) -> bool:
+        return bool(self.vm_flags & VM_LOCKED)
+
+
+@dataclass(frozen=True)
+class MmLayout:
+    """What the supervisor decides before the worker starts: VMA kinds and room."""
+    vmas: tuple[tuple[str, int, int], ...]   # (kind, vm_flags, capacity pages)
+
+    @property
+    def size(self) -> int:
+        return HEADER_SIZE + sum(cap for _, _, cap in self.vmas) * PAGE_SIZE
+
+
+class Mm:
+    """An mm segment, opened (or created) in this process.
+
+    Methods that change pages or counters must be called with the mm's
+    mmap_sem held (by this process) unless the caller owns the mm alone.
+    """
+
+    def __init__(self, name: str, create: MmLayout | None = None):
+        self.name = name
+        if create is not None:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=create.size)
+        else:
+            shm = posix_ipc.SharedMemory(name)
+        self.fd = shm.fd
+        self.size = shm.size
+        self.map = mmap.mmap(shm.fd, shm.size)
+        self._shm = shm
+        if create is not None:
+            self._init(create)
+        elif bytes(self.map[0:4]) != MAGIC:
+            raise ValueError(f"{name}: not an oomemu mm")
+
+    def _init(self, layout: MmLayout) -> None:
+        self.map[0:HEADER_SIZE] = b"\0" * HEADER_SIZE   # the header is always resident
+        _HEAD.pack_into(self.map, _HEAD_OFF, MAGIC, 0, 0, TASK_NEW, 0, 0, 0, len(layout.vmas), 0, 0)
+        start = 0
+        for i, (kind, flags, cap) in enumerate(layout.vmas):
+            _VMA.pack_into(self.map, _VMA_OFF + i * _VMA.size, VMA_KINDS.index(kind), flags, start, cap, 0)
+            start += cap
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except (BufferError, ValueError):
+            pass
+        try:
+            self._shm.close_fd()
+        except Exception:
+            pass
+
+    # -- header fields ----------------------------------------------------
+    def _head(self):
+        return _HEAD.unpack_from(self.map, _HEAD_OFF)
+
+    def _set_head(self, field: int, value) -> None:
+        vals = list(self._head())
+        vals[field] = value
+        _HEAD.pack_into(self.map, _HEAD_OFF, *vals)
+
+    @property
+    def pid(self) -> int:
+        return self._head()[1]
+
+    @pid.setter
+    def pid(self, value: int) -> None:
+        self._set_head(1, value)
+
+    # Each flag bit lives in a byte of its own, so that processes setting
+    # different bits never lose each other's write (no read-modify-write).
+    @property
+    def flags(self) -> int:
+        raw = self.map[_FLAGS_OFF:_FLAGS_OFF + 32]
+        return sum(1 << bit for bit in range(32) if raw[bit])
+
+    def test_bit(self, bit: int) -> bool:
+        return bool(self.map[_FLAGS_OFF + bit])
+
+    def set_bit(self, bit: int) -> bool:
+        """Set a flag bit; returns whether it was already set (test_and_set_bit)."""
+        old = bool(self.map[_FLAGS_OFF + bit])
+        self.map[_FLAGS_OFF + bit] = 1
+        return old
+
+    @property
+    def state(self) -> int:
+        return self._head()[3]
+
+    @state.setter
+    def state(self, value: int) -> None:
+        struct.pack_into("=I", self.map, _HEAD_OFF + 12, value)
+
+    @property
+    def oom_score_adj(self) -> int:
+        return self._head()[5]
+
+    @oom_score_adj.setter
+    def oom_score_adj(self, value: int) -> None:
+        struct.pack_into("=i", self.map, _HEAD_OFF + 20, value)
+
+    @property
+    def mmu_notifier(self) -> int:
+        return self._head()[6]
+
+    @mmu_notifier.setter
+    def mmu_notifier(self, value: int) -> None:
+        struct.pack_into("=I", self.map, _HEAD_OFF + 24, value)
+
+    @property
+    def mmap_sem_holder(self) -> int:
+        """Pid that took mmap_sem through oomemu (0: none known). Informational only."""
+        return self._head()[8]
+
+    @mmap_sem_holder.setter
+    def mmap_sem_holder(self, value: int) -> None:
+        struct.pack_into("=i", self.map, _HEAD_OFF + 32, value)
+
+    # -- counters ---------------------------------------------------------
+    def counters(self) -> list[int]:
+        return list(_COUNTERS.unpack_from(self.map, _COUNTERS_OFF))
+
+    def _add_counter(self, counter: int | None, pages: int) -> None:
+        if counter is None:
+            self._add_extra(1, pages)
+            return
+        vals = self.counters()
+        vals[counter] += pages
+        _COUNTERS.pack_into(self.map, _COUNTERS_OFF, *vals)
+
+    def _extra(self) -> list[int]:
+        return list(_EXTRA.unpack_from(self.map, _EXTRA_OFF))
+
+    def _add_extra(self, field: int, delta: int) -> None:
+        vals = self._extra()
+        vals[field] += delta
+        _EXTRA.pack_into(self.map, _EXTRA_OFF, *vals)
+
+    def get_mm_rss(self) -> int:
+        c = self.counters()
+        return c[MM_FILEPAGES] + c[MM_ANONPAGES] + c[MM_SHMEMPAGES]
+
+    @property
+    def pgtables_pages(self) -> int:
+        return self._extra()[0]
+
+    def add_pgtables(self, pages: int) -> None:
+        self._add_extra(0, pages)
+
+    @property
+    def total_vm(self) -> int:
+        return self._extra()[2]
+
+    def resident_pages(self) -> int:
+        """Every page this mm holds in the zone: rss, hugetlb/pfnmap pages and page tables."""
+        return sum(v.nr_pages for v in self.vmas()) + self.pgtables_pages
+
+    # -- VMAs -------------------------------------------------------------
+    def vmas(self) -> list[Vma]:
+        n = self._head()[7]
+        out = []
+        for i in range(n):
+            kind, flags, start, cap, nr = _VMA.unpack_from(self.map, _VMA_OFF + i * _VMA.size)
+            out.append(Vma(i, VMA_KINDS[kind], flags, start, cap, nr))
+        return out
+
+    def _set_nr_pages(self, vma: Vma, nr: int) -> None:
+        _VMA.pack_into(self.map, _VMA_OFF + vma.index * _VMA.size,
+                       VMA_KINDS.index(vma.kind), vma.vm_flags, vma.start, vma.capacity, nr)
+
+    def fault_in(self, vma_index: int, pages: int) -> None:
+        """Touch ``pages`` more pages of a VMA (the zone is already charged)."""
+        vma = self.vmas()[vma_index]
+        if vma.nr_pages + pages > vma.capacity:
+            raise ValueError(f"{self.name}: VMA {vma_index} has room for {vma.capacity} pages")
+        off = HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE
+        end = off + pages * PAGE_SIZE
+        chunk = b"\xa5" * (PAGE_SIZE * 256)
+        while off < end:
+            n = min(len(chunk), end - off)
+            self.map[off:off + n] = chunk[:n]
+            off += n
+        self._set_nr_pages(vma, vma.nr_pages + pages)
+        self._add_counter(_KIND_COUNTER[vma.kind], pages)
+        self._add_extra(2, pages)
+
+    def zap_vma(self, vma: Vma) -> int:
+        """Free a VMA's resident pages for real; returns how many (the caller uncharges)."""
+        vma = self.vmas()[vma.index]          # fresh copy: someone may have zapped it
+        if vma.nr_pages == 0:
+            return 0
+        off = HEADER_SIZE + vma.start * PAGE_SIZE
+        self.map.madvise(mmap.MADV_REMOVE, off, vma.nr_pages * PAGE_SIZE)
+        freed = vma.nr_pages
+        self._set_nr_pages(vma, 0)
+        self._add_counter(_KIND_COUNTER[vma.kind], -freed)
+        return freed
+
+    def real_pages(self) -> int:
+        """Pages the segment really holds now, header excluded (tmpfs st_blocks)."""
+        return os.fstat(self.fd).st_blocks * 512 // PAGE_SIZE - HEADER_SIZE // PAGE_SIZE
+
+    def rss_kb(self) -> dict[str, int]:
+        c = self.counters()
+        k = PAGE_SIZE // 1024
+        return {"total_vm": self.total_vm * k, "anon_rss": c[MM_ANONPAGES] * k,
+                "file_rss": c[MM_FILEPAGES] * k, "shmem_rss": c[MM_SHMEMPAGES] * k}

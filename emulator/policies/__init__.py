@@ -1,0 +1,46 @@
+"""Reaper policies, by name. Each lives in a module of its own with its lineage.
+
+    v4_17.py    ``v4.17``    mainline in 2018, the code the seed patches
+    timeout.py  ``timeout``  the seed's patch: real list, per-mm 10 s deadline
+
+A policy defined elsewhere (in a user's test, say) joins with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
+from .timeout import Timeout
+from .v4_17 import V417
+
+POLICIES: dict[str, type[ReaperPolicy]] = {}
+
+
+def register(cls: type[ReaperPolicy]) -> type[ReaperPolicy]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    POLICIES[cls.name] = cls
+    return cls
+
+
+for _cls in (V417, Timeout):
+    register(_cls)
+
+
+def get_policy(policy: str | ReaperPolicy | type[ReaperPolicy], overrides=None) -> ReaperPolicy:
+    """A fresh policy instance: by registered name, by class, or a given instance."""
+    if isinstance(policy, ReaperPolicy):
+        if overrides:
+            raise UsageError("--set cannot be used with a policy instance")
+        return policy
+    if isinstance(policy, type) and issubclass(policy, ReaperPolicy):
+        return policy(overrides)
+    try:
+        cls = POLICIES[policy]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})") from None
+    return cls(overrides)
+
+
+__all__ = ["POLICIES", "register", "get_policy", "ReaperPolicy", "Outcome", "Attempt",
+           "SetOomSkip", "Wait", "V417", "Timeout"]

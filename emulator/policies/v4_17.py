@@ -1,0 +1,69 @@
+"""``v4.17``: the OOM reaper as the seed's patch found it (mm/oom_kill.c, v4.17).
+
+Lineage: the oom_reaper kthread came in v4.6 (Michal Hocko); by v4.17 it
+keeps a single-pointer chain of victims (``task->oom_reaper_list``, pushed
+on the head by ``wake_oom_reaper``, so LIFO) and works on one victim at a
+time in ``oom_reap_task``: up to ``MAX_OOM_REAP_RETRIES`` attempts of
+``oom_reap_task_mm``, ``HZ/10`` apart, then ``MMF_OOM_SKIP`` unconditionally.
+An mm with blockable mmu notifiers gets a 1 s sleep and is then given up.
+``exit_mmap`` sets ``MMF_OOM_SKIP`` before it unmaps anything.
+"""
+
+from __future__ import annotations
+
+from .base import (BEFORE_UNMAP, Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait)
+
+
+class V417(ReaperPolicy):
+    name = "v4.17"
+    summary = "mainline 2018: LIFO chain, one victim at a time, 10 tries 100 ms apart, then MMF_OOM_SKIP"
+    DEFAULTS = {
+        "max_oom_reap_retries": 10,       # ~1 s of trylock attempts at HZ/10
+        "reap_retry_interval_s": 0.1,     # schedule_timeout_idle(HZ/10)
+        "blockable_notifier_sleep_s": 1.0,  # schedule_timeout_idle(HZ), then give up
+    }
+    EXIT_MMAP_OOM_SKIP = BEFORE_UNMAP
+
+    def __init__(self, overrides=None):
+        super().__init__(overrides)
+        self._chain: list = []       # oom_reaper_list: the head is the end of this list
+        self._current = None
+        self._attempts = 0
+        self._resume_at = 0.0
+        self._finish: SetOomSkip | None = None
+
+    def pending(self) -> int:
+        return len(self._chain) + (self._current is not None)
+
+    def wake_oom_reaper(self, victim, now):
+        # "tsk == oom_reaper_list || tsk->oom_reaper_list": already queued
+        if victim is self._current or victim in self._chain:
+            return
+        self._chain.append(victim)
+
+    def next_action(self, now):
+        if self._current is None:
+            if not self._chain:
+                return Wait(None)
+            self._current = self._chain.pop()          # LIFO
+            self._attempts, self._resume_at, self._finish = 0, now, None
+        if now < self._resume_at:
+            return Wait(self._resume_at)
+        if self._finish is not None:
+            action, self._current = self._finish, None
+            return action
+        return Attempt(self._current)
+
+    def attempt_done(self, victim, outcome, now):
+        assert victim is self._current
+        self._attempts += 1
+        if outcome in (Outcome.REAPED, Outcome.SKIPPED):
+            self._finish = SetOomSkip(victim, False, outcome.value)
+        elif outcome is Outcome.NOTIFIER_BLOCKED:
+            # up_read; schedule_timeout_idle(HZ); "success" without reaping
+            self._resume_at = now + self.c["blockable_notifier_sleep_s"]
+            self._finish = SetOomSkip(victim, False, "blockable mmu notifier")
+        else:
+            self._resume_at = now + self.c["reap_retry_interval_s"]
+            if self._attempts >= self.c["max_oom_reap_retries"]:
+                self._finish = SetOomSkip(victim, True, "MAX_OOM_REAP_RETRIES")

@@ -1,0 +1,58 @@
+"""What a run produced: the verdict, the kills, a record per victim, the log."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+RESOLVED, PANIC, HUNG = "resolved", "panic", "hung"
+
+
+@dataclass
+class VictimRecord:
+    name: str
+    pid: int
+    killed_at_s: float
+    reaped_kb: int = 0
+    exit_freed_kb: int = 0
+    oom_skip_at_s: float | None = None
+    oom_skip_by: str | None = None          # "oom_reaper" or "exit_mmap"
+    exited_at_s: float | None = None
+    unable_to_reap: bool = False
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    policy: str
+    speed: float
+    verdict: str
+    kills: int
+    min_kills: int
+    time_to_resolve_s: float | None
+    victims: list[VictimRecord] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    run_id: str = ""
+    first_oom_at_s: float | None = None
+    resolved_at_s: float | None = None
+    accounting: dict | None = None           # charged/rss/segment pages at the end, if quiet
+
+    @property
+    def extra_kills(self) -> int:
+        return max(0, self.kills - self.min_kills)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["extra_kills"] = self.extra_kills
+        order = ["scenario", "policy", "speed", "verdict", "kills", "min_kills", "extra_kills",
+                 "time_to_resolve_s", "victims", "log"]
+        return {k: d[k] for k in order} | {k: v for k, v in d.items() if k not in order}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> str:
+        ttr = "-" if self.time_to_resolve_s is None else f"{self.time_to_resolve_s:.3f}s"
+        extra = f", {self.extra_kills} extra" if self.extra_kills else ""
+        return (f"oomemu: {self.scenario} under {self.policy}: {self.verdict}, "
+                f"kills {self.kills} (fewest needed {self.min_kills}{extra}), time to resolve {ttr}")

@@ -1,0 +1,438 @@
+"""The supervisor: starts a run's processes, plays the OOM killer, reaches a verdict.
+
+One process, two threads:
+
+* the main thread owns the run: it creates the zone, the mms and the
+  semaphores, spawns one worker per task, then waits on one pipe (events
+  from every worker) and one pidfd per worker (deaths). Work per event does
+  not depend on the number of idle tasks, except a real OOM kill, which
+  scans every task as the kernel's ``select_bad_process`` does.
+* the ``oom_reaper`` thread (``emulator.reaper``).
+
+``out_of_memory`` and the reaper's attempts are serialised by ``oom_lock``,
+as in the kernel. Whatever happens, :meth:`Run.run` ends by killing every
+worker with a real SIGKILL and unlinking every segment and semaphore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import posix_ipc
+import psutil
+
+from . import names
+from .clock import JIFFY_S, ScaledClock
+from .klog import KernelLog
+from .mm import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB,
+                 TASK_DEAD, Mm, MmLayout, vm_flags_for)
+from .oom_kill import OomControl, Selection, TaskView, select_bad_process
+from .policies import get_policy
+from .reaper import OomReaper
+from .result import HUNG, PANIC, RESOLVED, RunResult, VictimRecord
+from .scenario import Scenario, TaskSpec
+from .zone import Zone
+
+SIGKILL_EMULATED = signal.SIGUSR1
+READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
+START_LEAD_S = 0.05             # real seconds between "go" and time 0
+LINGER_S = 30.0                 # emulated seconds a resolved run waits for dying victims
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GFP = "gfp_mask=0x14280ca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO), order=0"
+
+
+class RunFault(RuntimeError):
+    """Something of ours broke (exit code 1)."""
+
+
+@dataclass(eq=False)
+class Task:
+    """The supervisor's record of one task (also the reaper's victim handle)."""
+    index: int
+    spec: TaskSpec
+    proc: subprocess.Popen | None = None
+    mm: Mm | None = None
+    mmap_sem: posix_ipc.Semaphore | None = None
+    pidfd: int = -1
+    ready: bool = False
+    steps_done: bool = False
+    exiting: bool = False
+    exited: bool = False
+    stalled: bool = False
+    victim: VictimRecord | None = None
+    layout: tuple = ()                # (initial pages per VMA, index of the VMA that grows)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+
+def _layout(spec: TaskSpec, zone_pages: int) -> tuple[MmLayout, list[int], int]:
+    """VMAs with room to grow: the first anon VMA may take the whole zone (sparse)."""
+    vmas, initial, grow = [], [], None
+    for v in spec.vmas:
+        pages = round(v.mb * PAGES_PER_MB)
+        cap = pages
+        if grow is None and v.kind == "anon":
+            grow, cap = len(vmas), pages + zone_pages
+        vmas.append((v.kind, vm_flags_for(v.kind, v.mlocked), cap))
+        initial.append(pages)
+    if grow is None:
+        grow = len(vmas)
+        vmas.append(("anon", 0, zone_pages))
+        initial.append(0)
+    return MmLayout(tuple(vmas)), initial, grow
+
+
+class Run:
+    def __init__(self, scenario: Scenario, policy="v4.17", speed: float = 1.0,
+                 overrides: dict | None = None, echo=None):
+        if not (isinstance(speed, (int, float)) and speed > 0):
+            from .errors import UsageError
+            raise UsageError(f"--speed {speed}: must be a number > 0")
+        self.scenario = scenario
+        self.policy = get_policy(policy, overrides)
+        self.speed = float(speed)
+        self.run_id = names.new_run_id()
+        self.clock = ScaledClock(self.speed)          # re-based at time 0
+        self.log = KernelLog(lambda: self.clock.now(), echo)
+        self.tasks = [Task(i, t) for i, t in enumerate(scenario.tasks)]
+        self.zone: Zone | None = None
+        self.start_sem = None
+        self.lock_sems: list = []
+        self.oom_lock = threading.Lock()
+        self.reaper: OomReaper | None = None
+        self.kills = 0
+        self.victims: list[Task] = []
+        self.verdict: str | None = None
+        self.first_oom_at: float | None = None
+        self.resolved_at: float | None = None
+        self._created: list[tuple[str, bool]] = []    # (posix name, is semaphore)
+        self._rfd = self._wfd = -1
+        self._buf = b""
+        self._by_pidfd: dict[int, Task] = {}
+
+    # -- set-up -------------------------------------------------------------
+    def _create(self) -> None:
+        me = psutil.Process()
+        total = round(self.scenario.memory_mb * PAGES_PER_MB)
+        self._created.append((names.zone(self.run_id), False))
+        self._created.append((names.zone_lock(self.run_id), True))
+        self.zone = Zone(self.run_id, create={
+            "supervisor_pid": os.getpid(), "supervisor_ctime": me.create_time(), "speed": self.speed,
+            "total_pages": total, "scenario": self.scenario.name, "policy": self.policy.name})
+        self._created.append((names.start(self.run_id), True))
+        self.start_sem = posix_ipc.Semaphore(names.start(self.run_id), posix_ipc.O_CREX, mode=0o600,
+                                             initial_value=0)
+        for lname in self.scenario.lock_names:
+            self._created.append((names.lock(self.run_id, lname), True))
+            self.lock_sems.append(posix_ipc.Semaphore(names.lock(self.run_id, lname), posix_ipc.O_CREX,
+                                                      mode=0o600, initial_value=1))
+        for t in self.tasks:
+            layout, initial, grow = _layout(t.spec, total)
+            t.layout = (initial, grow)
+            self._created.append((names.mm(self.run_id, t.index), False))
+            t.mm = Mm(names.mm(self.run_id, t.index), create=layout)
+            t.mm.oom_score_adj = t.spec.oom_score_adj
+            t.mm.mmu_notifier = MMU_NOTIFIERS[t.spec.mmu_notifier]
+            self._created.append((names.mmap_sem(self.run_id, t.index), True))
+            t.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(self.run_id, t.index), posix_ipc.O_CREX,
+                                             mode=0o600, initial_value=1)
+
+    def _spawn(self) -> None:
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        for t in self.tasks:
+            initial, grow = t.layout
+            spec = {"speed": self.speed, "jiffy_s": JIFFY_S, "locks": self.scenario.lock_names,
+                    "initial_pages": initial, "grow_vma": grow,
+                    "exit_unmap_ms_per_mb": t.spec.exit_unmap_ms_per_mb,
+                    "exit_free_pgtables_ms": t.spec.exit_free_pgtables_ms,
+                    "exit_mmap": self.policy.exit_mmap_spec(),
+                    "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name} for s in t.spec.steps]}
+            t.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.task", "--run", self.run_id, "--index", str(t.index),
+                 "--parent", str(os.getpid()), "--fd", str(self._wfd), "--spec", json.dumps(spec)],
+                pass_fds=(self._wfd,), stdin=subprocess.DEVNULL, env=env)
+            t.pidfd = os.pidfd_open(t.proc.pid)
+            self._by_pidfd[t.pidfd] = t
+        os.close(self._wfd)
+        self._wfd = -1
+
+    def _wait_ready(self, sel) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all(t.ready for t in self.tasks):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunFault("workers did not start within %gs" % READY_TIMEOUT_S)
+            for key, _ in sel.select(left):
+                if key.data == "pipe":
+                    for ev in self._read_events():
+                        if ev["ev"] == "ready":
+                            self.tasks[ev["i"]].ready = True
+                else:
+                    t = key.data
+                    raise RunFault(f"worker {t.pid} ({t.name}) died while starting "
+                                   f"(exit code {t.proc.wait()})")
+
+    # -- events ---------------------------------------------------------------
+    def _read_events(self):
+        while True:
+            try:
+                chunk = os.read(self._rfd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        return [json.loads(line) for line in lines if line]
+
+    def _handle(self, ev: dict, oom_requests: dict) -> None:
+        t = self.tasks[ev["i"]]
+        kind = ev["ev"]
+        at = self.clock.at(ev["t"])
+        if kind == "oom":
+            oom_requests[t.index] = ev["pages"]
+        elif kind == "alloc_stall":
+            t.stalled = True
+            if self.first_oom_at is None:
+                self.first_oom_at = at
+        elif kind == "alloc_ok":
+            t.stalled = False
+        elif kind == "steps_done":
+            t.steps_done = True
+        elif kind == "exiting":
+            t.exiting = True
+        elif kind == "oom_skip":
+            self._on_oom_skip(t, "exit_mmap", at)
+        elif kind == "exit_mmap_done":
+            if t.victim is not None:
+                t.victim.exit_freed_kb = ev["freed_kb"]
+        elif kind == "exited":
+            self._on_exit(t, at)
+
+    def _on_oom_skip(self, t: Task, by: str, at: float | None = None) -> None:
+        if t.victim is not None and t.victim.oom_skip_at_s is None:
+            t.victim.oom_skip_at_s = round(self.clock.now() if at is None else at, 6)
+            t.victim.oom_skip_by = by
+        if by == "exit_mmap" and t.victim is not None and self.reaper is not None:
+            self.reaper.victim_exited(t)
+
+    def _on_exit(self, t: Task, at: float) -> None:
+        if t.exited:
+            return
+        t.exited = True
+        t.stalled = False
+        if t.victim is not None:
+            t.victim.exited_at_s = round(at, 6)
+
+    def _on_death(self, t: Task) -> None:
+        """The pidfd says the process is gone; reap the zombie."""
+        code = t.proc.wait()
+        if not t.exited:
+            # Died without its emulated exit: a crash (or a fault of ours).
+            self.log.printk("oomemu: task %d (%s) died without exiting (%s)"
+                            % (t.pid, t.name, f"signal {-code}" if code < 0 else f"exit code {code}"))
+            self._on_exit(t, self.clock.now())
+
+    # -- the OOM killer -------------------------------------------------------
+    def _view(self, t: Task) -> TaskView:
+        mm = t.mm
+        return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj,
+                        rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
+                        has_mm=not t.exited and mm.state != TASK_DEAD,
+                        oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
+
+    def out_of_memory(self, requester: Task, pages: int) -> None:
+        """Called for a failed allocation; takes oom_lock like __alloc_pages_may_oom."""
+        with self.oom_lock:
+            if requester.exited or requester.victim is not None:
+                return                 # task_will_free_mem(current): it is on its way out
+            if self.zone.free_pages() >= pages:
+                return                 # the last-second allocation attempt would succeed
+            # Fast path, same answer as the full scan: a victim still holding its
+            # memory (no MMF_OOM_SKIP) aborts select_bad_process.
+            for v in self.victims:
+                if not v.exited and v.mm.state != TASK_DEAD and not v.mm.test_bit(MMF_OOM_SKIP):
+                    return
+            oc = OomControl(totalpages=self.zone.total_pages, requester=requester.name)
+            sel = select_bad_process((self._view(t) for t in self.tasks), oc)
+            if sel is Selection.ABORT:
+                return
+            self.log.printk("%s invoked oom-killer: %s, oom_score_adj=%d"
+                            % (requester.name, GFP, requester.spec.oom_score_adj))
+            if sel is Selection.NONE:
+                self.log.printk("Out of memory and no killable processes...")
+                self.log.printk("Kernel panic - not syncing: Out of memory and no killable processes...")
+                self.verdict = PANIC
+                return
+            self.oom_kill_process(oc)
+
+    def oom_kill_process(self, oc: OomControl) -> None:
+        t = next(t for t in self.tasks if t.pid == oc.chosen.pid)
+        score = oc.chosen_points * 1000 // oc.totalpages
+        self.log.printk("Out of memory: Kill process %d (%s) score %d or sacrifice child"
+                        % (t.pid, t.name, score))
+        kb = t.mm.rss_kb()
+        os.kill(t.pid, SIGKILL_EMULATED)              # SIGKILL first, then mark_oom_victim
+        now = self.clock.now()
+        t.mm.set_bit(MMF_OOM_VICTIM)                  # mark_oom_victim
+        t.victim = VictimRecord(t.name, t.pid, round(now, 6))
+        self.victims.append(t)
+        self.kills += 1
+        self.log.printk("Killed process %d (%s) total-vm:%dkB, anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
+                        % (t.pid, t.name, kb["total_vm"], kb["anon_rss"], kb["file_rss"], kb["shmem_rss"]))
+        self.reaper.wake_oom_reaper(t)
+
+    # -- verdict --------------------------------------------------------------
+    def _resolved(self) -> bool:
+        for t in self.tasks:
+            if t.spec.steps and not (t.steps_done or t.exited):
+                return False
+            if t.stalled and not t.exited:
+                return False
+        return True
+
+    def _quiet(self) -> bool:
+        return all(t.exited for t in self.victims) and all(not t.exiting or t.exited for t in self.tasks)
+
+    def _loop(self, sel) -> None:
+        deadline = self.scenario.run_deadline_s
+        linger_until = None
+        while True:
+            now = self.clock.now()
+            if self.reaper.error is not None:
+                raise RunFault(f"oom_reaper failed: {self.reaper.error!r}") from self.reaper.error
+            if self.verdict is None and self._resolved():
+                self.verdict, self.resolved_at = RESOLVED, now
+                linger_until = now + LINGER_S
+            if self.verdict == PANIC:
+                return
+            if self.verdict == RESOLVED and (self._quiet() or now >= linger_until):
+                return
+            if self.verdict is None and now >= deadline:
+                self.verdict = HUNG
+                self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
+                return
+            until = linger_until if self.verdict else deadline
+            events = sel.select(max(0.0, self.clock.to_real(until - now)))
+            oom_requests: dict[int, int] = {}
+            for key, _ in events:
+                if key.data == "pipe":
+                    for ev in self._read_events():
+                        self._handle(ev, oom_requests)
+                else:
+                    sel.unregister(key.fileobj)
+                    for ev in self._read_events():    # its last words come first
+                        self._handle(ev, oom_requests)
+                    self._on_death(key.data)
+            for index, pages in oom_requests.items():
+                if self.verdict is None:
+                    self.out_of_memory(self.tasks[index], pages)
+
+    # -- the whole run --------------------------------------------------------
+    def run(self) -> RunResult:
+        sel = selectors.DefaultSelector()
+        try:
+            self._create()
+            self._spawn()
+            sel.register(self._rfd, selectors.EVENT_READ, "pipe")
+            for t in self.tasks:
+                sel.register(t.pidfd, selectors.EVENT_READ, t)
+            self._wait_ready(sel)
+            t0 = time.monotonic() + START_LEAD_S
+            self.clock = ScaledClock(self.speed, t0)
+            self.zone.set_t0(t0)
+            self.reaper = OomReaper(self.policy, self.clock, self.zone, self.oom_lock,
+                                    self.log.printk, self._on_oom_skip)
+            self.reaper.start()
+            for _ in self.tasks:
+                self.start_sem.release()
+            self._loop(sel)
+            self.reaper.stop()
+            accounting = self._accounting() if self.verdict == RESOLVED and self._quiet() else None
+            return self._result(accounting)
+        finally:
+            sel.close()
+            self._teardown()
+
+    def _accounting(self) -> dict:
+        live = [t for t in self.tasks if not t.exited]
+        return {"charged_pages": self.zone.charged(),
+                "rss_pages": sum(t.mm.resident_pages() for t in live),
+                "segment_pages": sum(t.mm.real_pages() for t in self.tasks) +
+                sum(t.mm.pgtables_pages for t in live)}
+
+    def _result(self, accounting) -> RunResult:
+        ttr = None
+        if self.verdict == RESOLVED and self.first_oom_at is not None:
+            ttr = round(self.resolved_at - self.first_oom_at, 6)
+        r = RunResult(self.scenario.name, self.policy.name, self.speed, self.verdict, self.kills,
+                      self.scenario.min_kills, ttr, [t.victim for t in self.victims],
+                      list(self.log.lines), self.run_id,
+                      None if self.first_oom_at is None else round(self.first_oom_at, 6),
+                      None if self.resolved_at is None else round(self.resolved_at, 6), accounting)
+        return r
+
+    def _teardown(self) -> None:
+        if self.reaper is not None:
+            self.reaper.stop()
+        for t in self.tasks:
+            if t.proc is not None and t.proc.poll() is None:
+                try:
+                    t.proc.send_signal(signal.SIGCONT)
+                    t.proc.kill()                       # the real SIGKILL: tear-down only
+                except ProcessLookupError:
+                    pass
+        for t in self.tasks:
+            if t.proc is not None:
+                try:
+                    t.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            if t.pidfd >= 0:
+                os.close(t.pidfd)
+                t.pidfd = -1
+            if t.mm is not None:
+                t.mm.close()
+            if t.mmap_sem is not None:
+                t.mmap_sem.close()
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._rfd = self._wfd = -1
+        if self.zone is not None:
+            self.zone.close()
+        for sem in [self.start_sem, *self.lock_sems]:
+            if sem is not None:
+                sem.close()
+        for name, is_sem in self._created:
+            try:
+                (posix_ipc.unlink_semaphore if is_sem else posix_ipc.unlink_shared_memory)(name)
+            except posix_ipc.ExistentialError:
+                pass
+        self._created.clear()
+
+
+def run_scenario(scenario: Scenario | str, policy="v4.17", speed: float = 1.0,
+                 overrides: dict | None = None, echo=None) -> RunResult:
+    """Run a scenario with real processes and return what happened."""
+    if not isinstance(scenario, Scenario):
+        from .scenario import load_scenario
+        scenario = load_scenario(scenario)
+    return Run(scenario, policy, speed, overrides, echo).run()

@@ -1,0 +1,110 @@
+"""The zone: a run's physical memory, shared by every process of the run.
+
+A POSIX shared-memory segment holds the free-page count (and the facts about
+the run that ``oomemu cleanup`` needs); a named semaphore guards the count.
+An allocation charges the zone before it touches pages; reaping and exit
+uncharge after they free pages. So at any quiet moment:
+
+    zone.charged() == sum of resident pages over live mms == what the segments hold
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+import posix_ipc
+
+from . import names
+
+#              magic sup_pid uid sup_ctime t0 speed total free scenario policy
+_ZONE = struct.Struct("=4s i i d d d q q 48s 24s")
+MAGIC = b"OOMZ"
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    run_id: str
+    supervisor_pid: int
+    uid: int
+    supervisor_ctime: float
+    t0: float
+    speed: float
+    total_pages: int
+    free_pages: int
+    scenario: str
+    policy: str
+
+
+class Zone:
+    def __init__(self, run_id: str, create: dict | None = None):
+        self.run_id = run_id
+        if create is not None:
+            shm = posix_ipc.SharedMemory(names.zone(run_id), posix_ipc.O_CREX, mode=0o600,
+                                         size=mmap.PAGESIZE)
+            self.lock = posix_ipc.Semaphore(names.zone_lock(run_id), posix_ipc.O_CREX,
+                                            mode=0o600, initial_value=1)
+        else:
+            shm = posix_ipc.SharedMemory(names.zone(run_id))
+            self.lock = posix_ipc.Semaphore(names.zone_lock(run_id))
+        self._shm = shm
+        self.map = mmap.mmap(shm.fd, shm.size)
+        shm.close_fd()
+        if create is not None:
+            _ZONE.pack_into(self.map, 0, MAGIC, create["supervisor_pid"], os.getuid(),
+                            create["supervisor_ctime"], 0.0, create["speed"],
+                            create["total_pages"], create["total_pages"],
+                            create["scenario"].encode()[:48], create["policy"].encode()[:24])
+        elif bytes(self.map[0:4]) != MAGIC:
+            raise ValueError(f"{names.zone(run_id)}: not an oomemu zone")
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except (BufferError, ValueError):
+            pass
+        self.lock.close()
+
+    def facts(self) -> RunFacts:
+        v = _ZONE.unpack_from(self.map, 0)
+        return RunFacts(self.run_id, v[1], v[2], v[3], v[4], v[5], v[6], v[7],
+                        v[8].rstrip(b"\0").decode(), v[9].rstrip(b"\0").decode())
+
+    def _free_off(self) -> int:
+        return 4 + 4 + 4 + 8 + 8 + 8 + 8
+
+    @property
+    def total_pages(self) -> int:
+        return self.facts().total_pages
+
+    def free_pages(self) -> int:
+        return struct.unpack_from("=q", self.map, self._free_off())[0]
+
+    def charged(self) -> int:
+        return self.total_pages - self.free_pages()
+
+    def set_t0(self, t0: float) -> None:
+        struct.pack_into("=d", self.map, 4 + 4 + 4 + 8, t0)
+
+    def try_charge(self, pages: int) -> bool:
+        """Take ``pages`` from the zone if it has them; all or nothing."""
+        self.lock.acquire()
+        try:
+            free = self.free_pages()
+            if free < pages:
+                return False
+            struct.pack_into("=q", self.map, self._free_off(), free - pages)
+            return True
+        finally:
+            self.lock.release()
+
+    def uncharge(self, pages: int) -> None:
+        if pages <= 0:
+            return
+        self.lock.acquire()
+        try:
+            struct.pack_into("=q", self.map, self._free_off(), self.free_pages() + pages)
+        finally:
+            self.lock.release()

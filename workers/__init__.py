@@ -1,0 +1,1 @@
+"""The programs that oomemu's processes run: ``python -m workers.task`` is one task."""

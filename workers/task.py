@@ -1,0 +1,282 @@
+"""One emulated task: a real process that owns an mm and does its steps.
+
+Started by the supervisor as ``python -m workers.task --run ID --index I
+--parent PID --fd FD --spec JSON``. The life of a task:
+
+1. ``PR_SET_PDEATHSIG``: if the supervisor dies, so does this process.
+2. Block SIGUSR1, the emulated SIGKILL: it stays *pending* until the task
+   reaches a killable point (a sleep, an allocation retry, the end of a
+   step), just as a task in D state does not act on SIGKILL. Uninterruptible
+   waits (``busy``, lock and mmap_sem waits) ignore it until they return.
+3. Fault in the VMAs (charge the zone, touch the pages), say ``ready``, wait
+   for the start semaphore, then start the steps at time 0 of the run.
+4. Killed: let go of mmap_sem and named locks, run ``exit_mmap`` as the
+   policy says (real sleeps for unmap and free_pgtables, real frees), exit.
+
+Events go to the supervisor as JSON lines on one shared pipe (each write is
+below PIPE_BUF, so lines never interleave).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+
+import posix_ipc
+
+from emulator import names
+from emulator.mm import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE,
+                         TASK_DEAD, TASK_EXITING, TASK_RUNNING, TASK_UNINTERRUPTIBLE, VM_SHARED,
+                         Mm)
+from emulator.zone import Zone
+
+SIGKILL_EMULATED = signal.SIGUSR1
+PR_SET_PDEATHSIG = 1
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
+def sem_down(sem: posix_ipc.Semaphore) -> None:
+    """Uninterruptible down(): a stop/continue or stray signal does not end the wait."""
+    while True:
+        try:
+            sem.acquire()
+            return
+        except posix_ipc.SignalError:
+            continue
+
+
+class Dying(Exception):
+    """Raised at a killable point when the emulated SIGKILL is pending."""
+
+
+class Task:
+    def __init__(self, run_id: str, index: int, spec: dict, fd: int):
+        self.run_id, self.index, self.spec, self.fd = run_id, index, spec, fd
+        self.speed = float(spec["speed"])
+        self.jiffy_real = spec["jiffy_s"] / self.speed
+        self.zone = Zone(run_id)
+        self.mm = Mm(names.mm(run_id, index))
+        self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index))
+        self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec["locks"]}
+        self.holds_mmap_sem = False
+        self.held_locks: list[str] = []
+        self.fatal = False
+
+    # -- talking to the supervisor ---------------------------------------
+    def send(self, ev: str, **fields) -> None:
+        fields.update(ev=ev, i=self.index, t=time.monotonic())
+        data = (json.dumps(fields, separators=(",", ":")) + "\n").encode()
+        while data:
+            n = os.write(self.fd, data)
+            data = data[n:]
+
+    # -- signals ----------------------------------------------------------
+    def fatal_signal_pending(self) -> bool:
+        if not self.fatal and signal.sigtimedwait([SIGKILL_EMULATED], 0) is not None:
+            self.fatal = True
+        return self.fatal
+
+    def schedule_timeout_killable(self, real_s: float) -> None:
+        """Sleep, but wake up and die if the emulated SIGKILL comes."""
+        if self.fatal_signal_pending():
+            raise Dying
+        if real_s <= 0:
+            return
+        if signal.sigtimedwait([SIGKILL_EMULATED], real_s) is not None:
+            self.fatal = True
+            raise Dying
+
+    def uninterruptible(self, real_s: float) -> None:
+        self.mm.state = TASK_UNINTERRUPTIBLE
+        end = time.monotonic() + real_s
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(left)
+        self.mm.state = TASK_RUNNING
+
+    def down_uninterruptible(self, sem) -> None:
+        self.mm.state = TASK_UNINTERRUPTIBLE
+        sem_down(sem)
+        self.mm.state = TASK_RUNNING
+
+    def real(self, emulated_s: float) -> float:
+        return emulated_s / self.speed
+
+    # -- memory -------------------------------------------------------------
+    def fault_in(self, vma_index: int, pages: int) -> None:
+        """handle_mm_fault: page faults hold mmap_sem (here: the one semaphore)."""
+        sem_down(self.mmap_sem)
+        try:
+            self.mm.fault_in(vma_index, pages)
+        finally:
+            self.mmap_sem.release()
+
+    def alloc(self, pages: int, vma_index: int) -> None:
+        """__alloc_pages_slowpath, simplified: charge, else OOM and retry each jiffy."""
+        stalled = False
+        while not self.zone.try_charge(pages):
+            if self.fatal_signal_pending():
+                raise Dying                      # a dying task leaves the allocator
+            if not stalled:
+                self.send("alloc_stall", pages=pages)
+                stalled = True
+            self.send("oom", pages=pages)        # __alloc_pages_may_oom -> out_of_memory
+            self.schedule_timeout_killable(self.jiffy_real)
+        self.fault_in(vma_index, pages)
+        self.send("alloc_ok", pages=pages, stalled=stalled)
+
+    # -- steps ------------------------------------------------------------
+    def do_step(self, step: dict) -> None:
+        op = step["op"]
+        if op == "alloc":
+            self.alloc(round(step["mb"] * PAGES_PER_MB), self.spec["grow_vma"])
+        elif op == "sleep":
+            self.schedule_timeout_killable(self.real(step["ms"] / 1000))
+        elif op == "busy":
+            self.uninterruptible(self.real(step["ms"] / 1000))
+        elif op == "mmap_sem_down":
+            self.down_uninterruptible(self.mmap_sem)
+            self.holds_mmap_sem = True
+            self.mm.mmap_sem_holder = os.getpid()
+        elif op == "mmap_sem_up":
+            if self.holds_mmap_sem:
+                self.holds_mmap_sem = False
+                self.mm.mmap_sem_holder = 0
+                self.mmap_sem.release()
+        elif op == "lock":
+            self.down_uninterruptible(self.locks[step["name"]])
+            self.held_locks.append(step["name"])
+        elif op == "unlock":
+            if step["name"] in self.held_locks:
+                self.held_locks.remove(step["name"])
+                self.locks[step["name"]].release()
+        elif op == "exit":
+            self.do_exit()
+        self.send("step", n=step["n"], op=op)
+
+    def run(self) -> None:
+        self.mm.pid = os.getpid()
+        for vi, vma in enumerate(self.mm.vmas()):
+            pages = self.spec["initial_pages"][vi]
+            if pages:
+                if not self.zone.try_charge(pages):
+                    raise RuntimeError("the zone cannot hold the task's initial VMAs")
+                self.mm.fault_in(vi, pages)
+        self.mm.state = TASK_RUNNING
+        self.send("ready", pid=os.getpid())
+        sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
+        t0 = self.zone.facts().t0
+        while (left := t0 - time.monotonic()) > 0:
+            time.sleep(left)
+        try:
+            for n, step in enumerate(self.spec["steps"]):
+                self.do_step(dict(step, n=n))
+                if self.fatal_signal_pending():      # return to user space
+                    raise Dying
+            if self.spec["steps"]:
+                self.send("steps_done")
+            while True:                               # idle, killable
+                signal.sigwaitinfo([SIGKILL_EMULATED])
+                self.fatal = True
+                raise Dying
+        except Dying:
+            self.do_exit()
+
+    # -- do_exit / exit_mmap ---------------------------------------------
+    def do_exit(self) -> None:
+        self.mm.state = TASK_EXITING
+        self.send("exiting", fatal=self.fatal)
+        if self.holds_mmap_sem:                       # unwinding drops what we hold
+            self.holds_mmap_sem = False
+            self.mm.mmap_sem_holder = 0
+            self.mmap_sem.release()
+        for name in reversed(self.held_locks):
+            self.locks[name].release()
+        self.held_locks.clear()
+        self.exit_mmap()
+        self.mm.state = TASK_DEAD
+        self.send("exited")
+        os._exit(0)
+
+    def _set_oom_skip(self, where: str) -> None:
+        if not self.mm.set_bit(MMF_OOM_SKIP):
+            self.send("oom_skip", by="exit_mmap", where=where)
+
+    def exit_mmap(self) -> None:
+        """mm/mmap.c exit_mmap(), with MMF_OOM_SKIP where the policy puts it."""
+        rules = self.spec["exit_mmap"]
+        victim = self.mm.test_bit(MMF_OOM_VICTIM)
+        freed = 0
+        self.send("exit_mmap_start", victim=victim)
+        if victim:
+            if rules["reap_first"]:
+                # __oom_reap_task_mm(mm): free what the reaper could free, now
+                sem_down(self.mmap_sem)
+                try:
+                    for vma in self.mm.vmas():
+                        if not (vma.vm_flags & rules["unreapable_flags"]) and (
+                                vma.kind == "anon" or not vma.vm_flags & VM_SHARED):
+                            freed += self._zap(vma)
+                finally:
+                    self.mmap_sem.release()
+            self.mm.set_bit(MMF_UNSTABLE)
+            if rules["oom_skip"] == "before_unmap":
+                self._set_oom_skip("before_unmap")
+                sem_down(self.mmap_sem)           # down_write(); up_write(): serialise with the reaper
+                self.mmap_sem.release()
+        ms_per_mb = self.spec["exit_unmap_ms_per_mb"]
+        for vma in self.mm.vmas():                # munlock, unmap_vmas
+            if vma.nr_pages:
+                self.uninterruptible(self.real(ms_per_mb * vma.nr_pages / PAGES_PER_MB / 1000))
+                sem_down(self.mmap_sem)
+                try:
+                    freed += self._zap(vma)
+                finally:
+                    self.mmap_sem.release()
+        if victim and rules["oom_skip"] == "after_unmap":
+            self._set_oom_skip("after_unmap")
+        self.uninterruptible(self.real(self.spec["exit_free_pgtables_ms"] / 1000))   # free_pgtables
+        pgt = self.mm.pgtables_pages
+        if pgt:
+            self.mm.add_pgtables(-pgt)
+            self.zone.uncharge(pgt)
+            freed += pgt
+        if victim and rules["oom_skip"] == "after_free_pgtables":
+            self._set_oom_skip("after_free_pgtables")
+        self.send("exit_mmap_done", freed_kb=freed * PAGE_SIZE // 1024)
+
+    def _zap(self, vma) -> int:
+        n = self.mm.zap_vma(vma)
+        self.zone.uncharge(n)
+        return n
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="workers.task")
+    p.add_argument("--run", required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--spec", required=True)
+    a = p.parse_args(argv)
+    set_pdeathsig()
+    if os.getppid() != a.parent:                  # the supervisor died before prctl
+        return 1
+    signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    task = Task(a.run, a.index, json.loads(a.spec), a.fd)
+    task.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
