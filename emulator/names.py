@@ -8,6 +8,8 @@ Every object a run creates carries the run id, so that ``oomemu cleanup``
     /dev/shm/sem.oomemu.<run>.start         released once per task at time 0
     /dev/shm/oomemu.<run>.mm.<i>            task i's mm: header, VMAs, pages
     /dev/shm/sem.oomemu.<run>.mmap_sem.<i>  task i's mmap_sem
+    /dev/shm/sem.oomemu.<run>.oom_reply.<i> released when the OOM killer has
+                                            handled task i's failed allocation
     /dev/shm/sem.oomemu.<run>.lock.<name>   a named lock of the scenario
 
 The run id is ``<supervisor pid>-<4 hex digits>``.
@@ -54,6 +56,10 @@ def mm(run_id: str, index: int) -> str:
 
 def mmap_sem(run_id: str, index: int) -> str:
     return f"/{PREFIX}.{run_id}.mmap_sem.{index}"
+
+
+def oom_reply(run_id: str, index: int) -> str:
+    return f"/{PREFIX}.{run_id}.oom_reply.{index}"
 
 
 def lock(run_id: str, name: str) -> str:

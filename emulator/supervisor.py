@@ -61,6 +61,7 @@ class Task:
     proc: subprocess.Popen | None = None
     mm: Mm | None = None
     mmap_sem: posix_ipc.Semaphore | None = None
+    oom_reply: posix_ipc.Semaphore | None = None
     pidfd: int = -1
     ready: bool = False
     steps_done: bool = False
@@ -150,6 +151,9 @@ class Run:
             self._created.append((names.mmap_sem(self.run_id, t.index), True))
             t.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(self.run_id, t.index), posix_ipc.O_CREX,
                                              mode=0o600, initial_value=1)
+            self._created.append((names.oom_reply(self.run_id, t.index), True))
+            t.oom_reply = posix_ipc.Semaphore(names.oom_reply(self.run_id, t.index), posix_ipc.O_CREX,
+                                              mode=0o600, initial_value=0)
 
     def _spawn(self) -> None:
         self._rfd, self._wfd = os.pipe()
@@ -207,7 +211,7 @@ class Run:
         kind = ev["ev"]
         at = self.clock.at(ev["t"])
         if kind == "oom":
-            oom_requests[t.index] = ev["pages"]
+            oom_requests[t.index] = ev["pages"]      # one at a time: the task waits for the reply
         elif kind == "alloc_stall":
             t.stalled = True
             if self.first_oom_at is None:
@@ -289,9 +293,12 @@ class Run:
         self.log.printk("Out of memory: Kill process %d (%s) score %d or sacrifice child"
                         % (t.pid, t.name, score))
         kb = t.mm.rss_kb()
-        os.kill(t.pid, SIGKILL_EMULATED)              # SIGKILL first, then mark_oom_victim
+        # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
+        # use memory reserves from user space); here the mark must come first,
+        # or a victim quicker than us could run exit_mmap as a non-victim.
+        t.mm.set_bit(MMF_OOM_VICTIM)
+        os.kill(t.pid, SIGKILL_EMULATED)
         now = self.clock.now()
-        t.mm.set_bit(MMF_OOM_VICTIM)                  # mark_oom_victim
         t.victim = VictimRecord(t.name, t.pid, round(now, 6))
         self.victims.append(t)
         self.kills += 1
@@ -342,8 +349,11 @@ class Run:
                         self._handle(ev, oom_requests)
                     self._on_death(key.data)
             for index, pages in oom_requests.items():
+                t = self.tasks[index]
                 if self.verdict is None:
-                    self.out_of_memory(self.tasks[index], pages)
+                    self.out_of_memory(t, pages)
+                if self.verdict != PANIC:          # a panic stops the machine
+                    t.oom_reply.release()
 
     # -- the whole run --------------------------------------------------------
     def run(self) -> RunResult:
@@ -410,8 +420,9 @@ class Run:
                 t.pidfd = -1
             if t.mm is not None:
                 t.mm.close()
-            if t.mmap_sem is not None:
-                t.mmap_sem.close()
+            for sem in (t.mmap_sem, t.oom_reply):
+                if sem is not None:
+                    sem.close()
         for fd in (self._rfd, self._wfd):
             if fd >= 0:
                 os.close(fd)

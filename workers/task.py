@@ -67,6 +67,7 @@ class Task:
         self.zone = Zone(run_id)
         self.mm = Mm(names.mm(run_id, index))
         self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index))
+        self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
         self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec["locks"]}
         self.holds_mmap_sem = False
         self.held_locks: list[str] = []
@@ -129,7 +130,10 @@ class Task:
             if not stalled:
                 self.send("alloc_stall", pages=pages)
                 stalled = True
-            self.send("oom", pages=pages)        # __alloc_pages_may_oom -> out_of_memory
+            # __alloc_pages_may_oom -> out_of_memory(), which runs in the allocating
+            # task's context: wait until the supervisor's OOM killer is done with it.
+            self.send("oom", pages=pages)
+            sem_down(self.oom_reply)
             self.schedule_timeout_killable(self.jiffy_real)
         self.fault_in(vma_index, pages)
         self.send("alloc_ok", pages=pages, stalled=stalled)

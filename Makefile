@@ -1,0 +1,39 @@
+# oomemu: each target builds the virtual environment from pyproject.toml first.
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?=
+SPEED ?= 1
+
+.DEFAULT_GOAL := help
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+.PHONY: help install run-demo test stress cleanup clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## make the virtual environment (.venv) from pyproject.toml
+
+run-demo: $(STAMP) ## mlocked under v4.17 and under timeout, side by side (SPEED=1)
+	$(BIN)/oomemu demo --speed $(SPEED) $(ARGS)
+
+test: $(STAMP) ## the whole test suite (ARGS= passes pytest options)
+	$(BIN)/python -m pytest $(ARGS)
+
+stress: $(STAMP) ## only the repeated real-process runs
+	$(BIN)/python -m pytest -m stress $(ARGS)
+
+cleanup: $(STAMP) ## remove leftovers (processes, /dev/shm) of runs whose supervisor died
+	$(BIN)/oomemu cleanup
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

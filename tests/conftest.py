@@ -1,0 +1,38 @@
+"""Every test must leave no worker process and nothing in /dev/shm behind."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from emulator import names
+from tests.helpers import shm_leftovers, wait_for, worker_processes
+
+
+@pytest.fixture(autouse=True)
+def nothing_leaks():
+    before_shm = shm_leftovers()
+    before_procs = {p.pid for p in worker_processes()}
+
+    def new_workers():
+        return [p for p in worker_processes() if p.pid not in before_procs]
+
+    yield
+    # A worker whose supervisor died gets SIGKILL from PR_SET_PDEATHSIG; give
+    # the kernel a moment (bounded) to finish it before calling it a leak.
+    wait_for(lambda: not new_workers(), timeout=3)
+    procs, leaked_shm = new_workers(), shm_leftovers() - before_shm
+    for p in procs:                       # fail, but do not poison the next test
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    for entry in leaked_shm:
+        try:
+            os.unlink(os.path.join(names.SHM_DIR, entry))
+        except FileNotFoundError:
+            pass
+    assert not procs, f"worker processes left behind: {[p.pid for p in procs]}"
+    assert not leaked_shm, f"left in /dev/shm: {sorted(leaked_shm)}"

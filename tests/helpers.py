@@ -1,0 +1,71 @@
+"""Test helpers, psutil-style: find what a run left behind, burn CPU, write scenarios."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import textwrap
+import time
+
+import psutil
+
+from emulator import names
+
+
+def shm_leftovers() -> set[str]:
+    """Every oomemu object in /dev/shm (segments and semaphores)."""
+    return {e for entries in names.leftovers().values() for e in entries}
+
+
+def worker_processes() -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "workers.task" in cmd:
+            out.append(p)
+    return out
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.01):
+    """Bounded wait for a condition; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def write_scenario(tmp_path, text: str, name: str = "scenario") -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def _burn(stop):
+    while not stop.is_set():
+        sum(range(10000))
+
+
+class CpuBurner:
+    """Keep every core busy (a noisy neighbour) while a test runs."""
+
+    def __init__(self, n: int | None = None):
+        self.n = n or os.cpu_count() or 2
+        self._stop = multiprocessing.Event()
+        self._procs = []
+
+    def __enter__(self):
+        for _ in range(self.n):
+            p = multiprocessing.Process(target=_burn, args=(self._stop,), daemon=True)
+            p.start()
+            self._procs.append(p)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for p in self._procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
