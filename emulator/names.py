@@ -12,7 +12,8 @@ Every object a run creates carries the run id, so that ``oomemu cleanup``
                                             handled task i's failed allocation
     /dev/shm/sem.oomemu.<run>.lock.<name>   a named lock of the scenario
 
-The run id is ``<supervisor pid>-<4 hex digits>``.
+The run id is ``<supervisor pid>-<4 hex digits>``; ``oomemu`` is the default
+prefix (``OOMEMU_PREFIX`` changes it).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import os
 import re
 import secrets
 
-PREFIX = "oomemu"
+# OOMEMU_PREFIX keeps separate worlds apart (the test suite uses its own).
+PREFIX = os.environ.get("OOMEMU_PREFIX", "oomemu")
+if not PREFIX.replace("_", "").replace("-", "").isalnum():
+    raise SystemExit(f"OOMEMU_PREFIX={PREFIX!r}: use letters, digits, '-' or '_'")
 SHM_DIR = "/dev/shm"
 
 _RUN_ID = re.compile(r"^(\d+)-([0-9a-f]{4})$")
-_ENTRY = re.compile(r"^(?:sem\.)?" + PREFIX + r"\.(\d+-[0-9a-f]{4})\.(.+)$")
+_ENTRY = re.compile(r"^(?:sem\.)?" + re.escape(PREFIX) + r"\.(\d+-[0-9a-f]{4})\.(.+)$")
 
 
 def new_run_id(pid: int | None = None) -> str:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 
+# Before anything imports emulator.names: this session's runs get names of
+# their own, so that runs elsewhere on the machine neither confuse the leak
+# checks nor get removed by them.
+os.environ["OOMEMU_PREFIX"] = f"oomemu_test{os.getpid()}"
+
 import psutil
 import pytest
 

@@ -18,11 +18,16 @@ def shm_leftovers() -> set[str]:
 
 
 def worker_processes() -> list[psutil.Process]:
+    """Worker processes of this test session (other runs on the machine are not ours)."""
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
         if "workers.task" in cmd:
-            out.append(p)
+            try:
+                if p.environ().get("OOMEMU_PREFIX") == names.PREFIX:
+                    out.append(p)
+            except psutil.Error:
+                pass
     return out
 
 

@@ -1,0 +1,88 @@
+"""The command line, end to end in a subprocess, as a user types it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import write_scenario
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def oomemu(*args, timeout=100):
+    return subprocess.run([sys.executable, "-m", "emulator", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_run_prints_kernel_lines_a_summary_and_writes_json(tmp_path):
+    out = tmp_path / "r.json"
+    p = oomemu("run", "mlocked", "--policy", "timeout", "--speed", "10", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert any(" Killed process " in l and "(locked-" in l for l in lines)
+    assert lines[-1].startswith("oomemu: mlocked under timeout: resolved, kills 1")
+    d = json.loads(out.read_text())
+    assert (d["verdict"], d["kills"], d["extra_kills"], d["policy"]) == ("resolved", 1, 0, "timeout")
+    assert d["log"] == [l for l in lines if l.startswith("[")]
+
+
+def test_a_panic_is_a_verdict_not_an_error():
+    p = oomemu("run", "mlocked", "--speed", "10", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].startswith("oomemu: mlocked under v4.17: ")
+
+
+def test_listings():
+    p = oomemu("scenarios")
+    assert p.returncode == 0
+    names = [l.split()[0] for l in p.stdout.splitlines()]
+    assert {"mlocked", "mmap_sem_held", "livelock"} <= set(names)
+    p = oomemu("policies")
+    assert [l.split()[0] for l in p.stdout.splitlines()][:2] == ["v4.17", "timeout"]
+
+
+GOOD = """
+    memory_mb = 64
+    [[task]]
+    name = "t"
+      [[task.vma]]
+      kind = "anon"
+      mb = 8
+"""
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "nosuch"], "nosuch: no such scenario"),
+    (["run", "mlocked", "--policy", "v9"], "unknown policy 'v9'"),
+    (["run", "mlocked", "--set", "nonsense=1"], "--set nonsense: policy v4.17 has no such constant"),
+    (["run", "mlocked", "--set", "max_oom_reap_retries"], "expected name=value"),
+    (["run", "mlocked", "--speed", "0"], "must be > 0"),
+    (["run", "mlocked", "--speed", "fast"], "not a number"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, says):
+    p = oomemu(*args)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("change, says", [
+    (("memory_mb = 64", "memory_mb = 64 ="), "not valid TOML"),
+    (("mb = 8", "mb = -8"), "task[0].vma[0].mb: must be >= 0"),
+    (('name = "t"', 'name = "t"\n    colour = "red"'), "task[0].colour: unknown key"),
+    (("mb = 8\n", 'mb = 8\n      [[task.step]]\n      op = "fork"\n'), "task[0].step[0].op: must be one of"),
+])
+def test_malformed_scenarios_name_the_file_and_key(tmp_path, change, says):
+    path = write_scenario(tmp_path, GOOD.replace(*change))
+    p = oomemu("run", path)
+    assert p.returncode == 2
+    assert p.stderr.startswith(f"oomemu: error: {path}: ") and says in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1
+
+
+def test_a_scenario_file_by_path_runs(tmp_path):
+    p = oomemu("run", write_scenario(tmp_path, GOOD), "--speed", "10")
+    assert p.returncode == 0, p.stderr
+    assert "resolved, kills 0" in p.stdout.splitlines()[-1]
