@@ -1,7 +1,8 @@
 """The mm: one POSIX shared-memory segment per task, laid out like this:
 
     page 0       header: pid, mm flags, task state, rss counters, VMA table
-    page 1 ...   the pages of the VMAs, each VMA a contiguous range
+    page 1 ...   the page tables (``pgtables_mb``), then the pages of the VMAs,
+                 each VMA a contiguous range
 
 Faulting a page in writes to it, so the memory is really there (tmpfs
 allocates it: it shows in /dev/shm and in ``st_blocks``). Freeing punches
@@ -33,6 +34,9 @@ MAX_VMAS = 64
 MMF_OOM_VICTIM = 25
 MMF_OOM_SKIP = 21
 MMF_UNSTABLE = 22
+# Not a mainline bit: the "rework mmap-exit vs. oom_reaper handover" RFC's
+# state "exit_mmap has the VMAs and is guaranteed to finish" (see policies/handover.py).
+MMF_OOM_HANDOVER = 28
 
 # vm_flags (include/linux/mm.h)
 VM_SHARED = 0x00000008
@@ -63,10 +67,10 @@ _KIND_FLAGS = {
 _KIND_COUNTER = {"anon": MM_ANONPAGES, "file_private": MM_FILEPAGES,
                  "file_shared": MM_FILEPAGES, "hugetlb": None, "pfnmap": None}
 
-#            magic pid flags state victim adj notifier nr_vmas sem_holder pad
+#            magic pid flags state victim adj notifier nr_vmas sem_holder memcg
 _HEAD = struct.Struct("=4s i I I I i I I i I")
 _COUNTERS = struct.Struct("=5q")          # NR_MM_COUNTERS
-_EXTRA = struct.Struct("=q q q")          # pgtables pages, unaccounted pages, total_vm
+_EXTRA = struct.Struct("=q q q")          # pgtables pages, pgtables capacity, total_vm
 _VMA = struct.Struct("=I I q q q")        # kind, vm_flags, start, capacity, nr_pages
 _HEAD_OFF = 0
 _COUNTERS_OFF = 64
@@ -103,10 +107,11 @@ class Vma:
 class MmLayout:
     """What the supervisor decides before the worker starts: VMA kinds and room."""
     vmas: tuple[tuple[str, int, int], ...]   # (kind, vm_flags, capacity pages)
+    pgtables: int = 0                        # pages of page tables (mm_pgtables_bytes)
 
     @property
     def size(self) -> int:
-        return HEADER_SIZE + sum(cap for _, _, cap in self.vmas) * PAGE_SIZE
+        return HEADER_SIZE + (self.pgtables + sum(cap for _, _, cap in self.vmas)) * PAGE_SIZE
 
 
 class Mm:
@@ -134,7 +139,8 @@ class Mm:
     def _init(self, layout: MmLayout) -> None:
         self.map[0:HEADER_SIZE] = b"\0" * HEADER_SIZE   # the header is always resident
         _HEAD.pack_into(self.map, _HEAD_OFF, MAGIC, 0, 0, TASK_NEW, 0, 0, 0, len(layout.vmas), 0, 0)
-        start = 0
+        _EXTRA.pack_into(self.map, _EXTRA_OFF, 0, layout.pgtables, 0)
+        start = layout.pgtables
         for i, (kind, flags, cap) in enumerate(layout.vmas):
             _VMA.pack_into(self.map, _VMA_OFF + i * _VMA.size, VMA_KINDS.index(kind), flags, start, cap, 0)
             start += cap
@@ -153,18 +159,22 @@ class Mm:
     def _head(self):
         return _HEAD.unpack_from(self.map, _HEAD_OFF)
 
-    def _set_head(self, field: int, value) -> None:
-        vals = list(self._head())
-        vals[field] = value
-        _HEAD.pack_into(self.map, _HEAD_OFF, *vals)
-
     @property
     def pid(self) -> int:
         return self._head()[1]
 
     @pid.setter
     def pid(self, value: int) -> None:
-        self._set_head(1, value)
+        struct.pack_into("=i", self.map, _HEAD_OFF + 4, value)
+
+    @property
+    def memcg(self) -> int:
+        """Index of the memory cgroup the mm is charged to (0: the root)."""
+        return self._head()[9]
+
+    @memcg.setter
+    def memcg(self, value: int) -> None:
+        struct.pack_into("=I", self.map, _HEAD_OFF + 36, value)
 
     # Each flag bit lives in a byte of its own, so that processes setting
     # different bits never lose each other's write (no read-modify-write).
@@ -243,8 +253,20 @@ class Mm:
     def pgtables_pages(self) -> int:
         return self._extra()[0]
 
-    def add_pgtables(self, pages: int) -> None:
-        self._add_extra(0, pages)
+    def fault_pgtables(self) -> int:
+        """Populate the page tables (at start-up: the zone is already charged)."""
+        cap = self._extra()[1]
+        self._touch(HEADER_SIZE, cap)
+        self._add_extra(0, cap - self.pgtables_pages)
+        return cap
+
+    def free_pgtables(self) -> int:
+        """free_pgtables(): release the page tables for real; returns how many pages."""
+        n = self.pgtables_pages
+        if n:
+            self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE, n * PAGE_SIZE)
+            self._add_extra(0, -n)
+        return n
 
     @property
     def total_vm(self) -> int:
@@ -272,16 +294,19 @@ class Mm:
         vma = self.vmas()[vma_index]
         if vma.nr_pages + pages > vma.capacity:
             raise ValueError(f"{self.name}: VMA {vma_index} has room for {vma.capacity} pages")
-        off = HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE
-        end = off + pages * PAGE_SIZE
-        chunk = b"\xa5" * (PAGE_SIZE * 256)
-        while off < end:
-            n = min(len(chunk), end - off)
-            self.map[off:off + n] = chunk[:n]
-            off += n
+        self._touch(HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE, pages)
         self._set_nr_pages(vma, vma.nr_pages + pages)
         self._add_counter(_KIND_COUNTER[vma.kind], pages)
         self._add_extra(2, pages)
+
+    _CHUNK = b"\xa5" * (PAGE_SIZE * 256)
+
+    def _touch(self, off: int, pages: int) -> None:
+        end = off + pages * PAGE_SIZE
+        while off < end:
+            n = min(len(self._CHUNK), end - off)
+            self.map[off:off + n] = self._CHUNK[:n]
+            off += n
 
     def zap_vma(self, vma: Vma) -> int:
         """Free a VMA's resident pages for real; returns how many (the caller uncharges)."""

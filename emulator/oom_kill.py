@@ -25,6 +25,7 @@ class TaskView:
     has_mm: bool = True       # False once the task has exited (find_lock_task_mm fails)
     oom_victim: bool = False  # tsk_is_oom_victim()
     mmf_oom_skip: bool = False
+    memcg: int = 0            # the memory cgroup it is charged to (0: root)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class OomControl:
     """struct oom_control: the allocation that failed and what was chosen."""
     totalpages: int
     requester: str = ""
+    memcg: int | None = None  # is_memcg_oom(): only this memcg's tasks are candidates
     order: int = 0
     chosen: TaskView | None = None
     chosen_points: int = 0

@@ -18,11 +18,15 @@ from .errors import ScenarioError
 from .mm import MMU_NOTIFIERS, VMA_KINDS
 
 OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit")
-_OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": set(),
-            "mmap_sem_up": set(), "lock": {"name"}, "unlock": {"name"}, "exit": set()}
-_TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "expected"}
+_OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task"},
+            "mmap_sem_up": {"task"}, "lock": {"name"}, "unlock": {"name"}, "exit": set()}
+_TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
+             "expected"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_per_mb",
-              "exit_free_pgtables_ms", "vma", "step"}
+              "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step"}
+_MEMCG_KEYS = {"name", "limit_mb"}
+_EXPECTED_KEYS = {"verdict", "kills", "why"}
+VERDICTS = ("resolved", "panic", "hung")
 _VMA_KEYS = {"kind", "mb", "mlocked"}
 
 
@@ -39,6 +43,21 @@ class StepSpec:
     mb: float = 0.0
     ms: float = 0.0
     name: str = ""
+    task: str = ""          # mmap_sem_down/_up: another task's mmap_sem (default: its own)
+
+
+@dataclass(frozen=True)
+class MemcgSpec:
+    name: str
+    limit_mb: float
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A scenario file's stated outcome under one policy, and why."""
+    verdict: str
+    kills: int | None
+    why: str
 
 
 @dataclass(frozen=True)
@@ -50,10 +69,12 @@ class TaskSpec:
     exit_free_pgtables_ms: float = 10.0
     vmas: tuple[VmaSpec, ...] = ()
     steps: tuple[StepSpec, ...] = ()
+    pgtables_mb: float = 0.0
+    memcg: str = ""
 
     @property
     def initial_mb(self) -> float:
-        return sum(v.mb for v in self.vmas)
+        return sum(v.mb for v in self.vmas) + self.pgtables_mb
 
     @property
     def alloc_mb(self) -> float:
@@ -69,7 +90,14 @@ class Scenario:
     run_deadline_s: float
     tasks: tuple[TaskSpec, ...]
     source: str = "<memory>"
-    expected: dict = field(default_factory=dict, compare=False)
+    expected: dict[str, Expected] = field(default_factory=dict, compare=False)
+    memcgs: tuple[MemcgSpec, ...] = ()
+
+    def memcg_index(self, name: str) -> int:
+        """0 for the root memcg, else 1 + the position in ``memcgs``."""
+        if not name:
+            return 0
+        return 1 + [m.name for m in self.memcgs].index(name)
 
     @property
     def lock_names(self) -> list[str]:
@@ -171,9 +199,28 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
     memory_mb = c.number(data, "memory_mb", "", positive=True)
     min_kills = c.number(data, "min_kills", "", default=0, integer=True)
     run_deadline_s = c.number(data, "run_deadline_s", "", default=60, positive=True)
-    expected = data.get("expected", {})
-    if not isinstance(expected, dict):
-        c.fail("expected", "must be a table")
+    expected = {}
+    raw_expected = data.get("expected", {})
+    if not isinstance(raw_expected, dict):
+        c.fail("expected", "must be a table: policy = { verdict = ..., kills = ..., why = ... }")
+    for pol, e in raw_expected.items():
+        w = f"expected.{pol}."
+        if not isinstance(e, dict):
+            c.fail(f"expected.{pol}", "must be a table { verdict = ..., kills = ..., why = ... }")
+        c.keys(e, _EXPECTED_KEYS, w)
+        kills = c.number(e, "kills", w, default=-1, integer=True, minimum=-1)
+        expected[pol] = Expected(c.string(e, "verdict", w, choices=VERDICTS),
+                                 None if kills == -1 else kills, c.string(e, "why", w, default="-"))
+    memcgs = []
+    for mi, m in enumerate(c.tables(data, "memcg", "")):
+        w = f"memcg[{mi}]."
+        c.keys(m, _MEMCG_KEYS, w)
+        mname = c.string(m, "name", w)
+        if not _name_ok(mname) or mname in [x.name for x in memcgs]:
+            c.fail(w + "name", f"{mname!r}: use a new name of letters, digits, '-' or '_'")
+        memcgs.append(MemcgSpec(mname, float(c.number(m, "limit_mb", w, positive=True))))
+    if len(memcgs) > 31:
+        c.fail("memcg", "at most 31 memory cgroups")
 
     tasks: list[TaskSpec] = []
     raw_tasks = c.tables(data, "task", "")
@@ -190,6 +237,10 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         notifier = c.string(t, "mmu_notifier", w, default="none", choices=tuple(MMU_NOTIFIERS))
         unmap = c.number(t, "exit_unmap_ms_per_mb", w, default=2.0)
         pgt = c.number(t, "exit_free_pgtables_ms", w, default=10.0)
+        pgtables_mb = c.number(t, "pgtables_mb", w, default=0.0)
+        memcg = c.string(t, "memcg", w, default="")
+        if memcg and memcg not in [m.name for m in memcgs]:
+            c.fail(w + "memcg", f"no [[memcg]] is called {memcg!r}")
         vmas = []
         for vi, v in enumerate(c.tables(t, "vma", w)):
             vw = f"{w}vma[{vi}]."
@@ -209,6 +260,11 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                 steps.append(StepSpec(op, mb=float(c.number(s, "mb", sw, positive=True))))
             elif op in ("sleep", "busy"):
                 steps.append(StepSpec(op, ms=float(c.number(s, "ms", sw))))
+            elif op in ("mmap_sem_down", "mmap_sem_up"):
+                other = s.get("task", "")
+                if not isinstance(other, str):
+                    c.fail(sw + "task", f"must be a task's name, not {other!r}")
+                steps.append(StepSpec(op, task=other))
             elif op in ("lock", "unlock"):
                 lname = c.string(s, "name", sw)
                 if not _name_ok(lname):
@@ -220,15 +276,24 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
             full = tname if count == 1 else f"{tname}-{k}"
             if len(full) > 15:
                 c.fail(w + "name", f"{full!r} is longer than a comm's 15 characters")
-            tasks.append(TaskSpec(full, adj, notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps)))
+            tasks.append(TaskSpec(full, adj, notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
+                                  float(pgtables_mb), memcg))
 
     seen = set()
     for t in tasks:
         if t.name in seen:
             c.fail("task.name", f"two tasks are called {t.name!r}")
         seen.add(t.name)
+    for ti, t in enumerate(tasks):
+        for s in t.steps:
+            if s.task and s.task not in seen:
+                c.fail("task.step.task", f"{t.name}: no task is called {s.task!r}")
     initial = sum(t.initial_mb for t in tasks)
     if initial > memory_mb:
         c.fail("memory_mb", f"the tasks' VMAs need {initial:g} MB at start but the zone has {memory_mb:g}")
+    for m in memcgs:
+        used = sum(t.initial_mb for t in tasks if t.memcg == m.name)
+        if used > m.limit_mb:
+            c.fail("memcg.limit_mb", f"{m.name}: its tasks need {used:g} MB at start, the limit is {m.limit_mb:g}")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
-                    tuple(tasks), source, expected)
+                    tuple(tasks), source, expected, tuple(memcgs))

@@ -39,7 +39,7 @@ from .policies import get_policy
 from .reaper import OomReaper
 from .result import HUNG, PANIC, RESOLVED, RunResult, VictimRecord
 from .scenario import Scenario, TaskSpec
-from .zone import Zone
+from .zone import MEMCG, Zone
 
 SIGKILL_EMULATED = signal.SIGUSR1
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
@@ -94,7 +94,7 @@ def _layout(spec: TaskSpec, zone_pages: int) -> tuple[MmLayout, list[int], int]:
         grow = len(vmas)
         vmas.append(("anon", 0, zone_pages))
         initial.append(0)
-    return MmLayout(tuple(vmas)), initial, grow
+    return MmLayout(tuple(vmas), round(spec.pgtables_mb * PAGES_PER_MB)), initial, grow
 
 
 class Run:
@@ -133,7 +133,8 @@ class Run:
         self._created.append((names.zone_lock(self.run_id), True))
         self.zone = Zone(self.run_id, create={
             "supervisor_pid": os.getpid(), "supervisor_ctime": me.create_time(), "speed": self.speed,
-            "total_pages": total, "scenario": self.scenario.name, "policy": self.policy.name})
+            "total_pages": total, "scenario": self.scenario.name, "policy": self.policy.name,
+            "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB)) for m in self.scenario.memcgs]})
         self._created.append((names.start(self.run_id), True))
         self.start_sem = posix_ipc.Semaphore(names.start(self.run_id), posix_ipc.O_CREX, mode=0o600,
                                              initial_value=0)
@@ -148,6 +149,7 @@ class Run:
             t.mm = Mm(names.mm(self.run_id, t.index), create=layout)
             t.mm.oom_score_adj = t.spec.oom_score_adj
             t.mm.mmu_notifier = MMU_NOTIFIERS[t.spec.mmu_notifier]
+            t.mm.memcg = self.scenario.memcg_index(t.spec.memcg)
             self._created.append((names.mmap_sem(self.run_id, t.index), True))
             t.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(self.run_id, t.index), posix_ipc.O_CREX,
                                              mode=0o600, initial_value=1)
@@ -160,14 +162,18 @@ class Run:
         os.set_blocking(self._rfd, False)
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        index = {t.name: t.index for t in self.tasks}
         for t in self.tasks:
             initial, grow = t.layout
             spec = {"speed": self.speed, "jiffy_s": JIFFY_S, "locks": self.scenario.lock_names,
-                    "initial_pages": initial, "grow_vma": grow,
+                    "initial_pages": initial, "grow_vma": grow, "memcg": t.mm.memcg,
+                    "pgtables_pages": round(t.spec.pgtables_mb * PAGES_PER_MB),
+                    "others": {s.task: index[s.task] for s in t.spec.steps if s.task},
                     "exit_unmap_ms_per_mb": t.spec.exit_unmap_ms_per_mb,
                     "exit_free_pgtables_ms": t.spec.exit_free_pgtables_ms,
                     "exit_mmap": self.policy.exit_mmap_spec(),
-                    "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name} for s in t.spec.steps]}
+                    "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name, "task": s.task}
+                              for s in t.spec.steps]}
             t.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.task", "--run", self.run_id, "--index", str(t.index),
                  "--parent", str(os.getpid()), "--fd", str(self._wfd), "--spec", json.dumps(spec)],
@@ -211,7 +217,7 @@ class Run:
         kind = ev["ev"]
         at = self.clock.at(ev["t"])
         if kind == "oom":
-            oom_requests[t.index] = ev["pages"]      # one at a time: the task waits for the reply
+            oom_requests[t.index] = (ev["pages"], ev["where"])   # one at a time: the task waits
         elif kind == "alloc_stall":
             t.stalled = True
             if self.first_oom_at is None:
@@ -257,41 +263,61 @@ class Run:
     # -- the OOM killer -------------------------------------------------------
     def _view(self, t: Task) -> TaskView:
         mm = t.mm
-        return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj,
+        return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
                         rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
                         has_mm=not t.exited and mm.state != TASK_DEAD,
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
 
-    def out_of_memory(self, requester: Task, pages: int) -> None:
-        """Called for a failed allocation; takes oom_lock like __alloc_pages_may_oom."""
+    def out_of_memory(self, requester: Task, pages: int, where: str) -> None:
+        """Called for a failed allocation; takes oom_lock like __alloc_pages_may_oom.
+
+        ``where`` is GLOBAL (the zone is short) or MEMCG (the requester's memcg
+        is at its limit: the OOM is constrained to that memcg's tasks)."""
+        memcg = requester.mm.memcg if where == MEMCG else None
         with self.oom_lock:
             if requester.exited or requester.victim is not None:
                 return                 # task_will_free_mem(current): it is on its way out
-            if self.zone.free_pages() >= pages:
+            if self.zone.room(pages, requester.mm.memcg) is None:
                 return                 # the last-second allocation attempt would succeed
-            # Fast path, same answer as the full scan: a victim still holding its
-            # memory (no MMF_OOM_SKIP) aborts select_bad_process.
+            in_domain = (lambda t: True) if memcg is None else (lambda t: t.mm.memcg == memcg)
+            # Fast path, same answer as the full scan: a victim in the OOM domain
+            # still holding its memory (no MMF_OOM_SKIP) aborts select_bad_process.
             for v in self.victims:
-                if not v.exited and v.mm.state != TASK_DEAD and not v.mm.test_bit(MMF_OOM_SKIP):
+                if (in_domain(v) and not v.exited and v.mm.state != TASK_DEAD
+                        and not v.mm.test_bit(MMF_OOM_SKIP)):
                     return
-            oc = OomControl(totalpages=self.zone.total_pages, requester=requester.name)
-            sel = select_bad_process((self._view(t) for t in self.tasks), oc)
+            if memcg is None:
+                totalpages = self.zone.total_pages
+            else:
+                totalpages = self.zone.memcg(memcg)[0]
+            oc = OomControl(totalpages=totalpages, requester=requester.name, memcg=memcg)
+            sel = select_bad_process((self._view(t) for t in self.tasks if in_domain(t)), oc)
             if sel is Selection.ABORT:
                 return
-            self.log.printk("%s invoked oom-killer: %s, oom_score_adj=%d"
-                            % (requester.name, GFP, requester.spec.oom_score_adj))
             if sel is Selection.NONE:
+                if memcg is not None:
+                    return             # a memcg OOM does not panic: the charge keeps failing
+                self.log.printk("%s invoked oom-killer: %s, oom_score_adj=%d"
+                                % (requester.name, GFP, requester.spec.oom_score_adj))
                 self.log.printk("Out of memory and no killable processes...")
                 self.log.printk("Kernel panic - not syncing: Out of memory and no killable processes...")
                 self.verdict = PANIC
                 return
+            self.log.printk("%s invoked oom-killer: %s, oom_score_adj=%d"
+                            % (requester.name, GFP, requester.spec.oom_score_adj))
+            if memcg is not None:
+                limit, usage, mname = self.zone.memcg(memcg)
+                self.log.printk("Task in /%s killed as a result of limit of /%s" % (mname, mname))
+                self.log.printk("memory: usage %dkB, limit %dkB"
+                                % (usage * PAGE_SIZE // 1024, limit * PAGE_SIZE // 1024))
             self.oom_kill_process(oc)
 
     def oom_kill_process(self, oc: OomControl) -> None:
         t = next(t for t in self.tasks if t.pid == oc.chosen.pid)
         score = oc.chosen_points * 1000 // oc.totalpages
-        self.log.printk("Out of memory: Kill process %d (%s) score %d or sacrifice child"
-                        % (t.pid, t.name, score))
+        reason = "Out of memory" if oc.memcg is None else "Memory cgroup out of memory"
+        self.log.printk("%s: Kill process %d (%s) score %d or sacrifice child"
+                        % (reason, t.pid, t.name, score))
         kb = t.mm.rss_kb()
         # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
         # use memory reserves from user space); here the mark must come first,
@@ -348,10 +374,10 @@ class Run:
                     for ev in self._read_events():    # its last words come first
                         self._handle(ev, oom_requests)
                     self._on_death(key.data)
-            for index, pages in oom_requests.items():
+            for index, (pages, where) in oom_requests.items():
                 t = self.tasks[index]
                 if self.verdict is None:
-                    self.out_of_memory(t, pages)
+                    self.out_of_memory(t, pages, where)
                 if self.verdict != PANIC:          # a panic stops the machine
                     t.oom_reply.release()
 

@@ -6,6 +6,10 @@ An allocation charges the zone before it touches pages; reaping and exit
 uncharge after they free pages. So at any quiet moment:
 
     zone.charged() == sum of resident pages over live mms == what the segments hold
+
+Memory cgroups (``[[memcg]]`` in a scenario) live in the same segment: a
+usage and a limit per memcg, charged together with the zone under the same
+semaphore. Index 0 is the root memcg, which has no limit.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from . import names
 
 #              magic sup_pid uid sup_ctime t0 speed total free scenario policy
 _ZONE = struct.Struct("=4s i i d d d q q 48s 24s")
+_MEMCG = struct.Struct("=q q 16s")         # limit pages (-1: none), usage pages, name
+_MEMCG_OFF = 256
+MAX_MEMCGS = 32
 MAGIC = b"OOMZ"
+GLOBAL, MEMCG = "global", "memcg"          # why a charge failed
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,9 @@ class Zone:
                             create["supervisor_ctime"], 0.0, create["speed"],
                             create["total_pages"], create["total_pages"],
                             create["scenario"].encode()[:48], create["policy"].encode()[:24])
+            memcgs = [("", -1)] + list(create.get("memcgs", []))
+            for i, (mname, limit) in enumerate(memcgs):
+                _MEMCG.pack_into(self.map, _MEMCG_OFF + i * _MEMCG.size, limit, 0, mname.encode()[:16])
         elif bytes(self.map[0:4]) != MAGIC:
             raise ValueError(f"{names.zone(run_id)}: not an oomemu zone")
 
@@ -88,23 +99,44 @@ class Zone:
     def set_t0(self, t0: float) -> None:
         struct.pack_into("=d", self.map, 4 + 4 + 4 + 8, t0)
 
-    def try_charge(self, pages: int) -> bool:
-        """Take ``pages`` from the zone if it has them; all or nothing."""
+    def memcg(self, index: int) -> tuple[int, int, str]:
+        """(limit pages or -1, usage pages, name) of a memcg."""
+        limit, usage, mname = _MEMCG.unpack_from(self.map, _MEMCG_OFF + index * _MEMCG.size)
+        return limit, usage, mname.rstrip(b"\0").decode()
+
+    def _set_usage(self, index: int, usage: int) -> None:
+        struct.pack_into("=q", self.map, _MEMCG_OFF + index * _MEMCG.size + 8, usage)
+
+    def room(self, pages: int, memcg: int = 0) -> str | None:
+        """Would a charge succeed now? None if so, else GLOBAL or MEMCG (unlocked peek)."""
+        if self.free_pages() < pages:
+            return GLOBAL
+        limit, usage, _ = self.memcg(memcg)
+        if memcg and limit >= 0 and usage + pages > limit:
+            return MEMCG
+        return None
+
+    def try_charge(self, pages: int, memcg: int = 0) -> str | None:
+        """Take ``pages`` from the zone and the memcg, all or nothing.
+
+        Returns None on success, else why not: GLOBAL (the zone is short: a
+        global OOM) or MEMCG (the memcg's limit: a memcg OOM)."""
         self.lock.acquire()
         try:
-            free = self.free_pages()
-            if free < pages:
-                return False
-            struct.pack_into("=q", self.map, self._free_off(), free - pages)
-            return True
+            short = self.room(pages, memcg)
+            if short is None:
+                struct.pack_into("=q", self.map, self._free_off(), self.free_pages() - pages)
+                self._set_usage(memcg, self.memcg(memcg)[1] + pages)
+            return short
         finally:
             self.lock.release()
 
-    def uncharge(self, pages: int) -> None:
+    def uncharge(self, pages: int, memcg: int = 0) -> None:
         if pages <= 0:
             return
         self.lock.acquire()
         try:
             struct.pack_into("=q", self.map, self._free_off(), self.free_pages() + pages)
+            self._set_usage(memcg, self.memcg(memcg)[1] - pages)
         finally:
             self.lock.release()

@@ -30,7 +30,7 @@ import time
 import posix_ipc
 
 from emulator import names
-from emulator.mm import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE,
+from emulator.mm import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE,
                          TASK_DEAD, TASK_EXITING, TASK_RUNNING, TASK_UNINTERRUPTIBLE, VM_SHARED,
                          Mm)
 from emulator.zone import Zone
@@ -69,6 +69,11 @@ class Task:
         self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index))
         self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
         self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec["locks"]}
+        self.memcg = spec["memcg"]
+        # other tasks' mms whose mmap_sem a step takes (like /proc/PID/mem readers do)
+        self.others = {name: (posix_ipc.Semaphore(names.mmap_sem(run_id, i)), Mm(names.mm(run_id, i)))
+                       for name, i in spec["others"].items()}
+        self.held_others: list[str] = []
         self.holds_mmap_sem = False
         self.held_locks: list[str] = []
         self.fatal = False
@@ -124,15 +129,15 @@ class Task:
     def alloc(self, pages: int, vma_index: int) -> None:
         """__alloc_pages_slowpath, simplified: charge, else OOM and retry each jiffy."""
         stalled = False
-        while not self.zone.try_charge(pages):
+        while (short := self.zone.try_charge(pages, self.memcg)) is not None:
             if self.fatal_signal_pending():
                 raise Dying                      # a dying task leaves the allocator
             if not stalled:
-                self.send("alloc_stall", pages=pages)
+                self.send("alloc_stall", pages=pages, where=short)
                 stalled = True
-            # __alloc_pages_may_oom -> out_of_memory(), which runs in the allocating
-            # task's context: wait until the supervisor's OOM killer is done with it.
-            self.send("oom", pages=pages)
+            # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
+            # the allocating task's context: wait until the supervisor's OOM killer is done.
+            self.send("oom", pages=pages, where=short)
             sem_down(self.oom_reply)
             self.schedule_timeout_killable(self.jiffy_real)
         self.fault_in(vma_index, pages)
@@ -147,6 +152,13 @@ class Task:
             self.schedule_timeout_killable(self.real(step["ms"] / 1000))
         elif op == "busy":
             self.uninterruptible(self.real(step["ms"] / 1000))
+        elif op == "mmap_sem_down" and step["task"]:
+            sem, mm = self.others[step["task"]]
+            self.down_uninterruptible(sem)
+            self.held_others.append(step["task"])
+            mm.mmap_sem_holder = os.getpid()
+        elif op == "mmap_sem_up" and step["task"]:
+            self._up_other(step["task"])
         elif op == "mmap_sem_down":
             self.down_uninterruptible(self.mmap_sem)
             self.holds_mmap_sem = True
@@ -167,12 +179,24 @@ class Task:
             self.do_exit()
         self.send("step", n=step["n"], op=op)
 
+    def _up_other(self, name: str) -> None:
+        if name in self.held_others:
+            self.held_others.remove(name)
+            sem, mm = self.others[name]
+            mm.mmap_sem_holder = 0
+            sem.release()
+
     def run(self) -> None:
         self.mm.pid = os.getpid()
+        pgtables = self.spec["pgtables_pages"]
+        if pgtables:
+            if self.zone.try_charge(pgtables, self.memcg) is not None:
+                raise RuntimeError("the zone cannot hold the task's page tables")
+            self.mm.fault_pgtables()
         for vi, vma in enumerate(self.mm.vmas()):
             pages = self.spec["initial_pages"][vi]
             if pages:
-                if not self.zone.try_charge(pages):
+                if self.zone.try_charge(pages, self.memcg) is not None:
                     raise RuntimeError("the zone cannot hold the task's initial VMAs")
                 self.mm.fault_in(vi, pages)
         self.mm.state = TASK_RUNNING
@@ -203,6 +227,8 @@ class Task:
             self.holds_mmap_sem = False
             self.mm.mmap_sem_holder = 0
             self.mmap_sem.release()
+        for name in list(self.held_others):
+            self._up_other(name)
         for name in reversed(self.held_locks):
             self.locks[name].release()
         self.held_locks.clear()
@@ -233,6 +259,13 @@ class Task:
                 finally:
                     self.mmap_sem.release()
             self.mm.set_bit(MMF_UNSTABLE)
+            if rules.get("handover"):
+                # With mmap_sem held for write, exit_mmap owns the VMAs and will
+                # finish: from here on MMF_OOM_SKIP is the exit path's to set.
+                sem_down(self.mmap_sem)
+                self.mm.set_bit(MMF_OOM_HANDOVER)
+                self.mmap_sem.release()
+                self.send("handover")
             if rules["oom_skip"] == "before_unmap":
                 self._set_oom_skip("before_unmap")
                 sem_down(self.mmap_sem)           # down_write(); up_write(): serialise with the reaper
@@ -249,18 +282,16 @@ class Task:
         if victim and rules["oom_skip"] == "after_unmap":
             self._set_oom_skip("after_unmap")
         self.uninterruptible(self.real(self.spec["exit_free_pgtables_ms"] / 1000))   # free_pgtables
-        pgt = self.mm.pgtables_pages
-        if pgt:
-            self.mm.add_pgtables(-pgt)
-            self.zone.uncharge(pgt)
-            freed += pgt
+        pgt = self.mm.free_pgtables()
+        self.zone.uncharge(pgt, self.memcg)
+        freed += pgt
         if victim and rules["oom_skip"] == "after_free_pgtables":
             self._set_oom_skip("after_free_pgtables")
         self.send("exit_mmap_done", freed_kb=freed * PAGE_SIZE // 1024)
 
     def _zap(self, vma) -> int:
         n = self.mm.zap_vma(vma)
-        self.zone.uncharge(n)
+        self.zone.uncharge(n, self.memcg)
         return n
 
 
