@@ -11,7 +11,7 @@ import sys
 from .errors import UsageError
 from .result import RunResult
 
-EXIT_OK, EXIT_FAULT, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +89,43 @@ def cmd_demo(a) -> int:
     return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return v
+
+
+def cmd_compare(a) -> int:
+    from . import compare
+    scenarios = compare.load_all(a.scenarios)
+    policies = compare.resolve_policies([p.strip() for p in a.policies.split(",") if p.strip()]
+                                        if a.policies else None)
+    if a.out:
+        try:
+            open(a.out, "a").close()
+        except OSError as e:
+            raise UsageError(f"--out {a.out}: {e.strerror}") from None
+    cells = compare.run_matrix(scenarios, policies, speed=a.speed, repeat=a.repeat, jobs=a.jobs,
+                               progress=compare.Progress())
+    header = f"oomemu compare --speed {a.speed:g} --repeat {a.repeat}: verdict kills/fewest [+extra] time to resolve"
+    fmt = compare.FORMATS[a.format]
+    text = fmt(cells, header) if a.format in ("table", "markdown") else fmt(cells)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    bad = compare.mismatches(cells)
+    if a.check and bad:
+        print(f"oomemu compare: {len(bad)} cell(s) differ from the stated outcome", file=sys.stderr)
+        return EXIT_CHECK
+    return EXIT_OK
+
+
 def cmd_scenarios(a) -> int:
     from .scenario import builtin_names, load_scenario
     for name in builtin_names():
@@ -130,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="mlocked under v4.17 and timeout, side by side")
     d.add_argument("--speed", type=_speed, default=1.0)
     d.set_defaults(func=cmd_demo)
+    c = sub.add_parser("compare", help="every scenario under every policy, one table")
+    c.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")
+    c.add_argument("--policies", help="comma-separated (default: all)")
+    c.add_argument("--speed", type=_speed, default=10.0, help="run N times faster (default 10)")
+    c.add_argument("--repeat", type=_positive_int, default=1, help="runs per cell (default 1)")
+    c.add_argument("--jobs", type=_positive_int, default=None, help="cells at once (default: one per core)")
+    c.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
+    c.add_argument("--out", metavar="FILE", help="write the table here instead of stdout")
+    c.add_argument("--check", action="store_true",
+                   help="exit 3 if a measured outcome differs from the one the scenario file states")
+    c.set_defaults(func=cmd_compare)
     sub.add_parser("scenarios", help="list the built-in scenarios").set_defaults(func=cmd_scenarios)
     sub.add_parser("policies", help="list the reaper policies").set_defaults(func=cmd_policies)
     sub.add_parser("cleanup", help="remove leftovers of runs whose supervisor is gone").set_defaults(

@@ -14,7 +14,7 @@ from typing import Callable
 
 import posix_ipc
 
-from .mm import MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE, TASK_DEAD
+from .mm import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE, TASK_DEAD
 from .policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
 
 
@@ -94,6 +94,8 @@ class OomReaper:
             except posix_ipc.BusyError:
                 return Outcome.CONTENDED             # trace_skip_task_reaping
             try:
+                if self.policy.HONORS_HANDOVER and mm.test_bit(MMF_OOM_HANDOVER):
+                    return Outcome.HANDED_OVER
                 if mm.mmu_notifier == MMU_NOTIFIERS["blockable"]:
                     return Outcome.NOTIFIER_BLOCKED
                 if mm.test_bit(MMF_OOM_SKIP):
@@ -108,6 +110,8 @@ class OomReaper:
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
                             % (task.pid, task.name, kb["anon_rss"], kb["file_rss"], kb["shmem_rss"]))
+                if mm.resident_pages() >= self.policy.SUBSTANTIAL_PAGES:
+                    return Outcome.MEMORY_LEFT
                 return Outcome.REAPED                # trace_finish_task_reaping
             finally:
                 task.mmap_sem.release()

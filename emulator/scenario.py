@@ -104,9 +104,16 @@ class Scenario:
         return sorted({s.name for t in self.tasks for s in t.steps if s.op in ("lock", "unlock")})
 
 
+# The seed's cases in the order the argument names them, then the rest.
+SEED_ORDER = ("mlocked", "mmu_notifier", "shared_file", "small_rss", "slow_pgtables",
+              "mmap_sem_held", "parallel_victims", "livelock", "memcg_tight")
+
+
 def builtin_names() -> list[str]:
     files = resources.files("emulator.scenarios")
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+    names = [p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml")]
+    rank = {n: i for i, n in enumerate(SEED_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
 def builtin_path(name: str) -> str:

@@ -1,7 +1,9 @@
 """Reaper policies, by name. Each lives in a module of its own with its lineage.
 
-    v4_17.py    ``v4.17``    mainline in 2018, the code the seed patches
-    timeout.py  ``timeout``  the seed's patch: real list, per-mm 10 s deadline
+    v4_17.py     ``v4.17``     mainline in 2018, the code the seed patches
+    timeout.py   ``timeout``   the seed's patch: real list, per-mm 10 s deadline
+    handover.py  ``handover``  the other side: non-blocking notifiers, MMF_OOM_SKIP handed to exit_mmap
+    v6_6.py      ``v6.6``      mainline today: 2 s OOM_REAPER_DELAY, mlocked memory reapable
 
 A policy defined elsewhere (in a user's test, say) joins with :func:`register`.
 """
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
+from .handover import Handover
 from .timeout import Timeout
 from .v4_17 import V417
+from .v6_6 import V66
 
 POLICIES: dict[str, type[ReaperPolicy]] = {}
 
@@ -23,7 +27,7 @@ def register(cls: type[ReaperPolicy]) -> type[ReaperPolicy]:
     return cls
 
 
-for _cls in (V417, Timeout):
+for _cls in (V417, Timeout, Handover, V66):
     register(_cls)
 
 
@@ -43,4 +47,4 @@ def get_policy(policy: str | ReaperPolicy | type[ReaperPolicy], overrides=None) 
 
 
 __all__ = ["POLICIES", "register", "get_policy", "ReaperPolicy", "Outcome", "Attempt",
-           "SetOomSkip", "Wait", "V417", "Timeout"]
+           "SetOomSkip", "Wait", "V417", "Timeout", "Handover", "V66"]

@@ -23,10 +23,17 @@ from ..mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, VM_SHARED
 
 class Outcome(Enum):
     """What one oom_reap_task_mm() attempt found."""
-    REAPED = "reaped"                      # took mmap_sem, freed every reapable VMA
+    REAPED = "reaped"                      # took mmap_sem, freed every reapable VMA: nothing left
+    MEMORY_LEFT = "memory_left"            # reaped what it could; unreapable memory remains
     CONTENDED = "contended"                # down_read_trylock(mmap_sem) failed
     NOTIFIER_BLOCKED = "notifier_blocked"  # mm has blockable mmu notifiers
     SKIPPED = "skipped"                    # MMF_OOM_SKIP already set, or the mm is gone
+    HANDED_OVER = "handed_over"            # exit_mmap owns the mm and will set MMF_OOM_SKIP
+                                           # (reported only to policies with HONORS_HANDOVER)
+
+    @property
+    def reaped(self) -> bool:
+        return self in (Outcome.REAPED, Outcome.MEMORY_LEFT)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,13 @@ class ReaperPolicy:
     EXIT_MMAP_OOM_SKIP = BEFORE_UNMAP
     #: exit_mmap of a victim first reaps what the reaper could (v4.17's __oom_reap_task_mm)
     EXIT_MMAP_REAPS_FIRST = True
+    #: exit_mmap marks the mm MMF_OOM_HANDOVER once it holds the VMAs, and the
+    #: reaper leaves MMF_OOM_SKIP to it (the 2018 hand-over RFC)
+    HONORS_HANDOVER = False
+    #: after a reap, this much left (rss, unreapable VMAs, page tables) is "substantial"
+    SUBSTANTIAL_PAGES = 256                 # 1 MB
+    #: the kernel version whose log lines and panic message the policy's runs print
+    lineage = ""
 
     def __init__(self, overrides: dict[str, float] | None = None):
         self.c = dict(self.DEFAULTS)
@@ -92,7 +106,7 @@ class ReaperPolicy:
     def exit_mmap_spec(self) -> dict:
         """What the worker's exit_mmap needs to know (plain data: it crosses a process boundary)."""
         return {"oom_skip": self.EXIT_MMAP_OOM_SKIP, "reap_first": self.EXIT_MMAP_REAPS_FIRST,
-                "unreapable_flags": self.UNREAPABLE_VM_FLAGS}
+                "unreapable_flags": self.UNREAPABLE_VM_FLAGS, "handover": self.HONORS_HANDOVER}
 
     # -- the reaper's queue (pure; ``now`` in emulated seconds) ---------------
     def wake_oom_reaper(self, victim: Hashable, now: float) -> None:

@@ -41,10 +41,14 @@ class V417(ReaperPolicy):
             return
         self._chain.append(victim)
 
+    def _next_wake(self) -> float | None:
+        """When something other than the current victim needs the reaper (subclasses: timers)."""
+        return None
+
     def next_action(self, now):
         if self._current is None:
             if not self._chain:
-                return Wait(None)
+                return Wait(self._next_wake())
             self._current = self._chain.pop()          # LIFO
             self._attempts, self._resume_at, self._finish = 0, now, None
         if now < self._resume_at:
@@ -54,16 +58,20 @@ class V417(ReaperPolicy):
             return action
         return Attempt(self._current)
 
+    def retry(self, victim, outcome, now) -> None:
+        """A failed attempt: sleep HZ/10; after MAX_OOM_REAP_RETRIES, give up."""
+        self._resume_at = now + self.c["reap_retry_interval_s"]
+        if self._attempts >= self.c["max_oom_reap_retries"]:
+            self._finish = SetOomSkip(victim, True, "MAX_OOM_REAP_RETRIES")
+
     def attempt_done(self, victim, outcome, now):
         assert victim is self._current
         self._attempts += 1
-        if outcome in (Outcome.REAPED, Outcome.SKIPPED):
+        if outcome.reaped or outcome is Outcome.SKIPPED:
             self._finish = SetOomSkip(victim, False, outcome.value)
         elif outcome is Outcome.NOTIFIER_BLOCKED:
             # up_read; schedule_timeout_idle(HZ); "success" without reaping
             self._resume_at = now + self.c["blockable_notifier_sleep_s"]
             self._finish = SetOomSkip(victim, False, "blockable mmu notifier")
         else:
-            self._resume_at = now + self.c["reap_retry_interval_s"]
-            if self._attempts >= self.c["max_oom_reap_retries"]:
-                self._finish = SetOomSkip(victim, True, "MAX_OOM_REAP_RETRIES")
+            self.retry(victim, outcome, now)
