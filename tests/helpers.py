@@ -74,3 +74,35 @@ class CpuBurner:
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+def scaled_variant(name: str, mb: float = 1.0, ms: float = 1.0):
+    """A built-in scenario with every size times ``mb`` and every duration times ``ms``.
+
+    Sizes and durations move together, so the mechanism stays and only the
+    numbers change (``exit_unmap_ms_per_mb`` stays: unmapping more takes longer).
+    """
+    import tomllib
+
+    from emulator.scenario import builtin_path, parse_scenario
+
+    with open(builtin_path(name), "rb") as f:
+        data = tomllib.load(f)
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("mb", "memory_mb", "limit_mb", "pgtables_mb"):
+                    node[k] = v * mb
+                elif k in ("ms", "exit_free_pgtables_ms"):
+                    node[k] = v * ms
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for x in node:
+                walk(x)
+
+    walk(data)
+    data["name"] = f"{name}-x{mb:g}mb-x{ms:g}ms"
+    data.pop("expected", None)
+    return parse_scenario(data, source=f"<{data['name']}>")
