@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-.PHONY: help install run-demo test stress cleanup clean
+.PHONY: help install run-demo test stress compare claims cleanup clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,12 @@ test: $(STAMP) ## the whole test suite (ARGS= passes pytest options)
 
 stress: $(STAMP) ## only the repeated real-process runs
 	$(BIN)/python -m pytest -m stress $(ARGS)
+
+compare: $(STAMP) ## every scenario under every policy, checked against the stated outcomes
+	$(BIN)/oomemu compare --speed 10 --check $(ARGS)
+
+claims: $(STAMP) ## regenerate the README's table of outcomes from a real run
+	$(BIN)/python -m emulator.claims README.md
 
 cleanup: $(STAMP) ## remove leftovers (processes, /dev/shm) of runs whose supervisor died
 	$(BIN)/oomemu cleanup
