@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -22,8 +22,8 @@ help: ## list the targets
 
 install: $(STAMP) ## make the virtual environment (.venv) from pyproject.toml
 
-run-demo: $(STAMP) ## mlocked under v4.17 and under timeout, side by side (SPEED=1)
-	$(BIN)/oomemu demo --speed $(SPEED) $(ARGS)
+run-demo: $(STAMP) ## mlocked under v4.17 and under timeout, side by side; pictures and traces in out/demo
+	$(BIN)/oomemu demo --speed $(SPEED) --out out/demo $(ARGS)
 
 test: $(STAMP) ## the whole test suite (ARGS= passes pytest options)
 	$(BIN)/python -m pytest $(ARGS)
@@ -41,5 +41,5 @@ cleanup: $(STAMP) ## remove leftovers (processes, /dev/shm) of runs whose superv
 	$(BIN)/oomemu cleanup
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build out *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

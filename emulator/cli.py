@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -47,21 +48,42 @@ def cmd_run(a) -> int:
     from .scenario import load_scenario
     from .supervisor import Run
     scenario = load_scenario(a.scenario)
-    run = Run(scenario, a.policy, a.speed, _overrides(a.set), echo=None if a.quiet else _echo)
-    if a.json:
-        try:
-            open(a.json, "a").close()
-        except OSError as e:
-            raise UsageError(f"--json {a.json}: {e.strerror}") from None
-    if not a.quiet:
-        print(f"oomemu: run {run.run_id}: {scenario.name} under {run.policy.name}, "
-              f"speed {a.speed:g}, {len(scenario.tasks)} tasks, {scenario.memory_mb:g} MB", flush=True)
+    def started(run):
+        if not a.quiet:
+            print(f"oomemu: run {run.run_id}: {scenario.name} under {run.policy.name}, "
+                  f"speed {a.speed:g}, {len(scenario.tasks)} tasks, {scenario.memory_mb:g} MB", flush=True)
+        if a.hold:
+            _hold_banner(run, scenario)
+
+    run = Run(scenario, a.policy, a.speed, _overrides(a.set), echo=None if a.quiet else _echo,
+              trace=a.trace, hold=a.hold, on_start=started)
+    for opt, path in (("--json", a.json), ("--trace", a.trace)):
+        if path:
+            try:
+                open(path, "a").close()
+            except OSError as e:
+                raise UsageError(f"{opt} {path}: {e.strerror}") from None
     result = run.run()
     print(result.summary(), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             f.write(result.to_json() + "\n")
     return EXIT_OK
+
+
+def _hold_banner(run, scenario) -> None:
+    from . import names
+    rid = run.run_id
+    first = scenario.tasks[0].name
+    sem = names.mmap_sem(rid, 0)
+    print(f"""oomemu: run {rid} holds: its tasks stay after their steps until Ctrl-C or 'oomemu stop {rid}'.
+oomemu: try, from another terminal:
+    oomemu ps {rid} --watch
+    oomemu inject {rid} hold-mmap-sem {first} --seconds 5
+    oomemu inject {rid} alloc {scenario.tasks[-1].name} 50
+    oomemu inject {rid} crash {first}
+    python3 -c "import posix_ipc,time; s=posix_ipc.Semaphore('{sem}'); s.acquire(); time.sleep(5); s.release()"
+""", flush=True)
 
 
 def summary_table(results: list[RunResult]) -> str:
@@ -74,18 +96,134 @@ def summary_table(results: list[RunResult]) -> str:
 
 
 def cmd_demo(a) -> int:
+    import os
+
     from .scenario import load_scenario
     from .supervisor import run_scenario
     scenario = load_scenario("mlocked")
     print(f"oomemu demo: {scenario.name}: {scenario.description.strip()}\n", flush=True)
-    results = []
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+    results, traces = [], []
     for policy in ("v4.17", "timeout"):
         print(f"--- {scenario.name} under {policy} (speed {a.speed:g}) ---", flush=True)
-        r = run_scenario(scenario, policy=policy, speed=a.speed, echo=_echo)
+        trace = os.path.join(a.out, f"{scenario.name}-{policy}.jsonl") if a.out else None
+        r = run_scenario(scenario, policy=policy, speed=a.speed, echo=_echo, trace=trace)
         print(r.summary() + "\n", flush=True)
         results.append(r)
+        traces.append(trace)
     print(f"{scenario.name}, side by side:")
     print(summary_table(results))
+    if a.out:
+        print()
+        for trace in traces:
+            out = trace[:-len(".jsonl")] + ".perfetto.json"
+            _write_perfetto([trace], out)
+            print(f"oomemu demo: trace events {trace}\n             Perfetto timeline {out} "
+                  f"(open it in https://ui.perfetto.dev)")
+        try:
+            for trace in traces:
+                png = trace[:-len(".jsonl")] + ".png"
+                _write_plot([trace], png)
+                print(f"oomemu demo: picture {png}")
+            png = os.path.join(a.out, f"{scenario.name}.png")
+            _write_plot(traces, png)
+            print(f"oomemu demo: both runs, one above the other: {png}")
+        except UsageError as e:
+            print(f"oomemu demo: no pictures ({e})")
+    return EXIT_OK
+
+
+def _timelines(paths):
+    from .timeline import build
+    from .trace import load_trace
+    return [build(load_trace(p)) for p in paths]
+
+
+def _write_perfetto(paths, out) -> None:
+    from .perfetto import to_trace_events
+    data = to_trace_events(_timelines(paths))
+    try:
+        with open(out, "w") as f:
+            json.dump(data, f)
+    except OSError as e:
+        raise UsageError(f"--perfetto {out}: {e.strerror}") from None
+
+
+def _write_plot(paths, out) -> None:
+    from .plot import plot
+    plot(_timelines(paths), out)
+
+
+def cmd_trace(a) -> int:
+    if not a.perfetto and not a.plot:
+        from collections import Counter
+        from .trace import load_trace
+        for path in a.files:
+            events = load_trace(path)
+            counts = Counter(e["ev"] for e in events)
+            print(f"{path}: {len(events)} events over {max(e['t'] for e in events):.3f}s: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        return EXIT_OK
+    if a.perfetto:
+        _write_perfetto(a.files, a.perfetto)
+        print(f"oomemu trace: wrote {a.perfetto} (open it in ui.perfetto.dev or chrome://tracing)")
+    if a.plot:
+        _write_plot(a.files, a.plot)
+        print(f"oomemu trace: wrote {a.plot}")
+    return EXIT_OK
+
+
+def cmd_runs(a) -> int:
+    from .live import runs_table
+    print(runs_table())
+    return EXIT_OK
+
+
+def cmd_ps(a) -> int:
+    import time
+
+    from .live import open_run, ps_table
+    run = open_run(a.run)
+    try:
+        if not a.watch:
+            print(ps_table(run))
+            return EXIT_OK
+        while True:
+            text = ps_table(run)
+            if sys.stdout.isatty():
+                print("\033[H\033[J", end="")
+            print(text, flush=True)
+            time.sleep(a.interval)
+            run.close()
+            run = open_run(a.run)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except UsageError as e:
+        if a.watch and "has ended" in str(e):
+            print(f"oomemu ps: run {a.run} has ended")
+            return EXIT_OK
+        raise
+    finally:
+        try:
+            run.close()
+        except Exception:
+            pass
+
+
+def cmd_stop(a) -> int:
+    from .live import stop
+    pid = stop(a.run)
+    print(f"oomemu stop: asked run {a.run} (supervisor {pid}) to stop")
+    return EXIT_OK
+
+
+def cmd_inject(a) -> int:
+    from .live import inject
+    arg = getattr(a, "seconds", None)
+    if a.action == "alloc":
+        arg = a.mb
+    inject(a.run, a.action, a.target, arg, echo=lambda line: print(line, flush=True))
     return EXIT_OK
 
 
@@ -109,8 +247,20 @@ def cmd_compare(a) -> int:
             open(a.out, "a").close()
         except OSError as e:
             raise UsageError(f"--out {a.out}: {e.strerror}") from None
+    trace_dir = a.trace_dir
+    if a.plot_dir and not trace_dir:
+        trace_dir = a.plot_dir
+    for d in (trace_dir, a.plot_dir):
+        if d:
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"{d}: {e.strerror}") from None
+    if a.plot_dir:
+        from .plot import _matplotlib
+        _matplotlib()                     # fail before the runs if it is missing
     cells = compare.run_matrix(scenarios, policies, speed=a.speed, repeat=a.repeat, jobs=a.jobs,
-                               progress=compare.Progress())
+                               progress=compare.Progress(), trace_dir=trace_dir)
     header = f"oomemu compare --speed {a.speed:g} --repeat {a.repeat}: verdict kills/fewest [+extra] time to resolve"
     fmt = compare.FORMATS[a.format]
     text = fmt(cells, header) if a.format in ("table", "markdown") else fmt(cells)
@@ -119,6 +269,12 @@ def cmd_compare(a) -> int:
             f.write(text + "\n")
     else:
         print(text)
+    if a.plot_dir:
+        for s in scenarios:
+            paths = [c.traces[0] for c in cells if c.scenario.name == s.name and c.traces]
+            png = os.path.join(a.plot_dir, f"{s.name}.png")
+            _write_plot(paths, png)
+            print(f"oomemu compare: {png}: {s.name}, one panel per policy", file=sys.stderr)
     bad = compare.mismatches(cells)
     if a.check and bad:
         print(f"oomemu compare: {len(bad)} cell(s) differ from the stated outcome", file=sys.stderr)
@@ -163,10 +319,43 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a policy constant")
     r.add_argument("--json", metavar="FILE", help="write the result as JSON")
     r.add_argument("--quiet", action="store_true", help="print only the summary line")
+    r.add_argument("--trace", metavar="FILE", help="write trace events as JSON lines")
+    r.add_argument("--hold", action="store_true",
+                   help="keep the tasks alive after their steps until Ctrl-C or 'oomemu stop RUN'")
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("demo", help="mlocked under v4.17 and timeout, side by side")
     d.add_argument("--speed", type=_speed, default=1.0)
+    d.add_argument("--out", metavar="DIR", help="write traces, Perfetto timelines and a picture here")
     d.set_defaults(func=cmd_demo)
+    t = sub.add_parser("trace", help="turn trace files into a Perfetto timeline or a picture")
+    t.add_argument("files", nargs="+", metavar="FILE", help="trace files from 'run --trace' (several: stacked)")
+    t.add_argument("--perfetto", metavar="OUT.json", help="Chrome trace-event JSON (ui.perfetto.dev)")
+    t.add_argument("--plot", metavar="OUT.png", help="a picture (needs matplotlib: oomemu[plot])")
+    t.set_defaults(func=cmd_trace)
+    sub.add_parser("runs", help="the live runs on this machine").set_defaults(func=cmd_runs)
+    ps = sub.add_parser("ps", help="the tasks of a live run, read from shared memory")
+    ps.add_argument("run")
+    ps.add_argument("--watch", action="store_true", help="refresh until Ctrl-C or the run ends")
+    ps.add_argument("--interval", type=_speed, default=0.5, help="seconds between refreshes")
+    ps.set_defaults(func=cmd_ps)
+    st = sub.add_parser("stop", help="end a held run (as Ctrl-C in its terminal would)")
+    st.add_argument("run")
+    st.set_defaults(func=cmd_stop)
+    inj = sub.add_parser("inject", help="inject a fault into a live run")
+    inj.add_argument("run")
+    acts = inj.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    for name, what, helptext in (("hold-mmap-sem", "TASK", "take TASK's mmap_sem and hold it"),
+                                 ("hold-lock", "NAME", "take a named lock of the run and hold it")):
+        x = acts.add_parser(name, help=helptext)
+        x.add_argument("target", metavar=what)
+        x.add_argument("--seconds", type=_speed, default=None, help="default: until Ctrl-C")
+    x = acts.add_parser("alloc", help="make TASK allocate MB now (when it is idle)")
+    x.add_argument("target", metavar="TASK")
+    x.add_argument("mb", type=_speed, metavar="MB")
+    for name, helptext in (("stop", "SIGSTOP the task's process"), ("cont", "SIGCONT it"),
+                           ("crash", "a real SIGKILL: what it holds stays held")):
+        acts.add_parser(name, help=helptext).add_argument("target", metavar="TASK")
+    inj.set_defaults(func=cmd_inject)
     c = sub.add_parser("compare", help="every scenario under every policy, one table")
     c.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")
     c.add_argument("--policies", help="comma-separated (default: all)")
@@ -175,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=_positive_int, default=None, help="cells at once (default: one per core)")
     c.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     c.add_argument("--out", metavar="FILE", help="write the table here instead of stdout")
+    c.add_argument("--trace-dir", metavar="DIR", help="write each run's trace events here")
+    c.add_argument("--plot-dir", metavar="DIR",
+                   help="write a picture per scenario here, its policies one above the other")
     c.add_argument("--check", action="store_true",
                    help="exit 3 if a measured outcome differs from the one the scenario file states")
     c.set_defaults(func=cmd_compare)

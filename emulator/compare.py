@@ -33,6 +33,7 @@ class Cell:
     scenario: Scenario
     policy: str
     runs: list[dict] = field(default_factory=list)
+    traces: list[str] = field(default_factory=list)
 
     @property
     def expected(self) -> Expected | None:
@@ -87,9 +88,9 @@ def _summary(result) -> dict:
                               "time_to_resolve_s")}
 
 
-def _run_one(scenario: Scenario, policy, speed: float) -> dict:
+def _run_one(scenario: Scenario, policy, speed: float, trace: str | None = None) -> dict:
     from .supervisor import run_scenario
-    return _summary(run_scenario(scenario, policy=policy, speed=speed))
+    return _summary(run_scenario(scenario, policy=policy, speed=speed, trace=trace))
 
 
 def default_jobs() -> int:
@@ -112,21 +113,31 @@ def policy_name(p) -> str:
 
 
 def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, repeat: int = 1,
-               jobs: int | None = None, progress=None) -> list[Cell]:
-    """Run every (scenario, policy) ``repeat`` times; returns the cells in table order."""
+               jobs: int | None = None, progress=None, trace_dir: str | None = None) -> list[Cell]:
+    """Run every (scenario, policy) ``repeat`` times; returns the cells in table order.
+
+    ``trace_dir``: write each run's trace to ``<scenario>.<policy>.<n>.jsonl`` there."""
     cells = {(s.name, policy_name(p)): Cell(s, policy_name(p)) for s in scenarios for p in policies}
-    work = [(s, p) for _ in range(repeat) for s in scenarios for p in policies]
+    work = [(s, p, n) for n in range(repeat) for s in scenarios for p in policies]
+
+    def trace_of(s, p, n):
+        if not trace_dir:
+            return None
+        path = os.path.join(trace_dir, f"{s.name}.{policy_name(p)}.{n}.jsonl")
+        cells[(s.name, policy_name(p))].traces.append(path)
+        return path
+
     jobs = jobs or default_jobs()
     done = 0
     if jobs == 1:
-        for s, p in work:
+        for s, p, n in work:
             if progress:
                 progress(done, len(work), f"{s.name} under {policy_name(p)}")
-            cells[(s.name, policy_name(p))].runs.append(_run_one(s, p, speed))
+            cells[(s.name, policy_name(p))].runs.append(_run_one(s, p, speed, trace_of(s, p, n)))
             done += 1
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_one, s, p, speed): (s, p) for s, p in work}
+            futures = {pool.submit(_run_one, s, p, speed, trace_of(s, p, n)): (s, p) for s, p, n in work}
             for fut in as_completed(futures):
                 s, p = futures[fut]
                 cells[(s.name, policy_name(p))].runs.append(fut.result())

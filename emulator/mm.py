@@ -50,9 +50,9 @@ VM_HUGETLB = 0x00400000
 MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS = range(5)
 
 # task states as ``oomemu ps`` shows them
-TASK_NEW, TASK_RUNNING, TASK_UNINTERRUPTIBLE, TASK_EXITING, TASK_DEAD = range(5)
+TASK_NEW, TASK_RUNNING, TASK_UNINTERRUPTIBLE, TASK_EXITING, TASK_DEAD, TASK_ALLOC = range(6)
 STATE_NAMES = {TASK_NEW: "new", TASK_RUNNING: "running", TASK_UNINTERRUPTIBLE: "D",
-               TASK_EXITING: "exiting", TASK_DEAD: "exited"}
+               TASK_EXITING: "exiting", TASK_DEAD: "exited", TASK_ALLOC: "alloc-stall"}
 
 MMU_NOTIFIERS = {"none": 0, "nonblocking": 1, "blockable": 2}
 
@@ -75,8 +75,13 @@ _VMA = struct.Struct("=I I q q q")        # kind, vm_flags, start, capacity, nr_
 _HEAD_OFF = 0
 _COUNTERS_OFF = 64
 _EXTRA_OFF = _COUNTERS_OFF + _COUNTERS.size
-_FLAGS_OFF = 128
+_FLAGS_OFF = 128                          # 32 bytes, a byte per flag bit
+_COMM_OFF = 160                           # 16 bytes: the task's name
+_CMD = struct.Struct("=I I d")            # mailbox: sequence, op, argument (oomemu inject)
+_CMD_OFF = 176
+_DEADLINE_OFF = 192                       # double: the reaper's deadline, time.monotonic()
 _VMA_OFF = 256
+CMD_ALLOC = 1
 assert _VMA_OFF + MAX_VMAS * _VMA.size <= HEADER_SIZE
 MAGIC = b"OOMM"
 
@@ -166,6 +171,33 @@ class Mm:
     @pid.setter
     def pid(self, value: int) -> None:
         struct.pack_into("=i", self.map, _HEAD_OFF + 4, value)
+
+    @property
+    def comm(self) -> str:
+        return bytes(self.map[_COMM_OFF:_COMM_OFF + 16]).rstrip(b"\0").decode()
+
+    @comm.setter
+    def comm(self, value: str) -> None:
+        self.map[_COMM_OFF:_COMM_OFF + 16] = value.encode()[:16].ljust(16, b"\0")
+
+    def post_command(self, op: int, arg: float) -> int:
+        """Leave a command for the task (then wake it with SIGUSR2); returns its sequence."""
+        seq = _CMD.unpack_from(self.map, _CMD_OFF)[0] + 1
+        struct.pack_into("=I d", self.map, _CMD_OFF + 4, op, arg)
+        struct.pack_into("=I", self.map, _CMD_OFF, seq)
+        return seq
+
+    def command(self) -> tuple[int, int, float]:
+        return _CMD.unpack_from(self.map, _CMD_OFF)
+
+    @property
+    def reap_deadline(self) -> float:
+        """time.monotonic() by which the reaper gives up on this mm (0: none known)."""
+        return struct.unpack_from("=d", self.map, _DEADLINE_OFF)[0]
+
+    @reap_deadline.setter
+    def reap_deadline(self, value: float) -> None:
+        struct.pack_into("=d", self.map, _DEADLINE_OFF, value)
 
     @property
     def memcg(self) -> int:

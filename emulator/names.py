@@ -4,6 +4,7 @@ Every object a run creates carries the run id, so that ``oomemu cleanup``
 (and the tests) can find the leftovers of a run whose supervisor is gone:
 
     /dev/shm/oomemu.<run>.zone              the zone (free pages, run facts)
+    /dev/shm/oomemu.<run>.events            FIFO: events from workers and ``oomemu inject``
     /dev/shm/sem.oomemu.<run>.zone_lock     guards the zone's counters
     /dev/shm/sem.oomemu.<run>.start         released once per task at time 0
     /dev/shm/oomemu.<run>.mm.<i>            task i's mm: header, VMAs, pages
@@ -60,6 +61,11 @@ def mm(run_id: str, index: int) -> str:
 
 def mmap_sem(run_id: str, index: int) -> str:
     return f"/{PREFIX}.{run_id}.mmap_sem.{index}"
+
+
+def events(run_id: str) -> str:
+    """The run's event FIFO (a path, not a POSIX IPC name): workers and ``inject`` write to it."""
+    return os.path.join(SHM_DIR, f"{PREFIX}.{run_id}.events")
 
 
 def oom_reply(run_id: str, index: int) -> str:

@@ -26,13 +26,15 @@ class OomReaper:
     """
 
     def __init__(self, policy: ReaperPolicy, clock, zone, oom_lock: threading.Lock,
-                 printk: Callable[[str], object], on_oom_skip: Callable[[object, str], None]):
+                 printk: Callable[[str], object], on_oom_skip: Callable[[object, str], None],
+                 trace: Callable[..., None] | None = None):
         self.policy = policy
         self.clock = clock
         self.zone = zone
         self.oom_lock = oom_lock
         self.printk = printk
         self.on_oom_skip = on_oom_skip
+        self.trace = trace or (lambda *a, **k: None)
         self._cond = threading.Condition()
         self._stopping = False
         self.error: BaseException | None = None
@@ -51,7 +53,13 @@ class OomReaper:
     def wake_oom_reaper(self, task) -> None:
         with self._cond:
             self.policy.wake_oom_reaper(task, self.clock.now())
+            self._publish_deadline(task)
             self._cond.notify_all()
+
+    def _publish_deadline(self, task) -> None:
+        """Put the policy's deadline for this mm where ``oomemu ps`` can read it."""
+        d = self.policy.deadline_of(task)
+        task.mm.reap_deadline = 0.0 if d is None else self.clock.t0 + self.clock.to_real(d)
 
     def victim_exited(self, task) -> None:
         with self._cond:
@@ -78,6 +86,7 @@ class OomReaper:
                     outcome = self.oom_reap_task_mm(action.victim)
                     with self._cond:
                         self.policy.attempt_done(action.victim, outcome, self.clock.now())
+                        self._publish_deadline(action.victim)
                 elif isinstance(action, SetOomSkip):
                     self.set_oom_skip(action)
         except BaseException as e:            # reported by the supervisor as a fault of ours
@@ -87,20 +96,25 @@ class OomReaper:
         """One attempt. Returns REAPED, or why not; the policy decides what next."""
         mm = task.mm
         with self.oom_lock:
-            if task.exited or mm.state == TASK_DEAD:
+            if (task.exited and not task.crashed) or mm.state == TASK_DEAD:
                 return Outcome.SKIPPED
             try:
                 task.mmap_sem.acquire(0)             # down_read_trylock
             except posix_ipc.BusyError:
-                return Outcome.CONTENDED             # trace_skip_task_reaping
+                self.trace("skip_task_reaping", task, reason="mmap_sem")
+                return Outcome.CONTENDED
             try:
                 if self.policy.HONORS_HANDOVER and mm.test_bit(MMF_OOM_HANDOVER):
+                    self.trace("skip_task_reaping", task, reason="handed over to exit_mmap")
                     return Outcome.HANDED_OVER
                 if mm.mmu_notifier == MMU_NOTIFIERS["blockable"]:
+                    self.trace("skip_task_reaping", task, reason="blockable mmu notifier")
                     return Outcome.NOTIFIER_BLOCKED
                 if mm.test_bit(MMF_OOM_SKIP):
+                    self.trace("skip_task_reaping", task, reason="MMF_OOM_SKIP")
                     return Outcome.SKIPPED
-                mm.set_bit(MMF_UNSTABLE)             # trace_start_task_reaping
+                self.trace("start_task_reaping", task)
+                mm.set_bit(MMF_UNSTABLE)
                 freed = 0
                 for vma in mm.vmas():
                     if self.policy.can_reap_vma(vma.kind, vma.vm_flags):
@@ -110,9 +124,12 @@ class OomReaper:
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
                             % (task.pid, task.name, kb["anon_rss"], kb["file_rss"], kb["shmem_rss"]))
-                if mm.resident_pages() >= self.policy.SUBSTANTIAL_PAGES:
+                left = mm.resident_pages()
+                self.trace("finish_task_reaping", task, freed_kb=freed * PAGE_SIZE // 1024,
+                           left_kb=left * PAGE_SIZE // 1024)
+                if left >= self.policy.SUBSTANTIAL_PAGES:
                     return Outcome.MEMORY_LEFT
-                return Outcome.REAPED                # trace_finish_task_reaping
+                return Outcome.REAPED
             finally:
                 task.mmap_sem.release()
 
@@ -123,5 +140,6 @@ class OomReaper:
         if action.unable_to_reap:
             self.printk("oom_reaper: unable to reap pid:%d (%s)" % (task.pid, task.name))
             task.victim.unable_to_reap = True
+            self.trace("reap_deadline", task, reason=action.reason)
         task.mm.set_bit(MMF_OOM_SKIP)
         self.on_oom_skip(task, "oom_reaper")

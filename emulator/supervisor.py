@@ -32,6 +32,7 @@ import psutil
 from . import names
 from .clock import JIFFY_S, ScaledClock
 from .klog import KernelLog
+from .trace import Tracer
 from .mm import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB,
                  TASK_DEAD, Mm, MmLayout, vm_flags_for)
 from .oom_kill import OomControl, Selection, TaskView, select_bad_process
@@ -67,6 +68,7 @@ class Task:
     steps_done: bool = False
     exiting: bool = False
     exited: bool = False
+    crashed: bool = False             # SIGKILLed for real: its mm (and what it held) stays
     stalled: bool = False
     victim: VictimRecord | None = None
     layout: tuple = ()                # (initial pages per VMA, index of the VMA that grows)
@@ -99,7 +101,8 @@ def _layout(spec: TaskSpec, zone_pages: int) -> tuple[MmLayout, list[int], int]:
 
 class Run:
     def __init__(self, scenario: Scenario, policy="v4.17", speed: float = 1.0,
-                 overrides: dict | None = None, echo=None):
+                 overrides: dict | None = None, echo=None, trace: str | None = None,
+                 hold: bool = False, on_start=None):
         if not (isinstance(speed, (int, float)) and speed > 0):
             from .errors import UsageError
             raise UsageError(f"--speed {speed}: must be a number > 0")
@@ -109,6 +112,13 @@ class Run:
         self.run_id = names.new_run_id()
         self.clock = ScaledClock(self.speed)          # re-based at time 0
         self.log = KernelLog(lambda: self.clock.now(), echo)
+        self.hold = hold
+        self._on_start = on_start                      # called at time 0, tasks started
+        self._trace_path = trace
+        self.tracer: Tracer | None = None
+        self._last_abort: dict[int, int] = {}          # requester -> victim pid, to trace once
+        self._stop_requested = False
+        self._fifo: str | None = None
         self.tasks = [Task(i, t) for i, t in enumerate(scenario.tasks)]
         self.zone: Zone | None = None
         self.start_sem = None
@@ -150,6 +160,7 @@ class Run:
             t.mm.oom_score_adj = t.spec.oom_score_adj
             t.mm.mmu_notifier = MMU_NOTIFIERS[t.spec.mmu_notifier]
             t.mm.memcg = self.scenario.memcg_index(t.spec.memcg)
+            t.mm.comm = t.name
             self._created.append((names.mmap_sem(self.run_id, t.index), True))
             t.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(self.run_id, t.index), posix_ipc.O_CREX,
                                              mode=0o600, initial_value=1)
@@ -158,8 +169,12 @@ class Run:
                                               mode=0o600, initial_value=0)
 
     def _spawn(self) -> None:
-        self._rfd, self._wfd = os.pipe()
-        os.set_blocking(self._rfd, False)
+        # A FIFO, not a pipe, so that ``oomemu inject`` can write to it too.
+        # O_RDWR keeps it open for writing here: the read end never sees EOF.
+        self._fifo = names.events(self.run_id)
+        os.mkfifo(self._fifo, 0o600)
+        self._rfd = os.open(self._fifo, os.O_RDWR | os.O_NONBLOCK)
+        self._wfd = os.open(self._fifo, os.O_WRONLY)
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         index = {t.name: t.index for t in self.tasks}
@@ -178,10 +193,15 @@ class Run:
                 [sys.executable, "-m", "workers.task", "--run", self.run_id, "--index", str(t.index),
                  "--parent", str(os.getpid()), "--fd", str(self._wfd), "--spec", json.dumps(spec)],
                 pass_fds=(self._wfd,), stdin=subprocess.DEVNULL, env=env)
+            t.mm.pid = t.proc.pid
             t.pidfd = os.pidfd_open(t.proc.pid)
             self._by_pidfd[t.pidfd] = t
         os.close(self._wfd)
         self._wfd = -1
+
+    def trace(self, ev: str, t: Task | None = None, at: float | None = None, **fields) -> None:
+        if self.tracer is not None:
+            self.tracer.emit(ev, t.pid if t else 0, t.name if t else "", at, **fields)
 
     def _wait_ready(self, sel) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -213,9 +233,16 @@ class Run:
         return [json.loads(line) for line in lines if line]
 
     def _handle(self, ev: dict, oom_requests: dict) -> None:
-        t = self.tasks[ev["i"]]
         kind = ev["ev"]
         at = self.clock.at(ev["t"])
+        if kind == "inject":
+            self._on_inject(ev, at)
+            return
+        t = self.tasks[ev["i"]]
+        if kind in ("alloc_stall", "alloc_ok", "exit_mmap_start", "exit_mmap_done", "handover"):
+            self.trace(kind, t, at, **{k: v for k, v in ev.items() if k not in ("ev", "i", "t")})
+        elif kind == "state":
+            self.trace("task_state", t, at, state=ev["state"])
         if kind == "oom":
             oom_requests[t.index] = (ev["pages"], ev["where"])   # one at a time: the task waits
         elif kind == "alloc_stall":
@@ -233,10 +260,18 @@ class Run:
         elif kind == "exit_mmap_done":
             if t.victim is not None:
                 t.victim.exit_freed_kb = ev["freed_kb"]
+                self.log.printk("oomemu: pid %d (%s) exit_mmap freed %dkB" % (t.pid, t.name, ev["freed_kb"]), at)
         elif kind == "exited":
             self._on_exit(t, at)
 
+    def _on_inject(self, ev: dict, at: float) -> None:
+        """A note from ``oomemu inject``: log it, trace it."""
+        t = self.tasks[ev["i"]] if 0 <= ev.get("i", -1) < len(self.tasks) else None
+        self.log.printk("oomemu: inject: %s" % ev["what"], at)
+        self.trace("inject", t, at, what=ev["what"], by=ev.get("by", 0), action=ev.get("action", ""))
+
     def _on_oom_skip(self, t: Task, by: str, at: float | None = None) -> None:
+        self.trace("oom_skip_set", t, at, by=by)
         if t.victim is not None and t.victim.oom_skip_at_s is None:
             t.victim.oom_skip_at_s = round(self.clock.now() if at is None else at, 6)
             t.victim.oom_skip_by = by
@@ -248,6 +283,7 @@ class Run:
             return
         t.exited = True
         t.stalled = False
+        self.trace("exited", t, at, crashed=t.crashed)
         if t.victim is not None:
             t.victim.exited_at_s = round(at, 6)
 
@@ -255,9 +291,12 @@ class Run:
         """The pidfd says the process is gone; reap the zombie."""
         code = t.proc.wait()
         if not t.exited:
-            # Died without its emulated exit: a crash (or a fault of ours).
-            self.log.printk("oomemu: task %d (%s) died without exiting (%s)"
-                            % (t.pid, t.name, f"signal {-code}" if code < 0 else f"exit code {code}"))
+            # Died without its emulated exit (``inject crash``, or a fault of ours).
+            # Like a POSIX semaphore, whatever it held stays held; its mm stays
+            # too, with the memory in it, until the reaper frees it or the run ends.
+            t.crashed = True
+            self.log.printk("oomemu: task %d (%s) died without exiting (%s); its mm and what it "
+                            "held stay" % (t.pid, t.name, f"signal {-code}" if code < 0 else f"exit code {code}"))
             self._on_exit(t, self.clock.now())
 
     # -- the OOM killer -------------------------------------------------------
@@ -265,7 +304,7 @@ class Run:
         mm = t.mm
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
                         rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
-                        has_mm=not t.exited and mm.state != TASK_DEAD,
+                        has_mm=(t.crashed and t.victim is not None) or (not t.exited and mm.state != TASK_DEAD),
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
 
     def out_of_memory(self, requester: Task, pages: int, where: str) -> None:
@@ -283,8 +322,11 @@ class Run:
             # Fast path, same answer as the full scan: a victim in the OOM domain
             # still holding its memory (no MMF_OOM_SKIP) aborts select_bad_process.
             for v in self.victims:
-                if (in_domain(v) and not v.exited and v.mm.state != TASK_DEAD
+                if (in_domain(v) and (v.crashed or (not v.exited and v.mm.state != TASK_DEAD))
                         and not v.mm.test_bit(MMF_OOM_SKIP)):
+                    if self._last_abort.get(requester.index) != v.pid:
+                        self._last_abort[requester.index] = v.pid
+                        self.trace("oom_abort", requester, victim=v.pid, victim_task=v.name)
                     return
             if memcg is None:
                 totalpages = self.zone.total_pages
@@ -294,6 +336,7 @@ class Run:
             sel = select_bad_process((self._view(t) for t in self.tasks if in_domain(t)), oc)
             if sel is Selection.ABORT:
                 return
+            self._last_abort.pop(requester.index, None)
             if sel is Selection.NONE:
                 if memcg is not None:
                     return             # a memcg OOM does not panic: the charge keeps failing
@@ -301,6 +344,7 @@ class Run:
                                 % (requester.name, GFP, requester.spec.oom_score_adj))
                 self.log.printk("Out of memory and no killable processes...")
                 self.log.printk("Kernel panic - not syncing: Out of memory and no killable processes...")
+                self.trace("panic", requester, reason="Out of memory and no killable processes...")
                 self.verdict = PANIC
                 return
             self.log.printk("%s invoked oom-killer: %s, oom_score_adj=%d"
@@ -323,13 +367,18 @@ class Run:
         # use memory reserves from user space); here the mark must come first,
         # or a victim quicker than us could run exit_mmap as a non-victim.
         t.mm.set_bit(MMF_OOM_VICTIM)
-        os.kill(t.pid, SIGKILL_EMULATED)
+        if not t.crashed:
+            os.kill(t.pid, SIGKILL_EMULATED)
         now = self.clock.now()
         t.victim = VictimRecord(t.name, t.pid, round(now, 6))
         self.victims.append(t)
         self.kills += 1
+        self.trace("oom_kill", t, now, points=oc.chosen_points, requester=oc.requester,
+                   memcg=oc.memcg, **kb)
+        self.trace("mark_victim", t, now)
         self.log.printk("Killed process %d (%s) total-vm:%dkB, anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
                         % (t.pid, t.name, kb["total_vm"], kb["anon_rss"], kb["file_rss"], kb["shmem_rss"]))
+        self.trace("wake_reaper", t)
         self.reaper.wake_oom_reaper(t)
 
     # -- verdict --------------------------------------------------------------
@@ -351,19 +400,33 @@ class Run:
             now = self.clock.now()
             if self.reaper.error is not None:
                 raise RunFault(f"oom_reaper failed: {self.reaper.error!r}") from self.reaper.error
-            if self.verdict is None and self._resolved():
-                self.verdict, self.resolved_at = RESOLVED, now
-                linger_until = now + LINGER_S
             if self.verdict == PANIC:
                 return
-            if self.verdict == RESOLVED and (self._quiet() or now >= linger_until):
-                return
-            if self.verdict is None and now >= deadline:
-                self.verdict = HUNG
-                self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
-                return
-            until = linger_until if self.verdict else deadline
-            events = sel.select(max(0.0, self.clock.to_real(until - now)))
+            if self.hold:
+                # Held: the run goes on until Ctrl-C or ``oomemu stop``; the verdict
+                # is what holds when it is stopped.
+                resolved = self._resolved()
+                if resolved and self.resolved_at is None:
+                    self.resolved_at = now
+                elif not resolved:
+                    self.resolved_at = None
+                if self._stop_requested:
+                    self.verdict = RESOLVED if resolved else HUNG
+                    return
+                timeout = 0.2
+            else:
+                if self.verdict is None and self._resolved():
+                    self.verdict, self.resolved_at = RESOLVED, now
+                    linger_until = now + LINGER_S
+                if self.verdict == RESOLVED and (self._quiet() or now >= linger_until):
+                    return
+                if self.verdict is None and now >= deadline:
+                    self.verdict = HUNG
+                    self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
+                    return
+                until = linger_until if self.verdict else deadline
+                timeout = max(0.0, self.clock.to_real(until - now))
+            events = sel.select(timeout)
             oom_requests: dict[int, int] = {}
             for key, _ in events:
                 if key.data == "pipe":
@@ -381,9 +444,15 @@ class Run:
                 if self.verdict != PANIC:          # a panic stops the machine
                     t.oom_reply.release()
 
+    def _request_stop(self, signum=None, frame=None) -> None:
+        self._stop_requested = True
+
     # -- the whole run --------------------------------------------------------
     def run(self) -> RunResult:
         sel = selectors.DefaultSelector()
+        old_sigint = None
+        if self.hold and threading.current_thread() is threading.main_thread():
+            old_sigint = signal.signal(signal.SIGINT, self._request_stop)
         try:
             self._create()
             self._spawn()
@@ -394,16 +463,29 @@ class Run:
             t0 = time.monotonic() + START_LEAD_S
             self.clock = ScaledClock(self.speed, t0)
             self.zone.set_t0(t0)
+            self.tracer = Tracer(self._trace_path, self.clock.now,
+                                 lambda: self.zone.free_pages() * PAGE_SIZE // 1024)
+            self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=self.policy.name,
+                       speed=self.speed, run_id=self.run_id, memory_kb=self.zone.total_pages * PAGE_SIZE // 1024,
+                       tasks=[{"name": t.name, "pid": t.pid} for t in self.tasks])
+            for t in self.tasks:
+                if t.spec.oom_score_adj:
+                    self.trace("oom_score_adj_update", t, 0.0, oom_score_adj=t.spec.oom_score_adj)
             self.reaper = OomReaper(self.policy, self.clock, self.zone, self.oom_lock,
-                                    self.log.printk, self._on_oom_skip)
+                                    self.log.printk, self._on_oom_skip, self.trace)
             self.reaper.start()
             for _ in self.tasks:
                 self.start_sem.release()
+            if self._on_start is not None:
+                self._on_start(self)
             self._loop(sel)
             self.reaper.stop()
+            self.trace("run_end", verdict=self.verdict, kills=self.kills)
             accounting = self._accounting() if self.verdict == RESOLVED and self._quiet() else None
             return self._result(accounting)
         finally:
+            if old_sigint is not None:
+                signal.signal(signal.SIGINT, old_sigint)
             sel.close()
             self._teardown()
 
@@ -428,6 +510,8 @@ class Run:
     def _teardown(self) -> None:
         if self.reaper is not None:
             self.reaper.stop()
+        if self.tracer is not None:
+            self.tracer.close()
         for t in self.tasks:
             if t.proc is not None and t.proc.poll() is None:
                 try:
@@ -453,6 +537,12 @@ class Run:
             if fd >= 0:
                 os.close(fd)
         self._rfd = self._wfd = -1
+        if self._fifo is not None:
+            try:
+                os.unlink(self._fifo)
+            except FileNotFoundError:
+                pass
+            self._fifo = None
         if self.zone is not None:
             self.zone.close()
         for sem in [self.start_sem, *self.lock_sems]:
@@ -467,9 +557,11 @@ class Run:
 
 
 def run_scenario(scenario: Scenario | str, policy="v4.17", speed: float = 1.0,
-                 overrides: dict | None = None, echo=None) -> RunResult:
-    """Run a scenario with real processes and return what happened."""
+                 overrides: dict | None = None, echo=None, trace: str | None = None) -> RunResult:
+    """Run a scenario with real processes and return what happened.
+
+    ``trace``: a file to write the run's trace events to (JSON lines)."""
     if not isinstance(scenario, Scenario):
         from .scenario import load_scenario
         scenario = load_scenario(scenario)
-    return Run(scenario, policy, speed, overrides, echo).run()
+    return Run(scenario, policy, speed, overrides, echo, trace=trace).run()

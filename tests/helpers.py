@@ -106,3 +106,62 @@ def scaled_variant(name: str, mb: float = 1.0, ms: float = 1.0):
     data["name"] = f"{name}-x{mb:g}mb-x{ms:g}ms"
     data.pop("expected", None)
     return parse_scenario(data, source=f"<{data['name']}>")
+
+
+class HeldRun:
+    """``oomemu run ... --hold`` in a subprocess, as a user in one terminal starts it."""
+
+    def __init__(self, scenario: str, policy: str = "v4.17", *extra: str, trace: str | None = None):
+        import subprocess
+        import sys
+        args = [sys.executable, "-m", "emulator", "run", scenario, "--policy", policy, "--hold", *extra]
+        if trace:
+            args += ["--trace", trace]
+        self.trace = trace
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()
+        if not first.startswith("oomemu: run "):
+            self.proc.kill()
+            raise RuntimeError(f"run did not start: {first}{self.proc.stderr.read()}")
+        self.id = first.split()[2].rstrip(":")
+        self.out = ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if self.proc.poll() is None:
+            if exc_type is None:
+                self.stop()
+            else:                                         # keep the test's own error in view
+                import signal
+                self.proc.send_signal(signal.SIGINT)
+                self.proc.communicate(timeout=60)
+
+    def stop(self) -> str:
+        import signal
+        self.proc.send_signal(signal.SIGINT)            # what 'oomemu stop' does
+        out, err = self.proc.communicate(timeout=60)
+        self.out = out
+        assert self.proc.returncode == 0, err
+        return out
+
+    def events(self) -> list[dict]:
+        import json
+        try:
+            with open(self.trace) as f:
+                return [json.loads(line) for line in f if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
+
+    def wait_event(self, predicate, timeout: float = 30.0) -> dict:
+        found = wait_for(lambda: next((e for e in self.events() if predicate(e)), None), timeout, 0.05)
+        assert found, f"no such event within {timeout}s"
+        return found
+
+
+def oomemu(*args, timeout: float = 60):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "emulator", *args], capture_output=True, text=True,
+                          timeout=timeout)

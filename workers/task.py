@@ -30,12 +30,13 @@ import time
 import posix_ipc
 
 from emulator import names
-from emulator.mm import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE,
-                         TASK_DEAD, TASK_EXITING, TASK_RUNNING, TASK_UNINTERRUPTIBLE, VM_SHARED,
+from emulator.mm import (CMD_ALLOC, MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE,
+                         TASK_ALLOC, TASK_DEAD, TASK_EXITING, TASK_RUNNING, TASK_UNINTERRUPTIBLE, VM_SHARED,
                          Mm)
 from emulator.zone import Zone
 
 SIGKILL_EMULATED = signal.SIGUSR1
+SIGWAKE = signal.SIGUSR2          # "there is a command in your mailbox" (oomemu inject)
 PR_SET_PDEATHSIG = 1
 
 
@@ -77,6 +78,8 @@ class Task:
         self.holds_mmap_sem = False
         self.held_locks: list[str] = []
         self.fatal = False
+        self.exiting = False
+        self.cmd_seq = 0
 
     # -- talking to the supervisor ---------------------------------------
     def send(self, ev: str, **fields) -> None:
@@ -102,17 +105,30 @@ class Task:
             self.fatal = True
             raise Dying
 
+    def _d_state(self, on: bool) -> None:
+        if on:
+            self.mm.state = TASK_UNINTERRUPTIBLE
+            self.send("state", state="D")
+        else:
+            self.mm.state = TASK_EXITING if self.exiting else TASK_RUNNING
+            self.send("state", state="R")
+
     def uninterruptible(self, real_s: float) -> None:
-        self.mm.state = TASK_UNINTERRUPTIBLE
+        self._d_state(True)
         end = time.monotonic() + real_s
         while (left := end - time.monotonic()) > 0:
             time.sleep(left)
-        self.mm.state = TASK_RUNNING
+        self._d_state(False)
 
     def down_uninterruptible(self, sem) -> None:
-        self.mm.state = TASK_UNINTERRUPTIBLE
+        try:
+            sem.acquire(0)                   # free: no wait, no D state
+            return
+        except posix_ipc.BusyError:
+            pass
+        self._d_state(True)
         sem_down(sem)
-        self.mm.state = TASK_RUNNING
+        self._d_state(False)
 
     def real(self, emulated_s: float) -> float:
         return emulated_s / self.speed
@@ -134,12 +150,15 @@ class Task:
                 raise Dying                      # a dying task leaves the allocator
             if not stalled:
                 self.send("alloc_stall", pages=pages, where=short)
+                self.mm.state = TASK_ALLOC
                 stalled = True
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
             # the allocating task's context: wait until the supervisor's OOM killer is done.
             self.send("oom", pages=pages, where=short)
             sem_down(self.oom_reply)
             self.schedule_timeout_killable(self.jiffy_real)
+        if stalled:
+            self.mm.state = TASK_RUNNING
         self.fault_in(vma_index, pages)
         self.send("alloc_ok", pages=pages, stalled=stalled)
 
@@ -213,14 +232,29 @@ class Task:
             if self.spec["steps"]:
                 self.send("steps_done")
             while True:                               # idle, killable
-                signal.sigwaitinfo([SIGKILL_EMULATED])
-                self.fatal = True
-                raise Dying
+                info = signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE])
+                if info.si_signo == SIGKILL_EMULATED:
+                    self.fatal = True
+                    raise Dying
+                self.do_commands()
         except Dying:
             self.do_exit()
 
+    def do_commands(self) -> None:
+        """Commands left in the mm's mailbox by ``oomemu inject`` (then SIGUSR2)."""
+        seq, op, arg = self.mm.command()
+        if seq == self.cmd_seq:
+            return
+        self.cmd_seq = seq
+        if op == CMD_ALLOC:
+            self.send("command", op="alloc", mb=arg)
+            self.alloc(round(arg * PAGES_PER_MB), self.spec["grow_vma"])
+            if self.fatal_signal_pending():
+                raise Dying
+
     # -- do_exit / exit_mmap ---------------------------------------------
     def do_exit(self) -> None:
+        self.exiting = True
         self.mm.state = TASK_EXITING
         self.send("exiting", fatal=self.fatal)
         if self.holds_mmap_sem:                       # unwinding drops what we hold
@@ -306,7 +340,7 @@ def main(argv=None) -> int:
     set_pdeathsig()
     if os.getppid() != a.parent:                  # the supervisor died before prctl
         return 1
-    signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED])
+    signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED, SIGWAKE])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     task = Task(a.run, a.index, json.loads(a.spec), a.fd)
     task.run()

@@ -122,5 +122,9 @@ class ReaperPolicy:
         """Victims the reaper still holds (queued or being worked on)."""
         raise NotImplementedError
 
+    def deadline_of(self, victim: Hashable) -> float | None:
+        """When the reaper will give up on this victim (emulated s), if it knows yet."""
+        return None
+
     def victim_exited(self, victim: Hashable) -> None:
         """The victim's exit_mmap has set MMF_OOM_SKIP; by default the next attempt notices."""

@@ -31,6 +31,7 @@ class V417(ReaperPolicy):
         self._attempts = 0
         self._resume_at = 0.0
         self._finish: SetOomSkip | None = None
+        self._started_at = 0.0
 
     def pending(self) -> int:
         return len(self._chain) + (self._current is not None)
@@ -40,6 +41,12 @@ class V417(ReaperPolicy):
         if victim is self._current or victim in self._chain:
             return
         self._chain.append(victim)
+
+    def deadline_of(self, victim):
+        """Known once the victim is being worked on: MAX_OOM_REAP_RETRIES tries, HZ/10 apart."""
+        if victim is self._current and self._finish is None:
+            return self._started_at + self.c["max_oom_reap_retries"] * self.c["reap_retry_interval_s"]
+        return None
 
     def _next_wake(self) -> float | None:
         """When something other than the current victim needs the reaper (subclasses: timers)."""
@@ -51,6 +58,7 @@ class V417(ReaperPolicy):
                 return Wait(self._next_wake())
             self._current = self._chain.pop()          # LIFO
             self._attempts, self._resume_at, self._finish = 0, now, None
+            self._started_at = now
         if now < self._resume_at:
             return Wait(self._resume_at)
         if self._finish is not None:
