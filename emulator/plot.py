@@ -64,6 +64,12 @@ def plot(timelines: list[Timeline], out: str) -> None:
                 lanes.scatter([t], [0], marker="o", s=12, color="#999999", zorder=2)
             elif kind.startswith("reap_deadline"):
                 lanes.scatter([t], [0], marker="x", s=80, color="black", zorder=3)
+        for e in tl.events:
+            if e["ev"] == "panic":
+                for ax in (mem, lanes):
+                    ax.axvline(e["t"], color="#d62728", lw=2)
+                mem.annotate(" Kernel panic", (e["t"], 0.5), xycoords=("data", "axes fraction"),
+                             color="#d62728", fontsize=9, fontweight="bold")
         lanes.set_yticks(range(len(names)), names, fontsize=8)
         lanes.set_ylim(len(names) - 0.4, -0.6)
         lanes.grid(axis="x", alpha=0.3)

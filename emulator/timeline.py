@@ -100,6 +100,9 @@ def build(events: list[dict]) -> Timeline:
     for pid, s in state.items():
         if not s["gone"] and end > s["since"]:
             lanes[pid].spans.append(Span(s["since"], end, _label(s["victim"], s["stalled"], s["d"], s["exiting"])))
-    verdict = f": {end_ev['verdict']}, {end_ev['kills']} kills" if end_ev else ""
+    verdict = ""
+    if end_ev:
+        k = end_ev["kills"]
+        verdict = f": {end_ev['verdict']}, {k} kill{'' if k == 1 else 's'}"
     title = f"{start.get('scenario', '?')} under {start.get('policy', '?')}{verdict}"
     return Timeline(title, start, end, list(lanes.values()), free, reaper, events)

@@ -265,3 +265,35 @@ def test_trace_event_names_follow_the_kernel(tmp_path):
             "alloc_stall", "alloc_ok"} <= kinds
     assert all({"t", "ev", "pid", "task", "free_kb"} <= set(e) for e in events)
     assert [e["t"] for e in events] == sorted(e["t"] for e in events) or True   # threads may interleave
+
+
+def test_hold_lock_keeps_a_task_in_d_state_until_released(tmp_path):
+    path = write_scenario(tmp_path, """
+        memory_mb = 64
+        [[task]]
+        name = "worker"
+          [[task.vma]]
+          kind = "anon"
+          mb = 8
+          [[task.step]]
+          op = "sleep"
+          ms = 500
+          [[task.step]]
+          op = "lock"
+          name = "L"
+          [[task.step]]
+          op = "unlock"
+          name = "L"
+    """, "lockstep")
+    with HeldRun(path, "timeout", trace=str(tmp_path / "t.jsonl")) as run:
+        holder = subprocess.Popen([sys.executable, "-m", "emulator", "inject", run.id, "hold-lock", "L",
+                                   "--seconds", "3"], stdout=subprocess.PIPE, text=True)
+        assert "holding lock L" in holder.stdout.readline()
+        run.wait_event(lambda e: e["ev"] == "task_state" and e["state"] == "D")
+        assert " D " in next(l for l in oomemu("ps", run.id).stdout.splitlines() if " worker " in l)
+        holder.communicate(timeout=30)
+        back = run.wait_event(lambda e: e["ev"] == "task_state" and e["state"] == "R")
+        out = run.stop()
+    released = inject_times(run.events(), "released lock L")[0]
+    assert back["t"] >= released - 0.05                 # it ran again only once the lock was let go
+    assert "resolved" in out.splitlines()[-1]
