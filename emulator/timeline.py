@@ -45,6 +45,9 @@ def _label(victim: bool, stalled: bool, d: bool, exiting: bool) -> str:
 
 
 def build(events: list[dict]) -> Timeline:
+    # Workers stamp their events when they happen, the supervisor when it hears
+    # of them: put them in time order (stable, so equal times keep their order).
+    events = sorted(events, key=lambda e: e["t"])
     start = next((e for e in events if e["ev"] == "run_start"), {})
     end_ev = next((e for e in events if e["ev"] == "run_end"), None)
     end = max(e["t"] for e in events)

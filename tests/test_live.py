@@ -260,11 +260,11 @@ def test_trace_event_names_follow_the_kernel(tmp_path):
     events = [json.loads(l) for l in trace.read_text().splitlines()]
     kinds = {e["ev"] for e in events}
     assert kinds <= set(KERNEL_EVENTS) | set(OOMEMU_EVENTS)
-    assert {"mark_victim", "wake_reaper", "skip_task_reaping", "start_task_reaping", "finish_task_reaping",
-            "oom_kill", "reap_deadline", "oom_skip_set", "exit_mmap_start", "exit_mmap_done",
-            "alloc_stall", "alloc_ok"} <= kinds
+    # (whether the reaper or the bystander's own exit frees the bystander is a race;
+    # start/finish_task_reaping are checked on mlocked in test_trace_output)
+    assert {"mark_victim", "wake_reaper", "skip_task_reaping", "oom_kill", "reap_deadline", "oom_skip_set",
+            "exit_mmap_start", "exit_mmap_done", "alloc_stall", "alloc_ok", "run_start", "run_end"} <= kinds
     assert all({"t", "ev", "pid", "task", "free_kb"} <= set(e) for e in events)
-    assert [e["t"] for e in events] == sorted(e["t"] for e in events) or True   # threads may interleave
 
 
 def test_hold_lock_keeps_a_task_in_d_state_until_released(tmp_path):
