@@ -1,19 +1,12 @@
 """The command line, end to end in a subprocess, as a user types it."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import write_scenario
+from tests.helpers import oomemu, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def oomemu(*args, timeout=100):
-    return subprocess.run([sys.executable, "-m", "emulator", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_run_prints_kernel_lines_a_summary_and_writes_json(tmp_path):
