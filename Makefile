@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-.PHONY: help install run-demo test stress compare claims cleanup clean
+.PHONY: help install run-demo test stress bench compare claims cleanup clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: $(STAMP) ## the whole test suite (ARGS= passes pytest options)
 
 stress: $(STAMP) ## only the repeated real-process runs
 	$(BIN)/python -m pytest -m stress $(ARGS)
+
+bench: $(STAMP) ## benchmarks: how late deadlines fire, start-up cost by task count (figures)
+	$(BIN)/python -m tests.bench $(ARGS)
 
 compare: $(STAMP) ## every scenario under every policy, checked against the stated outcomes
 	$(BIN)/oomemu compare --speed 10 --check $(ARGS)
