@@ -1,21 +1,26 @@
 """oomemu: the Linux OOM killer and OOM reaper, emulated with real processes.
 
-The map, from pure decision logic to process plumbing::
+The map, from pure decision logic to process plumbing to what users see::
 
     scenario.py     TOML scenario files -> Scenario (validated, tasks expanded)
-    oom_kill.py     oom_badness, select_bad_process          (pure)
-    policies/       reaper policies: v4.17, timeout          (pure, clock as a parameter)
+    oom_kill.py     oom_badness, select_bad_process              (pure)
+    policies/       reaper policies, a module each: v4.17, timeout, handover, v6.6
+                    (pure: the reaper asks them what to do at time ``now``)
     clock.py        emulated seconds on a scaled monotonic clock; FakeClock for tests
 
     mm.py           an mm = a POSIX shared-memory segment: header, VMA table, pages
-    zone.py         the zone: shared free-page count under its own semaphore
-    names.py        what a run's segments and semaphores are called in /dev/shm
+    zone.py         the zone and memcgs: shared page counts under one semaphore
+    names.py        what a run's segments, semaphores and FIFO are called in /dev/shm
     reaper.py       the oom_reaper thread: drives a policy against real mms
     supervisor.py   spawns the workers (../workers/task.py), plays the OOM killer,
                     reaches the verdict, tears everything down
     klog.py         printk with dmesg timestamps;  result.py  RunResult, VictimRecord
+    trace.py        trace events (JSON lines)
     cleanup.py      removes leftovers of runs whose supervisor died
-    cli.py          the ``oomemu`` command
+
+    cli.py          the ``oomemu`` command;  live.py  runs / ps / stop / inject
+    compare.py      every scenario under every policy, one table;  claims.py  make claims
+    timeline.py     trace events -> states per task;  perfetto.py, plot.py  render them
 
 For your own tests::
 
