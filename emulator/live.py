@@ -60,19 +60,33 @@ class LiveRun:
         self.zone.close()
 
 
-def live_runs() -> list[LiveRun]:
-    runs = []
+def _zone_owner(run_id: str) -> int | None:
+    try:
+        return os.stat(names.shm_path(names.zone(run_id), False)).st_uid
+    except OSError:
+        return None
+
+
+def live_runs() -> tuple[list[LiveRun], list[tuple[str, int]]]:
+    """Runs we can read, and (run id, owner uid) of live runs of other users we cannot."""
+    runs, others = [], []
     for run_id, entries in names.leftovers().items():
         if not any(e.endswith(".zone") and not e.startswith("sem.") for e in entries):
             continue
-        if not supervisor_alive(run_id):
+        if names.run_pid(run_id) is None or not psutil.pid_exists(names.run_pid(run_id)):
             continue
         try:
             zone = Zone(run_id)
+        except posix_ipc.PermissionsError:
+            others.append((run_id, _zone_owner(run_id)))
+            continue
         except (posix_ipc.ExistentialError, ValueError):
             continue
+        if not supervisor_alive(run_id):
+            zone.close()
+            continue
         runs.append(LiveRun(zone.facts(), zone))
-    return runs
+    return runs, others
 
 
 def open_run(run_id: str, mine: bool = False) -> LiveRun:
@@ -81,6 +95,10 @@ def open_run(run_id: str, mine: bool = False) -> LiveRun:
         raise UsageError(f"{run_id!r} is not a run id (see 'oomemu runs')")
     try:
         zone = Zone(run_id)
+    except posix_ipc.PermissionsError:
+        owner = _zone_owner(run_id)
+        raise UsageError(f"run {run_id} belongs to {_owner(owner) if owner is not None else 'another user'}: "
+                         f"only its owner may look into it or inject into it") from None
     except (posix_ipc.ExistentialError, ValueError):
         raise UsageError(f"no run {run_id} on this machine (see 'oomemu runs')") from None
     if not supervisor_alive(run_id):
@@ -95,7 +113,8 @@ def open_run(run_id: str, mine: bool = False) -> LiveRun:
 
 def runs_table() -> str:
     rows = [("RUN", "SCENARIO", "POLICY", "SPEED", "OWNER", "AGE", "TASKS")]
-    for r in live_runs():
+    runs, others = live_runs()
+    for r in runs:
         try:
             age = time.time() - psutil.Process(r.facts.supervisor_pid).create_time()
         except psutil.Error:
@@ -104,6 +123,8 @@ def runs_table() -> str:
         rows.append((r.run_id, r.facts.scenario, r.facts.policy, f"{r.facts.speed:g}",
                      _owner(r.facts.uid), f"{age:.0f}s", str(n)))
         r.close()
+    for run_id, uid in others:
+        rows.append((run_id, "?", "?", "?", _owner(uid) if uid is not None else "?", "?", "?"))
     if len(rows) == 1:
         return "oomemu: no live runs"
     widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]

@@ -9,8 +9,16 @@ import os
 # checks nor get removed by them.
 os.environ["OOMEMU_PREFIX"] = f"oomemu_test{os.getpid()}"
 
+import signal
+
 import psutil
 import pytest
+
+# A shell that starts the suite in the background (cmd &) hands it SIGINT
+# ignored, and ignored signals survive exec: the runs the tests interrupt would
+# not see Ctrl-C. Give this process, and so its children, the usual handling.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from emulator import names
 from tests.helpers import shm_leftovers, wait_for, worker_processes
