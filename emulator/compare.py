@@ -18,7 +18,7 @@ import json
 import os
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
@@ -132,18 +132,24 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
     if jobs == 1:
         for s, p, n in work:
             if progress:
-                progress(done, len(work), f"{s.name} under {policy_name(p)}")
+                progress(done, len(work), f"running {s.name} under {policy_name(p)}")
             cells[(s.name, policy_name(p))].runs.append(_run_one(s, p, speed, trace_of(s, p, n)))
             done += 1
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_run_one, s, p, speed, trace_of(s, p, n)): (s, p) for s, p, n in work}
-            for fut in as_completed(futures):
-                s, p = futures[fut]
-                cells[(s.name, policy_name(p))].runs.append(fut.result())
-                done += 1
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    s, p = futures[fut]
+                    cells[(s.name, policy_name(p))].runs.append(fut.result())
+                    done += 1
                 if progress:
-                    progress(done, len(work), f"{s.name} under {policy_name(p)}")
+                    # (the pool marks one call more than it has workers "running")
+                    running = [f"{futures[f][0].name} under {policy_name(futures[f][1])}"
+                               for f in pending if f.running()][:jobs]
+                    progress(done, len(work), "running " + ", ".join(running) if running else "...")
     if progress:
         progress(len(work), len(work), "")
     return list(cells.values())
