@@ -29,10 +29,26 @@ For your own tests::
     assert r.verdict == "resolved" and r.extra_kills == 0
 """
 
-from .errors import ScenarioError, UsageError
-from .result import RunResult, VictimRecord
-from .scenario import Scenario, load_scenario
-from .supervisor import run_scenario
+# The names below are imported on first use (PEP 562), so that a worker, which
+# needs only mm/zone/names, starts without loading the supervisor and friends.
+_LAZY = {
+    "load_scenario": "scenario", "Scenario": "scenario",
+    "run_scenario": "supervisor",
+    "RunResult": "result", "VictimRecord": "result",
+    "ScenarioError": "errors", "UsageError": "errors",
+}
 
-__all__ = ["load_scenario", "run_scenario", "Scenario", "RunResult", "VictimRecord",
-           "ScenarioError", "UsageError"]
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
