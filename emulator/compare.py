@@ -75,8 +75,8 @@ class Cell:
             cell = ", ".join(f"{o} x{n}" for o, n in sorted(outs.items(), key=lambda kv: -kv[1]))
         ts = self.times()
         if ts:
-            lo, hi = min(ts), max(ts)
-            cell += f" {lo:.1f}s" if len(ts) == 1 or hi - lo < 0.05 else f" {lo:.1f}-{hi:.1f}s"
+            lo, hi = f"{min(ts):.1f}", f"{max(ts):.1f}"
+            cell += f" {lo}s" if lo == hi else f" {lo}-{hi}s"
         if self.matches() is False:
             cell += " !"
         return cell
