@@ -490,7 +490,7 @@ class Run:
             self._teardown()
 
     def _accounting(self) -> dict:
-        live = [t for t in self.tasks if not t.exited]
+        live = [t for t in self.tasks if not t.exited or t.crashed]     # a crashed task's mm stays
         return {"charged_pages": self.zone.charged(),
                 "rss_pages": sum(t.mm.resident_pages() for t in live),
                 "segment_pages": sum(t.mm.real_pages() for t in self.tasks) +
