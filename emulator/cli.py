@@ -25,8 +25,8 @@ def _speed(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    if not 0 < v <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be > 0 and at most 1e6: {text!r}")
     return v
 
 
@@ -196,14 +196,13 @@ def cmd_ps(a) -> int:
             print(text, flush=True)
             time.sleep(a.interval)
             run.close()
-            run = open_run(a.run)
+            try:
+                run = open_run(a.run)
+            except UsageError:              # it was there a moment ago: it has ended
+                print(f"oomemu ps: run {a.run} has ended")
+                return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
-    except UsageError as e:
-        if a.watch and "has ended" in str(e):
-            print(f"oomemu ps: run {a.run} has ended")
-            return EXIT_OK
-        raise
     finally:
         try:
             run.close()

@@ -136,7 +136,8 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
             cells[(s.name, policy_name(p))].runs.append(_run_one(s, p, speed, trace_of(s, p, n)))
             done += 1
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        try:
             futures = {pool.submit(_run_one, s, p, speed, trace_of(s, p, n)): (s, p) for s, p, n in work}
             pending = set(futures)
             while pending:
@@ -150,6 +151,12 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
                     running = [f"{futures[f][0].name} under {policy_name(futures[f][1])}"
                                for f in pending if f.running()][:jobs]
                     progress(done, len(work), "running " + ", ".join(running) if running else "...")
+        except BaseException:
+            # Ctrl-C reaches the cells running now (same process group): they tear
+            # down and end; the cells not started yet must not start.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     if progress:
         progress(len(work), len(work), "")
     return list(cells.values())

@@ -234,30 +234,33 @@ def hold(run: LiveRun, sem_name: str, index: int, label: str, seconds: float | N
         sem = posix_ipc.Semaphore(sem_name)
     except posix_ipc.ExistentialError:
         raise UsageError(f"run {run.run_id} has no {label}") from None
+    held = False
     try:
         try:
-            sem.acquire(0)
-        except posix_ipc.BusyError:
-            echo(f"oomemu inject: waiting for {label} (someone holds it) ...")
-            sem.acquire()
-        if mm is not None:
-            mm.mmap_sem_holder = os.getpid()
-        how = f"for {seconds:g}s" if seconds is not None else "until Ctrl-C"
-        note(run, index, action, f"pid {os.getpid()} took {label} {how}")
-        echo(f"oomemu inject: holding {label} {how} (pid {os.getpid()})")
-        try:
+            try:
+                held = sem.acquire(0) is None
+            except posix_ipc.BusyError:
+                echo(f"oomemu inject: waiting for {label} (someone holds it) ...")
+                sem.acquire()
+                held = True
+            if mm is not None:
+                mm.mmap_sem_holder = os.getpid()
+            how = f"for {seconds:g}s" if seconds is not None else "until Ctrl-C"
+            note(run, index, action, f"pid {os.getpid()} took {label} {how}")
+            echo(f"oomemu inject: holding {label} {how} (pid {os.getpid()})")
             if seconds is None:
-                signal.pause() if hasattr(signal, "pause") else time.sleep(1e9)
+                signal.pause()
             else:
                 time.sleep(seconds)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, posix_ipc.SignalError):
             pass
         finally:
-            if mm is not None:
-                mm.mmap_sem_holder = 0
-            sem.release()
-            note(run, index, action, f"pid {os.getpid()} released {label}")
-            echo(f"oomemu inject: released {label}")
+            if held:
+                if mm is not None:
+                    mm.mmap_sem_holder = 0
+                sem.release()
+                note(run, index, action, f"pid {os.getpid()} released {label}")
+                echo(f"oomemu inject: released {label}")
     finally:
         sem.close()
 

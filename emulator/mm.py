@@ -262,8 +262,7 @@ class Mm:
         return list(_COUNTERS.unpack_from(self.map, _COUNTERS_OFF))
 
     def _add_counter(self, counter: int | None, pages: int) -> None:
-        if counter is None:
-            self._add_extra(1, pages)
+        if counter is None:                  # hugetlb, pfnmap: not in the kernel's rss counters
             return
         vals = self.counters()
         vals[counter] += pages
@@ -288,8 +287,8 @@ class Mm:
     def fault_pgtables(self) -> int:
         """Populate the page tables (at start-up: the zone is already charged)."""
         cap = self._extra()[1]
-        self._touch(HEADER_SIZE, cap)
         self._add_extra(0, cap - self.pgtables_pages)
+        self._touch(HEADER_SIZE, cap)
         return cap
 
     def free_pgtables(self) -> int:
@@ -326,10 +325,12 @@ class Mm:
         vma = self.vmas()[vma_index]
         if vma.nr_pages + pages > vma.capacity:
             raise ValueError(f"{self.name}: VMA {vma_index} has room for {vma.capacity} pages")
-        self._touch(HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE, pages)
+        # Count first, then touch: whoever frees this VMA (the reaper, even if this
+        # process dies half-way) frees the whole range and uncharges all of it.
         self._set_nr_pages(vma, vma.nr_pages + pages)
         self._add_counter(_KIND_COUNTER[vma.kind], pages)
         self._add_extra(2, pages)
+        self._touch(HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE, pages)
 
     _CHUNK = b"\xa5" * (PAGE_SIZE * 256)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from .errors import ScenarioError
-from .mm import MMU_NOTIFIERS, VMA_KINDS
+from .mm import MMU_NOTIFIERS, PAGES_PER_MB, VMA_KINDS
 
 OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit")
 _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task"},
@@ -135,6 +135,8 @@ def load_scenario(name_or_path: str | os.PathLike) -> Scenario:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(path, "", f"not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(path, "", "not valid TOML: not UTF-8 text") from None
     except OSError as e:
         raise ScenarioError(path, "", e.strerror or str(e)) from None
     default_name = os.path.splitext(os.path.basename(path))[0]
@@ -295,12 +297,17 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         for s in t.steps:
             if s.task and s.task not in seen:
                 c.fail("task.step.task", f"{t.name}: no task is called {s.task!r}")
-    initial = sum(t.initial_mb for t in tasks)
-    if initial > memory_mb:
-        c.fail("memory_mb", f"the tasks' VMAs need {initial:g} MB at start but the zone has {memory_mb:g}")
+    # Checked in pages, rounded as the run charges them.
+    pages = lambda mb: round(mb * PAGES_PER_MB)
+    start_pages = lambda t: sum(pages(v.mb) for v in t.vmas) + pages(t.pgtables_mb)
+    initial = sum(start_pages(t) for t in tasks)
+    if initial > pages(memory_mb):
+        c.fail("memory_mb", f"the tasks need {initial} pages at start but the zone has {pages(memory_mb)} "
+                            f"({memory_mb:g} MB)")
     for m in memcgs:
-        used = sum(t.initial_mb for t in tasks if t.memcg == m.name)
-        if used > m.limit_mb:
-            c.fail("memcg.limit_mb", f"{m.name}: its tasks need {used:g} MB at start, the limit is {m.limit_mb:g}")
+        used = sum(start_pages(t) for t in tasks if t.memcg == m.name)
+        if used > pages(m.limit_mb):
+            c.fail("memcg.limit_mb", f"{m.name}: its tasks need {used} pages at start, the limit is "
+                                     f"{pages(m.limit_mb)} ({m.limit_mb:g} MB)")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
                     tuple(tasks), source, expected, tuple(memcgs))

@@ -175,9 +175,22 @@ class Run:
         os.mkfifo(self._fifo, 0o600)
         self._rfd = os.open(self._fifo, os.O_RDWR | os.O_NONBLOCK)
         self._wfd = os.open(self._fifo, os.O_WRONLY)
+        index = {t.name: t.index for t in self.tasks}
+        # Workers start with SIGINT ignored (an ignored signal survives exec), so a
+        # Ctrl-C while they start up does not kill them: it is the supervisor's.
+        old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if \
+            threading.current_thread() is threading.main_thread() else None
+        try:
+            self._spawn_all(index)
+        finally:
+            if old_sigint is not None:
+                signal.signal(signal.SIGINT, old_sigint)
+        os.close(self._wfd)
+        self._wfd = -1
+
+    def _spawn_all(self, index: dict) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        index = {t.name: t.index for t in self.tasks}
         for t in self.tasks:
             initial, grow = t.layout
             spec = {"speed": self.speed, "jiffy_s": JIFFY_S, "locks": self.scenario.lock_names,
@@ -196,8 +209,6 @@ class Run:
             t.mm.pid = t.proc.pid
             t.pidfd = os.pidfd_open(t.proc.pid)
             self._by_pidfd[t.pidfd] = t
-        os.close(self._wfd)
-        self._wfd = -1
 
     def trace(self, ev: str, t: Task | None = None, at: float | None = None, **fields) -> None:
         if self.tracer is not None:
@@ -304,7 +315,8 @@ class Run:
         mm = t.mm
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
                         rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
-                        has_mm=(t.crashed and t.victim is not None) or (not t.exited and mm.state != TASK_DEAD),
+                        # a crashed task's mm stays, with its pages, until reaped
+                        has_mm=(t.crashed and mm.resident_pages() > 0) or (not t.exited and mm.state != TASK_DEAD),
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
 
     def out_of_memory(self, requester: Task, pages: int, where: str) -> None:
@@ -493,8 +505,7 @@ class Run:
         live = [t for t in self.tasks if not t.exited or t.crashed]     # a crashed task's mm stays
         return {"charged_pages": self.zone.charged(),
                 "rss_pages": sum(t.mm.resident_pages() for t in live),
-                "segment_pages": sum(t.mm.real_pages() for t in self.tasks) +
-                sum(t.mm.pgtables_pages for t in live)}
+                "segment_pages": sum(t.mm.real_pages() for t in self.tasks)}
 
     def _result(self, accounting) -> RunResult:
         ttr = None
@@ -508,6 +519,18 @@ class Run:
         return r
 
     def _teardown(self) -> None:
+        """Kill and reap every worker, unlink everything. A second Ctrl-C or a SIGTERM
+        waits until this is done (blocked here, delivered after)."""
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._teardown_unblocked()
+        finally:
+            if main:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def _teardown_unblocked(self) -> None:
         if self.reaper is not None:
             self.reaper.stop()
         if self.tracer is not None:

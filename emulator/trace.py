@@ -69,11 +69,14 @@ def load_trace(path: str) -> list[dict]:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     raise UsageError(f"{path}:{n}: not a JSON line") from None
-                if not isinstance(rec, dict) or "ev" not in rec or "t" not in rec:
+                if (not isinstance(rec, dict) or not isinstance(rec.get("ev"), str)
+                        or isinstance(rec.get("t"), bool) or not isinstance(rec.get("t"), (int, float))):
                     raise UsageError(f"{path}:{n}: not an oomemu trace event")
                 events.append(rec)
     except OSError as e:
         raise UsageError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a trace file (not UTF-8 text)") from None
     if not events:
         raise UsageError(f"{path}: no events")
     return events

@@ -79,3 +79,33 @@ def test_a_scenario_file_by_path_runs(tmp_path):
     p = oomemu("run", write_scenario(tmp_path, GOOD), "--speed", "10")
     assert p.returncode == 0, p.stderr
     assert "resolved, kills 0" in p.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "mlocked", "--set", "max_oom_reap_retries=inf"], "must be >= 0 and finite"),
+    (["run", "mlocked", "--speed", "1e308"], "at most 1e6"),
+])
+def test_absurd_numbers_are_usage_errors(args, says):
+    p = oomemu(*args)
+    assert p.returncode == 2 and says in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_sizes_are_checked_in_pages_as_they_are_charged(tmp_path):
+    path = write_scenario(tmp_path, """
+        memory_mb = 0.9
+        [[task]]
+        name = "t"
+        count = 3
+          [[task.vma]]
+          kind = "anon"
+          mb = 0.3
+    """)
+    p = oomemu("run", path)
+    assert p.returncode == 2 and "memory_mb: the tasks need 231 pages at start but the zone has 230" in p.stderr
+
+
+def test_a_binary_file_is_not_a_scenario(tmp_path):
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    p = oomemu("run", str(path))
+    assert p.returncode == 2 and "not UTF-8" in p.stderr and p.stderr.count("\n") == 1, p.stderr

@@ -221,3 +221,32 @@ def test_result_fields_match_the_documented_json():
     killed = [l for l in r.log if " Killed process " in l]
     assert re.fullmatch(r"\[\s*\d+\.\d{6}\] Killed process \d+ \(locked-\d\) total-vm:\d+kB, "
                         r"anon-rss:61440kB, file-rss:0kB, shmem-rss:0kB", killed[0])
+
+
+def test_accounting_holds_with_page_tables_and_a_task_that_holds_its_own_mmap_sem(tmp_path):
+    """A survivor with page tables; a task that allocates while holding its own mmap_sem."""
+    path = write_scenario(tmp_path, """
+        memory_mb = 64
+        [[task]]
+        name = "sparse"
+        pgtables_mb = 8
+          [[task.vma]]
+          kind = "anon"
+          mb = 4
+        [[task]]
+        name = "mapper"
+          [[task.vma]]
+          kind = "file_shared"
+          mb = 2
+          [[task.step]]
+          op = "mmap_sem_down"
+          [[task.step]]
+          op = "alloc"
+          mb = 6
+          [[task.step]]
+          op = "mmap_sem_up"
+    """)
+    r = run(path, "timeout")
+    assert (r.verdict, r.kills) == ("resolved", 0), r.summary()
+    assert_accounting(r)
+    assert r.accounting["charged_pages"] == (8 + 4 + 2 + 6) * 256

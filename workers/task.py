@@ -135,7 +135,12 @@ class Task:
 
     # -- memory -------------------------------------------------------------
     def fault_in(self, vma_index: int, pages: int) -> None:
-        """handle_mm_fault: page faults hold mmap_sem (here: the one semaphore)."""
+        """handle_mm_fault: page faults hold mmap_sem (here: the one semaphore).
+        A task that holds its own mmap_sem already (a step took it) grows the VMA
+        under it, as mmap(MAP_POPULATE) does under the write lock."""
+        if self.holds_mmap_sem:
+            self.mm.fault_in(vma_index, pages)
+            return
         sem_down(self.mmap_sem)
         try:
             self.mm.fault_in(vma_index, pages)
@@ -293,6 +298,11 @@ class Task:
                 finally:
                     self.mmap_sem.release()
             self.mm.set_bit(MMF_UNSTABLE)
+            if rules["oom_skip"] == "after_free_pgtables" and not rules.get("handover"):
+                # the seed's patch: MMF_UNSTABLE, then down_write(); up_write() to wait
+                # for the reaper to stop working on this mm
+                sem_down(self.mmap_sem)
+                self.mmap_sem.release()
             if rules.get("handover"):
                 # With mmap_sem held for write, exit_mmap owns the VMAs and will
                 # finish: from here on MMF_OOM_SKIP is the exit path's to set.

@@ -92,8 +92,8 @@ class ReaperPolicy:
                     value = float(value)
                 except ValueError:
                     raise UsageError(f"--set {key}={value}: not a number") from None
-            if not value >= 0:
-                raise UsageError(f"--set {key}={value}: must be >= 0")
+            if not (value >= 0 and value < 1e9):
+                raise UsageError(f"--set {key}={value}: must be >= 0 and finite")
             self.c[key] = type(self.DEFAULTS[key])(value)
 
     # -- mm rules -----------------------------------------------------------

@@ -84,7 +84,7 @@ class Timeout(ReaperPolicy):
     def attempt_done(self, victim, outcome, now):
         if outcome is Outcome.SKIPPED:
             self._drop(victim)                        # exit_mmap finished: nothing left to do
-        elif outcome.reaped:
+        elif outcome.reaped and victim in self._list:  # (its exit may have dropped it meanwhile)
             self._list.remove(victim)                 # reaped once (MMF_UNSTABLE): now wait
         # CONTENDED / NOTIFIER_BLOCKED: stays on the list for the next pass
 
