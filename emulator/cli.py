@@ -82,7 +82,7 @@ oomemu: try, from another terminal:
     oomemu inject {rid} hold-mmap-sem {first} --seconds 5
     oomemu inject {rid} alloc {scenario.tasks[-1].name} 50
     oomemu inject {rid} crash {first}
-    python3 -c "import posix_ipc,time; s=posix_ipc.Semaphore('{sem}'); s.acquire(); time.sleep(5); s.release()"
+    {sys.executable} -c "import posix_ipc,time; s=posix_ipc.Semaphore('{sem}'); s.acquire(); time.sleep(5); s.release()"
 """, flush=True)
 
 
