@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import posix_ipc
 import psutil
@@ -32,7 +32,6 @@ import psutil
 from . import names
 from .clock import JIFFY_S, ScaledClock
 from .klog import KernelLog
-from .trace import Tracer
 from .mm import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB,
                  TASK_DEAD, Mm, MmLayout, vm_flags_for)
 from .oom_kill import OomControl, Selection, TaskView, select_bad_process
@@ -40,6 +39,7 @@ from .policies import get_policy
 from .reaper import OomReaper
 from .result import HUNG, PANIC, RESOLVED, RunResult, VictimRecord
 from .scenario import Scenario, TaskSpec
+from .trace import Tracer
 from .zone import MEMCG, Zone
 
 SIGKILL_EMULATED = signal.SIGUSR1

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from emulator import names
-from tests.helpers import shm_leftovers, wait_for, worker_processes
+from tests.helpers import wait_for, worker_processes
 
 pytestmark = pytest.mark.timeout(60)
 
