@@ -19,6 +19,7 @@ The map, from pure decision logic to process plumbing to what users see::
     cleanup.py      removes leftovers of runs whose supervisor died
 
     cli.py          the ``oomemu`` command;  live.py  runs / ps / stop / inject
+    columns.py      plain-text tables as the commands print them
     compare.py      every scenario under every policy, one table;  claims.py  make claims
     timeline.py     trace events -> states per task;  perfetto.py, plot.py  render them
 

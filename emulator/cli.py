@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from .columns import columns
 from .errors import UsageError
 from .result import RunResult
 
@@ -91,8 +92,7 @@ def summary_table(results: list[RunResult]) -> str:
     rows = [head] + [(r.policy, r.verdict, str(r.kills), str(r.min_kills), str(r.extra_kills),
                       "-" if r.time_to_resolve_s is None else f"{r.time_to_resolve_s:.3f}s")
                      for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return columns(rows)
 
 
 def cmd_demo(a) -> int:

@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
+from .columns import columns
 from .policies import POLICIES, ReaperPolicy, get_policy
 from .scenario import Expected, Scenario, builtin_names, load_scenario
 
@@ -187,9 +188,8 @@ def _footnotes(cells: list[Cell]) -> list[str]:
 def format_table(cells: list[Cell], header: str = "") -> str:
     scen, pols, by = _grid(cells)
     rows = [["scenario", *pols]] + [[s, *(by[(s, p)].text() for p in pols)] for s in scen]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = [header] if header else []
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    out.append(columns(rows))
     out += _footnotes(cells)
     return "\n".join(out)
 

@@ -20,6 +20,7 @@ import psutil
 
 from . import names
 from .cleanup import supervisor_alive
+from .columns import columns
 from .errors import UsageError
 from .mm import (CMD_ALLOC, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, STATE_NAMES,
                  TASK_DEAD, TASK_EXITING, TASK_UNINTERRUPTIBLE, Mm)
@@ -127,8 +128,7 @@ def runs_table() -> str:
         rows.append((run_id, "?", "?", "?", _owner(uid) if uid is not None else "?", "?", "?"))
     if len(rows) == 1:
         return "oomemu: no live runs"
-    widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return columns(rows)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -188,11 +188,10 @@ def ps_table(run: LiveRun) -> str:
                          mmap_sem_holder(run, i, mm)))
         finally:
             mm.close()
-    widths = [max(len(x[c]) for x in rows) for c in range(len(rows[0]))]
     free_kb = run.zone.free_pages() * k
     head = (f"run {run.run_id}: {run.facts.scenario} under {run.facts.policy}, t={run.now():.3f}s, "
             f"free {free_kb}kB of {run.facts.total_pages * k}kB")
-    return head + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return head + "\n" + columns(rows)
 
 
 # -- injection ---------------------------------------------------------------------

@@ -90,8 +90,12 @@ def vm_flags_for(kind: str, mlocked: bool) -> int:
     return _KIND_FLAGS[kind] | (VM_LOCKED if mlocked else 0)
 
 
-def vma_is_anonymous(kind_index: int) -> bool:
-    return VMA_KINDS[kind_index] == "anon"
+def can_reap_vma(kind: str, vm_flags: int, unreapable_flags: int) -> bool:
+    """__oom_reap_task_mm's rule: skip VMAs with ``unreapable_flags`` (VM_LOCKED,
+    VM_HUGETLB, VM_PFNMAP in v4.17), unmap only anonymous or private ones."""
+    if vm_flags & unreapable_flags:
+        return False
+    return kind == "anon" or not (vm_flags & VM_SHARED)
 
 
 @dataclass(frozen=True)

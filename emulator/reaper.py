@@ -14,7 +14,7 @@ from typing import Callable
 
 import posix_ipc
 
-from .mm import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE, TASK_DEAD
+from .mm import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE
 from .policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
 
 
@@ -96,7 +96,7 @@ class OomReaper:
         """One attempt. Returns REAPED, or why not; the policy decides what next."""
         mm = task.mm
         with self.oom_lock:
-            if (task.exited and not task.crashed) or mm.state == TASK_DEAD:
+            if not task.has_mm:
                 return Outcome.SKIPPED
             try:
                 task.mmap_sem.acquire(0)             # down_read_trylock

@@ -78,6 +78,14 @@ class Task:
         return self.spec.name
 
     @property
+    def has_mm(self) -> bool:
+        """find_lock_task_mm() finds an mm: the task has not exited, or it crashed
+        (SIGKILLed for real) and its mm still holds pages until reaped or the run ends."""
+        if self.crashed:
+            return self.mm.resident_pages() > 0
+        return not self.exited and self.mm.state != TASK_DEAD
+
+    @property
     def pid(self) -> int:
         return self.proc.pid if self.proc else 0
 
@@ -134,6 +142,7 @@ class Run:
         self._rfd = self._wfd = -1
         self._buf = b""
         self._by_pidfd: dict[int, Task] = {}
+        self._by_pid: dict[int, Task] = {}
 
     # -- set-up -------------------------------------------------------------
     def _create(self) -> None:
@@ -207,6 +216,7 @@ class Run:
                  "--parent", str(os.getpid()), "--fd", str(self._wfd), "--spec", json.dumps(spec)],
                 pass_fds=(self._wfd,), stdin=subprocess.DEVNULL, env=env)
             t.mm.pid = t.proc.pid
+            self._by_pid[t.pid] = t
             t.pidfd = os.pidfd_open(t.proc.pid)
             self._by_pidfd[t.pidfd] = t
 
@@ -315,8 +325,7 @@ class Run:
         mm = t.mm
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
                         rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
-                        # a crashed task's mm stays, with its pages, until reaped
-                        has_mm=(t.crashed and mm.resident_pages() > 0) or (not t.exited and mm.state != TASK_DEAD),
+                        has_mm=t.has_mm,
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
 
     def out_of_memory(self, requester: Task, pages: int, where: str) -> None:
@@ -334,8 +343,7 @@ class Run:
             # Fast path, same answer as the full scan: a victim in the OOM domain
             # still holding its memory (no MMF_OOM_SKIP) aborts select_bad_process.
             for v in self.victims:
-                if (in_domain(v) and (v.crashed or (not v.exited and v.mm.state != TASK_DEAD))
-                        and not v.mm.test_bit(MMF_OOM_SKIP)):
+                if in_domain(v) and v.has_mm and not v.mm.test_bit(MMF_OOM_SKIP):
                     if self._last_abort.get(requester.index) != v.pid:
                         self._last_abort[requester.index] = v.pid
                         self.trace("oom_abort", requester, victim=v.pid, victim_task=v.name)
@@ -369,7 +377,7 @@ class Run:
             self.oom_kill_process(oc)
 
     def oom_kill_process(self, oc: OomControl) -> None:
-        t = next(t for t in self.tasks if t.pid == oc.chosen.pid)
+        t = self._by_pid[oc.chosen.pid]
         score = oc.chosen_points * 1000 // oc.totalpages
         reason = "Out of memory" if oc.memcg is None else "Memory cgroup out of memory"
         self.log.printk("%s: Kill process %d (%s) score %d or sacrifice child"

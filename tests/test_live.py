@@ -93,26 +93,27 @@ def test_holding_mmap_sem_delays_reaping_until_the_hold_ends(tmp_path, simple, h
                                        f"{sem!r}); s.acquire(); print('held', flush=True); time.sleep(4); "
                                        f"s.release(); print('released', flush=True)"],
                                       stdout=subprocess.PIPE, text=True)
-        assert "held" in holder.stdout.readline() or how == "inject"
-        t_held = time.monotonic()
+        assert ("holding" if how == "inject" else "held") in holder.stdout.readline()
         kill = run.wait_event(lambda e: e["ev"] == "oom_kill")
+        t_kill_seen = time.monotonic()                  # at or after the kill (polled)
         assert kill["task"] == "victim"
         holder.communicate(timeout=30)
-        t_released = time.monotonic()
+        t_released = time.monotonic()                   # at or after the release
         run.wait_event(lambda e: e["ev"] == "exited" and e["task"] == "victim", timeout=30)
         run.stop()
     events = run.events()
     start = next(e for e in events if e["ev"] == "run_start")
     free = freed_at(events, "victim")
-    # the memory came back only once the hold ended (4 s after it began), not at the kill
-    assert free is not None and free - kill["t"] >= 4 - (time.monotonic() - t_held) - 1
-    assert free >= kill["t"] + 1.0
+    # The memory came back only once the hold ended, not at the kill. At speed 1
+    # emulated seconds are real ones; 0.3 s covers the holder's exit and our polling.
+    assert free is not None
+    assert free - kill["t"] >= (t_released - t_kill_seen) - 0.3 > 1.0
     assert not any(e["ev"] == "reap_deadline" for e in events)
     assert sum(e["ev"] == "oom_kill" for e in events) == 1
     if how == "inject":
         assert inject_times(events, "released") and inject_times(events, "released")[0] <= free
         assert any("oomemu: inject: pid" in l and "released the mmap_sem of victim" in l for l in run.out.splitlines())
-    assert start["policy"] == "timeout" and t_released > t_held
+    assert start["policy"] == "timeout"
 
 
 def test_the_deadline_ends_the_delay_when_it_comes_first(tmp_path, simple):

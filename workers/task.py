@@ -31,8 +31,8 @@ import posix_ipc
 
 from emulator import names
 from emulator.mm import (CMD_ALLOC, MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE,
-                         TASK_ALLOC, TASK_DEAD, TASK_EXITING, TASK_RUNNING, TASK_UNINTERRUPTIBLE, VM_SHARED,
-                         Mm)
+                         TASK_ALLOC, TASK_DEAD, TASK_EXITING, TASK_RUNNING, TASK_UNINTERRUPTIBLE, Mm,
+                         can_reap_vma)
 from emulator.zone import Zone
 
 SIGKILL_EMULATED = signal.SIGUSR1
@@ -292,8 +292,7 @@ class Task:
                 sem_down(self.mmap_sem)
                 try:
                     for vma in self.mm.vmas():
-                        if not (vma.vm_flags & rules["unreapable_flags"]) and (
-                                vma.kind == "anon" or not vma.vm_flags & VM_SHARED):
+                        if can_reap_vma(vma.kind, vma.vm_flags, rules["unreapable_flags"]):
                             freed += self._zap(vma)
                 finally:
                     self.mmap_sem.release()

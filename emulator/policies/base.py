@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Hashable
 
 from ..errors import UsageError
-from ..mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, VM_SHARED
+from ..mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, can_reap_vma
 
 
 class Outcome(Enum):
@@ -78,8 +78,6 @@ class ReaperPolicy:
     HONORS_HANDOVER = False
     #: after a reap, this much left (rss, unreapable VMAs, page tables) is "substantial"
     SUBSTANTIAL_PAGES = 256                 # 1 MB
-    #: the kernel version whose log lines and panic message the policy's runs print
-    lineage = ""
 
     def __init__(self, overrides: dict[str, float] | None = None):
         self.c = dict(self.DEFAULTS)
@@ -99,9 +97,7 @@ class ReaperPolicy:
     # -- mm rules -----------------------------------------------------------
     def can_reap_vma(self, kind: str, vm_flags: int) -> bool:
         """__oom_reap_task_mm: skip unreapable VMAs, reap anonymous or private ones."""
-        if vm_flags & self.UNREAPABLE_VM_FLAGS:
-            return False
-        return kind == "anon" or not (vm_flags & VM_SHARED)
+        return can_reap_vma(kind, vm_flags, self.UNREAPABLE_VM_FLAGS)
 
     def exit_mmap_spec(self) -> dict:
         """What the worker's exit_mmap needs to know (plain data: it crosses a process boundary)."""

@@ -21,7 +21,7 @@ its mmap_sem held by someone else) is given up on after about a second.
 
 from __future__ import annotations
 
-from .base import AFTER_FREE_PGTABLES, Outcome, SetOomSkip
+from .base import AFTER_FREE_PGTABLES
 from .v4_17 import V417
 
 
@@ -35,13 +35,5 @@ class Handover(V417):
     EXIT_MMAP_OOM_SKIP = AFTER_FREE_PGTABLES
     EXIT_MMAP_REAPS_FIRST = True
     HONORS_HANDOVER = True
-
-    def attempt_done(self, victim, outcome, now):
-        assert victim is self._current
-        self._attempts += 1
-        if outcome is Outcome.HANDED_OVER:
-            self._current = None              # exit_mmap will set MMF_OOM_SKIP
-        elif outcome in (Outcome.REAPED, Outcome.SKIPPED):
-            self._finish = SetOomSkip(victim, False, outcome.value)
-        else:   # CONTENDED, NOTIFIER_BLOCKED (non-blocking invalidation failed), MEMORY_LEFT
-            self.retry(victim, outcome, now)
+    NOTIFIER_SLEEPS_THEN_GIVES_UP = False
+    RETRY_WHILE_MEMORY_LEFT = True

@@ -23,6 +23,11 @@ class V417(ReaperPolicy):
         "blockable_notifier_sleep_s": 1.0,  # schedule_timeout_idle(HZ), then give up
     }
     EXIT_MMAP_OOM_SKIP = BEFORE_UNMAP
+    #: v4.17: an mm with blockable mmu notifiers gets a 1 s sleep and is given up on;
+    #: from v4.19 non-blocking invalidation fails the attempt, which is retried
+    NOTIFIER_SLEEPS_THEN_GIVES_UP = True
+    #: the hand-over RFC: a reap that leaves substantial memory counts as a failed try
+    RETRY_WHILE_MEMORY_LEFT = False
 
     def __init__(self, overrides=None):
         super().__init__(overrides)
@@ -75,11 +80,15 @@ class V417(ReaperPolicy):
     def attempt_done(self, victim, outcome, now):
         assert victim is self._current
         self._attempts += 1
-        if outcome.reaped or outcome is Outcome.SKIPPED:
+        if outcome is Outcome.HANDED_OVER:
+            self._current = None              # exit_mmap will set MMF_OOM_SKIP
+        elif outcome is Outcome.MEMORY_LEFT and self.RETRY_WHILE_MEMORY_LEFT:
+            self.retry(victim, outcome, now)
+        elif outcome.reaped or outcome is Outcome.SKIPPED:
             self._finish = SetOomSkip(victim, False, outcome.value)
-        elif outcome is Outcome.NOTIFIER_BLOCKED:
+        elif outcome is Outcome.NOTIFIER_BLOCKED and self.NOTIFIER_SLEEPS_THEN_GIVES_UP:
             # up_read; schedule_timeout_idle(HZ); "success" without reaping
             self._resume_at = now + self.c["blockable_notifier_sleep_s"]
             self._finish = SetOomSkip(victim, False, "blockable mmu notifier")
-        else:
+        else:                                 # CONTENDED, or a notifier that would block
             self.retry(victim, outcome, now)

@@ -22,7 +22,7 @@ import heapq
 import itertools
 
 from ..mm import VM_HUGETLB, VM_PFNMAP
-from .base import AFTER_UNMAP, Outcome, SetOomSkip, Wait
+from .base import AFTER_UNMAP, Wait
 from .v4_17 import V417
 
 
@@ -37,6 +37,7 @@ class V66(V417):
     UNREAPABLE_VM_FLAGS = VM_HUGETLB | VM_PFNMAP
     EXIT_MMAP_OOM_SKIP = AFTER_UNMAP
     EXIT_MMAP_REAPS_FIRST = False
+    NOTIFIER_SLEEPS_THEN_GIVES_UP = False
 
     def __init__(self, overrides=None):
         super().__init__(overrides)
@@ -67,11 +68,3 @@ class V66(V417):
             if action.until is None or t < action.until:
                 return Wait(t)
         return action
-
-    def attempt_done(self, victim, outcome, now):
-        assert victim is self._current
-        self._attempts += 1
-        if outcome.reaped or outcome is Outcome.SKIPPED:
-            self._finish = SetOomSkip(victim, False, outcome.value)
-        else:   # CONTENDED, or a notifier that would block (v4.19): try again
-            self.retry(victim, outcome, now)
