@@ -42,7 +42,24 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("oomemu")
+    except metadata.PackageNotFoundError:          # a checkout not installed: read pyproject.toml
+        import os
+        import tomllib
+        try:
+            with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "pyproject.toml"), "rb") as f:
+                return tomllib.load(f)["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
 def __getattr__(name):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name in _LAZY:
         import importlib
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

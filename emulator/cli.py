@@ -1,5 +1,7 @@
 """The ``oomemu`` command line. Exit codes: 0 the command did its job (whatever
-a run's verdict), 1 a fault of ours, 2 a mistake in the input."""
+a run's verdict), 1 a fault of ours, 2 a mistake in the input or a machine that
+cannot hold the run, 3 ``compare --check`` found a difference, 128+N killed by
+signal N (after tearing the run down)."""
 
 from __future__ import annotations
 
@@ -69,7 +71,9 @@ def cmd_run(a) -> int:
     if a.json:
         with open(a.json, "w") as f:
             f.write(result.to_json() + "\n")
-    return EXIT_OK
+    if result.error is not None:
+        print(f"oomemu: error: {result.error}", file=sys.stderr, flush=True)
+    return result.exit_code
 
 
 def _hold_banner(run, scenario) -> None:
@@ -308,8 +312,18 @@ def cmd_cleanup(a) -> int:
     return EXIT_OK
 
 
+def _say(line: str) -> None:
+    """A last line on stderr, which may be a terminal that has hung up."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="oomemu", description="Emulate the Linux OOM killer and OOM reaper with real processes.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"oomemu {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run a scenario under a reaper policy")
     r.add_argument("scenario", help="a built-in name (see 'oomemu scenarios') or a TOML file")
@@ -376,12 +390,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)                 # so that the run's finally: tears down
+def _terminate(signum, frame):
+    from .signals import exiting
+    if exiting():
+        return                                     # already on the way out with the first signal
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)                 # outside a run: nothing to tear down but ours
 
 
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _sigterm)
+    # Outside a run, a terminating signal exits with 128+N through Python's own
+    # unwinding; during a run, the run defers it until it has torn down (emulator.signals).
+    from .signals import TERMINATING, name
+    for sig in TERMINATING:
+        if sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler:
+            try:
+                signal.signal(sig, _terminate)
+            except (OSError, ValueError):
+                pass
     try:
         a = build_parser().parse_args(argv)
         return a.func(a)
@@ -389,12 +416,14 @@ def main(argv=None) -> int:
         print(f"oomemu: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("oomemu: interrupted", file=sys.stderr)
+        _say("oomemu: interrupted (SIGINT)")
         return 130
+    except SystemExit as e:
+        if isinstance(e.code, int) and e.code > 128:
+            _say(f"oomemu: interrupted ({name(e.code - 128)})")
+        raise
     except BrokenPipeError:
         return EXIT_OK
-    except SystemExit:
-        raise
     except Exception as e:                          # a fault of ours: say so, with context
         import traceback
         traceback.print_exc()

@@ -11,3 +11,8 @@ class ScenarioError(UsageError):
     def __init__(self, source: str, key: str, message: str):
         self.source, self.key = source, key
         super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+class EnvironmentProblem(UsageError):
+    """The machine cannot give a run what it needs (room in /dev/shm, memory,
+    open files, processes, permissions): one line, exit code 2."""

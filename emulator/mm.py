@@ -4,12 +4,17 @@
     page 1 ...   the page tables (``pgtables_mb``), then the pages of the VMAs,
                  each VMA a contiguous range
 
-Faulting a page in writes to it, so the memory is really there (tmpfs
-allocates it: it shows in /dev/shm and in ``st_blocks``). Freeing punches
-the range out with ``MADV_REMOVE``, so it is really gone. The header's
-counters are updated by whoever changes the pages, with the mm's mmap_sem
-held, so the worker (faults, exit) and the reaper (in the supervisor) never
-race on them.
+Faulting a page in allocates it (``posix_fallocate``: a full /dev/shm is an
+ENOSPC error, not a SIGBUS) and writes to it, so the memory is really there
+(tmpfs holds it: it shows in /dev/shm and in ``st_blocks``). Freeing punches
+the range out with ``MADV_REMOVE``, so it is really gone.
+
+Each VMA's ``nr_pages`` is the one count of its resident pages: the rss
+counters are derived from the VMA table, and every change of a count is one
+aligned 8-byte store, made with the mm's mmap_sem held, so the worker
+(faults, exit) and the reaper (in the supervisor) never race on them. A
+worker writes what it is about to do in the mm's *journal* first, so that
+if it dies half-way, the supervisor can finish or undo it (``repair``).
 
 Names follow the kernel: ``MMF_OOM_SKIP`` and ``MMF_UNSTABLE`` are bits in
 ``flags``; ``MM_FILEPAGES``/``MM_ANONPAGES``/``MM_SHMEMPAGES`` index the rss
@@ -80,9 +85,16 @@ _COMM_OFF = 160                           # 16 bytes: the task's name
 _CMD = struct.Struct("=I I d")            # mailbox: sequence, op, argument (oomemu inject)
 _CMD_OFF = 176
 _DEADLINE_OFF = 192                       # double: the reaper's deadline, time.monotonic()
+_JOURNAL = struct.Struct("=q i I")        # pages, VMA index (-1: page tables), op (written last)
+_JOURNAL_OFF = 208
 _VMA_OFF = 256
+_VMA_NR_OFF = 24                          # nr_pages within a VMA record: 8-byte aligned
 CMD_ALLOC = 1
 assert _VMA_OFF + MAX_VMAS * _VMA.size <= HEADER_SIZE
+assert _VMA.size % 8 == 0 and _VMA_OFF % 8 == 0 and _EXTRA_OFF % 8 == 0
+
+# What a worker is doing to its own mm (the journal's op), for repair after a crash.
+J_NONE, J_CHARGE, J_ZAP = 0, 1, 2
 MAGIC = b"OOMM"
 
 
@@ -146,6 +158,8 @@ class Mm:
             raise ValueError(f"{name}: not an oomemu mm")
 
     def _init(self, layout: MmLayout) -> None:
+        if len(layout.vmas) > MAX_VMAS:
+            raise ValueError(f"{self.name}: {len(layout.vmas)} VMAs, the header has room for {MAX_VMAS}")
         self.map[0:HEADER_SIZE] = b"\0" * HEADER_SIZE   # the header is always resident
         _HEAD.pack_into(self.map, _HEAD_OFF, MAGIC, 0, 0, TASK_NEW, 0, 0, 0, len(layout.vmas), 0, 0)
         _EXTRA.pack_into(self.map, _EXTRA_OFF, 0, layout.pgtables, 0)
@@ -261,24 +275,20 @@ class Mm:
     def mmap_sem_holder(self, value: int) -> None:
         struct.pack_into("=i", self.map, _HEAD_OFF + 32, value)
 
-    # -- counters ---------------------------------------------------------
+    # -- counters (derived from the VMA table: one count per VMA) --------------
     def counters(self) -> list[int]:
-        return list(_COUNTERS.unpack_from(self.map, _COUNTERS_OFF))
-
-    def _add_counter(self, counter: int | None, pages: int) -> None:
-        if counter is None:                  # hugetlb, pfnmap: not in the kernel's rss counters
-            return
-        vals = self.counters()
-        vals[counter] += pages
-        _COUNTERS.pack_into(self.map, _COUNTERS_OFF, *vals)
+        c = [0] * NR_MM_COUNTERS
+        for v in self.vmas():
+            counter = _KIND_COUNTER[v.kind]
+            if counter is not None:          # hugetlb, pfnmap: not in the kernel's rss counters
+                c[counter] += v.nr_pages
+        return c
 
     def _extra(self) -> list[int]:
         return list(_EXTRA.unpack_from(self.map, _EXTRA_OFF))
 
-    def _add_extra(self, field: int, delta: int) -> None:
-        vals = self._extra()
-        vals[field] += delta
-        _EXTRA.pack_into(self.map, _EXTRA_OFF, *vals)
+    def _set_extra(self, field: int, value: int) -> None:
+        struct.pack_into("=q", self.map, _EXTRA_OFF + 8 * field, value)   # one aligned store
 
     def get_mm_rss(self) -> int:
         c = self.counters()
@@ -288,10 +298,14 @@ class Mm:
     def pgtables_pages(self) -> int:
         return self._extra()[0]
 
+    @property
+    def pgtables_capacity(self) -> int:
+        return self._extra()[1]
+
     def fault_pgtables(self) -> int:
         """Populate the page tables (at start-up: the zone is already charged)."""
-        cap = self._extra()[1]
-        self._add_extra(0, cap - self.pgtables_pages)
+        cap = self.pgtables_capacity
+        self._set_extra(0, cap)
         self._touch(HEADER_SIZE, cap)
         return cap
 
@@ -299,8 +313,8 @@ class Mm:
         """free_pgtables(): release the page tables for real; returns how many pages."""
         n = self.pgtables_pages
         if n:
-            self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE, n * PAGE_SIZE)
-            self._add_extra(0, -n)
+            self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE, self.pgtables_capacity * PAGE_SIZE)
+            self._set_extra(0, 0)
         return n
 
     @property
@@ -313,32 +327,35 @@ class Mm:
 
     # -- VMAs -------------------------------------------------------------
     def vmas(self) -> list[Vma]:
-        n = self._head()[7]
+        n = min(self._head()[7], MAX_VMAS)
         out = []
         for i in range(n):
             kind, flags, start, cap, nr = _VMA.unpack_from(self.map, _VMA_OFF + i * _VMA.size)
             out.append(Vma(i, VMA_KINDS[kind], flags, start, cap, nr))
         return out
 
-    def _set_nr_pages(self, vma: Vma, nr: int) -> None:
-        _VMA.pack_into(self.map, _VMA_OFF + vma.index * _VMA.size,
-                       VMA_KINDS.index(vma.kind), vma.vm_flags, vma.start, vma.capacity, nr)
+    def _set_nr_pages(self, vma_index: int, nr: int) -> None:
+        struct.pack_into("=q", self.map, _VMA_OFF + vma_index * _VMA.size + _VMA_NR_OFF, nr)
 
     def fault_in(self, vma_index: int, pages: int) -> None:
         """Touch ``pages`` more pages of a VMA (the zone is already charged)."""
         vma = self.vmas()[vma_index]
         if vma.nr_pages + pages > vma.capacity:
             raise ValueError(f"{self.name}: VMA {vma_index} has room for {vma.capacity} pages")
-        # Count first, then touch: whoever frees this VMA (the reaper, even if this
-        # process dies half-way) frees the whole range and uncharges all of it.
-        self._set_nr_pages(vma, vma.nr_pages + pages)
-        self._add_counter(_KIND_COUNTER[vma.kind], pages)
-        self._add_extra(2, pages)
-        self._touch(HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE, pages)
+        off = HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE
+        # Count first, then touch: whoever frees this VMA (the reaper, or the
+        # supervisor's repair if this process dies half-way) frees the whole range.
+        self._set_nr_pages(vma_index, vma.nr_pages + pages)
+        self._set_extra(2, self.total_vm + pages)
+        self._touch(off, pages)
 
     _CHUNK = b"\xa5" * (PAGE_SIZE * 256)
 
     def _touch(self, off: int, pages: int) -> None:
+        """Allocate the pages (ENOSPC if /dev/shm is full, rather than SIGBUS) and write them."""
+        if pages <= 0:
+            return
+        os.posix_fallocate(self.fd, off, pages * PAGE_SIZE)
         end = off + pages * PAGE_SIZE
         while off < end:
             n = min(len(self._CHUNK), end - off)
@@ -350,16 +367,64 @@ class Mm:
         vma = self.vmas()[vma.index]          # fresh copy: someone may have zapped it
         if vma.nr_pages == 0:
             return 0
-        off = HEADER_SIZE + vma.start * PAGE_SIZE
-        self.map.madvise(mmap.MADV_REMOVE, off, vma.nr_pages * PAGE_SIZE)
-        freed = vma.nr_pages
-        self._set_nr_pages(vma, 0)
-        self._add_counter(_KIND_COUNTER[vma.kind], -freed)
-        return freed
+        self._punch(vma)
+        self._set_nr_pages(vma.index, 0)
+        return vma.nr_pages
+
+    def _punch(self, vma: Vma) -> None:
+        self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + vma.start * PAGE_SIZE, vma.capacity * PAGE_SIZE)
 
     def real_pages(self) -> int:
         """Pages the segment really holds now, header excluded (tmpfs st_blocks)."""
         return os.fstat(self.fd).st_blocks * 512 // PAGE_SIZE - HEADER_SIZE // PAGE_SIZE
+
+    # -- the journal: what the owner is doing, for repair after it dies -------
+    def journal(self) -> tuple[int, int, int]:
+        """(op, VMA index or -1 for page tables, pages)."""
+        pages, vma, op = _JOURNAL.unpack_from(self.map, _JOURNAL_OFF)
+        return op, vma, pages
+
+    def journal_begin(self, op: int, vma_index: int, pages: int) -> None:
+        struct.pack_into("=q i", self.map, _JOURNAL_OFF, pages, vma_index)
+        struct.pack_into("=I", self.map, _JOURNAL_OFF + 12, op)      # the op last: it commits
+
+    def journal_end(self) -> None:
+        struct.pack_into("=I", self.map, _JOURNAL_OFF + 12, J_NONE)
+
+    def repair(self, charged: int) -> tuple[int, str | None]:
+        """Make a dead owner's mm whole again; returns (the charge it should have, a
+        complaint or None). Call with the owner dead and no one else working on the
+        mm (the supervisor holds oom_lock, which the reaper takes).
+
+        ``charged`` is the task's charge in the zone. The journal says what the owner
+        was doing: charging and faulting in pages (undo a charge not yet counted,
+        finish touching pages counted), or zapping a VMA or the page tables
+        (finish it)."""
+        op, vi, pages = self.journal()
+        complaint = None
+        if op == J_CHARGE:
+            delta = charged - self.resident_pages()
+            if delta == pages:                # charged, not yet counted: undo the charge
+                charged -= pages
+            elif delta == 0:                  # counted (maybe not all touched): finish
+                if vi < 0:
+                    self._touch(HEADER_SIZE, self.pgtables_pages)
+                else:
+                    v = self.vmas()[vi]
+                    n = min(pages, v.nr_pages)
+                    self._touch(HEADER_SIZE + (v.start + v.nr_pages - n) * PAGE_SIZE, n)
+            else:
+                complaint = f"charged {charged} pages, mm counts {self.resident_pages()}, journal {pages}"
+        elif op == J_ZAP:
+            if vi < 0:
+                self.free_pgtables()
+            else:
+                self.zap_vma(self.vmas()[vi])
+            charged = self.resident_pages() if charged - self.resident_pages() in (0, pages) else charged
+        self.journal_end()
+        if complaint is None and charged != self.resident_pages():
+            complaint = f"charged {charged} pages, mm counts {self.resident_pages()}"
+        return charged, complaint
 
     def rss_kb(self) -> dict[str, int]:
         c = self.counters()

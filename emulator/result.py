@@ -6,6 +6,11 @@ import json
 from dataclasses import asdict, dataclass, field
 
 RESOLVED, PANIC, HUNG = "resolved", "panic", "hung"
+# The run itself broke: a worker died unexplained, the machine ran short, or
+# the accounting disagreed. ``RunResult.error`` says why, ``error_kind`` whose
+# fault: "environment" (exit 2) or "fault" (ours, exit 1).
+ERROR = "error"
+VERDICTS = (RESOLVED, PANIC, HUNG, ERROR)
 
 
 @dataclass
@@ -35,7 +40,12 @@ class RunResult:
     run_id: str = ""
     first_oom_at_s: float | None = None
     resolved_at_s: float | None = None
-    accounting: dict | None = None           # charged/rss/segment pages at the end, if quiet
+    accounting: dict | None = None           # charged/rss/segment pages at the end (all equal)
+    error: str | None = None                 # verdict ERROR: the cause, in one line
+    error_kind: str | None = None            # "environment" or "fault"
+    stopped_s: float = 0.0                   # real seconds the run was stopped (Ctrl-Z)
+    oomemu_version: str = ""
+    scenario_sha256: str | None = None       # of the scenario file, None if built in memory
 
     @property
     def extra_kills(self) -> int:
@@ -51,8 +61,20 @@ class RunResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    @property
+    def exit_code(self) -> int:
+        """What ``oomemu run`` exits with: 0 for a verdict, 2 if the machine broke the
+        run, 1 if oomemu did."""
+        if self.verdict != ERROR:
+            return 0
+        return 2 if self.error_kind == "environment" else 1
+
     def summary(self) -> str:
+        if self.verdict == ERROR:
+            return (f"oomemu: {self.scenario} under {self.policy}: error, kills {self.kills} "
+                    f"before it broke: {self.error}")
         ttr = "-" if self.time_to_resolve_s is None else f"{self.time_to_resolve_s:.3f}s"
         extra = f", {self.extra_kills} extra" if self.extra_kills else ""
+        stopped = f" (stopped {self.stopped_s:.1f}s by Ctrl-Z: times include it)" if self.stopped_s else ""
         return (f"oomemu: {self.scenario} under {self.policy}: {self.verdict}, "
-                f"kills {self.kills} (fewest needed {self.min_kills}{extra}), time to resolve {ttr}")
+                f"kills {self.kills} (fewest needed {self.min_kills}{extra}), time to resolve {ttr}{stopped}")

@@ -11,13 +11,22 @@ One process, two threads:
 
 ``out_of_memory`` and the reaper's attempts are serialised by ``oom_lock``,
 as in the kernel. Whatever happens, :meth:`Run.run` ends by killing every
-worker with a real SIGKILL and unlinking every segment and semaphore.
+worker with a real SIGKILL, repairing the mms of workers that died half-way
+through a change (their journals say what to finish or undo), checking the
+accounting, and unlinking every segment and semaphore. Terminating signals
+are deferred to safe points (``emulator.signals``), so none of that is cut
+short.
+
+A worker that dies other than by the emulated SIGKILL or ``oomemu inject
+crash`` ends the run at once with verdict ``error`` and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -29,18 +38,19 @@ from dataclasses import dataclass
 import posix_ipc
 import psutil
 
-from . import names
+from . import names, signals
 from .clock import JIFFY_S, ScaledClock
+from .errors import EnvironmentProblem
 from .klog import KernelLog
-from .mm import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB,
+from .mm import (HEADER_SIZE, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB,
                  TASK_DEAD, Mm, MmLayout, vm_flags_for)
 from .oom_kill import OomControl, Selection, TaskView, select_bad_process
 from .policies import get_policy
 from .reaper import OomReaper
-from .result import HUNG, PANIC, RESOLVED, RunResult, VictimRecord
+from .result import ERROR, HUNG, PANIC, RESOLVED, RunResult, VictimRecord
 from .scenario import Scenario, TaskSpec
 from .trace import Tracer
-from .zone import MEMCG, Zone
+from .zone import MEMCG, Zone, zone_size
 
 SIGKILL_EMULATED = signal.SIGUSR1
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
@@ -48,10 +58,17 @@ START_LEAD_S = 0.05             # real seconds between "go" and time 0
 LINGER_S = 30.0                 # emulated seconds a resolved run waits for dying victims
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GFP = "gfp_mask=0x14280ca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO), order=0"
+WORKER_MEMORY_MB = 16           # a worker's own memory (an interpreter), beside the emulated pages
+FDS_PER_TASK = 2                # the supervisor keeps a pidfd and the mm's fd per task
+FDS_BASE = 64
 
 
 class RunFault(RuntimeError):
     """Something of ours broke (exit code 1)."""
+
+
+class _Interrupted(Exception):
+    """A deferred terminating signal reached a safe point: end the run."""
 
 
 @dataclass(eq=False)
@@ -69,6 +86,8 @@ class Task:
     exiting: bool = False
     exited: bool = False
     crashed: bool = False             # SIGKILLed for real: its mm (and what it held) stays
+    crash_expected: bool = False      # ``oomemu inject crash`` said it is coming
+    fault: tuple | None = None        # (what, is the environment's) from the worker's last words
     stalled: bool = False
     victim: VictimRecord | None = None
     layout: tuple = ()                # (initial pages per VMA, index of the VMA that grows)
@@ -125,7 +144,10 @@ class Run:
         self._trace_path = trace
         self.tracer: Tracer | None = None
         self._last_abort: dict[int, int] = {}          # requester -> victim pid, to trace once
-        self._stop_requested = False
+        self.signals = signals.DeferredSignals(hold_sigint=hold)
+        self.error: str | None = None                  # verdict ERROR: why, in one line
+        self.error_is_environment = False
+        self.stopped_s = 0.0                           # real seconds stopped by Ctrl-Z
         self._fifo: str | None = None
         self.tasks = [Task(i, t) for i, t in enumerate(scenario.tasks)]
         self.zone: Zone | None = None
@@ -145,15 +167,56 @@ class Run:
         self._by_pid: dict[int, Task] = {}
 
     # -- set-up -------------------------------------------------------------
+    def needs(self) -> dict[str, int]:
+        """What the run will take from the machine, in bytes and file descriptors."""
+        n = len(self.tasks)
+        shm = round(self.scenario.memory_mb * PAGES_PER_MB) * PAGE_SIZE + n * HEADER_SIZE + zone_size(n)
+        return {"shm": shm, "memory": shm + ((n + 1) * WORKER_MEMORY_MB << 20),
+                "fds": FDS_BASE + FDS_PER_TASK * n}
+
+    def check_room(self) -> None:
+        """Refuse to start, in one line, if /dev/shm, the machine's available memory,
+        the caller's memory cgroup or the open-file limit cannot hold the run."""
+        need = self.needs()
+        mb = lambda b: f"{b / (1 << 20):.0f} MB"
+        what = (f"{self.scenario.memory_mb:g} MB of emulated memory + {len(self.tasks)} mm headers")
+        try:
+            st = os.statvfs(names.SHM_DIR)
+        except OSError as e:
+            raise EnvironmentProblem(f"{names.SHM_DIR}: {e.strerror}: oomemu keeps a run's memory there") from None
+        free = st.f_bavail * st.f_frsize
+        if free < need["shm"]:
+            raise EnvironmentProblem(
+                f"{names.SHM_DIR} has {mb(free)} free, this run needs {mb(need['shm'])} ({what}): "
+                f"make room there (or mount it larger) or use a smaller memory_mb")
+        avail = _mem_available()
+        if avail is not None and avail < need["memory"]:
+            raise EnvironmentProblem(
+                f"the machine has {mb(avail)} of memory available, this run needs about {mb(need['memory'])} "
+                f"({what}, and about {WORKER_MEMORY_MB} MB per process)")
+        room = _memcg_room()
+        if room is not None and room[0] < need["memory"]:
+            raise EnvironmentProblem(
+                f"memory cgroup {room[1]} has {mb(room[0])} left under its limit, this run needs about "
+                f"{mb(need['memory'])} ({what}, and about {WORKER_MEMORY_MB} MB per process)")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need["fds"]:
+            if hard == resource.RLIM_INFINITY or hard >= need["fds"]:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))     # as far as we may
+            else:
+                raise EnvironmentProblem(
+                    f"this run needs about {need['fds']} open files ({len(self.tasks)} tasks), the limit is "
+                    f"{hard} (ulimit -n): raise it or run fewer tasks")
+
     def _create(self) -> None:
         me = psutil.Process()
         total = round(self.scenario.memory_mb * PAGES_PER_MB)
         self._created.append((names.zone(self.run_id), False))
-        self._created.append((names.zone_lock(self.run_id), True))
         self.zone = Zone(self.run_id, create={
             "supervisor_pid": os.getpid(), "supervisor_ctime": me.create_time(), "speed": self.speed,
             "total_pages": total, "scenario": self.scenario.name, "policy": self.policy.name,
-            "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB)) for m in self.scenario.memcgs]})
+            "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB)) for m in self.scenario.memcgs],
+            "tasks": [self.scenario.memcg_index(t.spec.memcg) for t in self.tasks]})
         self._created.append((names.start(self.run_id), True))
         self.start_sem = posix_ipc.Semaphore(names.start(self.run_id), posix_ipc.O_CREX, mode=0o600,
                                              initial_value=0)
@@ -162,6 +225,7 @@ class Run:
             self.lock_sems.append(posix_ipc.Semaphore(names.lock(self.run_id, lname), posix_ipc.O_CREX,
                                                       mode=0o600, initial_value=1))
         for t in self.tasks:
+            self._check_signals()
             layout, initial, grow = _layout(t.spec, total)
             t.layout = (initial, grow)
             self._created.append((names.mm(self.run_id, t.index), False))
@@ -185,25 +249,13 @@ class Run:
         self._rfd = os.open(self._fifo, os.O_RDWR | os.O_NONBLOCK)
         self._wfd = os.open(self._fifo, os.O_WRONLY)
         index = {t.name: t.index for t in self.tasks}
-        # Workers start with SIGINT ignored (an ignored signal survives exec), so a
-        # Ctrl-C while they start up does not kill them: it is the supervisor's.
-        old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if \
-            threading.current_thread() is threading.main_thread() else None
-        try:
-            self._spawn_all(index)
-        finally:
-            if old_sigint is not None:
-                signal.signal(signal.SIGINT, old_sigint)
-        os.close(self._wfd)
-        self._wfd = -1
-
-    def _spawn_all(self, index: dict) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         for t in self.tasks:
+            self._check_signals()
             initial, grow = t.layout
             spec = {"speed": self.speed, "jiffy_s": JIFFY_S, "locks": self.scenario.lock_names,
-                    "initial_pages": initial, "grow_vma": grow, "memcg": t.mm.memcg,
+                    "initial_pages": initial, "grow_vma": grow,
                     "pgtables_pages": round(t.spec.pgtables_mb * PAGES_PER_MB),
                     "others": {s.task: index[s.task] for s in t.spec.steps if s.task},
                     "exit_unmap_ms_per_mb": t.spec.exit_unmap_ms_per_mb,
@@ -211,14 +263,23 @@ class Run:
                     "exit_mmap": self.policy.exit_mmap_spec(),
                     "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name, "task": s.task}
                               for s in t.spec.steps]}
+            # A process group of its own: a terminal's Ctrl-C, Ctrl-\, Ctrl-Z and hangup
+            # go to the supervisor alone, which decides what the workers see.
             t.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.task", "--run", self.run_id, "--index", str(t.index),
                  "--parent", str(os.getpid()), "--fd", str(self._wfd), "--spec", json.dumps(spec)],
-                pass_fds=(self._wfd,), stdin=subprocess.DEVNULL, env=env)
+                pass_fds=(self._wfd,), stdin=subprocess.DEVNULL, env=env, process_group=0)
             t.mm.pid = t.proc.pid
             self._by_pid[t.pid] = t
             t.pidfd = os.pidfd_open(t.proc.pid)
             self._by_pidfd[t.pidfd] = t
+        os.close(self._wfd)
+        self._wfd = -1
+
+    def _check_signals(self) -> None:
+        """A safe point: end the run if a terminating signal came."""
+        if self.signals.pending is not None:
+            raise _Interrupted(self.signals.pending)
 
     def trace(self, ev: str, t: Task | None = None, at: float | None = None, **fields) -> None:
         if self.tracer is not None:
@@ -227,18 +288,27 @@ class Run:
     def _wait_ready(self, sel) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not all(t.ready for t in self.tasks):
+            self._check_signals()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RunFault("workers did not start within %gs" % READY_TIMEOUT_S)
             for key, _ in sel.select(left):
-                if key.data == "pipe":
+                if key.data == "signal":
+                    self.signals.drain()
+                elif key.data == "pipe":
                     for ev in self._read_events():
                         if ev["ev"] == "ready":
                             self.tasks[ev["i"]].ready = True
+                        elif ev["ev"] == "fault":
+                            self.tasks[ev["i"]].fault = (ev["what"], ev["environment"])
                 else:
-                    t = key.data
-                    raise RunFault(f"worker {t.pid} ({t.name}) died while starting "
-                                   f"(exit code {t.proc.wait()})")
+                    sel.unregister(key.fileobj)
+                    for ev in self._read_events():    # its last words come first
+                        if ev["ev"] == "fault":
+                            self.tasks[ev["i"]].fault = (ev["what"], ev["environment"])
+                    self._on_death(key.data, starting=True)
+                    if self.verdict == ERROR:
+                        return
 
     # -- events ---------------------------------------------------------------
     def _read_events(self):
@@ -258,6 +328,9 @@ class Run:
         at = self.clock.at(ev["t"])
         if kind == "inject":
             self._on_inject(ev, at)
+            return
+        if kind == "fault":
+            self.tasks[ev["i"]].fault = (ev["what"], ev["environment"])
             return
         t = self.tasks[ev["i"]]
         if kind in ("alloc_stall", "alloc_ok", "exit_mmap_start", "exit_mmap_done", "handover"):
@@ -288,6 +361,8 @@ class Run:
     def _on_inject(self, ev: dict, at: float) -> None:
         """A note from ``oomemu inject``: log it, trace it."""
         t = self.tasks[ev["i"]] if 0 <= ev.get("i", -1) < len(self.tasks) else None
+        if t is not None and ev.get("action") == "crash":
+            t.crash_expected = True
         self.log.printk("oomemu: inject: %s" % ev["what"], at)
         self.trace("inject", t, at, what=ev["what"], by=ev.get("by", 0), action=ev.get("action", ""))
 
@@ -308,17 +383,53 @@ class Run:
         if t.victim is not None:
             t.victim.exited_at_s = round(at, 6)
 
-    def _on_death(self, t: Task) -> None:
-        """The pidfd says the process is gone; reap the zombie."""
+    def _on_death(self, t: Task, starting: bool = False) -> None:
+        """The pidfd says the process is gone; reap the zombie, and say why it died
+        if that was not its emulated exit."""
         code = t.proc.wait()
-        if not t.exited:
-            # Died without its emulated exit (``inject crash``, or a fault of ours).
-            # Like a POSIX semaphore, whatever it held stays held; its mm stays
-            # too, with the memory in it, until the reaper frees it or the run ends.
+        if t.exited:
+            return
+        how = f"signal {signals.name(-code)}" if code < 0 else f"exit code {code}"
+        if t.crash_expected and code == -signal.SIGKILL:
+            # ``inject crash``: like a POSIX semaphore, whatever it held stays held; its
+            # mm stays too, with the memory in it, until the reaper frees it or the run ends.
             t.crashed = True
-            self.log.printk("oomemu: task %d (%s) died without exiting (%s); its mm and what it "
-                            "held stay" % (t.pid, t.name, f"signal {-code}" if code < 0 else f"exit code {code}"))
+            self.log.printk("oomemu: task %d (%s) died without exiting (signal %d); its mm and what it "
+                            "held stay" % (t.pid, t.name, -code))
+            self._repair(t)
             self._on_exit(t, self.clock.now())
+            return
+        # Died some other way: a fault (its last words say which), or the machine.
+        t.crashed = True
+        when = "while starting" if starting else "during the run"
+        if t.fault is not None:
+            what, env = t.fault
+        elif code == -signal.SIGBUS:
+            what, env = f"SIGBUS: {names.SHM_DIR} ran out of room ({_shm_free_mb():.0f} MB free)", True
+        elif code == -signal.SIGKILL:
+            what, env = ("a real SIGKILL oomemu did not send (the machine's own OOM killer? "
+                         "see dmesg; or someone else)"), True
+        else:
+            what, env = how, False
+        self.log.printk("oomemu: task %d (%s) died %s: %s" % (t.pid, t.name, when, what))
+        self._repair(t)
+        self._on_exit(t, self.clock.now())
+        self._fail(f"task {t.name} (pid {t.pid}) died {when}: {what}", env)
+
+    def _fail(self, why: str, environment: bool) -> None:
+        """End the run with verdict ERROR (the first cause wins)."""
+        if self.verdict != ERROR:
+            self.verdict, self.error, self.error_is_environment = ERROR, why, environment
+
+    def _repair(self, t: Task) -> None:
+        """A worker died: finish or undo what its journal says it was doing, so that
+        its charge, its mm's counts and its segment agree again."""
+        with self.oom_lock:                # the reaper works on mms under oom_lock
+            charged, complaint = t.mm.repair(self.zone.charged_by(t.index))
+            self.zone.set_charged(t.index, charged)
+        if complaint:
+            self._fail(f"accounting: task {t.name}: {complaint} (a fault of oomemu's: please report it)",
+                       False)
 
     # -- the OOM killer -------------------------------------------------------
     def _view(self, t: Task) -> TaskView:
@@ -417,10 +528,13 @@ class Run:
         deadline = self.scenario.run_deadline_s
         linger_until = None
         while True:
+            self._check_signals()
+            if self.signals.tstp:
+                self._stopped_by_tstp()
             now = self.clock.now()
             if self.reaper.error is not None:
                 raise RunFault(f"oom_reaper failed: {self.reaper.error!r}") from self.reaper.error
-            if self.verdict == PANIC:
+            if self.verdict in (PANIC, ERROR):
                 return
             if self.hold:
                 # Held: the run goes on until Ctrl-C or ``oomemu stop``; the verdict
@@ -430,7 +544,7 @@ class Run:
                     self.resolved_at = now
                 elif not resolved:
                     self.resolved_at = None
-                if self._stop_requested:
+                if self.signals.stop_requested:
                     self.verdict = RESOLVED if resolved else HUNG
                     return
                 timeout = 0.2
@@ -449,7 +563,9 @@ class Run:
             events = sel.select(timeout)
             oom_requests: dict[int, int] = {}
             for key, _ in events:
-                if key.data == "pipe":
+                if key.data == "signal":
+                    self.signals.drain()
+                elif key.data == "pipe":
                     for ev in self._read_events():
                         self._handle(ev, oom_requests)
                 else:
@@ -464,98 +580,140 @@ class Run:
                 if self.verdict != PANIC:          # a panic stops the machine
                     t.oom_reply.release()
 
-    def _request_stop(self, signum=None, frame=None) -> None:
-        self._stop_requested = True
+    def _stopped_by_tstp(self) -> None:
+        """Ctrl-Z: stop the workers and ourselves; on SIGCONT, go on and say so.
+        Emulated time runs on while stopped, so timings after it include the stop."""
+        self.signals.tstp = False
+        alive = [t for t in self.tasks if t.proc is not None and t.proc.poll() is None]
+        for t in alive:
+            _signal_quietly(t.proc, signal.SIGSTOP)
+        began = time.monotonic()
+        self.log.printk("oomemu: run stopped (SIGTSTP): its timings from here on include the stop")
+        os.kill(os.getpid(), signal.SIGSTOP)
+        for t in alive:
+            _signal_quietly(t.proc, signal.SIGCONT)
+        took = time.monotonic() - began
+        self.stopped_s += took
+        self.log.printk("oomemu: run continued after %.1f s stopped" % took)
+        self.trace("run_stopped", real_s=round(took, 3))
 
     # -- the whole run --------------------------------------------------------
     def run(self) -> RunResult:
+        """Run the scenario; returns its result (verdict ERROR: see ``.error``).
+
+        A terminating signal ends the run at a safe point; after the teardown it
+        is raised again, as KeyboardInterrupt (SIGINT) or SystemExit(128 + signum).
+        ``EnvironmentProblem`` if the machine cannot hold the run."""
+        self.check_room()
         sel = selectors.DefaultSelector()
-        old_sigint = None
-        if self.hold and threading.current_thread() is threading.main_thread():
-            old_sigint = signal.signal(signal.SIGINT, self._request_stop)
-        try:
-            self._create()
-            self._spawn()
-            sel.register(self._rfd, selectors.EVENT_READ, "pipe")
-            for t in self.tasks:
-                sel.register(t.pidfd, selectors.EVENT_READ, t)
-            self._wait_ready(sel)
-            t0 = time.monotonic() + START_LEAD_S
-            self.clock = ScaledClock(self.speed, t0)
-            self.zone.set_t0(t0)
-            self.tracer = Tracer(self._trace_path, self.clock.now,
-                                 lambda: self.zone.free_pages() * PAGE_SIZE // 1024)
-            self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=self.policy.name,
-                       speed=self.speed, run_id=self.run_id, memory_kb=self.zone.total_pages * PAGE_SIZE // 1024,
-                       tasks=[{"name": t.name, "pid": t.pid} for t in self.tasks])
+        result = None
+        with self.signals:
+            try:
+                try:
+                    result = self._run(sel)
+                except _Interrupted:
+                    pass
+                except OSError as e:
+                    if e.errno in _ENVIRONMENT_ERRNOS:
+                        raise EnvironmentProblem(f"the run could not be set up: {e.strerror} "
+                                                 f"({errno.errorcode.get(e.errno, e.errno)}{_hint(e.errno)})") from None
+                    raise
+            finally:
+                sel.close()
+                self._teardown()
+        self.signals.raise_pending()
+        return result
+
+    def _run(self, sel) -> RunResult:
+        self._create()
+        self._spawn()
+        if self.signals.active:
+            sel.register(self.signals.rfd, selectors.EVENT_READ, "signal")
+        sel.register(self._rfd, selectors.EVENT_READ, "pipe")
+        for t in self.tasks:
+            sel.register(t.pidfd, selectors.EVENT_READ, t)
+        self._wait_ready(sel)
+        t0 = time.monotonic() + START_LEAD_S
+        self.clock = ScaledClock(self.speed, t0)
+        self.zone.set_t0(t0)
+        self.tracer = Tracer(self._trace_path, self.clock.now,
+                             lambda: self.zone.free_pages() * PAGE_SIZE // 1024)
+        self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=self.policy.name,
+                   speed=self.speed, run_id=self.run_id, memory_kb=self.zone.total_pages * PAGE_SIZE // 1024,
+                   tasks=[{"name": t.name, "pid": t.pid} for t in self.tasks])
+        self.reaper = OomReaper(self.policy, self.clock, self.zone, self.oom_lock,
+                                self.log.printk, self._on_oom_skip, self.trace)
+        if self.verdict != ERROR:
             for t in self.tasks:
                 if t.spec.oom_score_adj:
                     self.trace("oom_score_adj_update", t, 0.0, oom_score_adj=t.spec.oom_score_adj)
-            self.reaper = OomReaper(self.policy, self.clock, self.zone, self.oom_lock,
-                                    self.log.printk, self._on_oom_skip, self.trace)
             self.reaper.start()
             for _ in self.tasks:
                 self.start_sem.release()
             if self._on_start is not None:
                 self._on_start(self)
             self._loop(sel)
-            self.reaper.stop()
-            self.trace("run_end", verdict=self.verdict, kills=self.kills)
-            accounting = self._accounting() if self.verdict == RESOLVED and self._quiet() else None
-            return self._result(accounting)
-        finally:
-            if old_sigint is not None:
-                signal.signal(signal.SIGINT, old_sigint)
-            sel.close()
-            self._teardown()
+        self.reaper.stop()
+        self.trace("run_end", verdict=self.verdict, kills=self.kills)
+        accounting = self._stop_workers_and_check()
+        return self._result(accounting)
 
-    def _accounting(self) -> dict:
-        live = [t for t in self.tasks if not t.exited or t.crashed]     # a crashed task's mm stays
-        return {"charged_pages": self.zone.charged(),
-                "rss_pages": sum(t.mm.resident_pages() for t in live),
-                "segment_pages": sum(t.mm.real_pages() for t in self.tasks)}
+    def _stop_workers_and_check(self) -> dict:
+        """Kill every worker for real, repair the mms of those that died half-way
+        through a change, and check that for every task the zone's charge, the pages
+        its mm counts and the pages its segment holds agree (else verdict ERROR:
+        a fault of ours). Returns the totals."""
+        self._kill_workers()
+        for t in self.tasks:
+            if t.proc is not None and not t.exited:
+                self._repair(t)
+        charged = rss = segment = 0
+        for t in self.tasks:
+            c, r, g = self.zone.charged_by(t.index), t.mm.resident_pages(), t.mm.real_pages()
+            charged, rss, segment = charged + c, rss + r, segment + g
+            if not c == r == g:
+                self._fail(f"accounting: task {t.name}: charged {c} pages, its mm counts {r}, its segment "
+                           f"holds {g} (a fault of oomemu's: please report it)", False)
+        if self.zone.charged() != charged:
+            self._fail(f"accounting: the zone says {self.zone.charged()} pages charged, the tasks {charged}",
+                       False)
+        return {"charged_pages": charged, "rss_pages": rss, "segment_pages": segment}
 
     def _result(self, accounting) -> RunResult:
         ttr = None
         if self.verdict == RESOLVED and self.first_oom_at is not None:
             ttr = round(self.resolved_at - self.first_oom_at, 6)
-        r = RunResult(self.scenario.name, self.policy.name, self.speed, self.verdict, self.kills,
-                      self.scenario.min_kills, ttr, [t.victim for t in self.victims],
-                      list(self.log.lines), self.run_id,
-                      None if self.first_oom_at is None else round(self.first_oom_at, 6),
-                      None if self.resolved_at is None else round(self.resolved_at, 6), accounting)
-        return r
+        return RunResult(
+            self.scenario.name, self.policy.name, self.speed, self.verdict, self.kills,
+            self.scenario.min_kills, ttr, [t.victim for t in self.victims], list(self.log.lines),
+            self.run_id, None if self.first_oom_at is None else round(self.first_oom_at, 6),
+            None if self.resolved_at is None else round(self.resolved_at, 6), accounting,
+            error=self.error, error_kind=None if self.error is None else
+            ("environment" if self.error_is_environment else "fault"),
+            stopped_s=round(self.stopped_s, 3), oomemu_version=__version__(),
+            scenario_sha256=_scenario_hash(self.scenario))
 
-    def _teardown(self) -> None:
-        """Kill and reap every worker, unlink everything. A second Ctrl-C or a SIGTERM
-        waits until this is done (blocked here, delivered after)."""
-        main = threading.current_thread() is threading.main_thread()
-        if main:
-            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            self._teardown_unblocked()
-        finally:
-            if main:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-    def _teardown_unblocked(self) -> None:
-        if self.reaper is not None:
-            self.reaper.stop()
-        if self.tracer is not None:
-            self.tracer.close()
+    def _kill_workers(self) -> None:
+        """The real SIGKILL to every worker still there, and wait for each (bounded)."""
         for t in self.tasks:
             if t.proc is not None and t.proc.poll() is None:
-                try:
-                    t.proc.send_signal(signal.SIGCONT)
-                    t.proc.kill()                       # the real SIGKILL: tear-down only
-                except ProcessLookupError:
-                    pass
+                _signal_quietly(t.proc, signal.SIGKILL)     # SIGKILL works on a stopped process too
         for t in self.tasks:
             if t.proc is not None:
                 try:
                     t.proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
+
+    def _teardown(self) -> None:
+        """Kill and reap every worker, unlink everything. Runs with terminating
+        signals deferred (see ``run``), so it always runs to its end."""
+        if self.reaper is not None:
+            self.reaper.stop()
+        if self.tracer is not None:
+            self.tracer.close()
+        self._kill_workers()
+        for t in self.tasks:
             if t.pidfd >= 0:
                 os.close(t.pidfd)
                 t.pidfd = -1
@@ -585,6 +743,96 @@ class Run:
             except posix_ipc.ExistentialError:
                 pass
         self._created.clear()
+
+
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
+                                 errno.EDQUOT, errno.EPERM, errno.EACCES})
+
+
+def _hint(err: int) -> str:
+    return {errno.EMFILE: ": too many open files; raise 'ulimit -n'",
+            errno.ENFILE: ": the system's file table is full",
+            errno.EAGAIN: ": no more processes; see 'ulimit -u'",
+            errno.ENOSPC: f": {names.SHM_DIR} is full",
+            errno.ENOMEM: ": out of memory"}.get(err, "")
+
+
+def _signal_quietly(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _shm_free_mb() -> float:
+    try:
+        st = os.statvfs(names.SHM_DIR)
+        return st.f_bavail * st.f_frsize / (1 << 20)
+    except OSError:
+        return 0.0
+
+
+def _mem_available() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _memcg_room() -> tuple[int, str] | None:
+    """Bytes left under the tightest memory limit of this process's memory cgroup
+    and its ancestors (cgroup v1 or v2), and that cgroup's path; None if unlimited."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        hid, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if "memory" in controllers.split(","):
+            base, limit_f, usage_f = "/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        elif hid == "0" and controllers == "":
+            base, limit_f, usage_f = "/sys/fs/cgroup", "memory.max", "memory.current"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            cg = "/" + "/".join(parts[:depth])
+            d = os.path.join(base, *parts[:depth])
+            try:
+                with open(os.path.join(d, limit_f)) as f:
+                    raw = f.read().strip()
+                with open(os.path.join(d, usage_f)) as f:
+                    usage = int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+            if raw == "max" or int(raw) >= 1 << 60:
+                continue
+            room = max(0, int(raw) - usage)
+            if best is None or room < best[0]:
+                best = (room, cg)
+    return best
+
+
+def __version__() -> str:
+    from . import __version__ as v
+    return v
+
+
+def _scenario_hash(scenario: Scenario) -> str | None:
+    """sha256 of the scenario file the run came from (None for one built in memory)."""
+    import hashlib
+    try:
+        with open(scenario.source, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def run_scenario(scenario: Scenario | str, policy="v4.17", speed: float = 1.0,

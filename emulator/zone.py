@@ -1,35 +1,56 @@
 """The zone: a run's physical memory, shared by every process of the run.
 
-A POSIX shared-memory segment holds the free-page count (and the facts about
-the run that ``oomemu cleanup`` needs); a named semaphore guards the count.
-An allocation charges the zone before it touches pages; reaping and exit
-uncharge after they free pages. So at any quiet moment:
+A POSIX shared-memory segment holds the facts about the run (``oomemu
+cleanup`` and the live commands read them), the memory cgroups' limits, and
+one charge counter per task: the pages charged on behalf of that task's mm.
+The zone's usage and each memcg's usage are *sums* of those counters, never
+kept apart, so that a process killed between two writes cannot leave the
+zone and a memcg disagreeing: each charge is one aligned 8-byte store.
 
-    zone.charged() == sum of resident pages over live mms == what the segments hold
+A charge is all or nothing and is taken under the zone lock: ``flock()`` on
+the segment, which the kernel drops when its holder dies (a crashed worker
+cannot wedge the run), plus a thread lock for the supervisor's two threads.
 
-Memory cgroups (``[[memcg]]`` in a scenario) live in the same segment: a
-usage and a limit per memcg, charged together with the zone under the same
-semaphore. Index 0 is the root memcg, which has no limit.
+At any quiet moment, for every task:
+
+    zone charge of the task == pages its mm counts == pages its segment holds
+
+Memory cgroups (``[[memcg]]`` in a scenario): index 0 is the root memcg,
+which has no limit.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 import posix_ipc
 
 from . import names
 
+PAGE = 4096
 #              magic sup_pid uid sup_ctime t0 speed total free scenario policy
 _ZONE = struct.Struct("=4s i i d d d q q 48s 24s")
-_MEMCG = struct.Struct("=q q 16s")         # limit pages (-1: none), usage pages, name
+_NR_TASKS = struct.Struct("=q")            # at _NR_TASKS_OFF
+_NR_TASKS_OFF = 128
+_MEMCG = struct.Struct("=q q 16s")         # limit pages (-1: none), unused, name
 _MEMCG_OFF = 256
 MAX_MEMCGS = 32
+_TASKS_OFF = PAGE                          # charged pages per task (q), then memcg per task (i)
+MAX_TASKS = 100_000
 MAGIC = b"OOMZ"
 GLOBAL, MEMCG = "global", "memcg"          # why a charge failed
+assert _MEMCG_OFF + MAX_MEMCGS * _MEMCG.size <= _TASKS_OFF
+
+
+def zone_size(nr_tasks: int) -> int:
+    """Bytes of a zone segment for ``nr_tasks`` tasks (whole pages)."""
+    raw = _TASKS_OFF + nr_tasks * (8 + 4)
+    return -(-raw // PAGE) * PAGE
 
 
 @dataclass(frozen=True)
@@ -49,17 +70,18 @@ class RunFacts:
 class Zone:
     def __init__(self, run_id: str, create: dict | None = None):
         self.run_id = run_id
+        self._tlock = threading.Lock()
         if create is not None:
+            tasks = list(create.get("tasks", ()))
+            if len(tasks) > MAX_TASKS:
+                raise ValueError(f"at most {MAX_TASKS} tasks")
             shm = posix_ipc.SharedMemory(names.zone(run_id), posix_ipc.O_CREX, mode=0o600,
-                                         size=mmap.PAGESIZE)
-            self.lock = posix_ipc.Semaphore(names.zone_lock(run_id), posix_ipc.O_CREX,
-                                            mode=0o600, initial_value=1)
+                                         size=zone_size(len(tasks)))
         else:
             shm = posix_ipc.SharedMemory(names.zone(run_id))
-            self.lock = posix_ipc.Semaphore(names.zone_lock(run_id))
         self._shm = shm
+        self.fd = shm.fd                       # kept open: flock() is taken on it
         self.map = mmap.mmap(shm.fd, shm.size)
-        shm.close_fd()
         if create is not None:
             _ZONE.pack_into(self.map, 0, MAGIC, create["supervisor_pid"], os.getuid(),
                             create["supervisor_ctime"], 0.0, create["speed"],
@@ -68,75 +90,129 @@ class Zone:
             memcgs = [("", -1)] + list(create.get("memcgs", []))
             for i, (mname, limit) in enumerate(memcgs):
                 _MEMCG.pack_into(self.map, _MEMCG_OFF + i * _MEMCG.size, limit, 0, mname.encode()[:16])
+            _NR_TASKS.pack_into(self.map, _NR_TASKS_OFF, len(tasks))
+            self._layout()
+            struct.pack_into(f"={len(tasks)}i", self.map, self._memcg_of_off, *tasks)
         elif bytes(self.map[0:4]) != MAGIC:
             raise ValueError(f"{names.zone(run_id)}: not an oomemu zone")
+        else:
+            self._layout()
+
+    def _layout(self) -> None:
+        n = _NR_TASKS.unpack_from(self.map, _NR_TASKS_OFF)[0]
+        if not 0 <= n <= MAX_TASKS or zone_size(n) > len(self.map):
+            raise ValueError(f"{names.zone(self.run_id)}: not an oomemu zone (task table)")
+        self.nr_tasks = n
+        self._charged = struct.Struct(f"={n}q")
+        self._memcg_of = struct.Struct(f"={n}i")
+        self._memcg_of_off = _TASKS_OFF + 8 * n
 
     def close(self) -> None:
         try:
             self.map.close()
         except (BufferError, ValueError):
             pass
-        self.lock.close()
+        try:
+            self._shm.close_fd()
+        except Exception:
+            pass
 
     def facts(self) -> RunFacts:
         v = _ZONE.unpack_from(self.map, 0)
-        return RunFacts(self.run_id, v[1], v[2], v[3], v[4], v[5], v[6], v[7],
+        return RunFacts(self.run_id, v[1], v[2], v[3], v[4], v[5], v[6], self.free_pages(),
                         v[8].rstrip(b"\0").decode(), v[9].rstrip(b"\0").decode())
-
-    def _free_off(self) -> int:
-        return 4 + 4 + 4 + 8 + 8 + 8 + 8
 
     @property
     def total_pages(self) -> int:
-        return self.facts().total_pages
-
-    def free_pages(self) -> int:
-        return struct.unpack_from("=q", self.map, self._free_off())[0]
-
-    def charged(self) -> int:
-        return self.total_pages - self.free_pages()
+        return _ZONE.unpack_from(self.map, 0)[6]
 
     def set_t0(self, t0: float) -> None:
         struct.pack_into("=d", self.map, 4 + 4 + 4 + 8, t0)
 
+    # -- charges: one counter per task, everything else is a sum of them ----------
+    def charged_by(self, task: int) -> int:
+        """Pages charged on behalf of task ``task``'s mm."""
+        return struct.unpack_from("=q", self.map, _TASKS_OFF + 8 * task)[0]
+
+    def _set_charged(self, task: int, pages: int) -> None:
+        struct.pack_into("=q", self.map, _TASKS_OFF + 8 * task, pages)   # one aligned store
+
+    def memcg_of(self, task: int) -> int:
+        return struct.unpack_from("=i", self.map, self._memcg_of_off + 4 * task)[0]
+
+    def charged(self) -> int:
+        return sum(self._charged.unpack_from(self.map, _TASKS_OFF))
+
+    def free_pages(self) -> int:
+        return self.total_pages - self.charged()
+
+    def memcg_usage(self, index: int) -> int:
+        charged = self._charged.unpack_from(self.map, _TASKS_OFF)
+        memcg_of = self._memcg_of.unpack_from(self.map, self._memcg_of_off)
+        return sum(c for c, m in zip(charged, memcg_of) if m == index)
+
     def memcg(self, index: int) -> tuple[int, int, str]:
         """(limit pages or -1, usage pages, name) of a memcg."""
-        limit, usage, mname = _MEMCG.unpack_from(self.map, _MEMCG_OFF + index * _MEMCG.size)
-        return limit, usage, mname.rstrip(b"\0").decode()
-
-    def _set_usage(self, index: int, usage: int) -> None:
-        struct.pack_into("=q", self.map, _MEMCG_OFF + index * _MEMCG.size + 8, usage)
+        limit, _, mname = _MEMCG.unpack_from(self.map, _MEMCG_OFF + index * _MEMCG.size)
+        return limit, self.memcg_usage(index), mname.rstrip(b"\0").decode()
 
     def room(self, pages: int, memcg: int = 0) -> str | None:
-        """Would a charge succeed now? None if so, else GLOBAL or MEMCG (unlocked peek)."""
+        """Would a charge of ``pages`` in ``memcg`` succeed now? None if so, else GLOBAL
+        or MEMCG (an unlocked peek)."""
         if self.free_pages() < pages:
             return GLOBAL
-        limit, usage, _ = self.memcg(memcg)
-        if memcg and limit >= 0 and usage + pages > limit:
-            return MEMCG
+        if memcg:
+            limit, usage, _ = self.memcg(memcg)
+            if limit >= 0 and usage + pages > limit:
+                return MEMCG
         return None
 
-    def try_charge(self, pages: int, memcg: int = 0) -> str | None:
-        """Take ``pages`` from the zone and the memcg, all or nothing.
+    def lock(self):
+        """The zone lock (a context manager): flock on the segment + a thread lock."""
+        return _ZoneLock(self)
+
+    def try_charge(self, task: int, pages: int) -> str | None:
+        """Charge ``pages`` to the zone and to the task's memcg, all or nothing.
 
         Returns None on success, else why not: GLOBAL (the zone is short: a
         global OOM) or MEMCG (the memcg's limit: a memcg OOM)."""
-        self.lock.acquire()
-        try:
-            short = self.room(pages, memcg)
+        with self.lock():
+            short = self.room(pages, self.memcg_of(task))
             if short is None:
-                struct.pack_into("=q", self.map, self._free_off(), self.free_pages() - pages)
-                self._set_usage(memcg, self.memcg(memcg)[1] + pages)
+                self._set_charged(task, self.charged_by(task) + pages)
             return short
-        finally:
-            self.lock.release()
 
-    def uncharge(self, pages: int, memcg: int = 0) -> None:
+    def uncharge(self, task: int, pages: int) -> None:
         if pages <= 0:
             return
-        self.lock.acquire()
+        with self.lock():
+            self._set_charged(task, self.charged_by(task) - pages)
+
+    def set_charged(self, task: int, pages: int) -> None:
+        """Set a dead task's charge outright (the supervisor's repair after a crash)."""
+        with self.lock():
+            self._set_charged(task, pages)
+
+
+class _ZoneLock:
+    def __init__(self, zone: Zone):
+        self.zone = zone
+
+    def __enter__(self):
+        self.zone._tlock.acquire()
         try:
-            struct.pack_into("=q", self.map, self._free_off(), self.free_pages() + pages)
-            self._set_usage(memcg, self.memcg(memcg)[1] - pages)
+            while True:
+                try:
+                    fcntl.flock(self.zone.fd, fcntl.LOCK_EX)
+                    return self
+                except InterruptedError:
+                    continue
+        except BaseException:
+            self.zone._tlock.release()
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            fcntl.flock(self.zone.fd, fcntl.LOCK_UN)
         finally:
-            self.lock.release()
+            self.zone._tlock.release()

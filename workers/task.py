@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import os
 import signal
 import sys
 import time
+import traceback
 
 import posix_ipc
 
 from emulator import names
-from emulator.mm import (CMD_ALLOC, MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE,
-                         TASK_ALLOC, TASK_DEAD, TASK_EXITING, TASK_RUNNING, TASK_UNINTERRUPTIBLE, Mm,
-                         can_reap_vma)
+from emulator.mm import (CMD_ALLOC, J_CHARGE, J_ZAP, MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM,
+                         MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE, TASK_ALLOC, TASK_DEAD, TASK_EXITING,
+                         TASK_RUNNING, TASK_UNINTERRUPTIBLE, Mm, can_reap_vma)
 from emulator.zone import Zone
 
 SIGKILL_EMULATED = signal.SIGUSR1
@@ -70,7 +72,6 @@ class Task:
         self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index))
         self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
         self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec["locks"]}
-        self.memcg = spec["memcg"]
         # other tasks' mms whose mmap_sem a step takes (like /proc/PID/mem readers do)
         self.others = {name: (posix_ipc.Semaphore(names.mmap_sem(run_id, i)), Mm(names.mm(run_id, i)))
                        for name, i in spec["others"].items()}
@@ -137,21 +138,25 @@ class Task:
     def fault_in(self, vma_index: int, pages: int) -> None:
         """handle_mm_fault: page faults hold mmap_sem (here: the one semaphore).
         A task that holds its own mmap_sem already (a step took it) grows the VMA
-        under it, as mmap(MAP_POPULATE) does under the write lock."""
+        under it, as mmap(MAP_POPULATE) does under the write lock. The charge is
+        taken (and journalled) before: see :meth:`alloc`."""
         if self.holds_mmap_sem:
             self.mm.fault_in(vma_index, pages)
-            return
-        sem_down(self.mmap_sem)
-        try:
-            self.mm.fault_in(vma_index, pages)
-        finally:
-            self.mmap_sem.release()
+        else:
+            sem_down(self.mmap_sem)
+            try:
+                self.mm.fault_in(vma_index, pages)
+            finally:
+                self.mmap_sem.release()
+        self.mm.journal_end()
 
     def alloc(self, pages: int, vma_index: int) -> None:
         """__alloc_pages_slowpath, simplified: charge, else OOM and retry each jiffy."""
         stalled = False
-        while (short := self.zone.try_charge(pages, self.memcg)) is not None:
+        self.mm.journal_begin(J_CHARGE, vma_index, pages)      # for repair if we die half-way
+        while (short := self.zone.try_charge(self.index, pages)) is not None:
             if self.fatal_signal_pending():
+                self.mm.journal_end()
                 raise Dying                      # a dying task leaves the allocator
             if not stalled:
                 self.send("alloc_stall", pages=pages, where=short)
@@ -161,7 +166,11 @@ class Task:
             # the allocating task's context: wait until the supervisor's OOM killer is done.
             self.send("oom", pages=pages, where=short)
             sem_down(self.oom_reply)
-            self.schedule_timeout_killable(self.jiffy_real)
+            try:
+                self.schedule_timeout_killable(self.jiffy_real)
+            except Dying:
+                self.mm.journal_end()
+                raise
         if stalled:
             self.mm.state = TASK_RUNNING
         self.fault_in(vma_index, pages)
@@ -214,15 +223,19 @@ class Task:
         self.mm.pid = os.getpid()
         pgtables = self.spec["pgtables_pages"]
         if pgtables:
-            if self.zone.try_charge(pgtables, self.memcg) is not None:
+            self.mm.journal_begin(J_CHARGE, -1, pgtables)
+            if self.zone.try_charge(self.index, pgtables) is not None:
                 raise RuntimeError("the zone cannot hold the task's page tables")
             self.mm.fault_pgtables()
+            self.mm.journal_end()
         for vi, vma in enumerate(self.mm.vmas()):
             pages = self.spec["initial_pages"][vi]
             if pages:
-                if self.zone.try_charge(pages, self.memcg) is not None:
+                self.mm.journal_begin(J_CHARGE, vi, pages)
+                if self.zone.try_charge(self.index, pages) is not None:
                     raise RuntimeError("the zone cannot hold the task's initial VMAs")
                 self.mm.fault_in(vi, pages)
+                self.mm.journal_end()
         self.mm.state = TASK_RUNNING
         self.send("ready", pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
@@ -325,17 +338,63 @@ class Task:
         if victim and rules["oom_skip"] == "after_unmap":
             self._set_oom_skip("after_unmap")
         self.uninterruptible(self.real(self.spec["exit_free_pgtables_ms"] / 1000))   # free_pgtables
+        self.mm.journal_begin(J_ZAP, -1, self.mm.pgtables_pages)
         pgt = self.mm.free_pgtables()
-        self.zone.uncharge(pgt, self.memcg)
+        self.zone.uncharge(self.index, pgt)
+        self.mm.journal_end()
         freed += pgt
         if victim and rules["oom_skip"] == "after_free_pgtables":
             self._set_oom_skip("after_free_pgtables")
         self.send("exit_mmap_done", freed_kb=freed * PAGE_SIZE // 1024)
 
     def _zap(self, vma) -> int:
+        """Zap one of our VMAs (mmap_sem held), journalled for repair if we die half-way."""
+        self.mm.journal_begin(J_ZAP, vma.index, self.mm.vmas()[vma.index].nr_pages)
         n = self.mm.zap_vma(vma)
-        self.zone.uncharge(n, self.memcg)
+        self.zone.uncharge(self.index, n)
+        self.mm.journal_end()
         return n
+
+
+# Errors that say the machine ran short (room in /dev/shm, memory, files,
+# processes), not that oomemu is wrong: the run ends with exit 2, not 1.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
+                                errno.EDQUOT, errno.EFBIG})
+
+
+def is_environment(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    if isinstance(e, (posix_ipc.ExistentialError, posix_ipc.PermissionsError)):
+        return True                       # our objects were removed or changed under us
+    return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
+
+
+def raise_oom_score_adj() -> None:
+    """The emulated memory is real memory: if the machine runs short for real, the
+    real OOM killer should take emulator workers before the user's own programs.
+    Raising one's own oom_score_adj needs no privilege."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def report_fault(fd: int, index: int, e: BaseException) -> int:
+    """Tell the supervisor in one line why this worker is about to die; the exit code."""
+    env = is_environment(e)
+    what = (f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})" if isinstance(e, OSError)
+            else f"{type(e).__name__}: {e}")
+    line = json.dumps({"ev": "fault", "i": index, "t": time.monotonic(), "what": what[:400],
+                       "environment": env}, separators=(",", ":")) + "\n"
+    try:
+        os.write(fd, line.encode()[:4000])
+    except OSError:
+        pass
+    if not env:                           # a fault of ours: the traceback is its report
+        traceback.print_exc()
+    return 2 if env else 1
 
 
 def main(argv=None) -> int:
@@ -350,9 +409,16 @@ def main(argv=None) -> int:
     if os.getppid() != a.parent:                  # the supervisor died before prctl
         return 1
     signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED, SIGWAKE])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    task = Task(a.run, a.index, json.loads(a.spec), a.fd)
-    task.run()
+    # The supervisor puts workers in a process group of their own, so a terminal's
+    # Ctrl-C, Ctrl-\, Ctrl-Z and hangup reach only the supervisor; ignore them anyway.
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise_oom_score_adj()
+    try:
+        task = Task(a.run, a.index, json.loads(a.spec), a.fd)
+        task.run()
+    except BaseException as e:                    # anything but the emulated exit (os._exit)
+        os._exit(report_fault(a.fd, a.index, e))
     return 0
 
 
