@@ -305,8 +305,9 @@ class Mm:
     def fault_pgtables(self) -> int:
         """Populate the page tables (at start-up: the zone is already charged)."""
         cap = self.pgtables_capacity
+        self._allocate(HEADER_SIZE, cap)
         self._set_extra(0, cap)
-        self._touch(HEADER_SIZE, cap)
+        self._write(HEADER_SIZE, cap)
         return cap
 
     def free_pgtables(self) -> int:
@@ -343,19 +344,26 @@ class Mm:
         if vma.nr_pages + pages > vma.capacity:
             raise ValueError(f"{self.name}: VMA {vma_index} has room for {vma.capacity} pages")
         off = HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE
-        # Count first, then touch: whoever frees this VMA (the reaper, or the
-        # supervisor's repair if this process dies half-way) frees the whole range.
+        # Allocate, count, then write. A full /dev/shm fails the allocation with
+        # nothing counted; a count always names allocated pages, so whoever frees
+        # the VMA (the reaper, or the supervisor's repair if this process dies
+        # half-way) frees exactly what was counted.
+        self._allocate(off, pages)
         self._set_nr_pages(vma_index, vma.nr_pages + pages)
         self._set_extra(2, self.total_vm + pages)
-        self._touch(off, pages)
+        self._write(off, pages)
 
     _CHUNK = b"\xa5" * (PAGE_SIZE * 256)
 
-    def _touch(self, off: int, pages: int) -> None:
-        """Allocate the pages (ENOSPC if /dev/shm is full, rather than SIGBUS) and write them."""
+    def _allocate(self, off: int, pages: int) -> None:
+        """The pages become real (OSError ENOSPC if /dev/shm is full, rather than a SIGBUS)."""
+        if pages > 0:
+            os.posix_fallocate(self.fd, off, pages * PAGE_SIZE)
+
+    def _write(self, off: int, pages: int) -> None:
+        """Touch allocated pages, as a program uses its memory."""
         if pages <= 0:
             return
-        os.posix_fallocate(self.fd, off, pages * PAGE_SIZE)
         end = off + pages * PAGE_SIZE
         while off < end:
             n = min(len(self._CHUNK), end - off)
@@ -372,7 +380,9 @@ class Mm:
         return vma.nr_pages
 
     def _punch(self, vma: Vma) -> None:
-        self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + vma.start * PAGE_SIZE, vma.capacity * PAGE_SIZE)
+        """Give the counted pages back (pages allocated but not counted exist only in
+        the mm of a worker that died half-way: ``repair`` gives those back)."""
+        self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + vma.start * PAGE_SIZE, vma.nr_pages * PAGE_SIZE)
 
     def real_pages(self) -> int:
         """Pages the segment really holds now, header excluded (tmpfs st_blocks)."""
@@ -406,13 +416,21 @@ class Mm:
             delta = charged - self.resident_pages()
             if delta == pages:                # charged, not yet counted: undo the charge
                 charged -= pages
-            elif delta == 0:                  # counted (maybe not all touched): finish
+            if delta in (0, pages):
+                # Allocated but not counted: give back. Counted: allocated, so
+                # finish writing (writing a written page changes nothing).
                 if vi < 0:
-                    self._touch(HEADER_SIZE, self.pgtables_pages)
+                    n = self.pgtables_pages
+                    if n == 0:
+                        self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE, self.pgtables_capacity * PAGE_SIZE)
+                    self._write(HEADER_SIZE, n)
                 else:
                     v = self.vmas()[vi]
+                    if v.capacity > v.nr_pages:
+                        self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + (v.start + v.nr_pages) * PAGE_SIZE,
+                                         (v.capacity - v.nr_pages) * PAGE_SIZE)
                     n = min(pages, v.nr_pages)
-                    self._touch(HEADER_SIZE + (v.start + v.nr_pages - n) * PAGE_SIZE, n)
+                    self._write(HEADER_SIZE + (v.start + v.nr_pages - n) * PAGE_SIZE, n)
             else:
                 complaint = f"charged {charged} pages, mm counts {self.resident_pages()}, journal {pages}"
         elif op == J_ZAP:

@@ -276,8 +276,11 @@ class Run:
         os.close(self._wfd)
         self._wfd = -1
 
-    def _check_signals(self) -> None:
-        """A safe point: end the run if a terminating signal came."""
+    def _check_signals(self, starting: bool = True) -> None:
+        """A safe point: end the run if a terminating signal came. While starting, a
+        held run's Ctrl-C interrupts too: there is no verdict to stop at yet."""
+        if starting and self.signals.stop_requested and self.signals.pending is None:
+            self.signals.pending = signal.SIGINT
         if self.signals.pending is not None:
             raise _Interrupted(self.signals.pending)
 
@@ -425,8 +428,11 @@ class Run:
         """A worker died: finish or undo what its journal says it was doing, so that
         its charge, its mm's counts and its segment agree again."""
         with self.oom_lock:                # the reaper works on mms under oom_lock
-            charged, complaint = t.mm.repair(self.zone.charged_by(t.index))
-            self.zone.set_charged(t.index, charged)
+            try:
+                charged, complaint = t.mm.repair(self.zone.charged_by(t.index))
+                self.zone.set_charged(t.index, charged)
+            except OSError as e:
+                complaint = f"repair failed: {e}"
         if complaint:
             self._fail(f"accounting: task {t.name}: {complaint} (a fault of oomemu's: please report it)",
                        False)
@@ -528,7 +534,7 @@ class Run:
         deadline = self.scenario.run_deadline_s
         linger_until = None
         while True:
-            self._check_signals()
+            self._check_signals(starting=False)
             if self.signals.tstp:
                 self._stopped_by_tstp()
             now = self.clock.now()

@@ -8,7 +8,6 @@ import pytest
 from emulator import names
 from emulator.mm import (MMF_OOM_SKIP, MMF_UNSTABLE, PAGES_PER_MB, VM_LOCKED, Mm, MmLayout,
                          vm_flags_for)
-from emulator.zone import GLOBAL, MEMCG, Zone
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -53,23 +52,6 @@ def test_flags_are_seen_by_another_opener(run_id):
     finally:
         other.close()
         mm.close()
-
-
-def test_zone_charges_all_or_nothing(run_id):
-    zone = Zone(run_id, create={"supervisor_pid": os.getpid(), "supervisor_ctime": 0.0, "speed": 1.0,
-                                "total_pages": 100, "scenario": "s", "policy": "p",
-                                "memcgs": [("tight", 30)]})
-    try:
-        assert zone.try_charge(60) is None
-        assert zone.try_charge(60) == GLOBAL
-        assert zone.try_charge(31, memcg=1) == MEMCG          # over the memcg's limit
-        assert zone.try_charge(30, memcg=1) is None
-        assert zone.charged() == 90 and zone.memcg(1) == (30, 30, "tight")
-        zone.uncharge(60)
-        zone.uncharge(30, memcg=1)
-        assert zone.free_pages() == 100 and zone.memcg(1)[1] == 0
-    finally:
-        zone.close()
 
 
 def test_page_tables_are_real_pages_too(run_id):

@@ -1,0 +1,197 @@
+"""The accounting invariant holds after any crash, and every run checks it.
+
+For every task: the zone's charge == the pages its mm counts == the pages its
+segment really holds. A worker writes what it is about to do in its mm's
+journal; if it dies half-way, the supervisor finishes or undoes it. The
+first tests stop a worker at each point of a change by doing the change's
+first half by hand (the same calls the worker makes), then repair; the last
+kills real workers mid-allocation.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import posix_ipc
+import pytest
+
+from emulator import names
+from emulator.mm import J_CHARGE, J_ZAP, PAGES_PER_MB, Mm, MmLayout
+from emulator.zone import Zone
+from tests.helpers import wait_for, write_scenario
+
+pytestmark = pytest.mark.timeout(60)
+
+PAGES = 2 * PAGES_PER_MB
+
+
+@pytest.fixture
+def world():
+    rid = names.new_run_id()
+    zone = Zone(rid, create={"supervisor_pid": os.getpid(), "supervisor_ctime": 0.0, "speed": 1.0,
+                             "total_pages": 16 * PAGES_PER_MB, "scenario": "s", "policy": "p",
+                             "tasks": [0]})
+    mm = Mm(names.mm(rid, 0), create=MmLayout((("anon", 0, 8 * PAGES_PER_MB),), pgtables=PAGES_PER_MB))
+    yield zone, mm
+    mm.close()
+    zone.close()
+    for name in (names.mm(rid, 0), names.zone(rid)):
+        try:
+            posix_ipc.unlink_shared_memory(name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+def consistent(zone, mm):
+    return zone.charged_by(0) == mm.resident_pages() == mm.real_pages() == zone.charged()
+
+
+def repair(zone, mm):
+    charged, complaint = mm.repair(zone.charged_by(0))
+    zone.set_charged(0, charged)
+    assert complaint is None
+    assert mm.journal()[0] == 0
+    return charged
+
+
+def test_a_complete_fault_and_zap_keep_the_invariant(world):
+    zone, mm = world
+    mm.journal_begin(J_CHARGE, 0, PAGES)
+    assert zone.try_charge(0, PAGES) is None
+    mm.fault_in(0, PAGES)
+    mm.journal_end()
+    assert consistent(zone, mm) and mm.resident_pages() == PAGES
+    assert repair(zone, mm) == PAGES and consistent(zone, mm)
+
+
+def test_death_after_the_charge_before_the_count_undoes_the_charge(world):
+    zone, mm = world
+    mm.journal_begin(J_CHARGE, 0, PAGES)
+    assert zone.try_charge(0, PAGES) is None          # ... and the worker dies here
+    assert zone.charged_by(0) == PAGES != mm.resident_pages()
+    assert repair(zone, mm) == 0
+    assert consistent(zone, mm)
+
+
+def test_death_after_the_allocation_before_the_count_gives_the_pages_back(world):
+    zone, mm = world
+    mm.journal_begin(J_CHARGE, 0, PAGES)
+    assert zone.try_charge(0, PAGES) is None
+    v = mm.vmas()[0]
+    mm._allocate(4096 + v.start * 4096, PAGES)         # fault_in's first half; then death
+    assert mm.real_pages() == PAGES and mm.resident_pages() == 0
+    repair(zone, mm)
+    assert consistent(zone, mm) and mm.real_pages() == 0
+
+
+def test_death_after_the_count_before_the_writes_keeps_the_pages(world):
+    zone, mm = world
+    mm.journal_begin(J_CHARGE, 0, PAGES)
+    assert zone.try_charge(0, PAGES) is None
+    v = mm.vmas()[0]
+    mm._allocate(4096 + v.start * 4096, PAGES)
+    mm._set_nr_pages(0, PAGES)                         # counted; the worker dies before writing
+    assert repair(zone, mm) == PAGES
+    assert consistent(zone, mm)
+
+
+@pytest.mark.parametrize("stage", ["before_punch", "after_count", "before_uncharge"])
+def test_death_in_the_middle_of_a_zap_finishes_it(world, stage):
+    zone, mm = world
+    mm.journal_begin(J_CHARGE, 0, PAGES)
+    zone.try_charge(0, PAGES)
+    mm.fault_in(0, PAGES)
+    mm.journal_end()
+    mm.journal_begin(J_ZAP, 0, PAGES)
+    if stage != "before_punch":
+        mm._punch(mm.vmas()[0])
+    if stage == "before_uncharge":
+        mm._set_nr_pages(0, 0)
+    repair(zone, mm)
+    assert consistent(zone, mm) and mm.resident_pages() == 0
+
+
+def test_death_in_the_middle_of_free_pgtables_finishes_it(world):
+    zone, mm = world
+    mm.journal_begin(J_CHARGE, -1, PAGES_PER_MB)
+    zone.try_charge(0, PAGES_PER_MB)
+    mm.fault_pgtables()
+    mm.journal_end()
+    assert consistent(zone, mm)
+    mm.journal_begin(J_ZAP, -1, PAGES_PER_MB)
+    mm.free_pgtables()                                  # ... and dies before the uncharge
+    repair(zone, mm)
+    assert consistent(zone, mm) and mm.pgtables_pages == 0
+
+
+def test_a_memcg_is_charged_with_the_zone_in_one_store(world):
+    zone, mm = world
+    rid = names.new_run_id()
+    z = Zone(rid, create={"supervisor_pid": os.getpid(), "supervisor_ctime": 0.0, "speed": 1.0,
+                          "total_pages": 100, "scenario": "s", "policy": "p",
+                          "memcgs": [("tight", 30)], "tasks": [0, 1]})
+    try:
+        assert z.try_charge(0, 60) is None
+        assert z.try_charge(0, 60) == "global"
+        assert z.try_charge(1, 31) == "memcg"            # over the memcg's limit
+        assert z.try_charge(1, 30) is None
+        assert z.charged() == 90 and z.memcg(1) == (30, 30, "tight") and z.free_pages() == 10
+        z.uncharge(0, 60)
+        z.set_charged(1, 0)                              # the repair of a dead task
+        assert z.free_pages() == 100 and z.memcg(1)[1] == 0
+    finally:
+        z.close()
+        posix_ipc.unlink_shared_memory(names.zone(rid))
+
+
+ALLOCATOR = """
+name = "crashy"
+memory_mb = 512
+min_kills = 0
+
+[[task]]
+name = "big"
+
+  [[task.vma]]
+  kind = "anon"
+  mb = 8
+
+  [[task.step]]
+  op = "alloc"
+  mb = 150
+
+  [[task.step]]
+  op = "alloc"
+  mb = 150
+"""
+
+
+def test_a_worker_killed_at_random_moments_of_its_allocations_leaves_the_accounting_whole(tmp_path):
+    """`inject crash` at random moments while 'big' touches 300 MB (about 150 ms of
+    real work): each run ends with charged == counted == held, or says it broke."""
+    path = write_scenario(tmp_path, ALLOCATOR)
+    rng = random.Random(27)
+    for attempt in range(6):
+        out = tmp_path / f"r{attempt}.json"
+        p = subprocess.Popen([sys.executable, "-m", "emulator", "run", path, "--hold", "--json", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            run_id = p.stdout.readline().split()[2].rstrip(":")
+            wait_for(lambda: False, timeout=rng.uniform(0.0, 0.25))
+            c = subprocess.run([sys.executable, "-m", "emulator", "inject", run_id, "crash", "big"],
+                               capture_output=True, text=True, timeout=30)
+            assert c.returncode in (0, 2), c.stderr        # 2: it had already finished
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        assert p.returncode == 0, err
+        r = json.loads(out.read_text())
+        a = r["accounting"]
+        assert r["verdict"] != "error", r["error"]
+        assert a["charged_pages"] == a["rss_pages"] == a["segment_pages"], a
