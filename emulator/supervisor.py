@@ -199,6 +199,7 @@ class Run:
             raise EnvironmentProblem(
                 f"memory cgroup {room[1]} has {mb(room[0])} left under its limit, this run needs about "
                 f"{mb(need['memory'])} ({what}, and about {WORKER_MEMORY_MB} MB per process)")
+        self._check_nproc()
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < need["fds"]:
             if hard == resource.RLIM_INFINITY or hard >= need["fds"]:
@@ -207,6 +208,22 @@ class Run:
                 raise EnvironmentProblem(
                     f"this run needs about {need['fds']} open files ({len(self.tasks)} tasks), the limit is "
                     f"{hard} (ulimit -n): raise it or run fewer tasks")
+
+    def _check_nproc(self) -> None:
+        """RLIMIT_NPROC counts every process of the user (root is exempt)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        if os.geteuid() == 0 or soft == resource.RLIM_INFINITY:
+            return
+        uid = os.getuid()
+        mine = sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
+        need = mine + len(self.tasks) + 1
+        if soft < need:
+            if hard == resource.RLIM_INFINITY or hard >= need:
+                resource.setrlimit(resource.RLIMIT_NPROC, (hard, hard))
+            else:
+                raise EnvironmentProblem(
+                    f"this run needs {len(self.tasks)} more processes, you have {mine} and the limit is "
+                    f"{hard} (ulimit -u): raise it or run fewer tasks")
 
     def _create(self) -> None:
         me = psutil.Process()
@@ -619,6 +636,11 @@ class Run:
                     result = self._run(sel)
                 except _Interrupted:
                     pass
+                except posix_ipc.PermissionsError as e:
+                    raise EnvironmentProblem(f"the run could not create its objects in {names.SHM_DIR}: {e}") from None
+                except posix_ipc.ExistentialError as e:
+                    raise EnvironmentProblem(f"the run's objects in {names.SHM_DIR} were in the way or went "
+                                             f"missing (someone else's files?): {e}") from None
                 except OSError as e:
                     if e.errno in _ENVIRONMENT_ERRNOS:
                         raise EnvironmentProblem(f"the run could not be set up: {e.strerror} "
