@@ -460,9 +460,9 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
     # that touches it: its VMAs, page tables and room for the zone (supervisor._layout).
     mapped = sum(_start_pages(t) + zone_pages + HEADER_SIZE // PAGE_SIZE for t in tasks)
     if mapped > _pages(MAX_MAPPED_MB):
-        c.fail("memory_mb", f"{len(tasks)} tasks of {memory_mb} MB each map "
-                            f"{mapped / _pages(1 << 20):.1f} TiB in all; a run may map at most "
-                            f"{MAX_MAPPED_MB >> 20} TiB (fewer tasks or a smaller memory_mb)")
+        c.fail("memory_mb", f"{len(tasks)} tasks, each mapping room for the whole zone ({memory_mb} MB), "
+                            f"map more than the {MAX_MAPPED_MB >> 20} TiB a run may map in all: "
+                            f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
                     tuple(tasks), source, expected, tuple(memcgs))
 

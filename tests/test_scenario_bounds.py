@@ -120,6 +120,14 @@ def test_at_most_1000_tasks_in_all(tmp_path):
     refused(tmp_path, two(501), "task[1].count", "more than 1000 tasks")
 
 
+def test_the_mms_of_all_tasks_fit_the_address_space(tmp_path):
+    """Each mm is mapped whole with room for the zone: tasks x memory_mb at most 64 TiB."""
+    def text(n):
+        return scenario_text(memory_mb=1 << 20, limit_mb=1, count=n, vma_mb=0, alloc_mb=1)
+    assert len(load_scenario(write_scenario(tmp_path, text(63), name="inside")).tasks) == 63
+    refused(tmp_path, text(64), "memory_mb", "64 tasks, each mapping room for the whole zone (1048576 MB), map more than the 64 TiB")
+
+
 def _vmas(n, anon=True):
     kinds = (["anon"] if anon else []) + ["file_shared"] * (n - (1 if anon else 0))
     return "vma = [" + ", ".join(f'{{ kind = "{k}", mb = 0.1 }}' for k in kinds) + "]"
