@@ -33,6 +33,17 @@ def _speed(text: str) -> float:
     return v
 
 
+MIN_SPEED = 0.1      # a day of emulated time (the longest run_deadline_s) is then 10 real days,
+                     # inside the ~24.8 days that one epoll wait can last (INT_MAX ms)
+
+
+def _run_speed(text: str) -> float:
+    v = _speed(text)
+    if v < MIN_SPEED:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_SPEED:g} (and at most 1e6): {text!r}")
+    return v
+
+
 def _overrides(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items or []:
@@ -328,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a scenario under a reaper policy")
     r.add_argument("scenario", help="a built-in name (see 'oomemu scenarios') or a TOML file")
     r.add_argument("--policy", default="v4.17", help="reaper policy (see 'oomemu policies'); default v4.17")
-    r.add_argument("--speed", type=_speed, default=1.0, help="run N times faster than real time")
+    r.add_argument("--speed", type=_run_speed, default=1.0, help="run N times faster than real time")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a policy constant")
     r.add_argument("--json", metavar="FILE", help="write the result as JSON")
     r.add_argument("--quiet", action="store_true", help="print only the summary line")
@@ -337,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the tasks alive after their steps until Ctrl-C or 'oomemu stop RUN'")
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("demo", help="mlocked under v4.17 and timeout, side by side")
-    d.add_argument("--speed", type=_speed, default=1.0)
+    d.add_argument("--speed", type=_run_speed, default=1.0)
     d.add_argument("--out", metavar="DIR", help="write traces, Perfetto timelines and a picture here")
     d.set_defaults(func=cmd_demo)
     t = sub.add_parser("trace", help="turn trace files into a Perfetto timeline or a picture")
@@ -372,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="every scenario under every policy, one table")
     c.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")
     c.add_argument("--policies", help="comma-separated (default: all)")
-    c.add_argument("--speed", type=_speed, default=10.0, help="run N times faster (default 10)")
+    c.add_argument("--speed", type=_run_speed, default=10.0, help="run N times faster (default 10)")
     c.add_argument("--repeat", type=_positive_int, default=1, help="runs per cell (default 1)")
     c.add_argument("--jobs", type=_positive_int, default=None, help="cells at once (default: one per core)")
     c.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")

@@ -2,20 +2,28 @@
 
 ``load_scenario`` accepts a built-in name (a file in ``emulator/scenarios/``)
 or a path, checks every key and value, and returns a frozen
-:class:`Scenario` with each ``[[task]]`` expanded by its ``count``. Every
-mistake raises :class:`ScenarioError` naming the file and the key.
+:class:`Scenario` with each ``[[task]]`` expanded by its ``count``.
+
+Invariant: for any file content whatever, ``load_scenario`` returns a
+Scenario or raises :class:`ScenarioError` (one line, naming the file and the
+key), and a Scenario it returns stays inside every limit of the runtime
+(the ``MAX_*`` bounds below, each with its reason), so a run of it cannot
+fail on a number or a size that the file gave it.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 
 from .errors import ScenarioError
-from .mm import MMU_NOTIFIERS, PAGES_PER_MB, VMA_KINDS
+from .mm import HEADER_SIZE, MAX_VMAS, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, VMA_KINDS
+from .zone import MAX_MEMCGS
 
 OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit")
 _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task"},
@@ -28,6 +36,27 @@ _MEMCG_KEYS = {"name", "limit_mb"}
 _EXPECTED_KEYS = {"verdict", "kills", "why"}
 VERDICTS = ("resolved", "panic", "hung")
 _VMA_KEYS = {"kind", "mb", "mlocked"}
+
+# -- bounds: every number and size a scenario can set, and why ----------------
+MAX_FILE_BYTES = 1 << 20        # 1 MiB: a thousand tasks of ten steps each take a tenth of it
+MAX_MEMORY_MB = 1 << 20         # 1 TiB: the zone is real memory (/dev/shm) and must fit the machine
+MAX_TASKS = 1000                # each a Python process (~10 MB, and 200 start in 8 s on 2 cores):
+                                # 1000 take about 40 s, near the supervisor's 60 s READY_TIMEOUT_S
+MAX_STEPS = 256                 # a worker gets its steps on its command line, and Linux caps one
+                                # argument at 128 KB (MAX_ARG_STRLEN); 256 steps stay under 32 KB
+MAX_LOCKS = 64                  # distinct lock names: each a semaphore that every worker opens
+MAX_SCENARIO_MEMCGS = MAX_MEMCGS - 1   # the zone's memcg table, less the root memcg
+MAX_NAME_BYTES = 48             # the zone's scenario-name field (zone._ZONE's 48s), in UTF-8
+MAX_COMM = 15                   # task, memcg and lock names: a comm (TASK_COMM_LEN - 1), ASCII
+MAX_TEXT_BYTES = 4096           # description and [expected] why, in UTF-8
+MAX_POLICY_NAME = 64            # a policy name in [expected]
+MAX_DEADLINE_S = 86_400         # a day of emulated time: no duration may be longer ...
+MAX_DURATION_MS = MAX_DEADLINE_S * 1000    # ... steps, exit_mmap's times (at --speed 0.1, a
+                                # day is 10 days of real time: inside what epoll and sleep take)
+MAX_MAPPED_MB = 64 << 20        # 64 TiB: the supervisor maps every task's mm, and each mm has
+                                # room for the whole zone; half of x86-64's 128 TiB of user space
+
+_COMM_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_COMM)
 
 
 @dataclass(frozen=True)
@@ -120,25 +149,68 @@ def builtin_path(name: str) -> str:
     return str(resources.files("emulator.scenarios") / f"{name}.toml")
 
 
+def _printable(text: str, limit: int = 80) -> str:
+    """``text`` for a one-line message: control characters escaped, at most ``limit`` long."""
+    out = text if text.isprintable() else repr(text)[1:-1]
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
+def _num(x: float) -> str:
+    """A bound for a message: 1048576, not 1.04858e+06."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:.10g}"
+
+
+def _show(v) -> str:
+    """A value from a file, for a one-line message (never a huge or multi-line one)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return repr(v) if v.bit_length() <= 64 else f"a {v.bit_length()}-bit integer"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        r = repr(v)                              # escapes control characters
+        return r if len(r) <= 42 else r[:38] + "..." + r[-1]
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
+        return f"a date/time ({v.isoformat()})"
+    return f"a {type(v).__name__}"
+
+
 def load_scenario(name_or_path: str | os.PathLike) -> Scenario:
-    """Load a built-in scenario by name, or a scenario file by path."""
-    text_name = os.fspath(name_or_path)
+    """Load a built-in scenario by name, or a scenario file by path.
+
+    Raises only ScenarioError, whatever the file holds."""
+    text_name = os.fsdecode(name_or_path)
+    shown = _printable(text_name, 200)
     if text_name in builtin_names():
         path = builtin_path(text_name)
     elif os.path.exists(text_name):
         path = text_name
     else:
         known = ", ".join(builtin_names())
-        raise ScenarioError(text_name, "", f"no such scenario file or built-in name (built-in: {known})")
+        raise ScenarioError(shown, "", f"no such scenario file or built-in name (built-in: {known})")
+    shown = _printable(path, 200)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(path, "", f"not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(path, "", "not valid TOML: not UTF-8 text") from None
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise ScenarioError(path, "", e.strerror or str(e)) from None
+        raise ScenarioError(shown, "", e.strerror or str(e)) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ScenarioError(shown, "", f"larger than {MAX_FILE_BYTES >> 20} MiB: not a scenario file")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ScenarioError(shown, "", "not valid TOML: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(shown, "", f"not valid TOML: {_printable(str(e), 200)}") from None
+    except RecursionError:
+        raise ScenarioError(shown, "", "not valid TOML for a scenario: nested too deeply") from None
+    except (ValueError, MemoryError) as e:            # e.g. an integer of more than 4300 digits
+        raise ScenarioError(shown, "", f"not valid TOML: {_printable(str(e), 120)}") from None
     default_name = os.path.splitext(os.path.basename(path))[0]
     return parse_scenario(data, source=path, default_name=default_name)
 
@@ -148,7 +220,7 @@ class _Checker:
         self.source = source
 
     def fail(self, key: str, message: str):
-        raise ScenarioError(self.source, key, message)
+        raise ScenarioError(_printable(self.source, 200), _printable(key, 120), message)
 
     def keys(self, table: dict, allowed: set, where: str) -> None:
         for k in table:
@@ -156,22 +228,24 @@ class _Checker:
                 self.fail(f"{where}{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
     def number(self, table: dict, key: str, where: str, default=None, *, minimum=0.0,
-               maximum=None, integer=False, positive=False):
+               maximum=None, integer=False, positive=False, why: str = ""):
+        """A number in [minimum, maximum] (> 0 if ``positive``), an int if ``integer``.
+        ``why`` is added to a message about ``maximum``."""
         if key not in table:
             if default is None:
                 self.fail(where + key, "is required")
             return default
         v = table[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            self.fail(where + key, f"must be {'an integer' if integer else 'a number'}, not {v!r}")
+            self.fail(where + key, f"must be {'a whole number' if integer else 'a number'}, not {_show(v)}")
         if isinstance(v, float) and not math.isfinite(v):
-            self.fail(where + key, f"must be finite, not {v!r}")
+            self.fail(where + key, f"must be finite, not {_show(v)}")
         if positive and v <= 0:
-            self.fail(where + key, f"must be > 0, not {v!r}")
+            self.fail(where + key, f"must be > 0, not {_show(v)}")
         if minimum is not None and v < minimum:
-            self.fail(where + key, f"must be >= {minimum:g}, not {v!r}")
+            self.fail(where + key, f"must be >= {_num(minimum)}, not {_show(v)}")
         if maximum is not None and v > maximum:
-            self.fail(where + key, f"must be <= {maximum:g}, not {v!r}")
+            self.fail(where + key, f"must be <= {_num(maximum)}{why}, not {_show(v)}")
         return v
 
     def string(self, table: dict, key: str, where: str, default=None, choices=None) -> str:
@@ -181,110 +255,163 @@ class _Checker:
             return default
         v = table[key]
         if not isinstance(v, str) or not v:
-            self.fail(where + key, f"must be a non-empty string, not {v!r}")
+            self.fail(where + key, f"must be a non-empty string, not {_show(v)}")
         if choices is not None and v not in choices:
-            self.fail(where + key, f"must be one of {', '.join(choices)}, not {v!r}")
+            self.fail(where + key, f"must be one of {', '.join(choices)}, not {_show(v)}")
         return v
 
-    def tables(self, table: dict, key: str, where: str) -> list:
+    def text(self, table: dict, key: str, where: str, default: str, *, max_bytes: int,
+             newlines: bool) -> str:
+        """Free text: a string of at most ``max_bytes`` UTF-8 bytes, no control characters
+        (but newlines and tabs if ``newlines``)."""
+        v = table.get(key, default)
+        if not isinstance(v, str):
+            self.fail(where + key, f"must be a string, not {_show(v)}")
+        allowed = "\n\r\t" if newlines else ""
+        if not all(c.isprintable() or c in allowed for c in v):
+            self.fail(where + key, "must be printable text (no control characters"
+                                   + (" but newlines and tabs)" if newlines else ")"))
+        if len(v.encode()) > max_bytes:
+            self.fail(where + key, f"must be at most {max_bytes} bytes of UTF-8, not {len(v.encode())}")
+        return v
+
+    def tables(self, table: dict, key: str, where: str, *, most: int, what: str) -> list:
+        """An array of at most ``most`` tables (``what`` says why there is a most)."""
         v = table.get(key, [])
         if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
             self.fail(where + key, f"must be an array of tables ([[{key}]])")
+        if len(v) > most:
+            self.fail(where + key, f"at most {most} {what}, not {len(v)}")
+        return v
+
+    def comm(self, table: dict, key: str, where: str, default=None) -> str:
+        v = self.string(table, key, where, default)
+        if not _name_ok(v):
+            self.fail(where + key, f"{_show(v)}: use 1 to {MAX_COMM} of A-Z a-z 0-9 - _ (a comm)")
         return v
 
 
 def _name_ok(name: str) -> bool:
-    return all(c.isalnum() or c in "-_" for c in name) and len(name) <= 15
+    """A comm-like name: 1..15 ASCII letters, digits, '-' or '_' (fits 16 bytes, NUL-padded)."""
+    return isinstance(name, str) and _COMM_RE.fullmatch(name) is not None
+
+
+def _scenario_name(c: _Checker, data: dict, default_name: str) -> str:
+    """The run's name: printable, no '/', at most MAX_NAME_BYTES of UTF-8 (the zone's field)."""
+    given = "name" in data
+    name = c.string(data, "name", "", default=default_name) if given else default_name
+    problem = None
+    if not isinstance(name, str) or not name or not name.strip():
+        problem = "must not be blank"
+    elif not name.isprintable():
+        problem = "must be printable (no control characters)"
+    elif "/" in name or name in (".", ".."):
+        problem = "must not contain '/' or be '.' or '..' (it names files, as in compare --plot-dir)"
+    elif len(name.encode()) > MAX_NAME_BYTES:
+        problem = f"must be at most {MAX_NAME_BYTES} bytes of UTF-8, not {len(name.encode())}"
+    if problem is None:
+        return name
+    if given:
+        c.fail("name", f"{_show(name)} {problem}")
+    c.fail("name", f"the default, the file name {_show(name)}, {problem}: set name = \"...\" in the file")
+
+
+def _pages(mb: float) -> int:
+    """Pages, rounded as the run charges them."""
+    return round(mb * PAGES_PER_MB)
 
 
 def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "scenario") -> Scenario:
     """Check a decoded TOML document and build the :class:`Scenario`."""
     c = _Checker(source)
+    if not isinstance(data, dict):
+        c.fail("", f"must be a table of keys, not {_show(data)}")
     c.keys(data, _TOP_KEYS, "")
-    name = c.string(data, "name", "", default=default_name)
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        c.fail("description", "must be a string")
-    memory_mb = c.number(data, "memory_mb", "", positive=True)
-    min_kills = c.number(data, "min_kills", "", default=0, integer=True)
-    run_deadline_s = c.number(data, "run_deadline_s", "", default=60, positive=True)
-    expected = {}
-    raw_expected = data.get("expected", {})
-    if not isinstance(raw_expected, dict):
-        c.fail("expected", "must be a table: policy = { verdict = ..., kills = ..., why = ... }")
-    for pol, e in raw_expected.items():
-        w = f"expected.{pol}."
-        if not isinstance(e, dict):
-            c.fail(f"expected.{pol}", "must be a table { verdict = ..., kills = ..., why = ... }")
-        c.keys(e, _EXPECTED_KEYS, w)
-        kills = c.number(e, "kills", w, default=-1, integer=True, minimum=-1)
-        expected[pol] = Expected(c.string(e, "verdict", w, choices=VERDICTS),
-                                 None if kills == -1 else kills, c.string(e, "why", w, default="-"))
+    name = _scenario_name(c, data, default_name)
+    description = c.text(data, "description", "", "", max_bytes=MAX_TEXT_BYTES, newlines=True)
+    memory_mb = c.number(data, "memory_mb", "", integer=True, minimum=1, maximum=MAX_MEMORY_MB,
+                         why=" (1 TiB)")
+    run_deadline_s = c.number(data, "run_deadline_s", "", default=60, positive=True,
+                              maximum=MAX_DEADLINE_S, why=" (a day)")
+    mb_bound = dict(maximum=memory_mb, why=" (memory_mb)")
+    ms_bound = dict(maximum=MAX_DURATION_MS, why=" (a day)")
+
     memcgs = []
-    for mi, m in enumerate(c.tables(data, "memcg", "")):
+    for mi, m in enumerate(c.tables(data, "memcg", "", most=MAX_SCENARIO_MEMCGS,
+                                    what="memory cgroups (the zone's table)")):
         w = f"memcg[{mi}]."
         c.keys(m, _MEMCG_KEYS, w)
-        mname = c.string(m, "name", w)
-        if not _name_ok(mname) or mname in [x.name for x in memcgs]:
-            c.fail(w + "name", f"{mname!r}: use a new name of letters, digits, '-' or '_'")
-        memcgs.append(MemcgSpec(mname, float(c.number(m, "limit_mb", w, positive=True))))
-    if len(memcgs) > 31:
-        c.fail("memcg", "at most 31 memory cgroups")
+        mname = c.comm(m, "name", w)
+        if mname in [x.name for x in memcgs]:
+            c.fail(w + "name", f"{_show(mname)}: another [[memcg]] has this name")
+        limit = c.number(m, "limit_mb", w, integer=True, minimum=1, **mb_bound)
+        memcgs.append(MemcgSpec(mname, float(limit)))
 
     tasks: list[TaskSpec] = []
-    raw_tasks = c.tables(data, "task", "")
+    raw_tasks = c.tables(data, "task", "", most=MAX_TASKS, what="[[task]] tables")
     if not raw_tasks:
         c.fail("task", "a scenario needs at least one [[task]]")
+    zone_pages = _pages(memory_mb)
     for ti, t in enumerate(raw_tasks):
         w = f"task[{ti}]."
         c.keys(t, _TASK_KEYS, w)
-        tname = c.string(t, "name", w, default=f"task{ti}")
-        if not _name_ok(tname):
-            c.fail(w + "name", f"{tname!r}: use at most 15 letters, digits, '-' or '_' (a comm)")
-        count = c.number(t, "count", w, default=1, integer=True, minimum=1, maximum=1000)
+        tname = c.comm(t, "name", w, default=f"task{ti}")
+        count = c.number(t, "count", w, default=1, integer=True, minimum=1, maximum=MAX_TASKS)
+        if len(tasks) + count > MAX_TASKS:
+            c.fail(w + "count", f"more than {MAX_TASKS} tasks in all (each is a process)")
         adj = c.number(t, "oom_score_adj", w, default=0, integer=True, minimum=-1000, maximum=1000)
         notifier = c.string(t, "mmu_notifier", w, default="none", choices=tuple(MMU_NOTIFIERS))
-        unmap = c.number(t, "exit_unmap_ms_per_mb", w, default=2.0)
-        pgt = c.number(t, "exit_free_pgtables_ms", w, default=10.0)
-        pgtables_mb = c.number(t, "pgtables_mb", w, default=0.0)
+        # exit_mmap unmaps at most the whole zone: that must take at most a day too
+        unmap = c.number(t, "exit_unmap_ms_per_mb", w, default=2.0,
+                         maximum=MAX_DURATION_MS / memory_mb,
+                         why=f" (unmapping all {memory_mb} MB of memory_mb must take at most a day)")
+        pgt = c.number(t, "exit_free_pgtables_ms", w, default=10.0, **ms_bound)
+        pgtables_mb = c.number(t, "pgtables_mb", w, default=0.0, **mb_bound)
         memcg = c.string(t, "memcg", w, default="")
         if memcg and memcg not in [m.name for m in memcgs]:
-            c.fail(w + "memcg", f"no [[memcg]] is called {memcg!r}")
+            c.fail(w + "memcg", f"no [[memcg]] is called {_show(memcg)}")
+        raw_vmas = c.tables(t, "vma", w, most=MAX_VMAS, what=f"VMAs (the mm's table has {MAX_VMAS})")
         vmas = []
-        for vi, v in enumerate(c.tables(t, "vma", w)):
+        for vi, v in enumerate(raw_vmas):
             vw = f"{w}vma[{vi}]."
             c.keys(v, _VMA_KEYS, vw)
             kind = c.string(v, "kind", vw, choices=VMA_KINDS)
-            mb = c.number(v, "mb", vw)
+            mb = c.number(v, "mb", vw, **mb_bound)
             mlocked = v.get("mlocked", False)
             if not isinstance(mlocked, bool):
-                c.fail(vw + "mlocked", f"must be true or false, not {mlocked!r}")
+                c.fail(vw + "mlocked", f"must be true or false, not {_show(mlocked)}")
             vmas.append(VmaSpec(kind, float(mb), mlocked))
+        if len(vmas) == MAX_VMAS and not any(v.kind == "anon" for v in vmas):
+            c.fail(w + "vma", f"at most {MAX_VMAS - 1} VMAs without an anon one (the run adds an "
+                              f"anon VMA for alloc, and the mm's table has {MAX_VMAS})")
         steps = []
-        for si, s in enumerate(c.tables(t, "step", w)):
+        for si, s in enumerate(c.tables(t, "step", w, most=MAX_STEPS,
+                                        what="steps (a worker gets them on its command line)")):
             sw = f"{w}step[{si}]."
             op = c.string(s, "op", sw, choices=OPS)
             c.keys(s, {"op"} | _OP_KEYS[op], sw)
             if op == "alloc":
-                steps.append(StepSpec(op, mb=float(c.number(s, "mb", sw, positive=True))))
+                steps.append(StepSpec(op, mb=float(c.number(s, "mb", sw, positive=True, **mb_bound))))
             elif op in ("sleep", "busy"):
-                steps.append(StepSpec(op, ms=float(c.number(s, "ms", sw))))
+                steps.append(StepSpec(op, ms=float(c.number(s, "ms", sw, **ms_bound))))
             elif op in ("mmap_sem_down", "mmap_sem_up"):
                 other = s.get("task", "")
                 if not isinstance(other, str):
-                    c.fail(sw + "task", f"must be a task's name, not {other!r}")
+                    c.fail(sw + "task", f"must be a task's name, not {_show(other)}")
                 steps.append(StepSpec(op, task=other))
             elif op in ("lock", "unlock"):
-                lname = c.string(s, "name", sw)
-                if not _name_ok(lname):
-                    c.fail(sw + "name", f"{lname!r}: use letters, digits, '-' or '_'")
-                steps.append(StepSpec(op, name=lname))
+                steps.append(StepSpec(op, name=c.comm(s, "name", sw)))
             else:
                 steps.append(StepSpec(op))
+        # alloc grows one VMA whose room is its initial pages + the zone's (supervisor._layout)
+        alloc_pages = sum(_pages(s.mb) for s in steps if s.op == "alloc")
+        if alloc_pages > zone_pages:
+            c.fail(w + "step", f"its allocs add up to {alloc_pages} pages, more than the zone's "
+                               f"{zone_pages} ({memory_mb} MB)")
         for k in range(count):
             full = tname if count == 1 else f"{tname}-{k}"
-            if len(full) > 15:
-                c.fail(w + "name", f"{full!r} is longer than a comm's 15 characters")
+            if len(full) > MAX_COMM:
+                c.fail(w + "name", f"{full!r} is longer than a comm's {MAX_COMM} characters")
             tasks.append(TaskSpec(full, adj, notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
                                   float(pgtables_mb), memcg))
 
@@ -293,21 +420,52 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         if t.name in seen:
             c.fail("task.name", f"two tasks are called {t.name!r}")
         seen.add(t.name)
-    for ti, t in enumerate(tasks):
+    for t in tasks:
         for s in t.steps:
             if s.task and s.task not in seen:
-                c.fail("task.step.task", f"{t.name}: no task is called {s.task!r}")
-    # Checked in pages, rounded as the run charges them.
-    pages = lambda mb: round(mb * PAGES_PER_MB)
-    start_pages = lambda t: sum(pages(v.mb) for v in t.vmas) + pages(t.pgtables_mb)
-    initial = sum(start_pages(t) for t in tasks)
-    if initial > pages(memory_mb):
-        c.fail("memory_mb", f"the tasks need {initial} pages at start but the zone has {pages(memory_mb)} "
-                            f"({memory_mb:g} MB)")
+                c.fail("task.step.task", f"{t.name}: no task is called {_show(s.task)}")
+    locks = {s.name for t in tasks for s in t.steps if s.op in ("lock", "unlock")}
+    if len(locks) > MAX_LOCKS:
+        c.fail("task.step.name", f"at most {MAX_LOCKS} distinct lock names, not {len(locks)}")
+
+    min_kills = c.number(data, "min_kills", "", default=0, integer=True, maximum=len(tasks),
+                         why=" (the number of tasks)")
+    expected = {}
+    raw_expected = data.get("expected", {})
+    if not isinstance(raw_expected, dict):
+        c.fail("expected", "must be a table: policy = { verdict = ..., kills = ..., why = ... }")
+    for pol, e in raw_expected.items():
+        if not pol.isprintable() or len(pol) > MAX_POLICY_NAME:
+            c.fail(f"expected.{pol}", f"not a policy's name (at most {MAX_POLICY_NAME} printable characters)")
+        w = f"expected.{pol}."
+        if not isinstance(e, dict):
+            c.fail(f"expected.{pol}", "must be a table { verdict = ..., kills = ..., why = ... }")
+        c.keys(e, _EXPECTED_KEYS, w)
+        kills = c.number(e, "kills", w, default=-1, integer=True, minimum=-1, maximum=len(tasks),
+                         why=" (the number of tasks)")
+        why = c.text(e, "why", w, "-", max_bytes=MAX_TEXT_BYTES, newlines=False) or "-"
+        expected[pol] = Expected(c.string(e, "verdict", w, choices=VERDICTS),
+                                 None if kills == -1 else kills, why)
+
+    initial = sum(_start_pages(t) for t in tasks)
+    if initial > zone_pages:
+        c.fail("memory_mb", f"the tasks need {initial} pages at start but the zone has {zone_pages} "
+                            f"({memory_mb} MB)")
     for m in memcgs:
-        used = sum(start_pages(t) for t in tasks if t.memcg == m.name)
-        if used > pages(m.limit_mb):
+        used = sum(_start_pages(t) for t in tasks if t.memcg == m.name)
+        if used > _pages(m.limit_mb):
             c.fail("memcg.limit_mb", f"{m.name}: its tasks need {used} pages at start, the limit is "
-                                     f"{pages(m.limit_mb)} ({m.limit_mb:g} MB)")
+                                     f"{_pages(m.limit_mb)} ({_num(m.limit_mb)} MB)")
+    # Every mm's segment is sparse but mapped whole, by the supervisor and by each worker
+    # that touches it: its VMAs, page tables and room for the zone (supervisor._layout).
+    mapped = sum(_start_pages(t) + zone_pages + HEADER_SIZE // PAGE_SIZE for t in tasks)
+    if mapped > _pages(MAX_MAPPED_MB):
+        c.fail("memory_mb", f"{len(tasks)} tasks, each mapping room for the whole zone ({memory_mb} MB), "
+                            f"map more than the {MAX_MAPPED_MB >> 20} TiB a run may map in all: "
+                            f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
                     tuple(tasks), source, expected, tuple(memcgs))
+
+
+def _start_pages(t: TaskSpec) -> int:
+    return sum(_pages(v.mb) for v in t.vmas) + _pages(t.pgtables_mb)

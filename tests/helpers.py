@@ -82,6 +82,7 @@ def scaled_variant(name: str, mb: float = 1.0, ms: float = 1.0):
     Sizes and durations move together, so the mechanism stays and only the
     numbers change (``exit_unmap_ms_per_mb`` stays: unmapping more takes longer).
     """
+    import math
     import tomllib
 
     from emulator.scenario import builtin_path, parse_scenario
@@ -92,7 +93,9 @@ def scaled_variant(name: str, mb: float = 1.0, ms: float = 1.0):
     def walk(node):
         if isinstance(node, dict):
             for k, v in node.items():
-                if k in ("mb", "memory_mb", "limit_mb", "pgtables_mb"):
+                if k in ("memory_mb", "limit_mb"):             # whole MB
+                    node[k] = math.ceil(v * mb)
+                elif k in ("mb", "pgtables_mb"):
                     node[k] = v * mb
                 elif k in ("ms", "exit_free_pgtables_ms"):
                     node[k] = v * ms

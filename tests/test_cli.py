@@ -92,16 +92,16 @@ def test_absurd_numbers_are_usage_errors(args, says):
 
 def test_sizes_are_checked_in_pages_as_they_are_charged(tmp_path):
     path = write_scenario(tmp_path, """
-        memory_mb = 0.9
+        memory_mb = 1
         [[task]]
         name = "t"
-        count = 3
+        count = 10
           [[task.vma]]
           kind = "anon"
-          mb = 0.3
+          mb = 0.0997
     """)
-    p = oomemu("run", path)
-    assert p.returncode == 2 and "memory_mb: the tasks need 231 pages at start but the zone has 230" in p.stderr
+    p = oomemu("run", path)            # 10 x 0.0997 MB fit in 1 MB, 10 x 26 pages do not
+    assert p.returncode == 2 and "memory_mb: the tasks need 260 pages at start but the zone has 256" in p.stderr
 
 
 def test_a_binary_file_is_not_a_scenario(tmp_path):

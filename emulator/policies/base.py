@@ -7,16 +7,19 @@ Nothing here sleeps, reads a clock or touches a process, so a policy can be
 driven through hours of emulated time by a test with a fake clock.
 
 To add a policy: subclass :class:`ReaperPolicy` in a module of its own, set
-``name``, ``summary`` and ``DEFAULTS``, implement the three queue methods,
-and pass the class to :func:`emulator.policies.register`.
+``name``, ``summary`` and ``DEFAULTS`` (and ``LIMITS``: what ``--set`` may
+change each constant to), implement the three queue methods, and pass the
+class to :func:`emulator.policies.register`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Hashable
 
+from ..clock import JIFFY_S
 from ..errors import UsageError
 from ..mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, can_reap_vma
 
@@ -64,10 +67,63 @@ AFTER_UNMAP = "after_unmap"                # v6.1+: after unmap_vmas, before fre
 AFTER_FREE_PGTABLES = "after_free_pgtables"  # the seed's patch: when the memory is gone
 
 
+MAX_SECONDS = 86_400.0                     # a day: the longest a run lasts (run_deadline_s)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """What ``--set`` accepts for one constant: ``lo`` <= value <= ``hi``, a whole
+    number if ``integer``; ``why`` says what the bounds stand for."""
+    lo: float
+    hi: float
+    integer: bool = False
+    why: str = ""
+
+    def describe(self) -> str:
+        what = "a whole number" if self.integer else "a number"
+        return f"{what} from {self.lo:g} to {self.hi:g}" + (f" ({self.why})" if self.why else "")
+
+    def parse(self, key: str, value) -> int | float:
+        """The value as the constant's type, or UsageError (one line) saying the range."""
+        if isinstance(value, int) and value.bit_length() > 64:
+            shown = f"<a {value.bit_length()}-bit integer>"
+        else:
+            shown = repr(value)[1:-1] if isinstance(value, str) else str(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        head = f"--set {key}={shown}"
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text) if self.integer else float(text)
+            except ValueError:
+                try:
+                    value = float(text)                 # "2.7" for a whole number: say so below
+                except ValueError:
+                    raise UsageError(f"{head}: not a number; {key} is {self.describe()}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{head}: not a number; {key} is {self.describe()}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{head}: must be >= 0 and finite; {key} is {self.describe()}")
+        if (self.integer and not isinstance(value, int)) or not self.lo <= value <= self.hi:
+            raise UsageError(f"{head}: must be {self.describe()}")
+        return int(value) if self.integer else float(value)
+
+
+#: MAX_OOM_REAP_RETRIES: the first attempt is always made; 1000 tries is minutes of retrying
+RETRIES = Limit(1, 1000, integer=True)
+#: a sleep between attempts or passes: less than a jiffy would be a busy loop
+INTERVAL = Limit(JIFFY_S, MAX_SECONDS, why="seconds, a jiffy to a day")
+#: a one-off wait (a delay, a deadline, a sleep before giving up): 0 is none
+DELAY = Limit(0, MAX_SECONDS, why="seconds, at most a day")
+
+
 class ReaperPolicy:
     name: str = ""
     summary: str = ""
     DEFAULTS: dict[str, float] = {}
+    #: the range of each constant for ``--set``; a constant without one gets
+    #: :meth:`limit`'s default (whole numbers 0..1e6 for an int, DELAY for a float)
+    LIMITS: dict[str, Limit] = {}
     #: VMAs with any of these flags are never reaped (can_madv_dontneed_vma)
     UNREAPABLE_VM_FLAGS = VM_LOCKED | VM_HUGETLB | VM_PFNMAP
     EXIT_MMAP_OOM_SKIP = BEFORE_UNMAP
@@ -79,20 +135,23 @@ class ReaperPolicy:
     #: after a reap, this much left (rss, unreapable VMAs, page tables) is "substantial"
     SUBSTANTIAL_PAGES = 256                 # 1 MB
 
-    def __init__(self, overrides: dict[str, float] | None = None):
+    def __init__(self, overrides: dict[str, float | str] | None = None):
         self.c = dict(self.DEFAULTS)
         for key, value in (overrides or {}).items():
             if key not in self.c:
                 known = ", ".join(sorted(self.c)) or "none"
                 raise UsageError(f"--set {key}: policy {self.name} has no such constant (known: {known})")
-            if isinstance(value, str):
-                try:
-                    value = float(value)
-                except ValueError:
-                    raise UsageError(f"--set {key}={value}: not a number") from None
-            if not (value >= 0 and value < 1e9):
-                raise UsageError(f"--set {key}={value}: must be >= 0 and finite")
-            self.c[key] = type(self.DEFAULTS[key])(value)
+            self.c[key] = self.limit(key).parse(key, value)
+
+    @classmethod
+    def limit(cls, key: str) -> Limit:
+        """The range of constant ``key``: from LIMITS, else by the type of its default."""
+        if key in cls.LIMITS:
+            return cls.LIMITS[key]
+        default = cls.DEFAULTS[key]
+        if isinstance(default, int) and not isinstance(default, bool):
+            return Limit(0, 1_000_000, integer=True)
+        return DELAY
 
     # -- mm rules -----------------------------------------------------------
     def can_reap_vma(self, kind: str, vm_flags: int) -> bool:

@@ -17,7 +17,8 @@ import heapq
 import itertools
 from collections import deque
 
-from .base import (AFTER_FREE_PGTABLES, Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait)
+from .base import (AFTER_FREE_PGTABLES, DELAY, INTERVAL, Attempt, Outcome, ReaperPolicy, SetOomSkip,
+                   Wait)
 
 
 class Timeout(ReaperPolicy):
@@ -27,6 +28,8 @@ class Timeout(ReaperPolicy):
         "reap_timeout_s": 10.0,           # OOM_REAP_TIMEOUT_MSECS: patience for a true livelock
         "reap_pass_interval_s": 0.1,      # schedule_timeout_idle(HZ/10) between passes
     }
+    LIMITS = {"reap_timeout_s": DELAY,    # 0: give up on every victim at once
+              "reap_pass_interval_s": INTERVAL}
     EXIT_MMAP_OOM_SKIP = AFTER_FREE_PGTABLES
     EXIT_MMAP_REAPS_FIRST = False
 

@@ -11,7 +11,8 @@ An mm with blockable mmu notifiers gets a 1 s sleep and is then given up.
 
 from __future__ import annotations
 
-from .base import (BEFORE_UNMAP, Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait)
+from .base import (BEFORE_UNMAP, DELAY, INTERVAL, RETRIES, Attempt, Outcome, ReaperPolicy, SetOomSkip,
+                   Wait)
 
 
 class V417(ReaperPolicy):
@@ -22,6 +23,8 @@ class V417(ReaperPolicy):
         "reap_retry_interval_s": 0.1,     # schedule_timeout_idle(HZ/10)
         "blockable_notifier_sleep_s": 1.0,  # schedule_timeout_idle(HZ), then give up
     }
+    LIMITS = {"max_oom_reap_retries": RETRIES, "reap_retry_interval_s": INTERVAL,
+              "blockable_notifier_sleep_s": DELAY}
     EXIT_MMAP_OOM_SKIP = BEFORE_UNMAP
     #: v4.17: an mm with blockable mmu notifiers gets a 1 s sleep and is given up on;
     #: from v4.19 non-blocking invalidation fails the attempt, which is retried

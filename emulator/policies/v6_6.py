@@ -22,7 +22,7 @@ import heapq
 import itertools
 
 from ..mm import VM_HUGETLB, VM_PFNMAP
-from .base import AFTER_UNMAP, Wait
+from .base import AFTER_UNMAP, DELAY, Wait
 from .v4_17 import V417
 
 
@@ -34,6 +34,7 @@ class V66(V417):
         "max_oom_reap_retries": 10,
         "reap_retry_interval_s": 0.1,
     }
+    LIMITS = dict(V417.LIMITS, oom_reaper_delay_s=DELAY)    # 0: v5.17, no delay
     UNREAPABLE_VM_FLAGS = VM_HUGETLB | VM_PFNMAP
     EXIT_MMAP_OOM_SKIP = AFTER_UNMAP
     EXIT_MMAP_REAPS_FIRST = False
