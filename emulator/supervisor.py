@@ -58,6 +58,8 @@ START_LEAD_S = 0.05             # real seconds between "go" and time 0
 LINGER_S = 30.0                 # emulated seconds a resolved run waits for dying victims
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GFP = "gfp_mask=0x14280ca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO), order=0"
+# Slower than 0.1 would stretch a day-long run_deadline_s past what a wait can take.
+MIN_SPEED, MAX_SPEED = 0.1, 1e6
 WORKER_MEMORY_MB = 16           # a worker's own memory (an interpreter), beside the emulated pages
 FDS_PER_TASK = 2                # the supervisor keeps a pidfd and the mm's fd per task
 FDS_BASE = 64
@@ -130,9 +132,9 @@ class Run:
     def __init__(self, scenario: Scenario, policy="v4.17", speed: float = 1.0,
                  overrides: dict | None = None, echo=None, trace: str | None = None,
                  hold: bool = False, on_start=None):
-        if not (isinstance(speed, (int, float)) and speed > 0):
+        if isinstance(speed, bool) or not (isinstance(speed, (int, float)) and MIN_SPEED <= speed <= MAX_SPEED):
             from .errors import UsageError
-            raise UsageError(f"--speed {speed}: must be a number > 0")
+            raise UsageError(f"--speed {speed}: must be a number from {MIN_SPEED:g} to {MAX_SPEED:g}")
         self.scenario = scenario
         self.policy = get_policy(policy, overrides)
         self.speed = float(speed)

@@ -82,18 +82,19 @@ def test_a_worker_killed_behind_our_back_ends_the_run_with_verdict_error(tmp_pat
 
 
 def test_a_worker_that_fails_reports_why_and_the_run_exits_1(tmp_path):
-    """A step the worker cannot do (a sleep too long for the platform) is a fault of
-    ours if the loader let it through: the run says so instead of 'resolved'."""
-    path = write_scenario(tmp_path, IDLE.format(count=1) + """
-  [[task.step]]
-  op = "sleep"
-  ms = 1e300
-""")
-    p = oomemu("run", path, "--speed", "10", "--quiet")
-    if p.returncode == 2 and "ms" in p.stderr and "Traceback" not in p.stderr:
-        pytest.skip("the loader refuses this sleep (as it should); the runtime path is not reachable")
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert ": error," in p.stdout and "OverflowError" in p.stdout
+    """A step the worker cannot do (a sleep too long for the platform; the loader
+    refuses it, the Python API does not check) is a fault of ours: the run says
+    so, with the worker's own last words, instead of 'resolved'."""
+    import dataclasses
+
+    import emulator
+    from emulator.scenario import StepSpec
+    s = emulator.load_scenario(write_scenario(tmp_path, IDLE.format(count=1)))
+    bad = dataclasses.replace(s.tasks[0], steps=(StepSpec("sleep", ms=1e300),))
+    r = emulator.run_scenario(dataclasses.replace(s, tasks=(bad,)), speed=10)
+    assert r.verdict == "error" and r.exit_code == 1 and r.error_kind == "fault"
+    assert r.error.startswith("task idle (pid ") and "died during the run: OverflowError" in r.error, r.error
+    assert r.accounting["charged_pages"] == r.accounting["rss_pages"] == r.accounting["segment_pages"]
 
 
 def _unshare_ok() -> bool:

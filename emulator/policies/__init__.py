@@ -23,6 +23,9 @@ POLICIES: dict[str, type[ReaperPolicy]] = {}
 def register(cls: type[ReaperPolicy]) -> type[ReaperPolicy]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    if not (cls.name.isascii() and cls.name.isprintable() and len(cls.name) <= 24 and " " not in cls.name):
+        raise ValueError(f"{cls.__name__}.name {cls.name!r}: at most 24 printable ASCII characters, no spaces "
+                         f"(it is stored in the run's zone)")
     POLICIES[cls.name] = cls
     return cls
 
