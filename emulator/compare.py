@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
@@ -234,7 +235,12 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     s, p = futures[fut]
-                    cells[(s.name, policy_name(p))].runs.append(fut.result())
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool as e:      # killed from outside, or by the real OOM killer
+                        raise CellFailed(s.name, policy_name(p), f"the process running it died ({e})",
+                                         False) from None
+                    cells[(s.name, policy_name(p))].runs.append(result)
                     done += 1
                 if progress:
                     # (the pool marks one call more than it has workers "running")
