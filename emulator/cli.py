@@ -128,7 +128,7 @@ def cmd_demo(a) -> int:
                 print(f"oomemu demo: picture {png}")
             png = os.path.join(a.out, f"{scenario.name}.png")
             _write_plot(traces, png)
-            print(f"oomemu demo: both runs, one above the other: {png}")
+            print(f"oomemu demo: both runs, one above the other, each on its own time axis: {png}")
         except UsageError as e:
             print(f"oomemu demo: no pictures ({e})")
     return EXIT_OK

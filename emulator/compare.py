@@ -143,6 +143,8 @@ def _where(e: BaseException) -> str:
 def _run_one(scenario: Scenario, policy, speed: float, trace: str | None = None) -> dict:
     """One run, as RunResult.to_dict(); anything it raises becomes a CellFailed."""
     from .supervisor import run_scenario
+    if _stopping:                        # this pool process was told to end: start nothing
+        raise KeyboardInterrupt
     try:
         return run_scenario(scenario, policy=policy, speed=speed, trace=trace).to_dict()
     except UsageError as e:
@@ -151,14 +153,30 @@ def _run_one(scenario: Scenario, policy, speed: float, trace: str | None = None)
         raise CellFailed(scenario.name, policy_name(policy), f"{e!r}{_where(e)}", False) from None
 
 
+_stopping = False                        # in a pool process: a SIGINT or SIGTERM has come
+
+
 def _pool_worker_init() -> None:
-    """In each pool process: SIGTERM ends a run as SystemExit does, through its
-    teardown, so that the pool can be stopped without leaving workers behind."""
-    signal.signal(signal.SIGTERM, _sigterm)
+    """In each pool process: the first SIGINT (Ctrl-C reaches the whole group)
+    or SIGTERM (from :func:`_stop_pool`) ends the cell it runs through its
+    teardown; any later one is ignored, so that it cannot cut that teardown short."""
+    signal.signal(signal.SIGINT, _first_signal)
+    signal.signal(signal.SIGTERM, _first_signal)
 
 
-def _sigterm(signum, frame):
+def _first_signal(signum, frame):
+    global _stopping
+    _stopping = True
+    signal.signal(signal.SIGINT, _later_signal)
+    signal.signal(signal.SIGTERM, _later_signal)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def _later_signal(signum, frame):
+    """A Python no-op rather than SIG_IGN: a signal already caught by the C handler
+    would otherwise be reported as "ignored due to race condition" on stderr."""
 
 
 POOL_STOP_GRACE_S = 20.0     # a run's teardown waits for its workers; past this, SIGKILL
@@ -166,7 +184,9 @@ POOL_STOP_GRACE_S = 20.0     # a run's teardown waits for its workers; past this
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
     """Cancel the cells not started, end the running ones through their teardown
-    (SIGTERM), wait for every pool process, and kill any that outlives the grace."""
+    (SIGTERM), wait for every pool process, and kill any that outlives the grace.
+    (The pool's processes are its private ``_processes``: the executor has no
+    public way to reach a running call.)"""
     procs = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
@@ -247,13 +267,9 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
                     running = [f"{futures[f][0].name} under {policy_name(futures[f][1])}"
                                for f in pending if f.running()][:jobs]
                     progress(done, len(work), "running " + ", ".join(running) if running else "...")
-        except KeyboardInterrupt:
-            # Ctrl-C reaches the cells running now (same process group): they tear
-            # down and end; the cells not started yet must not start.
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
         except BaseException:
-            # A cell raised (or we are told to end): the others must not run on.
+            # A cell raised, or Ctrl-C / SIGTERM: the cells not started must not
+            # start, and the running ones end now, through their teardown.
             _stop_pool(pool)
             raise
         pool.shutdown(wait=True)
