@@ -143,25 +143,34 @@ def _where(e: BaseException) -> str:
 def _run_one(scenario: Scenario, policy, speed: float, trace: str | None = None) -> dict:
     """One run, as RunResult.to_dict(); anything it raises becomes a CellFailed."""
     from .supervisor import run_scenario
-    if _stopping:                        # this pool process was told to end: start nothing
-        raise KeyboardInterrupt
+    global _in_run
+    _in_run = True
     try:
+        if _stopping:                    # this pool process was told to end: start nothing
+            raise KeyboardInterrupt
         return run_scenario(scenario, policy=policy, speed=speed, trace=trace).to_dict()
     except UsageError as e:
         raise CellFailed(scenario.name, policy_name(policy), str(e), True) from None
     except Exception as e:
         raise CellFailed(scenario.name, policy_name(policy), f"{e!r}{_where(e)}", False) from None
+    finally:
+        _in_run = False
 
 
-_stopping = False                        # in a pool process: a SIGINT or SIGTERM has come
+# In a pool process: a SIGINT or SIGTERM has come; a cell is running.
+_stopping = _in_run = False
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _pool_worker_init() -> None:
     """In each pool process: the first SIGINT (Ctrl-C reaches the whole group)
     or SIGTERM (from :func:`_stop_pool`) ends the cell it runs through its
-    teardown; any later one is ignored, so that it cannot cut that teardown short."""
+    teardown, and no cell starts after it; any later one is ignored, so that it
+    cannot cut that teardown short. The process started with both blocked (see
+    :func:`run_matrix`): one that came while it started is delivered here."""
     signal.signal(signal.SIGINT, _first_signal)
     signal.signal(signal.SIGTERM, _first_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _first_signal(signum, frame):
@@ -169,6 +178,8 @@ def _first_signal(signum, frame):
     _stopping = True
     signal.signal(signal.SIGINT, _later_signal)
     signal.signal(signal.SIGTERM, _later_signal)
+    if not _in_run:                      # idle, or starting: the pool's shutdown ends it
+        return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
@@ -180,15 +191,20 @@ def _later_signal(signum, frame):
 
 
 POOL_STOP_GRACE_S = 20.0     # a run's teardown waits for its workers; past this, SIGKILL
+CTRL_C_GRACE_S = 2.0         # Ctrl-C reached the pool too: let its cells end by themselves first
 
 
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
+def _stop_pool(pool: ProcessPoolExecutor, first_wait: float = 0.0) -> None:
     """Cancel the cells not started, end the running ones through their teardown
-    (SIGTERM), wait for every pool process, and kill any that outlives the grace.
-    (The pool's processes are its private ``_processes``: the executor has no
-    public way to reach a running call.)"""
+    (SIGTERM, after ``first_wait`` s for them to end by themselves), wait for
+    every pool process, and kill any that outlives the grace. (The pool's
+    processes are its private ``_processes``: the executor has no public way to
+    reach a running call.)"""
     procs = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + first_wait
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
     for p in procs:
         if p.is_alive():
             try:
@@ -249,7 +265,13 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                    initializer=_pool_worker_init)
         try:
-            futures = {pool.submit(_run_one, s, p, speed, trace_of(s, p, n)): (s, p) for s, p, n in work}
+            # The pool's processes start here: with SIGINT and SIGTERM blocked, so
+            # that one arriving while they boot waits for their initializer.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                futures = {pool.submit(_run_one, s, p, speed, trace_of(s, p, n)): (s, p) for s, p, n in work}
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -267,9 +289,14 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
                     running = [f"{futures[f][0].name} under {policy_name(futures[f][1])}"
                                for f in pending if f.running()][:jobs]
                     progress(done, len(work), "running " + ", ".join(running) if running else "...")
+        except KeyboardInterrupt:
+            # Ctrl-C from a terminal reached the pool's processes too: most cells
+            # are ending already. A SIGTERM follows for any that did not get it.
+            _stop_pool(pool, CTRL_C_GRACE_S)
+            raise
         except BaseException:
-            # A cell raised, or Ctrl-C / SIGTERM: the cells not started must not
-            # start, and the running ones end now, through their teardown.
+            # A cell raised, or SIGTERM: the cells not started must not start,
+            # and the running ones end now, through their teardown.
             _stop_pool(pool)
             raise
         pool.shutdown(wait=True)

@@ -27,7 +27,7 @@ from emulator.policies import V417
 from emulator.result import RunResult
 from emulator.scenario import load_scenario
 from emulator.trace import load_trace
-from tests.helpers import oomemu, wait_for, write_scenario
+from tests.helpers import oomemu, wait_for, worker_processes, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -391,8 +391,17 @@ class Broken(V417):
 
 
 def pool_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if "spawn_main" in " ".join(p.cmdline())]
+    """compare's pool processes of this test session (also those orphaned by a compare that ended)."""
+    from emulator import names
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "spawn_main" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("OOMEMU_PREFIX") == names.PREFIX:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
 
 
 def test_a_run_that_raises_stops_the_other_cells_of_the_pool(tmp_path):
@@ -413,3 +422,39 @@ def test_a_run_that_raises_stops_the_other_cells_of_the_pool(tmp_path):
     assert took < 30, took                                   # the slow cell (60 s) was stopped
     assert wait_for(lambda: not pool_processes(), 10), pool_processes()
     # (no worker and nothing in /dev/shm left: the autouse fixture checks)
+
+
+@pytest.mark.parametrize("when", ["starting", "running"])
+@pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 143)])
+def test_compare_interrupted_stops_its_cells_and_leaves_nothing(tmp_path, how, code, when):
+    """Ctrl-C reaches compare's whole process group (its pool processes too);
+    SIGTERM only compare itself. Either way every cell ends now, torn down,
+    whether its workers are still starting or its run is under way."""
+    import os
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "emulator", "compare", "livelock", "mmap_sem_held",
+                          "--policies", "timeout,v4.17", "--speed", "1", "--jobs", "2",
+                          "--trace-dir", str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def under_way():
+        return any("run_start" in f.read_text() for f in tmp_path.glob("*.jsonl"))
+    try:
+        ready = worker_processes if when == "starting" else under_way
+        wait_for(lambda: ready() or p.poll() is not None, 60)
+        assert p.poll() is None and ready(), f"no run {when}: {p.communicate()[1] if p.poll() is not None else ''}"
+        started = time.monotonic()
+        if how == "ctrl-c":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        assert time.monotonic() - started < 8     # livelock under timeout alone runs 11 s: stopped, not waited for
+        assert p.returncode == code, err
+        assert err in ("", "oomemu: interrupted\n"), err
+        assert wait_for(lambda: not pool_processes(), 10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
