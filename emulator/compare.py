@@ -350,7 +350,8 @@ def markdown_header(speed: float, repeat: int) -> str:
     return (f"Measured by `oomemu compare --speed {speed:g} --repeat {repeat}`. Each cell: the verdict "
             f"(`ok` = resolved, `panic`, `hung`; `error` = the run broke, never an outcome), kills / fewest "
             f"needed, `+N` extra kills, `xN` runs that agreed, and the time to resolve in emulated seconds "
-            f"(min-max). A cell that differs from its stated outcome is marked, and listed below the table.")
+            f"(min-max). A cell that differs from its stated outcome ends in an exclamation mark and "
+            f"is listed below the table.")
 
 
 def format_table(cells: list[Cell], header: str = "") -> str:
