@@ -143,7 +143,7 @@ def cmd_demo(a) -> int:
                 print(f"oomemu demo: picture {png}")
             png = os.path.join(a.out, f"{scenario.name}.png")
             _write_plot(traces, png)
-            print(f"oomemu demo: both runs, one above the other: {png}")
+            print(f"oomemu demo: both runs, one above the other, each on its own time axis: {png}")
         except UsageError as e:
             print(f"oomemu demo: no pictures ({e})")
     return EXIT_OK
@@ -273,11 +273,17 @@ def cmd_compare(a) -> int:
     if a.plot_dir:
         from .plot import _matplotlib
         _matplotlib()                     # fail before the runs if it is missing
-    cells = compare.run_matrix(scenarios, policies, speed=a.speed, repeat=a.repeat, jobs=a.jobs,
-                               progress=compare.Progress(), trace_dir=trace_dir)
-    header = f"oomemu compare --speed {a.speed:g} --repeat {a.repeat}: verdict kills/fewest [+extra] time to resolve"
-    fmt = compare.FORMATS[a.format]
-    text = fmt(cells, header) if a.format in ("table", "markdown") else fmt(cells)
+    progress = compare.Progress()
+    try:
+        cells = compare.run_matrix(scenarios, policies, speed=a.speed, repeat=a.repeat, jobs=a.jobs,
+                                   progress=progress, trace_dir=trace_dir)
+    except compare.CellFailed as e:          # the other cells were stopped and torn down
+        progress(0, 0, "")
+        if e.usage:
+            raise UsageError(str(e)) from None
+        print(f"oomemu: internal error: {e} (please report this)", file=sys.stderr)
+        return EXIT_FAULT
+    text = compare.render(cells, a.format, a.speed, a.repeat)
     if a.out:
         with open(a.out, "w") as f:
             f.write(text + "\n")
@@ -291,7 +297,9 @@ def cmd_compare(a) -> int:
             print(f"oomemu compare: {png}: {s.name}, one panel per policy", file=sys.stderr)
     bad = compare.mismatches(cells)
     if a.check and bad:
-        print(f"oomemu compare: {len(bad)} cell(s) differ from the stated outcome", file=sys.stderr)
+        errs = sum(1 for c in bad if c.errors())
+        print(f"oomemu compare: {len(bad)} cell(s) differ from the stated outcome"
+              + (f" ({errs} with a run that ended in error)" if errs else ""), file=sys.stderr)
         return EXIT_CHECK
     return EXIT_OK
 

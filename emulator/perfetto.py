@@ -2,7 +2,8 @@
 
 ui.perfetto.dev and chrome://tracing open it: per run a process with a
 track per task (running, blocked in allocation, D state, victim, exiting),
-a track for the reaper (attempts, successes, give-ups), a counter of free
+a track for the reaper (attempts, give-ups; a finished reap says what it
+freed: ``finish_task_reaping locked-2: reaped 0 kB``), a counter of free
 memory, and instant events for kills and ``MMF_OOM_SKIP``. Times are the
 run's emulated microseconds.
 """
@@ -42,9 +43,14 @@ def to_trace_events(timelines: list[Timeline]) -> dict:
             for t in lane.oom_skip:
                 out.append({"name": "MMF_OOM_SKIP", "cat": "oom", "ph": "i", "s": "t",
                             "pid": pid, "tid": lane.pid, "ts": _us(t)})
-        for t, kind, task in tl.reaper:
-            out.append({"name": f"{kind} {task}".strip(), "cat": "reaper", "ph": "i", "s": "t",
-                        "pid": pid, "tid": REAPER_TID, "ts": _us(t)})
+        for m in tl.reaper:
+            name = f"{m.kind}: {m.reason}" if m.reason else m.kind
+            name = f"{name} {m.task}".strip() + (f": {m.label}" if m.kind == "finish_task_reaping" else "")
+            ev = {"name": name, "cat": "reaper", "ph": "i", "s": "t",
+                  "pid": pid, "tid": REAPER_TID, "ts": _us(m.t)}
+            if m.freed_kb is not None:
+                ev["args"] = {"freed_kb": m.freed_kb, "left_kb": m.left_kb}
+            out.append(ev)
         last = None
         for t, mb in tl.free_mb:
             if mb != last:

@@ -1,6 +1,9 @@
 """From trace events to timelines: a state per task over time, reaper marks, free memory.
 
 Shared by the Perfetto export and the picture, so both tell the same story.
+Also the two choices a picture makes before it draws (pure, so tests can
+check them): which stretch of time holds a run's story (:func:`story_window`)
+and which lanes to draw when a run has many tasks (:func:`fold_lanes`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,34 @@ class Lane:
     oom_skip: list[float] = field(default_factory=list)
 
 
+REAPER_EVENTS = ("start_task_reaping", "finish_task_reaping", "skip_task_reaping", "reap_deadline")
+
+
+@dataclass
+class ReaperMark:
+    """One reaper event. ``freed_kb``/``left_kb`` only on ``finish_task_reaping``:
+    a reap that took mmap_sem may still free nothing (mlocked, shared, hugetlb)."""
+    t: float
+    kind: str                     # one of REAPER_EVENTS
+    task: str
+    reason: str = ""              # skip_task_reaping / reap_deadline
+    freed_kb: int | None = None
+    left_kb: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "finish_task_reaping":
+            return f"reaped {kb_text(self.freed_kb or 0)}"
+        return self.kind + (f": {self.reason}" if self.reason else "")
+
+
+def kb_text(kb: float) -> str:
+    """``0 kB``, ``512 kB``, ``60 MB``, ``1.5 MB``: sizes as a reader says them."""
+    if kb < 1024:
+        return f"{kb:.0f} kB"
+    return f"{kb / 1024:.1f}".removesuffix(".0") + " MB"
+
+
 @dataclass
 class Timeline:
     title: str
@@ -33,7 +64,7 @@ class Timeline:
     end: float
     lanes: list[Lane]
     free_mb: list[tuple[float, float]]                  # (t, free MB)
-    reaper: list[tuple[float, str, str]]                # (t, kind, task): attempt outcomes
+    reaper: list[ReaperMark]
     events: list[dict]
 
 
@@ -76,9 +107,11 @@ def build(events: list[dict]) -> Timeline:
         t, ev, pid = e["t"], e["ev"], e.get("pid", 0)
         if "free_kb" in e:
             free.append((t, e["free_kb"] / 1024))
+        if ev in REAPER_EVENTS:
+            reaper.append(ReaperMark(t, ev, e.get("task", ""), e.get("reason", ""),
+                                     e.get("freed_kb"), e.get("left_kb")))
+            continue
         if pid not in lanes:
-            if ev in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping", "reap_deadline"):
-                reaper.append((t, ev, e.get("task", "")))
             continue
         if ev == "alloc_stall":
             switch(pid, t, stalled=True)
@@ -97,9 +130,6 @@ def build(events: list[dict]) -> Timeline:
             state[pid]["gone"] = True
         elif ev == "oom_skip_set":
             lanes[pid].oom_skip.append(t)
-        elif ev in ("start_task_reaping", "finish_task_reaping", "skip_task_reaping", "reap_deadline"):
-            detail = e.get("reason", "")
-            reaper.append((t, ev + (f": {detail}" if detail else ""), e.get("task", "")))
     for pid, s in state.items():
         if not s["gone"] and end > s["since"]:
             lanes[pid].spans.append(Span(s["since"], end, _label(s["victim"], s["stalled"], s["d"], s["exiting"])))
@@ -109,3 +139,56 @@ def build(events: list[dict]) -> Timeline:
         verdict = f": {end_ev['verdict']}, {k} kill{'' if k == 1 else 's'}"
     title = f"{start.get('scenario', '?')} under {start.get('policy', '?')}{verdict}"
     return Timeline(title, start, end, list(lanes.values()), free, reaper, events)
+
+
+# -- what a picture draws ----------------------------------------------------
+
+QUIET_EVENTS = ("run_start", "oom_score_adj_update")     # time 0: nothing has happened yet
+
+
+def story_window(tl: Timeline) -> tuple[float, float]:
+    """The stretch of emulated time (lo, hi) that holds a run's story.
+
+    It starts at time 0, unless the quiet lead-in (nothing traced but the
+    start) is longer than the story itself: then it starts just before the
+    first event, so a panic 40 ms after a 100 ms start-up is not squeezed
+    into the right edge. It ends just after the run's last event."""
+    end = tl.end
+    if end <= 0:
+        return 0.0, 1.0
+    first = min((e["t"] for e in tl.events if e["ev"] not in QUIET_EVENTS), default=0.0)
+    story = end - first
+    lo = max(0.0, first - 0.1 * story) if first > story else 0.0
+    return lo, end + 0.02 * (end - lo)
+
+
+MAX_LANES = 30            # rows of tasks per run in a picture; a row is ~0.4 inch
+
+
+@dataclass
+class LaneFold:
+    shown: list[Lane]         # drawn one by one, in the run's order
+    idle: list[Lane]          # running throughout, no kill: folded into one row
+    hidden: list[Lane]        # had something happen but did not fit: one row says so
+
+
+def is_idle(lane: Lane) -> bool:
+    """Running for its whole life: no kill, no MMF_OOM_SKIP, never blocked, in D or exiting."""
+    return not lane.kills and not lane.oom_skip and all(sp.state == RUNNING for sp in lane.spans)
+
+
+def fold_lanes(lanes: list[Lane], max_lanes: int = MAX_LANES) -> LaneFold:
+    """At most ``max_lanes`` rows: all lanes if they fit; else idle lanes fold
+    into one row, and if the rest still do not fit, victims are kept first and
+    the others are counted in a last row. Invariant: every lane is in exactly
+    one of the three lists, and ``len(shown) + bool(idle) + bool(hidden) <= max_lanes``."""
+    if len(lanes) <= max_lanes:
+        return LaneFold(list(lanes), [], [])
+    busy = [n for n, l in enumerate(lanes) if not is_idle(l)]
+    idle = [lanes[n] for n, l in enumerate(lanes) if is_idle(l)]
+    room = max_lanes - (1 if idle else 0)
+    if len(busy) <= room:
+        return LaneFold([lanes[n] for n in busy], idle, [])
+    room -= 1
+    keep = set(sorted(busy, key=lambda n: (not lanes[n].kills, n))[:max(room, 0)])
+    return LaneFold([lanes[n] for n in busy if n in keep], idle, [lanes[n] for n in busy if n not in keep])
