@@ -367,3 +367,40 @@ class HeldRun:
         found = wait_for(lambda: next((e for e in self.events() if predicate(e)), None), timeout, 0.05)
         assert found, f"no such event within {timeout}s"
         return found
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def documented_trace_events(readme: str = os.path.join(REPO, "README.md")) -> dict[str, set[str]]:
+    """The README's tables of trace events (header ``| event | when | own fields |``):
+    each event name -> the names quoted in its "own fields" column."""
+    out: dict[str, set[str]] = {}
+    in_table = False
+    with open(readme) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("| event | when | own fields |"):
+                in_table = True
+                continue
+            if not line.startswith("|"):
+                in_table = False
+                continue
+            if in_table and not line.startswith("|---"):
+                event, _, fields = [c.strip() for c in line.strip("|").split("|")]
+                for name in re.findall(r"`([a-z_]+)`", event):
+                    out[name] = set(re.findall(r"`([a-z_]+)`", fields))
+    return out
+
+
+COMMON_EVENT_FIELDS = {"t", "ev", "pid", "task", "free_kb"}     # every event has them (README)
+
+
+def check_documented(events: list[dict]) -> None:
+    """Every event is in the README's tables, with only the fields they list."""
+    doc = documented_trace_events()
+    for e in events:
+        assert e["ev"] in doc, f"undocumented trace event {e['ev']!r}: {e}"
+        assert COMMON_EVENT_FIELDS <= set(e), e
+        extra = set(e) - COMMON_EVENT_FIELDS - doc[e["ev"]]
+        assert not extra, f"{e['ev']}: fields {sorted(extra)} are not in the README's table: {e}"

@@ -10,10 +10,9 @@ import subprocess
 import sys
 import textwrap
 
-import psutil
 import pytest
 
-from tests.helpers import (HeldRun, end_process, oomemu_args, read_line, session_processes, spawn,
+from tests.helpers import (end_process, oomemu_args, read_line, session_processes, spawn,
                            started, sweep_dead_sessions, wait_for, write_scenario)
 
 pytestmark = pytest.mark.timeout(90)
