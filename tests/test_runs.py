@@ -275,7 +275,10 @@ def test_result_fields_match_the_documented_json():
         assert key in d
     assert set(d["victims"][0]) >= {"name", "pid", "killed_at_s", "reaped_kb", "exit_freed_kb",
                                     "oom_skip_at_s", "exited_at_s", "unable_to_reap"}
-    assert d["time_to_resolve_s"] > 0 and d["speed"] == SPEED
+    assert d["speed"] == SPEED and (d["verdict"], d["kills"], d["extra_kills"]) == ("resolved", 1, 0)
+    # from the first failed allocation to resolution, as the run recorded both
+    assert d["time_to_resolve_s"] == pytest.approx(d["resolved_at_s"] - d["first_oom_at_s"], abs=2e-6)
+    assert 0 < d["first_oom_at_s"] <= d["victims"][0]["killed_at_s"] <= d["resolved_at_s"]
     killed = [l for l in r.log if " Killed process " in l]
     assert re.fullmatch(r"\[\s*\d+\.\d{6}\] Killed process \d+ \(locked-\d\) total-vm:\d+kB, "
                         r"anon-rss:61440kB, file-rss:0kB, shmem-rss:0kB", killed[0])
