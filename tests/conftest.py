@@ -11,8 +11,9 @@
 * Leak checks at three levels, each against a snapshot taken before its scope
   began: every test; every module (its snapshot is taken before the module's
   own fixtures start, so a module fixture that leaks is caught when the module
-  ends); the session. A leak is a process of this session's prefix (not pytest
-  itself) or a /dev/shm object of it that was not there at the snapshot. It is
+  ends); the session. A leak is a process of this session (its prefix in the
+  environment, or a descendant of pytest, such as a forked child) or a /dev/shm
+  object of its prefix that was not there at the snapshot. It is
   removed, then reported as a failure.
 """
 
@@ -35,7 +36,8 @@ import pytest
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from tests.helpers import remove_all, session_processes, shm_leftovers, sweep_dead_sessions, wait_for
+from tests.helpers import (remove_all, session_descendants, session_processes, shm_leftovers, sweep_dead_sessions,
+                           wait_for)
 
 _swept: list[str] = []
 
@@ -51,15 +53,20 @@ def pytest_report_header(config):
     return head
 
 
+def ours():
+    """This session's processes: its prefix in their environment, or descended from pytest."""
+    return list({p.pid: p for p in session_processes() + session_descendants()}.values())
+
+
 class Snapshot:
     """This session's processes and /dev/shm objects at one moment."""
 
     def __init__(self):
-        self.pids = {p.pid for p in session_processes()}
+        self.pids = {p.pid for p in ours()}
         self.shm = shm_leftovers()
 
     def new_processes(self):
-        return [p for p in session_processes() if p.pid not in self.pids]
+        return [p for p in ours() if p.pid not in self.pids]
 
     def check(self, where: str) -> None:
         """Fail if anything appeared since the snapshot and is still there; remove it first."""

@@ -161,6 +161,16 @@ def session_processes(prefix: str | None = None) -> list[psutil.Process]:
     return out
 
 
+def session_descendants() -> list[psutil.Process]:
+    """This process's children and theirs (a forked child keeps pytest's own environment,
+    so the prefix does not find it), but multiprocessing's resource tracker."""
+    try:
+        kids = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    return [p for p in kids if not _session_helper(p)]
+
+
 def worker_processes() -> list[psutil.Process]:
     """Worker processes of this test session (other runs on the machine are not ours)."""
     out = []

@@ -133,6 +133,8 @@ MMAP_SEM_HELD = """
       mb = {alloc}
 """
 
+# As the built-in livelock: the allocator takes L at once, the holder wants it at 0.3 s
+# (30 ms of real time later), the allocator allocates at 1 s, with the holder in D state on L.
 LIVELOCK = """
     memory_mb = {zone}
     min_kills = 2
@@ -145,7 +147,7 @@ LIVELOCK = """
       op = "mmap_sem_down"
       [[task.step]]
       op = "sleep"
-      ms = 50
+      ms = 300
       [[task.step]]
       op = "lock"
       name = "L"
@@ -164,7 +166,7 @@ LIVELOCK = """
       name = "L"
       [[task.step]]
       op = "sleep"
-      ms = 100
+      ms = 1000
       [[task.step]]
       op = "alloc"
       mb = {alloc}
