@@ -1,4 +1,21 @@
-"""Every test must leave no worker process and nothing in /dev/shm behind."""
+"""Nothing a test starts outlives the session; nothing a test leaves goes unnoticed.
+
+* This session's runs carry ``OOMEMU_PREFIX=oomemu_test<pytest pid>``: in the
+  names of their /dev/shm objects and in the environment of every process
+  they start (supervisors, workers, ``oomemu inject``, a test's one-liner).
+* At the start, what dead sessions left (their pid is gone) is swept:
+  processes with their prefix, then their /dev/shm objects
+  (``tests.helpers.sweep_dead_sessions``). A session killed by pytest-timeout
+  ends with ``os._exit``, which runs no ``finally``; its children die with it
+  (``PR_SET_PDEATHSIG``, see ``tests.helpers.spawn``), the rest waits here.
+* Leak checks at three levels, each against a snapshot taken before its scope
+  began: every test; every module (its snapshot is taken before the module's
+  own fixtures start, so a module fixture that leaks is caught when the module
+  ends); the session. A leak is a process of this session (its prefix in the
+  environment, or a descendant of pytest, such as a forked child) or a /dev/shm
+  object of its prefix that was not there at the snapshot. It is
+  removed, then reported as a failure.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +28,6 @@ os.environ["OOMEMU_PREFIX"] = f"oomemu_test{os.getpid()}"
 
 import signal
 
-import psutil
 import pytest
 
 # A shell that starts the suite in the background (cmd &) hands it SIGINT
@@ -20,32 +36,74 @@ import pytest
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from emulator import names
-from tests.helpers import shm_leftovers, wait_for, worker_processes
+from tests.helpers import (remove_all, session_descendants, session_processes, shm_leftovers, sweep_dead_sessions,
+                           wait_for)
+
+_swept: list[str] = []
+
+
+def pytest_configure(config):
+    _swept.extend(sweep_dead_sessions(own=True))
+
+
+def pytest_report_header(config):
+    head = f"oomemu: OOMEMU_PREFIX={os.environ['OOMEMU_PREFIX']}"
+    if _swept:
+        head += f"; swept {len(_swept)} leftovers of dead test sessions"
+    return head
+
+
+def ours():
+    """This session's processes: its prefix in their environment, or descended from pytest."""
+    return list({p.pid: p for p in session_processes() + session_descendants()}.values())
+
+
+class Snapshot:
+    """This session's processes and /dev/shm objects at one moment."""
+
+    def __init__(self):
+        self.pids = {p.pid for p in ours()}
+        self.shm = shm_leftovers()
+
+    def new_processes(self):
+        return [p for p in ours() if p.pid not in self.pids]
+
+    def check(self, where: str) -> None:
+        """Fail if anything appeared since the snapshot and is still there; remove it first."""
+        # A worker whose supervisor died gets SIGKILL from PR_SET_PDEATHSIG, a
+        # process a test ended may still be on its way out: give them a moment
+        # (bounded) before calling them leaks.
+        wait_for(lambda: not self.new_processes(), timeout=3)
+        procs, shm = self.new_processes(), shm_leftovers() - self.shm
+        described = []
+        for p in procs:
+            try:
+                described.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+            except Exception:
+                described.append(str(p.pid))
+        remove_all(procs, shm)                      # fail, but do not poison what comes next
+        assert not procs, f"processes left behind by {where}: {described}"
+        assert not shm, f"left in /dev/shm by {where}: {sorted(shm)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_leaks_from_the_session():
+    snap = Snapshot()
+    yield
+    snap.check("the session's fixtures")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_leaks_from_the_module(request):
+    """Autouse and module-scoped: set up before the module's own module fixtures,
+    torn down after them."""
+    snap = Snapshot()
+    yield
+    snap.check(f"module {request.module.__name__} (its module-scoped fixtures)")
 
 
 @pytest.fixture(autouse=True)
 def nothing_leaks():
-    before_shm = shm_leftovers()
-    before_procs = {p.pid for p in worker_processes()}
-
-    def new_workers():
-        return [p for p in worker_processes() if p.pid not in before_procs]
-
+    snap = Snapshot()
     yield
-    # A worker whose supervisor died gets SIGKILL from PR_SET_PDEATHSIG; give
-    # the kernel a moment (bounded) to finish it before calling it a leak.
-    wait_for(lambda: not new_workers(), timeout=3)
-    procs, leaked_shm = new_workers(), shm_leftovers() - before_shm
-    for p in procs:                       # fail, but do not poison the next test
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    for entry in leaked_shm:
-        try:
-            os.unlink(os.path.join(names.SHM_DIR, entry))
-        except FileNotFoundError:
-            pass
-    assert not procs, f"worker processes left behind: {[p.pid for p in procs]}"
-    assert not leaked_shm, f"left in /dev/shm: {sorted(leaked_shm)}"
+    snap.check("this test")

@@ -1,9 +1,11 @@
 """The command line, end to end in a subprocess, as a user types it."""
 
+import importlib.util
 import json
 
 import pytest
 
+from emulator.scenario import builtin_names
 from tests.helpers import oomemu, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,16 +26,46 @@ def test_run_prints_kernel_lines_a_summary_and_writes_json(tmp_path):
 def test_a_panic_is_a_verdict_not_an_error():
     p = oomemu("run", "mlocked", "--speed", "10", "--quiet")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines()[-1].startswith("oomemu: mlocked under v4.17: ")
+    assert p.stdout == "oomemu: mlocked under v4.17: panic, kills 3 (fewest needed 1, 2 extra), time to resolve -\n"
+
+
+def test_demo_writes_what_it_promises(tmp_path):
+    """``oomemu demo --speed 10 --out DIR`` (what make run-demo runs): the side-by-side
+    table, and for each run its trace and Perfetto timeline, then the pictures."""
+    out = tmp_path / "demo"
+    p = oomemu("demo", "--speed", "10", "--out", str(out), timeout=100)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    i = lines.index("mlocked, side by side:")
+    assert lines[i + 1].split() == ["policy", "verdict", "kills", "fewest", "extra", "time", "to", "resolve"]
+    assert lines[i + 2].split() == ["v4.17", "panic", "3", "1", "2", "-"]
+    assert lines[i + 3].split()[:5] == ["timeout", "resolved", "1", "1", "0"]
+    for policy in ("v4.17", "timeout"):
+        trace, perfetto = out / f"mlocked-{policy}.jsonl", out / f"mlocked-{policy}.perfetto.json"
+        assert f"oomemu demo: trace events {trace}" in lines
+        assert f"             Perfetto timeline {perfetto} (open it in https://ui.perfetto.dev)" in lines
+        events = [json.loads(l) for l in trace.read_text().splitlines()]
+        assert (events[0]["ev"], events[0]["policy"], events[-1]["ev"]) == ("run_start", policy, "run_end")
+        assert json.loads(perfetto.read_text())["traceEvents"]
+    if importlib.util.find_spec("matplotlib") is None:
+        assert any(l.startswith("oomemu demo: no pictures (") for l in lines), p.stdout
+        pytest.skip("matplotlib is not installed: the pictures are not checked")
+    pictures = [out / "mlocked-v4.17.png", out / "mlocked-timeout.png"]
+    for png in pictures:
+        assert f"oomemu demo: picture {png}" in lines
+    assert lines[-1] == f"oomemu demo: both runs, one above the other: {out / 'mlocked.png'}"
+    for png in pictures + [out / "mlocked.png"]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_listings():
     p = oomemu("scenarios")
     assert p.returncode == 0
-    names = [l.split()[0] for l in p.stdout.splitlines()]
-    assert {"mlocked", "mmap_sem_held", "livelock"} <= set(names)
+    assert [l.split()[0] for l in p.stdout.splitlines()] == builtin_names()
+    assert {"mlocked", "mmap_sem_held", "livelock"} <= set(builtin_names())
     p = oomemu("policies")
-    assert [l.split()[0] for l in p.stdout.splitlines()][:2] == ["v4.17", "timeout"]
+    assert [l.split()[0] for l in p.stdout.splitlines()] == ["v4.17", "timeout", "handover", "v6.6"]
+    assert "[oom_reaper_delay_s=2, max_oom_reap_retries=10, reap_retry_interval_s=0.1]" in p.stdout
 
 
 GOOD = """

@@ -4,6 +4,7 @@ import pytest
 
 from emulator.clock import FakeClock
 from emulator.errors import UsageError
+from emulator.mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, vm_flags_for
 from emulator.policies import Attempt, Outcome, SetOomSkip, Wait, get_policy
 
 pytestmark = pytest.mark.timeout(10)
@@ -132,3 +133,120 @@ def test_timeout_keeps_one_deadline_per_mm_from_first_enqueue():
     a = Victim("a")
     ev = drive(get_policy("timeout"), always(Outcome.CONTENDED), 30, enqueue=[(0, a), (4, a), (8, a)])
     assert [e for e in ev if e[1] == "unable"] == [(pytest.approx(10.0), "unable", a)]
+
+
+# -- handover (v4.19 notifiers + the hand-over RFC) -----------------------------
+
+def test_handover_retries_while_substantial_memory_is_left_where_v417_gives_up_at_once():
+    a = Victim("a")
+    ev = drive(get_policy("handover"), always(Outcome.MEMORY_LEFT), 5, enqueue=[(0, a)])
+    assert [t for t, k, _ in ev if k == "attempt"] == pytest.approx([i * 0.1 for i in range(10)])
+    assert ev[-1] == (pytest.approx(1.0), "unable", a)          # MAX_OOM_REAP_RETRIES, as ever
+    old = drive(get_policy("v4.17"), always(Outcome.MEMORY_LEFT), 5, enqueue=[(0, a)])
+    assert old == [(0.0, "attempt", a), (0.0, "skip", a)]     # v4.17: reaped is reaped
+
+
+def test_handover_leaves_mmf_oom_skip_to_exit_mmap_once_handed_over():
+    """The third attempt finds exit_mmap holding the VMAs: the reaper sets nothing,
+    not even later, and turns to the next victim at once."""
+    a, b = Victim("a"), Victim("b")
+    outcome = lambda v, t: (Outcome.HANDED_OVER if t >= 0.2 else Outcome.MEMORY_LEFT) if v is a else Outcome.REAPED
+    policy = get_policy("handover")
+    ev = drive(policy, outcome, 10, enqueue=[(0, b), (0, a)])       # LIFO: a first
+    assert ev == [(0.0, "attempt", a), (pytest.approx(0.1), "attempt", a), (pytest.approx(0.2), "attempt", a),
+                  (pytest.approx(0.2), "attempt", b), (pytest.approx(0.2), "skip", b)]
+    assert policy.pending() == 0
+
+
+def test_handover_retries_a_notifier_that_would_block_instead_of_sleeping():
+    a = Victim("a")
+    ev = drive(get_policy("handover"), always(Outcome.NOTIFIER_BLOCKED), 5, enqueue=[(0, a)])
+    assert len([e for e in ev if e[1] == "attempt"]) == 10
+    assert ev[-1] == (pytest.approx(1.0), "unable", a)          # v4.17: a 1 s sleep, then "skip"
+
+
+def test_handover_sets_oom_skip_right_after_a_reap_that_left_nothing():
+    a = Victim("a")
+    assert drive(get_policy("handover"), always(Outcome.REAPED), 5, enqueue=[(0, a)]) == \
+        [(0.0, "attempt", a), (0.0, "skip", a)]
+
+
+# -- v6.6 (mainline today) ------------------------------------------------------
+
+def test_v66_starts_reaping_only_oom_reaper_delay_after_the_kill():
+    a = Victim("a")
+    ev = drive(get_policy("v6.6"), always(Outcome.CONTENDED), 10, enqueue=[(0.5, a)])
+    attempts = [t for t, k, _ in ev if k == "attempt"]
+    assert attempts == pytest.approx([2.5 + i * 0.1 for i in range(10)])
+    assert ev[-1] == (pytest.approx(3.5), "unable", a)
+
+
+def test_v66_timers_are_per_victim_and_queue_lifo_when_they_fire():
+    """a's timer fires at 2.0, b's at 2.5 while the reaper works on a; c's at 2.7.
+    When a is given up (3.0), the chain holds b then c: c (pushed last) goes first."""
+    a, b, c = Victim("a"), Victim("b"), Victim("c")
+    policy = get_policy("v6.6")
+    ev = drive(policy, always(Outcome.CONTENDED), 20, enqueue=[(0, a), (0.5, b), (0.7, c)])
+    gave_up = [(t, v) for t, k, v in ev if k == "unable"]
+    assert gave_up == [(pytest.approx(3.0), a), (pytest.approx(4.0), c), (pytest.approx(5.0), b)]
+    assert min(t for t, k, v in ev if v is b and k == "attempt") == pytest.approx(4.0)
+    assert policy.pending() == 0
+
+
+def test_v66_arms_one_timer_per_victim():
+    a = Victim("a")
+    policy = get_policy("v6.6")
+    policy.wake_oom_reaper(a, 0.0)
+    policy.wake_oom_reaper(a, 1.0)                  # MMF_OOM_REAP_QUEUED: no second timer
+    assert policy.pending() == 1
+    assert policy.next_action(0.0) == Wait(pytest.approx(2.0))
+    ev = drive(get_policy("v6.6"), always(Outcome.CONTENDED), 10, enqueue=[(0, a), (1.0, a)])
+    assert len([e for e in ev if e[1] == "attempt"]) == 10 and ev[-1] == (pytest.approx(3.0), "unable", a)
+
+
+def test_v66_a_victim_gone_before_its_timer_is_skipped_at_the_first_attempt():
+    a = Victim("a")
+    outcome = lambda v, t: Outcome.SKIPPED if t >= 1.2 else Outcome.CONTENDED
+    ev = drive(get_policy("v6.6"), outcome, 10, enqueue=[(0, a)], exits=[(1.2, a)])
+    assert ev == [(pytest.approx(2.0), "attempt", a), (pytest.approx(2.0), "skip", a)]
+
+
+def test_v66_delay_can_be_overridden_and_notifiers_are_retried():
+    a = Victim("a")
+    ev = drive(get_policy("v6.6", {"oom_reaper_delay_s": 0.5}), always(Outcome.NOTIFIER_BLOCKED), 10,
+               enqueue=[(0, a)])
+    assert ev[0] == (pytest.approx(0.5), "attempt", a)
+    assert ev[-1] == (pytest.approx(1.5), "unable", a)
+
+
+def test_v66_reaps_after_the_delay_and_memory_left_does_not_keep_it_trying():
+    a = Victim("a")
+    assert drive(get_policy("v6.6"), always(Outcome.MEMORY_LEFT), 10, enqueue=[(0, a)]) == \
+        [(pytest.approx(2.0), "attempt", a), (pytest.approx(2.0), "skip", a)]
+
+
+def test_v66_deadline_is_known_once_the_reaper_works_on_the_victim():
+    a = Victim("a")
+    policy = get_policy("v6.6")
+    policy.wake_oom_reaper(a, 0.0)
+    assert policy.deadline_of(a) is None                        # still waiting for its timer
+    assert policy.next_action(2.0) == Attempt(a)
+    assert policy.deadline_of(a) == pytest.approx(3.0)          # 10 tries, 0.1 s apart
+
+
+# -- what each policy reaps, and where exit_mmap sets MMF_OOM_SKIP ----------------
+
+@pytest.mark.parametrize("policy, mlocked_reapable, where, reap_first, handover", [
+    ("v4.17", False, "before_unmap", True, False),
+    ("timeout", False, "after_free_pgtables", False, False),
+    ("handover", False, "after_free_pgtables", True, True),
+    ("v6.6", True, "after_unmap", False, False),
+])
+def test_vma_rules_and_exit_mmap_spec(policy, mlocked_reapable, where, reap_first, handover):
+    p = get_policy(policy)
+    assert p.can_reap_vma("anon", 0) and p.can_reap_vma("file_private", 0)
+    assert p.can_reap_vma("anon", VM_LOCKED) is mlocked_reapable
+    assert not p.can_reap_vma("anon", VM_HUGETLB) and not p.can_reap_vma("anon", VM_PFNMAP)
+    assert not p.can_reap_vma("file_shared", vm_flags_for("file_shared", False))
+    spec = p.exit_mmap_spec()
+    assert (spec["oom_skip"], spec["reap_first"], spec["handover"]) == (where, reap_first, handover)

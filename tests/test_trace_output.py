@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from tests.helpers import oomemu, write_scenario
+from emulator.trace import KERNEL_EVENTS, OOMEMU_EVENTS
+from tests.helpers import check_documented, documented_trace_events, oomemu, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,9 +66,23 @@ def test_perfetto_export_is_valid_trace_event_json(traces, tmp_path):
         events = [json.loads(l) for l in path.read_text().splitlines()]
         if policy == "timeout":      # the reaper gets there before exit_mmap: it "reaps" mlocked memory
             assert {"start_task_reaping", "finish_task_reaping"} <= {e["ev"] for e in events}
-        assert len(kills) == sum(e["ev"] == "oom_kill" for e in events) >= 1
+        # mlocked's stated outcomes: v4.17 kills all three locked tasks, timeout one
+        assert len(kills) == sum(e["ev"] == "oom_kill" for e in events) == {"v4.17": 3, "timeout": 1}[policy]
         assert any(e["name"] == "MMF_OOM_SKIP" for e in ev)
         assert {e["name"] for e in ev if e["ph"] == "X"} >= {"running", "blocked in allocation", "exiting"}
+
+
+def test_trace_events_are_the_ones_the_readme_documents(traces):
+    """The README's tables of trace events are the reference: every event a run writes
+    is there with the fields it lists, and the code's list of names is the same list
+    (an event renamed, added or dropped on one side only fails here)."""
+    doc = documented_trace_events()
+    assert set(doc) == set(KERNEL_EVENTS) | set(OOMEMU_EVENTS)
+    assert len(KERNEL_EVENTS) + len(OOMEMU_EVENTS) == len(doc)                  # no name twice
+    for path in traces.values():
+        events = [json.loads(l) for l in path.read_text().splitlines()]
+        check_documented(events)
+        assert [e["ev"] for e in events][0] == "run_start" and events[-1]["ev"] == "run_end"
 
 
 def test_plot_draws_both_policies_one_above_the_other(traces, tmp_path):
