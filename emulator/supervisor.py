@@ -372,7 +372,7 @@ class Run:
         elif kind == "exiting":
             t.exiting = True
         elif kind == "oom_skip":
-            self._on_oom_skip(t, "exit_mmap", at)
+            self._on_oom_skip(t, "exit_mmap", at, where=ev.get("where"))
         elif kind == "exit_mmap_done":
             if t.victim is not None:
                 t.victim.exit_freed_kb = ev["freed_kb"]
@@ -388,8 +388,8 @@ class Run:
         self.log.printk("oomemu: inject: %s" % ev["what"], at)
         self.trace("inject", t, at, what=ev["what"], by=ev.get("by", 0), action=ev.get("action", ""))
 
-    def _on_oom_skip(self, t: Task, by: str, at: float | None = None) -> None:
-        self.trace("oom_skip_set", t, at, by=by)
+    def _on_oom_skip(self, t: Task, by: str, at: float | None = None, where: str | None = None) -> None:
+        self.trace("oom_skip_set", t, at, by=by, **({"where": where} if where else {}))
         if t.victim is not None and t.victim.oom_skip_at_s is None:
             t.victim.oom_skip_at_s = round(self.clock.now() if at is None else at, 6)
             t.victim.oom_skip_by = by

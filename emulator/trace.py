@@ -24,7 +24,7 @@ KERNEL_EVENTS = ("mark_victim", "wake_reaper", "start_task_reaping", "finish_tas
                  "skip_task_reaping", "oom_score_adj_update")
 OOMEMU_EVENTS = ("oom_kill", "oom_abort", "reap_deadline", "oom_skip_set", "exit_mmap_start",
                  "exit_mmap_done", "alloc_stall", "alloc_ok", "panic", "inject", "run_start",
-                 "run_end", "task_state", "handover", "exited")
+                 "run_end", "task_state", "handover", "exited", "run_stopped")
 
 
 class Tracer:

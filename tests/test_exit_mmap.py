@@ -99,9 +99,6 @@ def test_exit_mmap_sets_mmf_oom_skip_where_the_policy_says(runs, policy):
     assert get_policy(policy).exit_mmap_spec()["oom_skip"] == WHERE[policy]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: the supervisor drops the `where` that workers/task.py "
-                   "sends with exit_mmap's oom_skip (supervisor._on_oom_skip traces only `by`), and the "
-                   "README's table of trace events does not list it")
 @pytest.mark.parametrize("policy", list(EXIT_MMAP))
 def test_the_oom_skip_set_event_says_where_exit_mmap_set_it(runs, policy):
     _, events = runs[policy]
