@@ -14,6 +14,7 @@ semaphore. Index 0 is the root memcg, which has no limit.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import posix_ipc
 
 from . import names
+from .shm_trust import Segment
 
 #              magic sup_pid uid sup_ctime t0 speed total free scenario policy
 _ZONE = struct.Struct("=4s i i d d d q q 48s 24s")
@@ -29,6 +31,7 @@ _MEMCG = struct.Struct("=q q 16s")         # limit pages (-1: none), usage pages
 _MEMCG_OFF = 256
 MAX_MEMCGS = 32
 MAGIC = b"OOMZ"
+ZONE_SIZE = mmap.PAGESIZE
 GLOBAL, MEMCG = "global", "memcg"          # why a charge failed
 
 
@@ -47,7 +50,10 @@ class RunFacts:
 
 
 class Zone:
-    def __init__(self, run_id: str, create: dict | None = None):
+    def __init__(self, run_id: str, create: dict | None = None, fd: int | None = None):
+        """Create the zone of ``run_id``, or open the existing one: by name, or from ``fd``,
+        opened and checked by emulator.shm_trust (which it takes over; read-only: a private
+        copy). An existing zone not laid out as oomemu lays it out is closed: ValueError."""
         self.run_id = run_id
         if create is not None:
             shm = posix_ipc.SharedMemory(names.zone(run_id), posix_ipc.O_CREX, mode=0o600,
@@ -55,8 +61,12 @@ class Zone:
             self.lock = posix_ipc.Semaphore(names.zone_lock(run_id), posix_ipc.O_CREX,
                                             mode=0o600, initial_value=1)
         else:
-            shm = posix_ipc.SharedMemory(names.zone(run_id))
-            self.lock = posix_ipc.Semaphore(names.zone_lock(run_id))
+            shm = posix_ipc.SharedMemory(names.zone(run_id)) if fd is None else Segment(fd, ZONE_SIZE)
+            try:
+                self.lock = posix_ipc.Semaphore(names.zone_lock(run_id))
+            except BaseException:
+                shm.close_fd()
+                raise
         self._shm = shm
         self.map = mmap.mmap(shm.fd, shm.size)
         shm.close_fd()
@@ -68,8 +78,23 @@ class Zone:
             memcgs = [("", -1)] + list(create.get("memcgs", []))
             for i, (mname, limit) in enumerate(memcgs):
                 _MEMCG.pack_into(self.map, _MEMCG_OFF + i * _MEMCG.size, limit, 0, mname.encode()[:16])
-        elif bytes(self.map[0:4]) != MAGIC:
-            raise ValueError(f"{names.zone(run_id)}: not an oomemu zone")
+        elif (why := self._not_a_zone()) is not None:
+            self.close()
+            raise ValueError(f"{names.zone(run_id)}: not an oomemu zone ({why})")
+
+    def _not_a_zone(self) -> str | None:
+        """Why an existing segment is not this run's zone as oomemu lays it out (None: it is):
+        its exact size, magic, and facts in range, the supervisor's pid the run id's."""
+        if len(self.map) != ZONE_SIZE:
+            return f"{len(self.map)} bytes, not {ZONE_SIZE}"
+        magic, pid, uid, ctime, t0, speed, total, _, _, _ = _ZONE.unpack_from(self.map, 0)
+        if magic != MAGIC:
+            return "no magic"
+        if pid != names.run_pid(self.run_id):
+            return f"its supervisor pid {pid} is not the run id's"
+        if uid < 0 or not (0 < speed <= 1e6 and total > 0 and math.isfinite(ctime) and math.isfinite(t0)):
+            return "facts out of range"
+        return None
 
     def close(self) -> None:
         try:
@@ -81,7 +106,7 @@ class Zone:
     def facts(self) -> RunFacts:
         v = _ZONE.unpack_from(self.map, 0)
         return RunFacts(self.run_id, v[1], v[2], v[3], v[4], v[5], v[6], v[7],
-                        v[8].rstrip(b"\0").decode(), v[9].rstrip(b"\0").decode())
+                        names.c_string(v[8]), names.c_string(v[9]))     # never raises
 
     def _free_off(self) -> int:
         return 4 + 4 + 4 + 8 + 8 + 8 + 8
