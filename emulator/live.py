@@ -30,7 +30,7 @@ from . import names
 from .cleanup import dead_groups
 from .columns import columns
 from .errors import UsageError
-from .mm import (CMD_ALLOC, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB,
+from .mm import (CMD_ALLOC, HEADER_SIZE, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB,
                  STATE_NAMES, TASK_DEAD, TASK_EXITING, TASK_UNINTERRUPTIBLE, Mm)
 from .oom_kill import OomControl, TaskView, oom_evaluate_task
 from .proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
@@ -94,11 +94,15 @@ class LiveRun:
         path = _path(names.mm(self.run_id, index))
         try:
             fd = open_checked(path, self.owner, write=write)
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE or size % PAGE_SIZE:              # mmap would refuse 0 bytes
+                os.close(fd)
+                raise Refused(path, f"{size} bytes: not an oomemu mm")
             mm = Mm(names.mm(self.run_id, index), fd=fd)            # takes fd over
         except PermissionError as e:
             raise Refused(path, e.strerror) from None
         except ValueError as e:
-            raise Refused(path, str(e).rpartition(": ")[2]) from None
+            raise Refused(path, str(e).partition(": ")[2]) from None
         except OSError as e:
             if isinstance(e, FileNotFoundError):
                 raise
@@ -226,6 +230,11 @@ def survey() -> Survey:
     return s
 
 
+def _owner_column(uid: int | None) -> str:
+    """A user name, or the bare uid (as ls -l shows it), so that columns split on blanks."""
+    return "?" if uid is None else user(uid).removeprefix("uid ")
+
+
 def _plural(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
@@ -238,11 +247,11 @@ def runs_table() -> str:
             age = time.time() - r.supervisor.info.create_time
             tasks = sum(1 for _ in r.each_mm())
             rows.append((r.run_id, r.facts.scenario, r.facts.policy, f"{r.facts.speed:g}",
-                         user(r.owner), f"{age:.0f}s", str(tasks)))
+                         _owner_column(r.owner), f"{age:.0f}s", str(tasks)))
         finally:
             r.close()
     for run_id, uid in s.unreadable:
-        rows.append((run_id, "?", "?", "?", user(uid), "?", "?"))
+        rows.append((run_id, "?", "?", "?", _owner_column(uid), "?", "?"))
     lines = [columns(rows) if len(rows) > 1 else "oomemu: no live runs"]
     me = os.getuid()
     mine = s.dead.get(me, {})
