@@ -217,16 +217,21 @@ def survey() -> Survey:
     """Every run name in /dev/shm: the live runs (open: close them), the live runs of
     others we may not read, and the objects of dead runs that cleanup would remove."""
     s = Survey([], [], {})
-    for run_id in names.leftovers():
-        try:
-            s.live.append(_open(run_id))
-        except OthersRun as e:
-            if _others_run_alive(run_id, e.owner):
-                s.unreadable.append((run_id, e.owner))
-        except UsageError:
-            pass
-    for run_id, owner, entries in dead_groups():
-        s.dead.setdefault(owner, {})[run_id] = len(entries)
+    try:
+        for run_id in names.leftovers():
+            try:
+                s.live.append(_open(run_id))
+            except OthersRun as e:
+                if _others_run_alive(run_id, e.owner):
+                    s.unreadable.append((run_id, e.owner))
+            except UsageError:
+                pass
+        for run_id, owner, entries in dead_groups():
+            s.dead.setdefault(owner, {})[run_id] = len(entries)
+    except BaseException:
+        for run in s.live:
+            run.close()
+        raise
     return s
 
 
@@ -242,13 +247,14 @@ def _plural(n: int, what: str) -> str:
 def runs_table() -> str:
     rows = [("RUN", "SCENARIO", "POLICY", "SPEED", "OWNER", "AGE", "TASKS")]
     s = survey()
-    for r in s.live:
-        try:
+    try:
+        for r in s.live:
             age = time.time() - r.supervisor.info.create_time
             tasks = sum(1 for _ in r.each_mm())
             rows.append((r.run_id, r.facts.scenario, r.facts.policy, f"{r.facts.speed:g}",
                          _owner_column(r.owner), f"{age:.0f}s", str(tasks)))
-        finally:
+    finally:
+        for r in s.live:
             r.close()
     for run_id, uid in s.unreadable:
         rows.append((run_id, "?", "?", "?", _owner_column(uid), "?", "?"))

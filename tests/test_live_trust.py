@@ -277,7 +277,7 @@ SIMPLE = """
       mb = 5
       [[task.step]]
       op = "sleep"
-      ms = 5000
+      ms = 8000                 # time for the hold, the stop and the ps before the OOM, under load
       [[task.step]]
       op = "alloc"
       mb = 50
@@ -350,6 +350,44 @@ def test_a_run_inside_another_program_is_not_stopped():
     try:
         assert run_id in oomemu("runs").stdout
         one_line_exit_2(oomemu("stop", run_id), "was not started by 'oomemu run'")
+    finally:
+        zone.close()
+        unlink_zone(run_id)
+
+
+def test_a_pid_that_is_no_longer_the_tasks_is_not_signalled(tmp_path):
+    """As after pid reuse: the task's mm names a process that is not its worker (a
+    sleep of the same user's). inject must refuse, and the sleep must not notice."""
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        with HeldRun(write_scenario(tmp_path, CALM, "calm"), "timeout") as run:
+            mm = Mm(names.mm(run.id, 1))
+            real = mm.pid
+            try:
+                mm.pid = sleeper.pid
+                for action in ("stop", "crash", "cont"):
+                    one_line_exit_2(oomemu("inject", run.id, action, "idle"),
+                                    f"task idle (pid {sleeper.pid}) of run {run.id} is gone")
+                assert ps_rows(run.id)["idle"]["STATE"] == "crashed"
+                assert psutil.Process(sleeper.pid).status() != psutil.STATUS_STOPPED
+                assert sleeper.poll() is None
+            finally:
+                mm.pid = real
+                mm.close()
+            run.stop()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_supervisor_pid_started_at_another_time_is_not_the_runs():
+    """A zone naming this very process, but another start time (as after pid reuse):
+    the run has ended, and stop does not send SIGINT here."""
+    run_id = f"{os.getpid()}-0e15"
+    zone = make_zone(run_id, os.getpid(), ctime=psutil.Process().create_time() - 3600)
+    try:
+        assert run_id not in oomemu("runs").stdout
+        one_line_exit_2(oomemu("stop", run_id), f"run {run_id} has ended")
     finally:
         zone.close()
         unlink_zone(run_id)
