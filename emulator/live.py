@@ -62,6 +62,12 @@ def _path(posix_name: str) -> str:
     return names.shm_path(posix_name, False)
 
 
+def shown(text: str) -> str:
+    """A name read from shared memory, fit for a terminal and a column: whoever wrote it
+    may have put escape sequences or blanks in it."""
+    return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "?"
+
+
 @dataclass
 class LiveRun:
     """A run whose zone is checked and whose supervisor is held by a pidfd. Close it."""
@@ -85,7 +91,7 @@ class LiveRun:
         for entry in names.leftovers().get(self.run_id, []):
             _, what, sem = names.split_entry(entry)
             kind, _, index = what.partition(".")
-            if not sem and kind == "mm" and index.isdigit() and index == str(int(index)):
+            if not sem and kind == "mm" and index.isascii() and index.isdigit() and index == str(int(index)):
                 out.append(int(index))
         return sorted(out)
 
@@ -251,7 +257,7 @@ def runs_table() -> str:
         for r in s.live:
             age = time.time() - r.supervisor.info.create_time
             tasks = sum(1 for _ in r.each_mm())
-            rows.append((r.run_id, r.facts.scenario, r.facts.policy, f"{r.facts.speed:g}",
+            rows.append((r.run_id, shown(r.facts.scenario), shown(r.facts.policy), f"{r.facts.speed:g}",
                          _owner_column(r.owner), f"{age:.0f}s", str(tasks)))
     finally:
         for r in s.live:
@@ -348,13 +354,13 @@ def ps_table(run: LiveRun) -> str:
                                   (MMF_UNSTABLE, "MMF_UNSTABLE")) if mm.test_bit(bit)]
         dl = mm.reap_deadline
         deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{(dl - now) * run.facts.speed:.1f}s"
-        rows.append((str(mm.pid), mm.comm, state, f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
+        rows.append((str(mm.pid), shown(mm.comm), state, f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
                      f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
                      badness(mm, state, total), ",".join(flags) or "-", deadline,
                      mmap_sem_holder(run, i, mm)))
     free_kb = run.zone.free_pages() * k
-    head = (f"run {run.run_id}: {run.facts.scenario} under {run.facts.policy}, t={run.now():.3f}s, "
-            f"free {free_kb}kB of {run.facts.total_pages * k}kB")
+    head = (f"run {run.run_id}: {shown(run.facts.scenario)} under {shown(run.facts.policy)}, "
+            f"t={run.now():.3f}s, free {free_kb}kB of {run.facts.total_pages * k}kB")
     return head + "\n" + columns(rows)
 
 
@@ -374,7 +380,7 @@ def find_task(run: LiveRun, name: str) -> tuple[int, str, int]:
     known = []
     with closing(run.each_mm()) as mms:
         for i, mm in mms:
-            comm, pid = mm.comm, mm.pid
+            comm, pid = shown(mm.comm), mm.pid
             known.append(comm)
             if comm == name or str(pid) == name:
                 return i, comm, pid

@@ -205,7 +205,7 @@ def test_a_second_users_forgeries_make_root_signal_nothing_and_break_nothing(tmp
                 (f"{prefix}.{F['root']}.zone", "zone", claims_root),   # a fake run "of root's"
                 (f"sem.{prefix}.{F['root']}.zone_lock", "sem", None),
                 (f"{prefix}.{F['root']}.mm.0", "mm", victim_mm),
-                (f"{prefix}.{F['x']}.zone", "zone", claims_x),      # a fake run of its own, naming the sleeper
+                (f"{prefix}.{F['x']}.zone", "zone", claims_x),      # its own fake run, naming the sleeper
                 (f"sem.{prefix}.{F['x']}.zone_lock", "sem", None),
                 (f"{prefix}.{F['x']}.mm.0", "mm", victim_mm),
                 (f"{prefix}.{F['garbage']}.zone", "garbage", None),
@@ -278,7 +278,8 @@ def test_a_second_users_forgeries_make_root_signal_nothing_and_break_nothing(tmp
             assert "ignored 4 objects" in ps.stderr
             assert "has no task 'forged'" in results[("inject", R, "stop", "forged")].stderr
             assert f"has no task '{S}'" in results[("inject", R, "crash", str(S))].stderr
-            assert "has no lock M (locks: L)" in results[("inject", R, "hold-lock", "M", "--seconds", "1")].stderr
+            lock_m = ("inject", R, "hold-lock", "M", "--seconds", "1")
+            assert "has no lock M (locks: L)" in results[lock_m].stderr
             assert "is not oomemu's" in results[("stop", F["root"])].stderr
             assert "a symbolic link" in results[("stop", F["link"])].stderr
             assert "only its owner may stop it" in results[("stop", own)].stderr

@@ -159,6 +159,11 @@ def test_a_read_only_open_copies_the_header_so_truncation_cannot_sigbus(dead_pid
         posix_ipc.unlink_shared_memory(names.mm(run_id, 0))
 
 
+def test_names_are_shown_without_what_a_terminal_would_obey():
+    assert live.shown("a\x1b[2Jb c\n") == "a?[2Jb?c?"
+    assert live.shown("") == "?" and live.shown("bystander") == "bystander"
+
+
 def test_runs_points_at_cleanup_for_a_dead_runs_objects(dead_pid):
     run_id = f"{dead_pid}-0e13"
     zone = make_zone(run_id, dead_pid)
