@@ -17,6 +17,9 @@ The map, from pure decision logic to process plumbing to what users see::
     klog.py         printk with dmesg timestamps;  result.py  RunResult, VictimRecord
     trace.py        trace events (JSON lines)
     cleanup.py      removes leftovers of runs whose supervisor died
+    signals.py      terminating signals deferred to a run's safe points
+    shm_trust.py    opening what lies in /dev/shm, trusting it only as far as checked
+    proc_trust.py   proving a process is the run's before signalling it (pidfds)
 
     cli.py          the ``oomemu`` command;  live.py  runs / ps / stop / inject
     columns.py      plain-text tables as the commands print them

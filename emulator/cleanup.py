@@ -1,8 +1,17 @@
 """``oomemu cleanup``: remove what runs whose supervisor is gone left behind.
 
-A run's objects are found by name (see ``emulator.names``); its supervisor
-by the pid and start time recorded in the zone. A run whose supervisor is
-alive is left alone.
+A run's objects are found by name (see ``emulator.names``) and grouped by
+owner: anyone can put a file under a run's name, so each owner's objects
+under one run name are judged apart. The caller acts only on its own (root
+too): another user's are left alone, with one line saying whose they are.
+A group is left alone while its supervisor lives: the process at the run
+id's pid, of the group's owner, started when the run's zone says (or, with
+no zone to say, one that holds some of the group's objects open or mapped).
+
+Stray workers are killed only if proven workers of that dead run: the
+caller's processes, started as ``workers.task --run RUN``, found in the
+process table (never from a pid written in a file), held by a pidfd and
+killed through it.
 """
 
 from __future__ import annotations
@@ -10,56 +19,131 @@ from __future__ import annotations
 import os
 import signal
 
+import posix_ipc
 import psutil
 
 from . import names
+from .proc_trust import CTIME_SLACK_S, NotProven, Proven, holds_any, is_worker, prove, worker_check
+from .shm_trust import Refused, open_checked, user
 from .zone import Zone
 
+KILL_WAIT_S = 5.0
 
-def supervisor_alive(run_id: str) -> bool:
-    """Is the process that created this run still there (same pid, same start time)?"""
+
+def _recorded_ctime(run_id: str, owner: int, shm_dir: str) -> float | None:
+    """The supervisor's start time from the run's zone, if the zone is ``owner``'s,
+    laid out by oomemu and says the same owner; else None."""
+    if shm_dir != names.SHM_DIR:
+        return None                        # posix_ipc opens semaphores in /dev/shm only
     try:
-        facts = Zone(run_id).facts()
-        pid, ctime = facts.supervisor_pid, facts.supervisor_ctime
-    except Exception:
-        pid, ctime = names.run_pid(run_id), None
-    if not pid:
+        fd = open_checked(names.shm_path(names.zone(run_id), False), owner)
+    except (OSError, Refused):
+        return None
+    try:
+        zone = Zone(run_id, fd=fd)         # takes fd over
+    except (ValueError, OSError, posix_ipc.Error):
+        return None
+    try:
+        facts = zone.facts()
+        return facts.supervisor_ctime if facts.uid == owner else None
+    finally:
+        zone.close()
+
+
+def supervisor_alive(run_id: str, owner: int, files: set[tuple[int, int]],
+                     shm_dir: str = names.SHM_DIR) -> bool:
+    """Is the supervisor of ``owner``'s run ``run_id`` alive? ``files``: (st_dev, st_ino)
+    of the objects in question. When in doubt (a process we may not look into), yes."""
+    pid = names.run_pid(run_id)
+    if pid is None:
         return False
     try:
         p = psutil.Process(pid)
-        return ctime is None or abs(p.create_time() - ctime) < 1.0
-    except psutil.Error:
+        with p.oneshot():
+            uid, ctime, status = p.uids().real, p.create_time(), p.status()
+    except psutil.NoSuchProcess:
         return False
+    except psutil.Error:
+        return True
+    if uid != owner or status == psutil.STATUS_ZOMBIE:
+        return False
+    recorded = _recorded_ctime(run_id, owner, shm_dir)
+    if recorded is not None:
+        return abs(ctime - recorded) < CTIME_SLACK_S
+    # No zone to say when it started (not yet written, already removed, or garbage):
+    # the supervisor holds its objects open or mapped from the first to the teardown.
+    return holds_any(pid, files) is not False
 
 
-def run_workers(run_id: str) -> list[psutil.Process]:
-    """Worker processes of a run, found by their command line."""
+def dead_groups(shm_dir: str = names.SHM_DIR) -> list[tuple[str, int, list[str]]]:
+    """(run id, owner, file names) for each owner's objects under a run's name whose
+    supervisor is not alive: what ``cleanup`` removes, if the owner runs it."""
+    out = []
+    for run_id, entries in names.leftovers(shm_dir).items():
+        groups: dict[int, list[tuple[str, os.stat_result]]] = {}
+        for entry in entries:
+            try:
+                st = os.lstat(os.path.join(shm_dir, entry))
+            except FileNotFoundError:
+                continue
+            groups.setdefault(st.st_uid, []).append((entry, st))
+        for owner, items in sorted(groups.items()):
+            if not supervisor_alive(run_id, owner, {(st.st_dev, st.st_ino) for _, st in items}, shm_dir):
+                out.append((run_id, owner, [entry for entry, _ in items]))
+    return out
+
+
+def stray_workers(run_id: str, owner: int) -> list[Proven]:
+    """Workers of ``run_id`` still alive (their supervisor is dead), held by pidfds."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "workers.task" in cmd and "--run" in cmd and run_id in cmd:
-            found.append(p)
+    for p in psutil.process_iter(["cmdline", "uids"]):
+        cmd, uids = p.info["cmdline"] or [], p.info["uids"]
+        if uids is None or uids.real != owner or not is_worker(cmd, run_id):
+            continue
+        try:
+            found.append(prove(p.pid, worker_check(owner, run_id, None, None)))
+        except NotProven:
+            pass
     return found
 
 
 def cleanup(shm_dir: str = names.SHM_DIR) -> list[str]:
-    """Remove leftovers of dead runs; return one line per thing removed."""
+    """Remove the caller's leftovers of dead runs; return one line per thing removed,
+    and one per dead run's objects of another user's, left alone."""
+    me = os.getuid()
     done: list[str] = []
-    for run_id, entries in names.leftovers(shm_dir).items():
-        if supervisor_alive(run_id):
+    for run_id, owner, entries in dead_groups(shm_dir):
+        if owner != me:
+            done.append(f"left alone {len(entries)} object(s) of {user(owner)} under run {run_id}'s "
+                        f"name: only their owner may remove them")
+        else:
+            done += _remove(run_id, owner, entries, shm_dir)
+    return done
+
+
+def _remove(run_id: str, owner: int, entries: list[str], shm_dir: str) -> list[str]:
+    """Kill the run's stray workers, then unlink the caller's objects. In sticky /dev/shm
+    nobody but their owner (or root) can swap them between the lstat and the unlink."""
+    done = []
+    for w in stray_workers(run_id, owner):
+        with w:
+            try:
+                w.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            if w.wait_exit(KILL_WAIT_S):
+                done.append(f"killed worker {w.pid} of run {run_id}")
+            else:
+                done.append(f"sent SIGKILL to worker {w.pid} of run {run_id}; it has not exited yet")
+    for entry in entries:
+        path = os.path.join(shm_dir, entry)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
             continue
-        for p in run_workers(run_id):
-            try:
-                p.send_signal(signal.SIGKILL)
-                p.wait(timeout=5)
-                done.append(f"killed worker {p.pid} of run {run_id}")
-            except psutil.Error:
-                pass
-        for entry in entries:
-            try:
-                os.unlink(os.path.join(shm_dir, entry))
-                kind = "semaphore" if entry.startswith("sem.") else "segment"
-                done.append(f"removed {kind} {os.path.join(shm_dir, entry)}")
-            except FileNotFoundError:
-                pass
+        except OSError as e:
+            done.append(f"could not remove {path}: {e.strerror}")
+            continue
+        kind = "semaphore" if entry.startswith("sem.") else "FIFO" if entry.endswith(".events") else "segment"
+        done.append(f"removed {kind} {path}")
     return done

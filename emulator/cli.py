@@ -198,31 +198,38 @@ def cmd_runs(a) -> int:
 def cmd_ps(a) -> int:
     import time
 
-    from .live import open_run, ps_table
+    from .live import ignored_line, open_run, ps_table
     run = open_run(a.run)
+    warned = set()
+
+    def show():
+        text = ps_table(run)
+        if a.watch and sys.stdout.isatty():
+            print("\033[H\033[J", end="")
+        print(text, flush=True)
+        line = ignored_line(run)
+        if line and line not in warned:     # once, not at every refresh
+            warned.add(line)
+            print(f"oomemu ps: {line}", file=sys.stderr, flush=True)
+
     try:
-        if not a.watch:
-            print(ps_table(run))
-            return EXIT_OK
-        while True:
-            text = ps_table(run)
-            if sys.stdout.isatty():
-                print("\033[H\033[J", end="")
-            print(text, flush=True)
+        show()
+        while a.watch:
             time.sleep(a.interval)
             run.close()
             try:
                 run = open_run(a.run)
             except UsageError:              # it was there a moment ago: it has ended
+                run = None
                 print(f"oomemu ps: run {a.run} has ended")
                 return EXIT_OK
+            show()
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
-        try:
+        if run is not None:
             run.close()
-        except Exception:
-            pass
 
 
 def cmd_stop(a) -> int:
@@ -239,6 +246,19 @@ def cmd_inject(a) -> int:
         arg = a.mb
     inject(a.run, a.action, a.target, arg, echo=lambda line: print(line, flush=True))
     return EXIT_OK
+
+
+def _bounded(lo: float, hi: float, what: str):
+    """An argparse type: a number in [lo, hi]."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= v <= hi:                       # NaN fails too
+            raise argparse.ArgumentTypeError(f"{what} must be from {lo:g} to {hi:g}: {text!r}")
+        return v
+    return parse
 
 
 def _positive_int(text: str) -> int:
@@ -326,8 +346,8 @@ def cmd_cleanup(a) -> int:
     done = cleanup()
     for line in done:
         print(f"oomemu cleanup: {line}")
-    if not done:
-        print("oomemu cleanup: nothing left behind")
+    if not any(not line.startswith("left alone") for line in done):
+        print("oomemu cleanup: nothing " + ("of yours " if done else "") + "left behind")
     return EXIT_OK
 
 
@@ -368,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("ps", help="the tasks of a live run, read from shared memory")
     ps.add_argument("run")
     ps.add_argument("--watch", action="store_true", help="refresh until Ctrl-C or the run ends")
-    ps.add_argument("--interval", type=_speed, default=0.5, help="seconds between refreshes")
+    ps.add_argument("--interval", type=_bounded(0.1, 3600, "--interval"), default=0.5,
+                    help="seconds between refreshes (0.1 to 3600; default 0.5)")
     ps.set_defaults(func=cmd_ps)
     st = sub.add_parser("stop", help="end a held run (as Ctrl-C in its terminal would)")
     st.add_argument("run")
@@ -380,10 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("hold-lock", "NAME", "take a named lock of the run and hold it")):
         x = acts.add_parser(name, help=helptext)
         x.add_argument("target", metavar=what)
-        x.add_argument("--seconds", type=_speed, default=None, help="default: until Ctrl-C")
+        x.add_argument("--seconds", type=_bounded(0.001, 1e6, "--seconds"), default=None,
+                       help="default: until Ctrl-C")
     x = acts.add_parser("alloc", help="make TASK allocate MB now (when it is idle)")
     x.add_argument("target", metavar="TASK")
-    x.add_argument("mb", type=_speed, metavar="MB")
+    x.add_argument("mb", type=_bounded(0, 1e9, "MB"), metavar="MB",
+                   help="at least a page (0.004); at most what TASK can still grow by")
     for name, helptext in (("stop", "SIGSTOP the task's process"), ("cont", "SIGCONT it"),
                            ("crash", "a real SIGKILL: what it holds stays held")):
         acts.add_parser(name, help=helptext).add_argument("target", metavar="TASK")

@@ -4,41 +4,78 @@ Everything here reads the run's shared memory directly (the zone and each
 task's mm header), and acts with the same real objects the run uses: the
 named semaphores (mmap_sem, locks), real signals, the mm's mailbox, and the
 run's event FIFO, through which an injection gets into the run's log.
+
+Nothing read is trusted further than it is checked (emulator.shm_trust,
+emulator.proc_trust): a run is its zone file's owner's only if the zone says
+the same uid, is laid out as oomemu lays it out and names a supervisor that
+is alive, is that owner's and started when the zone says; its other objects
+count only if that owner's and laid out as oomemu lays them; a process is
+signalled only through a pidfd, once proven the run's supervisor or worker.
+Anything else is skipped (``runs``, ``ps``) or refused in one line (exit 2).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import time
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field
 
 import posix_ipc
 import psutil
 
 from . import names
-from .cleanup import supervisor_alive
+from .cleanup import dead_groups
 from .columns import columns
 from .errors import UsageError
-from .mm import (CMD_ALLOC, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, STATE_NAMES,
-                 TASK_DEAD, TASK_EXITING, TASK_UNINTERRUPTIBLE, Mm)
-from .oom_kill import TaskView, oom_badness
-from .zone import RunFacts, Zone
+from .mm import (CMD_ALLOC, HEADER_SIZE, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB,
+                 STATE_NAMES, TASK_DEAD, TASK_EXITING, TASK_UNINTERRUPTIBLE, Mm)
+from .oom_kill import OomControl, TaskView, oom_evaluate_task
+from .proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
+from .shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
+from .zone import MAX_MEMCGS, RunFacts, Zone
 
 
-def _owner(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+class NoSuchRun(UsageError):
+    """Nothing under that run id (or not a run id)."""
+
+
+class NotOomemus(UsageError):
+    """Something under the run id that oomemu did not lay out, or not for its owner."""
+
+
+class OthersRun(UsageError):
+    """A run of another user's, whose zone we may not read."""
+
+    def __init__(self, message: str, owner: int | None):
+        super().__init__(message)
+        self.owner = owner
+
+
+class RunEnded(UsageError):
+    """The run's supervisor is gone: what is left is for ``oomemu cleanup``."""
+
+
+def _path(posix_name: str) -> str:
+    return names.shm_path(posix_name, False)
+
+
+def shown(text: str) -> str:
+    """A name read from shared memory, fit for a terminal and a column: whoever wrote it
+    may have put escape sequences or blanks in it."""
+    return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "?"
 
 
 @dataclass
 class LiveRun:
+    """A run whose zone is checked and whose supervisor is held by a pidfd. Close it."""
     facts: RunFacts
     zone: Zone
+    owner: int                      # the zone file's owner
+    supervisor: Proven
+    ignored: list[str] = field(default_factory=list)    # objects under its name, not its own
 
     @property
     def run_id(self) -> str:
@@ -48,103 +85,208 @@ class LiveRun:
         """Emulated seconds since the run's time 0."""
         return (time.monotonic() - self.facts.t0) * self.facts.speed if self.facts.t0 else 0.0
 
-    def mms(self) -> list[Mm]:
-        out, i = [], 0
-        while True:
+    def mm_indices(self) -> list[int]:
+        """Indices of the files named as this run's mms (anyone's: open_mm checks)."""
+        out = []
+        for entry in names.leftovers().get(self.run_id, []):
+            _, what, sem = names.split_entry(entry)
+            kind, _, index = what.partition(".")
+            if not sem and kind == "mm" and index.isascii() and index.isdigit() and index == str(int(index)):
+                out.append(int(index))
+        return sorted(out)
+
+    def open_mm(self, index: int, write: bool = False) -> Mm:
+        """Task ``index``'s mm, checked: Refused if it is not the run's; FileNotFoundError."""
+        path = _path(names.mm(self.run_id, index))
+        try:
+            fd = open_checked(path, self.owner, write=write)
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE or size % PAGE_SIZE:              # mmap would refuse 0 bytes
+                os.close(fd)
+                raise Refused(path, f"{size} bytes: not an oomemu mm")
+            mm = Mm(names.mm(self.run_id, index), fd=fd)            # takes fd over
+        except PermissionError as e:
+            raise Refused(path, e.strerror) from None
+        except ValueError as e:
+            raise Refused(path, str(e).partition(": ")[2]) from None
+        except OSError as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise Refused(path, e.strerror or str(e)) from None
+        if not 0 <= mm.memcg < MAX_MEMCGS:
+            mm.close()
+            raise Refused(path, f"memcg {mm.memcg} out of range")
+        return mm
+
+    def each_mm(self):
+        """(index, mm) for each of the run's mms, in task order; each is closed once the
+        loop moves on. What is under an mm's name but not the run's is noted in ``ignored``."""
+        for i in self.mm_indices():
             try:
-                out.append(Mm(names.mm(self.run_id, i)))
-            except posix_ipc.ExistentialError:
-                return out
-            i += 1
+                mm = self.open_mm(i)
+            except FileNotFoundError:
+                continue
+            except Refused as e:
+                self.ignored.append(f"{os.path.basename(e.path)} ({e.why})")
+                continue
+            try:
+                yield i, mm
+            finally:
+                mm.close()
+
+    def prove_worker(self, index: int, pid: int) -> Proven:
+        """The process ``pid`` held by a pidfd, if it is this run's worker ``index``."""
+        return prove(pid, worker_check(self.owner, self.run_id, index, self.supervisor.pid))
+
+    def check_semaphore(self, posix_name: str) -> None:
+        check_semaphore(posix_name, self.owner)
 
     def close(self) -> None:
         self.zone.close()
+        self.supervisor.close()
 
 
-def _zone_owner(run_id: str) -> int | None:
+def _open(run_id: str) -> LiveRun:
+    """The live run ``run_id``, every check passed; else one of the UsageErrors above."""
+    pid = names.run_pid(run_id)
+    if pid is None:
+        raise NoSuchRun(f"{run_id!r} is not a run id (see 'oomemu runs')")
+    path = _path(names.zone(run_id))
     try:
-        return os.stat(names.shm_path(names.zone(run_id), False)).st_uid
-    except OSError:
-        return None
-
-
-def live_runs() -> tuple[list[LiveRun], list[tuple[str, int]]]:
-    """Runs we can read, and (run id, owner uid) of live runs of other users we cannot."""
-    runs, others = [], []
-    for run_id, entries in names.leftovers().items():
-        if not any(e.endswith(".zone") and not e.startswith("sem.") for e in entries):
-            continue
-        if names.run_pid(run_id) is None or not psutil.pid_exists(names.run_pid(run_id)):
-            continue
-        try:
-            zone = Zone(run_id)
-        except posix_ipc.PermissionsError:
-            others.append((run_id, _zone_owner(run_id)))
-            continue
-        except (posix_ipc.ExistentialError, ValueError):
-            continue
-        if not supervisor_alive(run_id):
-            zone.close()
-            continue
-        runs.append(LiveRun(zone.facts(), zone))
-    return runs, others
-
-
-def open_run(run_id: str, mine: bool = False) -> LiveRun:
-    """The live run ``run_id``; a usage error if there is none (or, with ``mine``, not ours)."""
-    if names.run_pid(run_id) is None:
-        raise UsageError(f"{run_id!r} is not a run id (see 'oomemu runs')")
+        fd = open_checked(path, None)          # its size is checked by Zone, for its task table
+    except FileNotFoundError:
+        raise NoSuchRun(f"no run {run_id} on this machine (see 'oomemu runs')") from None
+    except PermissionError:
+        owner = owner_of(path)
+        raise OthersRun(f"run {run_id} belongs to {user(owner)}: only its owner may look into it "
+                        f"or inject into it", owner) from None
+    except Refused as e:
+        raise NotOomemus(f"run {run_id} is not oomemu's: {e}") from None
+    owner = os.fstat(fd).st_uid
     try:
-        zone = Zone(run_id)
-    except posix_ipc.PermissionsError:
-        owner = _zone_owner(run_id)
-        raise UsageError(f"run {run_id} belongs to {_owner(owner) if owner is not None else 'another user'}: "
-                         f"only its owner may look into it or inject into it") from None
-    except (posix_ipc.ExistentialError, ValueError):
-        raise UsageError(f"no run {run_id} on this machine (see 'oomemu runs')") from None
-    if not supervisor_alive(run_id):
+        zone = Zone(run_id, fd=fd)                           # takes fd over, also on errors
+    except ValueError as e:
+        raise NotOomemus(f"run {run_id} is not oomemu's: {e}") from None
+    except (posix_ipc.Error, OSError) as e:
+        raise RunEnded(f"run {run_id} has ended ({e})") from None
+    facts = zone.facts()
+    if facts.uid != owner:
         zone.close()
-        raise UsageError(f"run {run_id} has ended (its supervisor is gone; 'oomemu cleanup' removes what is left)")
-    run = LiveRun(zone.facts(), zone)
-    if mine and run.facts.uid != os.getuid():
+        raise NotOomemus(f"run {run_id} is not oomemu's: its zone says it is {user(facts.uid)}'s, "
+                         f"but {path} belongs to {user(owner)}")
+    try:
+        supervisor = prove(pid, supervisor_check(owner, facts.supervisor_ctime))
+    except NotProven as e:
+        zone.close()
+        raise RunEnded(f"run {run_id} has ended ({e}; 'oomemu cleanup' removes what is left)") from None
+    return LiveRun(facts, zone, owner, supervisor)
+
+
+def open_run(run_id: str, mine: str | None = None) -> LiveRun:
+    """The live run ``run_id``; a usage error if there is none. ``mine``: what only the
+    run's owner may do to it ("inject into", "stop"), refused to anyone else, root too."""
+    run = _open(run_id)
+    if mine and run.owner != os.getuid():
         run.close()
-        raise UsageError(f"run {run_id} belongs to {_owner(run.facts.uid)}: only its owner may inject into it")
+        raise OthersRun(f"run {run_id} belongs to {user(run.owner)}: only its owner may {mine} it",
+                        run.owner)
     return run
+
+
+# -- oomemu runs ---------------------------------------------------------------------
+
+@dataclass
+class Survey:
+    live: list[LiveRun]
+    unreadable: list[tuple[str, int | None]]          # (run id, owner): live runs we may not read
+    dead: dict[int, dict[str, int]]                   # owner -> run id -> objects left
+
+
+def _others_run_alive(run_id: str, owner: int | None) -> bool:
+    """A run we may not read: is a process of its owner's at the run id's pid?"""
+    try:
+        return psutil.Process(names.run_pid(run_id)).uids().real == owner
+    except (psutil.Error, ValueError, TypeError):
+        return False
+
+
+def survey() -> Survey:
+    """Every run name in /dev/shm: the live runs (open: close them), the live runs of
+    others we may not read, and the objects of dead runs that cleanup would remove."""
+    s = Survey([], [], {})
+    try:
+        for run_id in names.leftovers():
+            try:
+                s.live.append(_open(run_id))
+            except OthersRun as e:
+                if _others_run_alive(run_id, e.owner):
+                    s.unreadable.append((run_id, e.owner))
+            except UsageError:
+                pass
+        for run_id, owner, entries in dead_groups():
+            s.dead.setdefault(owner, {})[run_id] = len(entries)
+    except BaseException:
+        for run in s.live:
+            run.close()
+        raise
+    return s
+
+
+def _owner_column(uid: int | None) -> str:
+    """A user name, or the bare uid (as ls -l shows it), so that columns split on blanks."""
+    return "?" if uid is None else user(uid).removeprefix("uid ")
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def runs_table() -> str:
     rows = [("RUN", "SCENARIO", "POLICY", "SPEED", "OWNER", "AGE", "TASKS")]
-    runs, others = live_runs()
-    for r in runs:
-        try:
-            age = time.time() - psutil.Process(r.facts.supervisor_pid).create_time()
-        except psutil.Error:
-            age = 0.0
-        n = len(r.mms())
-        rows.append((r.run_id, r.facts.scenario, r.facts.policy, f"{r.facts.speed:g}",
-                     _owner(r.facts.uid), f"{age:.0f}s", str(n)))
-        r.close()
-    for run_id, uid in others:
-        rows.append((run_id, "?", "?", "?", _owner(uid) if uid is not None else "?", "?", "?"))
-    if len(rows) == 1:
-        return "oomemu: no live runs"
-    return columns(rows)
-
-
-def _pid_alive(pid: int) -> bool:
+    s = survey()
     try:
-        p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        for r in s.live:
+            age = time.time() - r.supervisor.info.create_time
+            tasks = sum(1 for _ in r.each_mm())
+            rows.append((r.run_id, shown(r.facts.scenario), shown(r.facts.policy), f"{r.facts.speed:g}",
+                         _owner_column(r.owner), f"{age:.0f}s", str(tasks)))
+    finally:
+        for r in s.live:
+            r.close()
+    for run_id, uid in s.unreadable:
+        rows.append((run_id, "?", "?", "?", _owner_column(uid), "?", "?"))
+    lines = [columns(rows) if len(rows) > 1 else "oomemu: no live runs"]
+    me = os.getuid()
+    mine = s.dead.get(me, {})
+    if mine:
+        lines.append(f"oomemu: {_plural(len(mine), 'dead run')} left {_plural(sum(mine.values()), 'object')} "
+                     f"in {names.SHM_DIR}: 'oomemu cleanup' removes them")
+    others = {uid: runs for uid, runs in s.dead.items() if uid != me}
+    if others:
+        n = sum(sum(runs.values()) for runs in others.values())
+        lines.append(f"oomemu: {_plural(n, 'object')} in {names.SHM_DIR} of "
+                     f"{', '.join(user(u) for u in sorted(others))} under run names belong to no live "
+                     f"run of theirs: only their owner's 'oomemu cleanup' removes them")
+    return "\n".join(lines)
 
 
-def task_state(mm: Mm) -> str:
+# -- oomemu ps -------------------------------------------------------------------------
+
+def task_state(run: LiveRun, index: int, mm: Mm) -> str:
+    """What ps shows in STATE. ``crashed``: the mm is not done, but the run's worker for
+    it is gone (a pid that is no longer the run's worker counts as gone)."""
     s = mm.state
     if s == TASK_DEAD:
         return "exited"
-    if mm.pid and not _pid_alive(mm.pid):
+    if mm.pid == 0:
+        return STATE_NAMES.get(s, "?")           # not started yet
+    try:
+        with run.prove_worker(index, mm.pid) as w:
+            status = w.info.status
+    except NotProven:
         return "crashed"
+    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+        return "stopped"
     if s == TASK_EXITING:
         return "exiting"
     if mm.test_bit(MMF_OOM_VICTIM):
@@ -152,11 +294,33 @@ def task_state(mm: Mm) -> str:
     return STATE_NAMES.get(s, "?")
 
 
+def badness(mm: Mm, state: str, totalpages: int) -> str:
+    """What select_bad_process makes of this task, as the supervisor's _view() sees it:
+    its oom_badness if it is a candidate; ``-`` if it is not (exited, no mm left,
+    MMF_OOM_SKIP, oom_score_adj -1000); ``abort`` for a victim that still has its mm
+    and no MMF_OOM_SKIP: a scan that meets it stops there and kills nobody."""
+    crashed = state == "crashed"
+    # Task.has_mm: a crashed task's mm stays, and is a candidate, while it holds pages
+    has_mm = mm.resident_pages() > 0 if crashed else mm.state != TASK_DEAD
+    view = TaskView(mm.pid, mm.comm, mm.oom_score_adj, mm.get_mm_rss(), mm.pgtables_pages,
+                    has_mm=has_mm, oom_victim=mm.test_bit(MMF_OOM_VICTIM),
+                    mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP), memcg=mm.memcg)
+    oc = OomControl(totalpages=totalpages)
+    if not oom_evaluate_task(view, oc):
+        return "abort"
+    return str(oc.chosen_points) if oc.chosen is not None else "-"
+
+
 def mmap_sem_holder(run: LiveRun, index: int, mm: Mm) -> str:
+    name = names.mmap_sem(run.run_id, index)
     try:
-        sem = posix_ipc.Semaphore(names.mmap_sem(run.run_id, index))
-    except posix_ipc.ExistentialError:
+        run.check_semaphore(name)
+        sem = posix_ipc.Semaphore(name)
+    except (FileNotFoundError, posix_ipc.ExistentialError):
         return "-"
+    except Refused as e:
+        run.ignored.append(f"{os.path.basename(e.path)} ({e.why})")
+        return "?"
     try:
         if sem.value > 0:
             return "-"
@@ -171,52 +335,55 @@ def ps_table(run: LiveRun) -> str:
     rows = [("PID", "NAME", "STATE", "ANON", "FILE", "SHMEM", "PGTBL", "ADJ", "BADNESS", "FLAGS",
              "DEADLINE", "MMAP_SEM")]
     k = PAGE_SIZE // 1024
-    for i, mm in enumerate(run.mms()):
-        try:
-            kb = mm.rss_kb()
-            memcg = mm.memcg
-            total = run.zone.memcg(memcg)[0] if memcg else run.facts.total_pages
-            view = TaskView(mm.pid, mm.comm, mm.oom_score_adj, mm.get_mm_rss(), mm.pgtables_pages,
-                            has_mm=mm.state != TASK_DEAD, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
-            flags = [f for bit, f in ((MMF_OOM_VICTIM, "VICTIM"), (MMF_OOM_SKIP, "MMF_OOM_SKIP"),
-                                      (MMF_UNSTABLE, "MMF_UNSTABLE")) if mm.test_bit(bit)]
-            dl = mm.reap_deadline
-            deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{(dl - now) * run.facts.speed:.1f}s"
-            rows.append((str(mm.pid), mm.comm, task_state(mm), f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
-                         f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
-                         str(oom_badness(view, total)), ",".join(flags) or "-", deadline,
-                         mmap_sem_holder(run, i, mm)))
-        finally:
-            mm.close()
+    for i, mm in run.each_mm():
+        kb = mm.rss_kb()
+        total = run.facts.total_pages
+        if mm.memcg and run.zone.memcg(mm.memcg)[0] > 0:
+            total = run.zone.memcg(mm.memcg)[0]        # as a memcg OOM scores it
+        state = task_state(run, i, mm)
+        flags = [f for bit, f in ((MMF_OOM_VICTIM, "VICTIM"), (MMF_OOM_SKIP, "MMF_OOM_SKIP"),
+                                  (MMF_UNSTABLE, "MMF_UNSTABLE")) if mm.test_bit(bit)]
+        dl = mm.reap_deadline
+        deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{(dl - now) * run.facts.speed:.1f}s"
+        rows.append((str(mm.pid), shown(mm.comm), state, f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
+                     f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
+                     badness(mm, state, total), ",".join(flags) or "-", deadline,
+                     mmap_sem_holder(run, i, mm)))
     free_kb = run.zone.free_pages() * k
-    head = (f"run {run.run_id}: {run.facts.scenario} under {run.facts.policy}, t={run.now():.3f}s, "
-            f"free {free_kb}kB of {run.facts.total_pages * k}kB")
+    head = (f"run {run.run_id}: {shown(run.facts.scenario)} under {shown(run.facts.policy)}, "
+            f"t={run.now():.3f}s, free {free_kb}kB of {run.facts.total_pages * k}kB")
     return head + "\n" + columns(rows)
+
+
+def ignored_line(run: LiveRun) -> str | None:
+    """One line on what was under the run's name but not its own (None: nothing)."""
+    if not run.ignored:
+        return None
+    shown = "; ".join(run.ignored[:3]) + ("; ..." if len(run.ignored) > 3 else "")
+    return f"ignored {_plural(len(run.ignored), 'object')} under run {run.run_id}'s name: {shown}"
 
 
 # -- injection ---------------------------------------------------------------------
 
-def find_task(run: LiveRun, name: str) -> tuple[int, Mm]:
-    """A task of the run by name (or pid); a usage error naming the known ones otherwise."""
-    found, known = None, []
-    for i, mm in enumerate(run.mms()):
-        known.append(mm.comm)
-        if found is None and (mm.comm == name or str(mm.pid) == name):
-            found = (i, mm)
-        else:
-            mm.close()
-    if found is None:
-        raise UsageError(f"run {run.run_id} has no task {name!r} (tasks: {', '.join(known)})")
-    return found
+def find_task(run: LiveRun, name: str) -> tuple[int, str, int]:
+    """(index, comm, pid) of a task of the run by name (or pid); a usage error naming
+    the known ones otherwise."""
+    known = []
+    with closing(run.each_mm()) as mms:
+        for i, mm in mms:
+            comm, pid = shown(mm.comm), mm.pid
+            known.append(comm)
+            if comm == name or str(pid) == name:
+                return i, comm, pid
+    raise UsageError(f"run {run.run_id} has no task {name!r} (tasks: {', '.join(known)})")
 
 
 def note(run: LiveRun, index: int, action: str, what: str) -> None:
     """Tell the run (its log and trace) what was injected. Best effort: the run may be ending."""
     rec = {"ev": "inject", "i": index, "t": time.monotonic(), "action": action, "what": what,
            "by": os.getpid()}
-    try:
-        fd = os.open(names.events(run.run_id), os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
+    fd = open_fifo_for_write(names.events(run.run_id), run.owner)
+    if fd is None:
         return
     try:
         os.write(fd, (json.dumps(rec) + "\n").encode())
@@ -230,9 +397,12 @@ def hold(run: LiveRun, sem_name: str, index: int, label: str, seconds: float | N
          mm: Mm | None = None, echo=print) -> None:
     """Take a named semaphore (uninterruptibly), hold it for ``seconds`` or until Ctrl-C, let go."""
     try:
+        run.check_semaphore(sem_name)
         sem = posix_ipc.Semaphore(sem_name)
-    except posix_ipc.ExistentialError:
+    except (FileNotFoundError, posix_ipc.ExistentialError):
         raise UsageError(f"run {run.run_id} has no {label}") from None
+    except Refused as e:
+        raise UsageError(f"run {run.run_id}: {label} is not the run's: {e}") from None
     held = False
     try:
         try:
@@ -264,48 +434,115 @@ def hold(run: LiveRun, sem_name: str, index: int, label: str, seconds: float | N
         sem.close()
 
 
+def run_locks(run: LiveRun) -> list[str]:
+    """The names of the run's locks, from its semaphores in /dev/shm (its owner's only)."""
+    out = []
+    for entry in names.leftovers().get(run.run_id, []):
+        _, what, sem = names.split_entry(entry)
+        kind, _, lname = what.partition(".")
+        if sem and kind == "lock" and names.valid_name(lname):
+            try:
+                run.check_semaphore(names.lock(run.run_id, lname))
+            except (Refused, OSError):
+                continue
+            out.append(lname)
+    return sorted(out)
+
+
+def alloc_room(mm: Mm) -> int:
+    """Pages the task can still grow by: the room left in its grow VMA, the first anon one
+    (see supervisor._layout: it has room for the whole zone more; if a task had no anon
+    VMA, one was added last)."""
+    for vma in mm.vmas():
+        if vma.kind == "anon":
+            return vma.capacity - vma.nr_pages
+    return 0
+
+
+def _inject_lock(run: LiveRun, target: str, seconds, echo) -> None:
+    if not names.valid_name(target):
+        raise UsageError(f"{target!r} is not a lock name (1 to {names.NAME_MAX} letters, digits, '-' or '_')")
+    locks = run_locks(run)
+    if target not in locks:
+        raise UsageError(f"run {run.run_id} has no lock {target} "
+                         f"({'locks: ' + ', '.join(locks) if locks else 'it has no locks'})")
+    hold(run, names.lock(run.run_id, target), -1, f"lock {target}", seconds, "hold-lock", echo=echo)
+
+
 def inject(run_id: str, action: str, target: str, arg: float | None = None, echo=print) -> None:
-    run = open_run(run_id, mine=True)
+    if action not in ("hold-lock", "hold-mmap-sem", "alloc", "stop", "cont", "crash"):
+        raise UsageError(f"unknown injection {action!r}")
+    run = open_run(run_id, mine="inject into")
     try:
         if action == "hold-lock":
-            sem = names.lock(run.run_id, target)
-            hold(run, sem, -1, f"lock {target}", arg, action, echo=echo)
+            _inject_lock(run, target, arg, echo)
             return
-        index, mm = find_task(run, target)
+        index, comm, pid = find_task(run, target)
+        label = f"{comm} (pid {pid})"
         try:
-            label = f"{mm.comm} (pid {mm.pid})"
+            mm = run.open_mm(index, write=True)
+        except (Refused, FileNotFoundError) as e:
+            raise UsageError(f"task {label} of run {run.run_id}: {e}") from None
+        try:
             if action == "hold-mmap-sem":
                 hold(run, names.mmap_sem(run.run_id, index), index, f"the mmap_sem of {label}", arg,
                      action, mm=mm, echo=echo)
                 return
-            if mm.state == TASK_DEAD or not _pid_alive(mm.pid):
+            if mm.state == TASK_DEAD:
                 raise UsageError(f"task {label} of run {run.run_id} is gone")
-            if action == "alloc":
-                mm.post_command(CMD_ALLOC, float(arg))
-                os.kill(mm.pid, signal.SIGUSR2)
-                what = f"{label} asked to allocate {arg:g} MB"
-            elif action in ("stop", "cont"):
-                os.kill(mm.pid, signal.SIGSTOP if action == "stop" else signal.SIGCONT)
-                what = f"{'SIGSTOP' if action == 'stop' else 'SIGCONT'} to {label}"
-            elif action == "crash":
-                note(run, index, action, f"real SIGKILL to {label}: what it holds stays held")
-                os.kill(mm.pid, signal.SIGKILL)
-                echo(f"oomemu inject: SIGKILL sent to {label}")
-                return
-            else:
-                raise UsageError(f"unknown injection {action!r}")
-            note(run, index, action, what)
-            echo(f"oomemu inject: {what}")
+            try:
+                worker = run.prove_worker(index, mm.pid)
+            except NotProven as e:
+                raise UsageError(f"task {label} of run {run.run_id} is gone ({e})") from None
+            with worker:
+                _signal_task(run, index, mm, worker, label, action, arg, echo)
         finally:
             mm.close()
     finally:
         run.close()
 
 
+def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, action: str,
+                 arg, echo) -> None:
+    """alloc, stop, cont, crash: the signal goes through the proven worker's pidfd."""
+    try:
+        if action == "alloc":
+            pages, room = round(arg * PAGES_PER_MB), alloc_room(mm)
+            if pages < 1:
+                raise UsageError(f"alloc {arg:g} MB: less than a page")
+            if pages > room:
+                raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
+                                 f"{room / PAGES_PER_MB:g} MB more")
+            mm.post_command(CMD_ALLOC, float(arg))
+            worker.send_signal(signal.SIGUSR2)
+            what = f"{label} asked to allocate {arg:g} MB"
+        elif action in ("stop", "cont"):
+            worker.send_signal(signal.SIGSTOP if action == "stop" else signal.SIGCONT)
+            what = f"{'SIGSTOP' if action == 'stop' else 'SIGCONT'} to {label}"
+        else:                                                   # crash
+            note(run, index, action, f"real SIGKILL to {label}: what it holds stays held")
+            worker.send_signal(signal.SIGKILL)
+            echo(f"oomemu inject: SIGKILL sent to {label}")
+            return
+    except ProcessLookupError:
+        raise UsageError(f"task {label} of run {run.run_id} is gone") from None
+    note(run, index, action, what)
+    echo(f"oomemu inject: {what}")
+
+
 def stop(run_id: str) -> int:
-    """Ask a run to end as Ctrl-C would (SIGINT to its supervisor)."""
-    run = open_run(run_id, mine=True)
-    pid = run.facts.supervisor_pid
-    run.close()
-    os.kill(pid, signal.SIGINT)
-    return pid
+    """Ask a run to end as Ctrl-C would: SIGINT to its supervisor, proven and held by a
+    pidfd, and started by 'oomemu run' (a run inside another program is not ours to stop)."""
+    run = open_run(run_id, mine="stop")
+    try:
+        sup = run.supervisor
+        if not is_oomemu_run(sup.info.cmdline):
+            raise UsageError(f"run {run_id} was not started by 'oomemu run' (its supervisor, pid "
+                             f"{sup.pid}, is {' '.join(sup.info.cmdline)[:60]!r}): stop it there")
+        try:
+            sup.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            raise RunEnded(f"run {run_id} has ended") from None
+        return sup.pid
+    finally:
+        run.close()

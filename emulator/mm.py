@@ -30,6 +30,9 @@ from dataclasses import dataclass
 
 import posix_ipc
 
+from .names import c_string
+from .shm_trust import Segment
+
 PAGE_SIZE = 4096
 PAGES_PER_MB = (1 << 20) // PAGE_SIZE
 HEADER_SIZE = PAGE_SIZE
@@ -142,20 +145,49 @@ class Mm:
     mmap_sem held (by this process) unless the caller owns the mm alone.
     """
 
-    def __init__(self, name: str, create: MmLayout | None = None):
+    def __init__(self, name: str, create: MmLayout | None = None, fd: int | None = None):
+        """Create the mm ``name`` with ``create``'s layout, or open an existing one: by name,
+        or from ``fd``, opened and checked by emulator.shm_trust (which it takes over; a
+        read-only fd gives a private copy of the header). An existing segment that is not
+        laid out as :meth:`_init` lays it out is closed again: ValueError."""
         self.name = name
         if create is not None:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=create.size)
         else:
-            shm = posix_ipc.SharedMemory(name)
+            shm = posix_ipc.SharedMemory(name) if fd is None else Segment(fd, HEADER_SIZE)
         self.fd = shm.fd
         self.size = shm.size
         self.map = mmap.mmap(shm.fd, shm.size)
         self._shm = shm
         if create is not None:
             self._init(create)
-        elif bytes(self.map[0:4]) != MAGIC:
-            raise ValueError(f"{name}: not an oomemu mm")
+        elif (why := self._not_an_mm()) is not None:
+            self.close()
+            raise ValueError(f"{name}: not an oomemu mm ({why})")
+
+    def _not_an_mm(self) -> str | None:
+        """Why an existing segment is not an mm as _init lays it out (None: it is). What
+        is checked is what a reader indexes or acts on: the VMA table must account for
+        the segment's size exactly, and every field a reader uses must be in range."""
+        if self.size < HEADER_SIZE or self.size % PAGE_SIZE:
+            return f"{self.size} bytes"
+        magic, pid, _, state, _, adj, notifier, nr_vmas, _, _ = self._head()
+        if magic != MAGIC:
+            return "no magic"
+        if pid < 0 or state not in STATE_NAMES or not -1000 <= adj <= 1000 \
+                or notifier not in MMU_NOTIFIERS.values() or nr_vmas > MAX_VMAS:
+            return "header fields out of range"
+        pgtables, pages = self._extra()[:2]
+        if not 0 <= pgtables <= pages:
+            return "page tables out of range"
+        for i in range(nr_vmas):
+            kind, _, start, cap, nr = _VMA.unpack_from(self.map, _VMA_OFF + i * _VMA.size)
+            if kind >= len(VMA_KINDS) or start != pages or cap < 0 or not 0 <= nr <= cap:
+                return f"VMA {i} out of range"
+            pages += cap
+        if HEADER_SIZE + pages * PAGE_SIZE != self.size:
+            return f"{self.size} bytes, but its VMA table says {HEADER_SIZE + pages * PAGE_SIZE}"
+        return None
 
     def _init(self, layout: MmLayout) -> None:
         if len(layout.vmas) > MAX_VMAS:
@@ -192,7 +224,7 @@ class Mm:
 
     @property
     def comm(self) -> str:
-        return bytes(self.map[_COMM_OFF:_COMM_OFF + 16]).rstrip(b"\0").decode()
+        return c_string(self.map[_COMM_OFF:_COMM_OFF + 16])       # never raises
 
     @comm.setter
     def comm(self, value: str) -> None:

@@ -5,7 +5,6 @@ Every object a run creates carries the run id, so that ``oomemu cleanup``
 
     /dev/shm/oomemu.<run>.zone              the zone (free pages, run facts)
     /dev/shm/oomemu.<run>.events            FIFO: events from workers and ``oomemu inject``
-    /dev/shm/sem.oomemu.<run>.zone_lock     guards the zone's counters
     /dev/shm/sem.oomemu.<run>.start         released once per task at time 0
     /dev/shm/oomemu.<run>.mm.<i>            task i's mm: header, VMAs, pages
     /dev/shm/sem.oomemu.<run>.mmap_sem.<i>  task i's mmap_sem
@@ -19,6 +18,7 @@ prefix (``OOMEMU_PREFIX`` changes it).
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import secrets
@@ -28,9 +28,11 @@ PREFIX = os.environ.get("OOMEMU_PREFIX", "oomemu")
 if not PREFIX.replace("_", "").replace("-", "").isalnum():
     raise SystemExit(f"OOMEMU_PREFIX={PREFIX!r}: use letters, digits, '-' or '_'")
 SHM_DIR = "/dev/shm"
+PID_MAX_LIMIT = 4 * 1024 * 1024       # include/linux/threads.h: no pid is larger on 64-bit
+NAME_MAX = 15                         # a lock's or a task's name, as a comm (TASK_COMM_LEN - 1)
 
-_RUN_ID = re.compile(r"^(\d+)-([0-9a-f]{4})$")
-_ENTRY = re.compile(r"^(?:sem\.)?" + re.escape(PREFIX) + r"\.(\d+-[0-9a-f]{4})\.(.+)$")
+_RUN_ID = re.compile(r"^([1-9]\d{0,6})-([0-9a-f]{4})$")
+_ENTRY = re.compile(r"^(sem\.)?" + re.escape(PREFIX) + r"\.([1-9]\d{0,6}-[0-9a-f]{4})\.(.+)$")
 
 
 def new_run_id(pid: int | None = None) -> str:
@@ -40,15 +42,28 @@ def new_run_id(pid: int | None = None) -> str:
 def run_pid(run_id: str) -> int | None:
     """The supervisor pid encoded in a run id, or None if it is not one."""
     m = _RUN_ID.match(run_id)
-    return int(m.group(1)) if m else None
+    if not m or int(m.group(1)) > PID_MAX_LIMIT:
+        return None
+    return int(m.group(1))
+
+
+def valid_name(name: str) -> bool:
+    """A lock's name as a scenario may give it: 1 to 15 letters, digits, '-' or '_'
+    (so that it can never leave /dev/shm or take another object's name)."""
+    return 0 < len(name) <= NAME_MAX and all(c.isalnum() or c in "-_" for c in name)
+
+
+def c_string(raw: bytes) -> str:
+    """A NUL-padded name read from shared memory, as text; never raises. A name cut
+    inside a UTF-8 character (names are cut to fit in bytes) loses the cut character;
+    bytes that are not UTF-8 (garbage) become U+FFFD."""
+    raw = bytes(raw).split(b"\0", 1)[0]
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(raw, final=False)
 
 
 def zone(run_id: str) -> str:
     return f"/{PREFIX}.{run_id}.zone"
 
-
-def zone_lock(run_id: str) -> str:
-    return f"/{PREFIX}.{run_id}.zone_lock"
 
 
 def start(run_id: str) -> str:
@@ -82,15 +97,24 @@ def shm_path(posix_name: str, semaphore: bool) -> str:
     return os.path.join(SHM_DIR, ("sem." if semaphore else "") + base)
 
 
+def split_entry(entry: str) -> tuple[str, str, bool] | None:
+    """A file name in /dev/shm -> (run id, what: "zone", "mm.3", "lock.L", ..., is a semaphore),
+    or None if it is not named as a run's object. Only the name: not who made it."""
+    m = _ENTRY.match(entry)
+    if not m or run_pid(m.group(2)) is None:
+        return None
+    return m.group(2), m.group(3), bool(m.group(1))
+
+
 def leftovers(shm_dir: str = SHM_DIR) -> dict[str, list[str]]:
-    """Map run id -> file names in ``shm_dir`` that belong to it."""
+    """Map run id -> file names in ``shm_dir`` that carry it (anyone may have made them)."""
     runs: dict[str, list[str]] = {}
     try:
         entries = sorted(os.listdir(shm_dir))
     except FileNotFoundError:
         return runs
     for entry in entries:
-        m = _ENTRY.match(entry)
-        if m:
-            runs.setdefault(m.group(1), []).append(entry)
+        parts = split_entry(entry)
+        if parts:
+            runs.setdefault(parts[0], []).append(entry)
     return runs

@@ -22,6 +22,7 @@ which has no limit.
 from __future__ import annotations
 
 import fcntl
+import math
 import mmap
 import os
 import struct
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import posix_ipc
 
 from . import names
+from .shm_trust import Segment
 
 PAGE = 4096
 #              magic sup_pid uid sup_ctime t0 speed total free scenario policy
@@ -68,7 +70,10 @@ class RunFacts:
 
 
 class Zone:
-    def __init__(self, run_id: str, create: dict | None = None):
+    def __init__(self, run_id: str, create: dict | None = None, fd: int | None = None):
+        """Create the zone of ``run_id``, or open the existing one: by name, or from ``fd``,
+        opened and checked by emulator.shm_trust (which it takes over; read-only: a private
+        copy). An existing zone not laid out as oomemu lays it out is closed: ValueError."""
         self.run_id = run_id
         self._tlock = threading.Lock()
         if create is not None:
@@ -77,8 +82,10 @@ class Zone:
                 raise ValueError(f"at most {MAX_TASKS} tasks")
             shm = posix_ipc.SharedMemory(names.zone(run_id), posix_ipc.O_CREX, mode=0o600,
                                          size=zone_size(len(tasks)))
-        else:
+        elif fd is None:
             shm = posix_ipc.SharedMemory(names.zone(run_id))
+        else:
+            shm = Segment(fd, zone_size(MAX_TASKS))
         self._shm = shm
         self.fd = shm.fd                       # kept open: flock() is taken on it
         self.map = mmap.mmap(shm.fd, shm.size)
@@ -93,15 +100,35 @@ class Zone:
             _NR_TASKS.pack_into(self.map, _NR_TASKS_OFF, len(tasks))
             self._layout()
             struct.pack_into(f"={len(tasks)}i", self.map, self._memcg_of_off, *tasks)
-        elif bytes(self.map[0:4]) != MAGIC:
-            raise ValueError(f"{names.zone(run_id)}: not an oomemu zone")
+        elif (why := self._not_a_zone()) is not None:
+            self.close()
+            raise ValueError(f"{names.zone(run_id)}: not an oomemu zone ({why})")
         else:
             self._layout()
 
+    def _not_a_zone(self) -> str | None:
+        """Why an existing segment is not this run's zone as oomemu lays it out (None: it is):
+        its magic, its exact size for its task table, facts in range, the supervisor's pid
+        the run id's."""
+        if len(self.map) < _TASKS_OFF:
+            return f"{len(self.map)} bytes, too small"
+        magic, pid, uid, ctime, t0, speed, total, _, _, _ = _ZONE.unpack_from(self.map, 0)
+        if magic != MAGIC:
+            return "no magic"
+        n = _NR_TASKS.unpack_from(self.map, _NR_TASKS_OFF)[0]
+        if not 0 <= n <= MAX_TASKS or len(self.map) != zone_size(n):
+            return f"{len(self.map)} bytes, not what a table of {n} tasks takes"
+        if pid != names.run_pid(self.run_id):
+            return f"its supervisor pid {pid} is not the run id's"
+        if uid < 0 or not (0 < speed <= 1e6 and total > 0 and math.isfinite(ctime) and math.isfinite(t0)):
+            return "facts out of range"
+        memcg_of = struct.unpack_from(f"={n}i", self.map, _TASKS_OFF + 8 * n)
+        if any(not 0 <= m < MAX_MEMCGS for m in memcg_of):
+            return "a task's memcg out of range"
+        return None
+
     def _layout(self) -> None:
         n = _NR_TASKS.unpack_from(self.map, _NR_TASKS_OFF)[0]
-        if not 0 <= n <= MAX_TASKS or zone_size(n) > len(self.map):
-            raise ValueError(f"{names.zone(self.run_id)}: not an oomemu zone (task table)")
         self.nr_tasks = n
         self._charged = struct.Struct(f"={n}q")
         self._memcg_of = struct.Struct(f"={n}i")
@@ -120,7 +147,7 @@ class Zone:
     def facts(self) -> RunFacts:
         v = _ZONE.unpack_from(self.map, 0)
         return RunFacts(self.run_id, v[1], v[2], v[3], v[4], v[5], v[6], self.free_pages(),
-                        v[8].rstrip(b"\0").decode(), v[9].rstrip(b"\0").decode())
+                        names.c_string(v[8]), names.c_string(v[9]))     # never raises
 
     @property
     def total_pages(self) -> int:
@@ -154,7 +181,7 @@ class Zone:
     def memcg(self, index: int) -> tuple[int, int, str]:
         """(limit pages or -1, usage pages, name) of a memcg."""
         limit, _, mname = _MEMCG.unpack_from(self.map, _MEMCG_OFF + index * _MEMCG.size)
-        return limit, self.memcg_usage(index), mname.rstrip(b"\0").decode()
+        return limit, self.memcg_usage(index), names.c_string(mname)
 
     def room(self, pages: int, memcg: int = 0) -> str | None:
         """Would a charge of ``pages`` in ``memcg`` succeed now? None if so, else GLOBAL

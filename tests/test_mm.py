@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(20)
 def run_id():
     rid = names.new_run_id()
     yield rid
-    for name, sem in [(names.mm(rid, 0), False), (names.zone(rid), False), (names.zone_lock(rid), True)]:
+    for name, sem in [(names.mm(rid, 0), False), (names.zone(rid), False)]:
         try:
             (posix_ipc.unlink_semaphore if sem else posix_ipc.unlink_shared_memory)(name)
         except posix_ipc.ExistentialError:
