@@ -319,7 +319,7 @@ def mismatches(cells: list[Cell]) -> list[Cell]:
 
 
 def _stated(e: Expected) -> str:
-    return f"{e.verdict}" + (f" with {e.kills} kills" if e.kills is not None else "")
+    return f"{e.verdict}" + (f" with {e.kills} kill{'' if e.kills == 1 else 's'}" if e.kills is not None else "")
 
 
 def _footnotes(cells: list[Cell], code=lambda text: text) -> list[str]:

@@ -43,7 +43,8 @@ class RunResult:
     accounting: dict | None = None           # charged/rss/segment pages at the end (all equal)
     error: str | None = None                 # verdict ERROR: the cause, in one line
     error_kind: str | None = None            # "environment" or "fault"
-    stopped_s: float = 0.0                   # real seconds the run was stopped (Ctrl-Z)
+    stops: int = 0                           # times the run was stopped by Ctrl-Z
+    stopped_s: float = 0.0                   # real seconds it was stopped, in all
     oomemu_version: str = ""
     scenario_sha256: str | None = None       # of the scenario file, None if built in memory
 
@@ -75,6 +76,6 @@ class RunResult:
                     f"before it broke: {self.error}")
         ttr = "-" if self.time_to_resolve_s is None else f"{self.time_to_resolve_s:.3f}s"
         extra = f", {self.extra_kills} extra" if self.extra_kills else ""
-        stopped = f" (stopped {self.stopped_s:.1f}s by Ctrl-Z: times include it)" if self.stopped_s else ""
+        stopped = (f" (stopped {self.stopped_s:.1f}s by Ctrl-Z: times include it)" if self.stops else "")
         return (f"oomemu: {self.scenario} under {self.policy}: {self.verdict}, "
                 f"kills {self.kills} (fewest needed {self.min_kills}{extra}), time to resolve {ttr}{stopped}")

@@ -149,7 +149,7 @@ class Run:
         self.signals = signals.DeferredSignals(hold_sigint=hold)
         self.error: str | None = None                  # verdict ERROR: why, in one line
         self.error_is_environment = False
-        self.stopped_s = 0.0                           # real seconds stopped by Ctrl-Z
+        self.stops, self.stopped_s = 0, 0.0            # Ctrl-Z: how often, real seconds in all
         self._fifo: str | None = None
         self.tasks = [Task(i, t) for i, t in enumerate(scenario.tasks)]
         self.zone: Zone | None = None
@@ -618,6 +618,7 @@ class Run:
         for t in alive:
             _signal_quietly(t.proc, signal.SIGCONT)
         took = time.monotonic() - began
+        self.stops += 1
         self.stopped_s += took
         self.log.printk("oomemu: run continued after %.1f s stopped" % took)
         self.trace("run_stopped", real_s=round(took, 3))
@@ -720,7 +721,7 @@ class Run:
             None if self.resolved_at is None else round(self.resolved_at, 6), accounting,
             error=self.error, error_kind=None if self.error is None else
             ("environment" if self.error_is_environment else "fault"),
-            stopped_s=round(self.stopped_s, 3), oomemu_version=__version__(),
+            stops=self.stops, stopped_s=round(self.stopped_s, 3), oomemu_version=__version__(),
             scenario_sha256=_scenario_hash(self.scenario))
 
     def _kill_workers(self) -> None:

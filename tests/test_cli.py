@@ -53,7 +53,7 @@ def test_demo_writes_what_it_promises(tmp_path):
     pictures = [out / "mlocked-v4.17.png", out / "mlocked-timeout.png"]
     for png in pictures:
         assert f"oomemu demo: picture {png}" in lines
-    assert lines[-1] == f"oomemu demo: both runs, one above the other: {out / 'mlocked.png'}"
+    assert lines[-1] == f"oomemu demo: both runs, one above the other, each on its own time axis: {out / 'mlocked.png'}"
     for png in pictures + [out / "mlocked.png"]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -198,4 +198,4 @@ def test_ctrl_z_stops_the_whole_run_and_the_result_says_so():
             p.kill()
     assert p.returncode == 0, err
     assert "oomemu: run stopped (SIGTSTP)" in out and "oomemu: run continued after" in out
-    assert "stopped" in out.strip().splitlines()[-1] and "by Ctrl-Z" in out.strip().splitlines()[-1]
+    assert "stopped" in out.strip().splitlines()[-1] and "by Ctrl-Z" in out.strip().splitlines()[-1], out
