@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 
 import posix_ipc
@@ -21,7 +20,7 @@ import pytest
 from emulator import names
 from emulator.mm import J_CHARGE, J_ZAP, PAGES_PER_MB, Mm, MmLayout
 from emulator.zone import Zone
-from tests.helpers import wait_for, write_scenario
+from tests.helpers import end_process, oomemu, read_line, spawn, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,20 +175,16 @@ def test_a_worker_killed_at_random_moments_of_its_allocations_leaves_the_account
     rng = random.Random(27)
     for attempt in range(6):
         out = tmp_path / f"r{attempt}.json"
-        p = subprocess.Popen([sys.executable, "-m", "emulator", "run", path, "--hold", "--json", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = spawn([sys.executable, "-m", "emulator", "run", path, "--hold", "--json", str(out)])
         try:
-            run_id = p.stdout.readline().split()[2].rstrip(":")
+            run_id = read_line(p).split()[2].rstrip(":")
             wait_for(lambda: False, timeout=rng.uniform(0.0, 0.25))
-            c = subprocess.run([sys.executable, "-m", "emulator", "inject", run_id, "crash", "big"],
-                               capture_output=True, text=True, timeout=30)
+            c = oomemu("inject", run_id, "crash", "big")
             assert c.returncode in (0, 2), c.stderr        # 2: it had already finished
             p.send_signal(signal.SIGINT)
             _, err = p.communicate(timeout=60)
         finally:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+            end_process(p)
         assert p.returncode == 0, err
         r = json.loads(out.read_text())
         a = r["accounting"]

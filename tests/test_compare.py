@@ -174,8 +174,15 @@ def test_make_claims_rewrites_the_table_and_nothing_else(tmp_path):
                  cwd=REPO) as p:
         out, err = p.communicate(timeout=250)
     n = len(builtin_names())
-    assert p.returncode == 0, out + err
-    assert out == f"{path}: claims table written ({4 * n} cells, 0 differ from the stated outcome)\n"
+    # Whether every cell matches its stated outcome is test_compare_check_agrees_...'s
+    # question; here a cell that came out otherwise (a loaded machine) is marked "!"
+    # in the table and makes the exit code 3, after the table is written all the same.
+    import re
+    m = re.fullmatch(re.escape(f"{path}: claims table written ({4 * n} cells, ") + r"(\d+)"
+                     + re.escape(" differ from the stated outcome)\n"), out)
+    assert m, out + err
+    differ = int(m.group(1))
+    assert p.returncode == (3 if differ else 0), out + err
     text = path.read_text()
     assert text.startswith(head + claims.BEGIN + "\n") and text.endswith(claims.END + tail)
     block = text[len(head):len(text) - len(tail)]
@@ -190,9 +197,12 @@ def test_make_claims_rewrites_the_table_and_nothing_else(tmp_path):
         s = load_scenario(name)
         stated = [f"{compare.SHORT[e.verdict]} {e.kills}/{s.min_kills}" for e in
                   (s.expected[p] for p in ("v4.17", "timeout", "handover", "v6.6"))]
-        assert [" ".join(c.split()[:2]) for c in cells] == stated and "!" not in row, row
+        got = [" ".join(c.split()[:2]) for c in cells]
+        assert all(g == w or c.rstrip().endswith("!") for g, w, c in zip(got, stated, cells)), row
+        differ -= sum(1 for c in cells if c.rstrip().endswith("!"))
         reasons = lines.index(f"- `{name}`: {load_scenario(name).description.strip().splitlines()[0]}")
         assert [l.split("`")[1] for l in lines[reasons + 1:reasons + 5]] == ["v4.17", "timeout", "handover", "v6.6"]
+    assert differ == 0, "the cells marked '!' are the ones the summary line counts"
 
 
 def test_make_claims_without_the_markers_is_one_line_and_exit_2(tmp_path):

@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
-from tests.helpers import wait_for, worker_processes, write_scenario
+from tests.helpers import die_with_parent, end_process, spawn, wait_for, worker_processes, write_scenario
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,27 +35,30 @@ count = {count}
 """
 
 
-def _pdeathsig():
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG: die with the test session
+def oomemu(*args, timeout=60, preexec=None):
+    tie = die_with_parent()
 
-
-def oomemu(*args, timeout=60, preexec=None, **kw):
     def pre():
-        _pdeathsig()
+        tie()
         if preexec:
             preexec()
     return subprocess.run([sys.executable, "-m", "emulator", *args], capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=pre, **kw)
+                          timeout=timeout, preexec_fn=pre)
 
 
 def workers_of(pid):
-    return [w for w in worker_processes() if str(pid) in w.cmdline()]
+    out = []
+    for w in worker_processes():
+        try:
+            if str(pid) in w.cmdline():
+                out.append(w)
+        except psutil.Error:
+            pass
+    return out
 
 
 def held(path):
-    p = subprocess.Popen([sys.executable, "-m", "emulator", "run", path, "--hold", "--speed", "10"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pdeathsig)
+    p = spawn([sys.executable, "-m", "emulator", "run", path, "--hold", "--speed", "10"])
     assert p.stdout.readline().startswith("oomemu: run ")
     assert wait_for(lambda: workers_of(p.pid), timeout=20)
     return p
@@ -71,9 +75,7 @@ def test_a_worker_killed_behind_our_back_ends_the_run_with_verdict_error(tmp_pat
         victim.send_signal(sig)
         out, err = p.communicate(timeout=30)      # a held run ends by itself: it broke
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
+        end_process(p)
     assert p.returncode == code, (out, err)
     last = out.strip().splitlines()[-1]
     assert ": error, kills 0 before it broke: task idle-" in last and says in last
@@ -110,7 +112,7 @@ def in_small_shm(mb: int, command: str) -> subprocess.CompletedProcess:
     (Docker's default is 64 MB). The namespace, and the tmpfs, end with the command."""
     script = f"mount -t tmpfs -o size={mb}m,mode=1777 tmpfs /dev/shm && {command}"
     return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                          timeout=60, preexec_fn=_pdeathsig)
+                          timeout=60, preexec_fn=die_with_parent())
 
 
 @needs_mount_ns
@@ -172,6 +174,7 @@ def test_workers_offer_themselves_to_the_real_oom_killer_first(tmp_path):
     finally:
         p.send_signal(signal.SIGINT)
         p.communicate(timeout=30)
+        end_process(p)
 
 
 def test_results_say_what_produced_them(tmp_path):

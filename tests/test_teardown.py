@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from emulator import names
-from tests.helpers import wait_for, worker_processes, write_scenario
+from tests.helpers import end_process, spawn, wait_for, worker_processes, write_scenario
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,24 +34,17 @@ count = 50
 """
 
 
-def _pdeathsig():
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG: die with the test session
-
-
 def start(*args, session=False):
-    return subprocess.Popen([sys.executable, "-m", "emulator", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=session,
-                            preexec_fn=_pdeathsig)
+    return spawn([sys.executable, "-m", "emulator", "run", *args], start_new_session=session)
 
 
 def finish(p, timeout=30):
-    """Wait for the supervisor; kill it if it overstays (the test then fails on its exit code)."""
+    """Wait for the supervisor; end it if it overstays (the test then fails on its exit code)."""
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
+        end_process(p)
+        out, err = "", "(did not end)"
     return out, err
 
 
@@ -60,7 +53,16 @@ def objects_of(pid: int) -> list[str]:
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
-    return [w for w in worker_processes() if "--parent" in w.cmdline() and str(pid) in w.cmdline()]
+    """Live workers whose supervisor is ``pid`` (a zombie is dead: not counted)."""
+    out = []
+    for w in worker_processes():
+        try:
+            cmd = w.cmdline()
+            if "--parent" in cmd and cmd[cmd.index("--parent") + 1] == str(pid):
+                out.append(w)
+        except (psutil.Error, IndexError):
+            pass
+    return out
 
 
 def start_long_run(*extra, session=False):
@@ -135,8 +137,7 @@ def test_a_signal_during_start_up_is_deferred_not_lost(tmp_path, sig, hold):
             p.send_signal(sig)
             out, err = finish(p)
         finally:
-            if p.poll() is None:
-                p.kill()
+            end_process(p)
         assert p.returncode == 128 + sig, (p.returncode, out, err)
         assert "oomemu: idle50 under" not in out          # no verdict: the run never ran
         assert not workers_of(p.pid) and not objects_of(p.pid)
@@ -158,8 +159,7 @@ def test_a_second_signal_cannot_cut_the_teardown_short(tmp_path):
             p.send_signal(sig)
         out, err = finish(p)
     finally:
-        if p.poll() is None:
-            p.kill()
+        end_process(p)
     assert p.returncode == 128 + signal.SIGTERM, (p.returncode, err)
     assert not workers_of(p.pid) and not objects_of(p.pid)
 
@@ -176,8 +176,7 @@ def test_terminal_signals_reach_the_supervisor_only():
         assert p.returncode == 0, err                        # a held run ends normally on Ctrl-C
         assert "oomemu: livelock under timeout:" in out
     finally:
-        if p.poll() is None:
-            p.kill()
+        end_process(p)
     assert not workers_of(p.pid) and run_id not in names.leftovers()
 
 
@@ -194,8 +193,7 @@ def test_ctrl_z_stops_the_whole_run_and_the_result_says_so():
         p.send_signal(signal.SIGINT)
         out, err = finish(p)
     finally:
-        if p.poll() is None:
-            p.kill()
+        end_process(p)
     assert p.returncode == 0, err
     assert "oomemu: run stopped (SIGTSTP)" in out and "oomemu: run continued after" in out
     assert "stopped" in out.strip().splitlines()[-1] and "by Ctrl-Z" in out.strip().splitlines()[-1], out
