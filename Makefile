@@ -35,7 +35,7 @@ fuzz: $(STAMP) ## 2000 mutated scenario files: load each, run what loads (N= cha
 	$(BIN)/python -m tests.fuzz_scenarios --n $(or $(N),2000) $(ARGS)
 
 bench: $(STAMP) ## benchmarks: how late deadlines fire, start-up cost by task count (figures)
-	$(BIN)/python -m tests.bench $(ARGS)
+	$(BIN)/python -m bench $(ARGS)
 
 compare: $(STAMP) ## every scenario under every policy, checked against the stated outcomes
 	$(BIN)/oomemu compare --speed 10 --check $(ARGS)
