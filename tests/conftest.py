@@ -60,7 +60,9 @@ _TESTS = Path(__file__).resolve().parent
 
 @pytest.hookimpl(tryfirst=True)            # before -m deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """Mark each test with its layer, the folder it is in."""
+    """Mark each test with its layer, the folder it is in; run the layers in LAYERS' order
+    (the fast ones first; a module's tests stay together)."""
+    order = {}
     for item in items:
         try:
             where = item.path.resolve().relative_to(_TESTS)
@@ -71,6 +73,8 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"tests/{where}: a test file belongs in the folder of its layer, "
                                     f"one of tests/{{{','.join(LAYERS)}}}/ (see their __init__.py)")
         item.add_marker(getattr(pytest.mark, layer))
+        order[item] = LAYERS.index(layer)
+    items.sort(key=lambda item: order.get(item, len(LAYERS)))
 
 
 def pytest_report_header(config):
