@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-.PHONY: help install run-demo test stress fuzz bench compare claims cleanup clean
+.PHONY: help install run-demo test test-fast stress fuzz bench compare claims cleanup clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,14 +28,17 @@ run-demo: $(STAMP) ## mlocked under v4.17 and under timeout, side by side; pictu
 test: $(STAMP) ## the whole test suite (ARGS= passes pytest options)
 	$(BIN)/python -m pytest $(ARGS)
 
+test-fast: $(STAMP) ## the pure and ipc layers only (tests/pure, tests/ipc): no runs, well under a minute
+	$(BIN)/python -m pytest tests/pure tests/ipc $(ARGS)
+
 stress: $(STAMP) ## only the repeated real-process runs
 	$(BIN)/python -m pytest -m stress $(ARGS)
 
 fuzz: $(STAMP) ## 2000 mutated scenario files: load each, run what loads (N= changes the count)
-	$(BIN)/python -m tests.fuzz_scenarios --n $(or $(N),2000) $(ARGS)
+	$(BIN)/python -m bench.fuzz --n $(or $(N),2000) $(ARGS)
 
 bench: $(STAMP) ## benchmarks: how late deadlines fire, start-up cost by task count (figures)
-	$(BIN)/python -m tests.bench $(ARGS)
+	$(BIN)/python -m bench $(ARGS)
 
 compare: $(STAMP) ## every scenario under every policy, checked against the stated outcomes
 	$(BIN)/oomemu compare --speed 10 --check $(ARGS)

@@ -15,6 +15,11 @@
   environment, or a descendant of pytest, such as a forked child) or a /dev/shm
   object of its prefix that was not there at the snapshot. It is
   removed, then reported as a failure.
+* Every test lives in the folder of its layer, and gets the layer's marker
+  (``-m pure``, ``-m "pure or ipc"``...): tests/pure (no processes, no
+  /dev/shm), tests/ipc (segments, semaphores, files in /dev/shm; no run),
+  tests/runs (real runs through the Python API), tests/cli (``oomemu`` in a
+  subprocess), tests/stress. A test file anywhere else is a usage error.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import os
 os.environ["OOMEMU_PREFIX"] = f"oomemu_test{os.getpid()}"
 
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +51,30 @@ _swept: list[str] = []
 
 def pytest_configure(config):
     _swept.extend(sweep_dead_sessions(own=True))
+
+
+# The layers, each a folder of tests/ and a marker of the same name (pyproject.toml registers them).
+LAYERS = ("pure", "ipc", "runs", "cli", "stress")
+_TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)            # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its layer, the folder it is in; run the layers in LAYERS' order
+    (the fast ones first; a module's tests stay together)."""
+    order = {}
+    for item in items:
+        try:
+            where = item.path.resolve().relative_to(_TESTS)
+        except ValueError:                  # not this suite's (a session test's own inner test)
+            continue
+        layer = where.parts[0] if len(where.parts) > 1 else None
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"tests/{where}: a test file belongs in the folder of its layer, "
+                                    f"one of tests/{{{','.join(LAYERS)}}}/ (see their __init__.py)")
+        item.add_marker(getattr(pytest.mark, layer))
+        order[item] = LAYERS.index(layer)
+    items.sort(key=lambda item: order.get(item, len(LAYERS)))
 
 
 def pytest_report_header(config):
@@ -107,3 +138,13 @@ def nothing_leaks():
     snap = Snapshot()
     yield
     snap.check("this test")
+
+
+# -- fixtures tests of more than one layer use ---------------------------------------
+
+@pytest.fixture
+def dead_pid():
+    """A pid whose process has exited (reused only after the whole pid space wraps)."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid

@@ -1,5 +1,7 @@
 """Test helpers, psutil-style: start processes that die with the session, find
-what a session left behind, burn CPU, write scenarios.
+what a session left behind, burn CPU, write scenarios; and what tests of more
+than one layer (tests/pure, ipc, runs, cli, stress) share: the documents they
+read, scenarios, segments made by hand.
 
 Every process a test starts goes through :func:`spawn` (or :class:`HeldRun`,
 :func:`oomemu`): it gets ``PR_SET_PDEATHSIG``, so it is signalled when the
@@ -27,9 +29,11 @@ import sys
 import textwrap
 import time
 
+import posix_ipc
 import psutil
 
 from emulator import names
+from emulator.zone import Zone
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -384,9 +388,15 @@ class HeldRun:
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The documents the tests read, one constant each (the README is being split into docs/):
+# the tables of trace events, and the file whose outcome table `make claims` rewrites.
+_READING_OUTPUT = os.path.join(REPO, "docs", "reading-output.md")
+DOCS_TRACE_EVENTS = _READING_OUTPUT if os.path.exists(_READING_OUTPUT) else os.path.join(REPO, "README.md")
+CLAIMS_DOC = os.path.join(REPO, "README.md")
 
-def documented_trace_events(readme: str = os.path.join(REPO, "README.md")) -> dict[str, set[str]]:
-    """The README's tables of trace events (header ``| event | when | own fields |``):
+
+def documented_trace_events(readme: str = DOCS_TRACE_EVENTS) -> dict[str, set[str]]:
+    """The tables of trace events in DOCS_TRACE_EVENTS (header ``| event | when | own fields |``):
     each event name -> the names quoted in its "own fields" column."""
     out: dict[str, set[str]] = {}
     in_table = False
@@ -406,14 +416,109 @@ def documented_trace_events(readme: str = os.path.join(REPO, "README.md")) -> di
     return out
 
 
-COMMON_EVENT_FIELDS = {"t", "ev", "pid", "task", "free_kb"}     # every event has them (README)
+COMMON_EVENT_FIELDS = {"t", "ev", "pid", "task", "free_kb"}     # every event has them (DOCS_TRACE_EVENTS)
 
 
 def check_documented(events: list[dict]) -> None:
-    """Every event is in the README's tables, with only the fields they list."""
+    """Every event is in DOCS_TRACE_EVENTS's tables, with only the fields they list."""
     doc = documented_trace_events()
     for e in events:
-        assert e["ev"] in doc, f"undocumented trace event {e['ev']!r}: {e}"
+        assert e["ev"] in doc, f"trace event {e['ev']!r} is not in {DOCS_TRACE_EVENTS}: {e}"
         assert COMMON_EVENT_FIELDS <= set(e), e
         extra = set(e) - COMMON_EVENT_FIELDS - doc[e["ev"]]
-        assert not extra, f"{e['ev']}: fields {sorted(extra)} are not in the README's table: {e}"
+        assert not extra, f"{e['ev']}: fields {sorted(extra)} are not in the table of {DOCS_TRACE_EVENTS}: {e}"
+
+
+# -- scenarios more than one layer's tests use --------------------------------------
+
+# One task in one memcg; every number a parameter (TOML text, as a user writes it).
+_BOUNDS_TEMPLATE = """
+name = {name}
+description = {description}
+memory_mb = {memory_mb}
+min_kills = {min_kills}
+run_deadline_s = {run_deadline_s}
+[[memcg]]
+name = "m"
+limit_mb = {limit_mb}
+[[task]]
+name = "t"
+count = {count}
+memcg = "m"
+oom_score_adj = {adj}
+exit_unmap_ms_per_mb = {unmap}
+exit_free_pgtables_ms = {pgt}
+pgtables_mb = {pgtables_mb}
+vma = [{{ kind = "anon", mb = {vma_mb} }}]
+step = [{{ op = "sleep", ms = {ms} }}, {{ op = "alloc", mb = {alloc_mb} }}]
+[expected]
+"v4.17" = {{ verdict = "resolved", kills = {kills}, why = {why} }}
+"""
+_BOUNDS_BASE = dict(name='"bounds"', description='"d"', memory_mb=64, min_kills=1, run_deadline_s=60, limit_mb=64,
+            count=1, adj=0, unmap=2, pgt=10, pgtables_mb=0, vma_mb=1, ms=10, alloc_mb=1, kills=1, why='"w"')
+
+
+def scenario_text(**change) -> str:
+    """The scenario "bounds" (the bounds tests), with ``change``'s numbers in place of its own."""
+    return _BOUNDS_TEMPLATE.format(**dict(_BOUNDS_BASE, **change))
+
+
+# idle tasks, {count} of them (the error tests)
+IDLE = """
+name = "idle"
+memory_mb = 64
+
+[[task]]
+name = "idle"
+count = {count}
+
+  [[task.vma]]
+  kind = "anon"
+  mb = 1
+"""
+
+
+# -- segments made by hand, no run (the live commands' checks) ----------------------
+
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def shm(name: str) -> str:
+    """The /dev/shm path of a segment's name."""
+    return names.shm_path(name, False)
+
+
+def make_zone(run_id: str, supervisor_pid: int, scenario: str = "s", ctime: float = 0.0) -> Zone:
+    """A zone of 256 pages and no tasks under ``run_id``, naming ``supervisor_pid`` (no process starts)."""
+    return Zone(run_id, create={"supervisor_pid": supervisor_pid, "supervisor_ctime": ctime,
+                                "speed": 1.0, "total_pages": 256, "scenario": scenario, "policy": "v4.17"})
+
+
+def unlink_zone(run_id: str) -> None:
+    for unlink, name in ((posix_ipc.unlink_shared_memory, names.zone(run_id)),):
+        try:
+            unlink(name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+# -- compare's pool, pictures -------------------------------------------------------
+
+def pool_processes() -> list[psutil.Process]:
+    """compare's pool processes of this test session (also those orphaned by a compare that ended)."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "spawn_main" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("OOMEMU_PREFIX") == names.PREFIX:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def reaper_collections(ax):
+    """The reaper's labelled marks on a picture's axes, by label."""
+    return {c.get_label(): c for c in ax.collections if not c.get_label().startswith("_")}

@@ -1,6 +1,6 @@
 """Benchmarks: figures, not assertions. ``make bench`` prints them.
 
-    python -m tests.bench [--quick]
+    python -m bench [--quick]
 
 1. Deadline lateness: how late, past its stated time, the reaper gives up on
    an mm (timeout policy: the per-mm 10 s deadline; v4.17: 10 tries x 100 ms),
@@ -51,7 +51,7 @@ def fmt(xs: list[float], scale: float) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.bench")
+    p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--quick", action="store_true", help="fewer runs")
     a = p.parse_args(argv)
     runs = 2 if a.quick else 5

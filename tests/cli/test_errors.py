@@ -3,8 +3,9 @@
 A worker that dies by anything other than the emulated kill or ``inject
 crash`` ends the run with verdict ``error`` and the cause in one line: exit 2
 where the machine is the cause (a full /dev/shm, limits, a SIGKILL from
-outside), 1 where oomemu is. A run that the machine cannot hold is refused
-before it starts, in one line, exit 2.
+outside), 1 where oomemu is (through the Python API: tests/runs/test_errors.py).
+A run that the machine cannot hold is refused before it starts, in one line,
+exit 2.
 """
 
 import json
@@ -17,22 +18,9 @@ import sys
 import psutil
 import pytest
 
-from tests.helpers import die_with_parent, end_process, spawn, wait_for, worker_processes, write_scenario
+from tests.helpers import IDLE, die_with_parent, end_process, spawn, wait_for, worker_processes, write_scenario
 
 pytestmark = pytest.mark.timeout(90)
-
-IDLE = """
-name = "idle"
-memory_mb = 64
-
-[[task]]
-name = "idle"
-count = {count}
-
-  [[task.vma]]
-  kind = "anon"
-  mb = 1
-"""
 
 
 def oomemu(*args, timeout=60, preexec=None):
@@ -81,22 +69,6 @@ def test_a_worker_killed_behind_our_back_ends_the_run_with_verdict_error(tmp_pat
     assert ": error, kills 0 before it broke: task idle-" in last and says in last
     assert err.strip().splitlines() == [f"oomemu: error: {last.split('before it broke: ')[1]}"]
     assert "Traceback" not in err
-
-
-def test_a_worker_that_fails_reports_why_and_the_run_exits_1(tmp_path):
-    """A step the worker cannot do (a sleep too long for the platform; the loader
-    refuses it, the Python API does not check) is a fault of ours: the run says
-    so, with the worker's own last words, instead of 'resolved'."""
-    import dataclasses
-
-    import emulator
-    from emulator.scenario import StepSpec
-    s = emulator.load_scenario(write_scenario(tmp_path, IDLE.format(count=1)))
-    bad = dataclasses.replace(s.tasks[0], steps=(StepSpec("sleep", ms=1e300),))
-    r = emulator.run_scenario(dataclasses.replace(s, tasks=(bad,)), speed=10)
-    assert r.verdict == "error" and r.exit_code == 1 and r.error_kind == "fault"
-    assert r.error.startswith("task idle (pid ") and "died during the run: OverflowError" in r.error, r.error
-    assert r.accounting["charged_pages"] == r.accounting["rss_pages"] == r.accounting["segment_pages"]
 
 
 def _unshare_ok() -> bool:

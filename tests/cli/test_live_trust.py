@@ -1,166 +1,28 @@
-"""runs, ps, inject, stop and cleanup: what they read is checked, what they say is true.
-
-Layers: segments laid out wrong, opened without any process (the checks in
-Mm and Zone, the fd bookkeeping); then a held run at speed 1 driven through
-the command line, as a user would.
+"""runs, ps, inject, stop and cleanup: what they read is checked, what they say is true,
+driven through the command line as a user would: zones made by hand, then a held
+run at speed 1. (Segments laid out wrong, opened without any process:
+tests/ipc/test_live_trust.py.)
 """
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 
-import posix_ipc
 import psutil
 import pytest
 
 from emulator import live, names
-from emulator.mm import HEADER_SIZE, PAGES_PER_MB, Mm, MmLayout
-from emulator.shm_trust import open_checked
-from emulator.zone import Zone, zone_size
-from tests.helpers import HeldRun, oomemu, wait_for, write_scenario
+from emulator.mm import PAGES_PER_MB, Mm
+from tests.helpers import HeldRun, make_zone, oomemu, open_fds, shm, unlink_zone, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def shm(name: str) -> str:
-    return names.shm_path(name, False)
 
 
 def one_line_exit_2(p, says: str) -> None:
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
     assert says in p.stderr, p.stderr
-
-
-@pytest.fixture
-def dead_pid():
-    """A pid whose process has exited (reused only after the whole pid space wraps)."""
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
-
-
-def make_zone(run_id: str, supervisor_pid: int, scenario: str = "s", ctime: float = 0.0) -> Zone:
-    return Zone(run_id, create={"supervisor_pid": supervisor_pid, "supervisor_ctime": ctime,
-                                "speed": 1.0, "total_pages": 256, "scenario": scenario, "policy": "v4.17"})
-
-
-def unlink_zone(run_id: str) -> None:
-    for unlink, name in ((posix_ipc.unlink_shared_memory, names.zone(run_id)),):
-        try:
-            unlink(name)
-        except posix_ipc.ExistentialError:
-            pass
-
-
-# -- segments, no processes -------------------------------------------------------
-
-def test_names_cut_inside_a_utf8_character_read_back_whole(dead_pid):
-    """The zone keeps 48 bytes of the scenario's name and an mm 16 of its comm: a cut
-    in the middle of a character loses that character, nothing raises."""
-    run_id = f"{dead_pid}-0e0e"
-    zone = make_zone(run_id, dead_pid, scenario="a" + "é" * 30)      # 61 bytes: cut at 48
-    mm = Mm(names.mm(run_id, 0), create=MmLayout((("anon", 0, 4),)))
-    try:
-        mm.comm = "xé" + "ü" * 10                                       # 23 bytes: cut at 16
-        again = Zone(run_id)
-        try:
-            assert again.facts().scenario == "a" + "é" * 23
-        finally:
-            again.close()
-        assert mm.comm == "xé" + "ü" * 6
-        mm.map[160:176] = b"\xff\xfe" + b"\x80" * 14                   # not UTF-8 at all
-        assert mm.comm == "\ufffd" * 16
-    finally:
-        mm.close()
-        zone.close()
-        posix_ipc.unlink_shared_memory(names.mm(run_id, 0))
-        unlink_zone(run_id)
-
-
-@pytest.mark.parametrize("damage, why", [
-    (lambda m: m.__setitem__(slice(0, 4), b"XXXX"), "no magic"),
-    (lambda m: struct.pack_into("=I", m, 28, 500), "header fields out of range"),       # nr_vmas
-    (lambda m: struct.pack_into("=i", m, 4, -7), "header fields out of range"),        # pid
-    (lambda m: struct.pack_into("=I", m, 256, 99), "VMA 0 out of range"),             # kind
-    (lambda m: struct.pack_into("=q", m, 256 + 16, -1), "VMA 0 out of range"),        # capacity
-    (lambda m: struct.pack_into("=q", m, 256 + 16, 5), "its VMA table says"),         # capacity
-    (lambda m: struct.pack_into("=q", m, 256 + 24, 9), "VMA 0 out of range"),         # nr_pages > cap
-])
-def test_an_mm_not_laid_out_by_oomemu_is_refused_and_closed(dead_pid, damage, why):
-    run_id = f"{dead_pid}-0e0f"
-    mm = Mm(names.mm(run_id, 0), create=MmLayout((("anon", 0, 4),)))
-    try:
-        damage(mm.map)
-        before = open_fds()
-        for _ in range(20):
-            fd = open_checked(shm(names.mm(run_id, 0)), os.getuid())
-            with pytest.raises(ValueError, match=why):
-                Mm(names.mm(run_id, 0), fd=fd)
-            with pytest.raises(ValueError, match=why):
-                Mm(names.mm(run_id, 0))                                  # the workers' way in
-        assert open_fds() == before
-    finally:
-        mm.close()
-        posix_ipc.unlink_shared_memory(names.mm(run_id, 0))
-
-
-def test_an_mm_whose_size_disagrees_with_its_vma_table_is_refused(dead_pid):
-    run_id = f"{dead_pid}-0e10"
-    mm = Mm(names.mm(run_id, 0), create=MmLayout((("anon", 0, 4),)))
-    try:
-        os.ftruncate(mm.fd, HEADER_SIZE + 40 * 4096)
-        fd = open_checked(shm(names.mm(run_id, 0)), os.getuid())
-        with pytest.raises(ValueError, match="VMA table says"):
-            Mm(names.mm(run_id, 0), fd=fd)
-    finally:
-        mm.close()
-        posix_ipc.unlink_shared_memory(names.mm(run_id, 0))
-
-
-def test_a_zone_must_name_the_run_ids_supervisor_and_be_the_size_of_its_task_table(dead_pid):
-    run_id = f"{dead_pid}-0e11"
-    zone = make_zone(run_id, dead_pid + 1)                   # another pid than the run id's
-    try:
-        with pytest.raises(ValueError, match="is not the run id's"):
-            Zone(run_id, fd=open_checked(shm(names.zone(run_id)), os.getuid()))
-        struct.pack_into("=i", zone.map, 4, dead_pid)
-        Zone(run_id, fd=open_checked(shm(names.zone(run_id)), os.getuid())).close()
-        with open(shm(names.zone(run_id)), "r+b") as f:
-            f.truncate(zone_size(0) * 2)
-        with pytest.raises(ValueError, match="not what a table of 0 tasks takes"):
-            Zone(run_id, fd=open_checked(shm(names.zone(run_id)), os.getuid()))
-    finally:
-        zone.close()
-        unlink_zone(run_id)
-
-
-def test_a_read_only_open_copies_the_header_so_truncation_cannot_sigbus(dead_pid):
-    """ps and runs read other users' files: a copy, not a mapping of the file."""
-    run_id = f"{dead_pid}-0e12"
-    mm = Mm(names.mm(run_id, 0), create=MmLayout((("anon", 0, 4),)))
-    try:
-        mm.comm = "copied"
-        reader = Mm(names.mm(run_id, 0), fd=open_checked(shm(names.mm(run_id, 0)), os.getuid()))
-        try:
-            os.ftruncate(mm.fd, 0)                           # the owner truncates it
-            assert reader.comm == "copied" and reader.vmas()[0].capacity == 4
-        finally:
-            reader.close()
-    finally:
-        mm.close()
-        posix_ipc.unlink_shared_memory(names.mm(run_id, 0))
-
-
-def test_names_are_shown_without_what_a_terminal_would_obey():
-    assert live.shown("a\x1b[2Jb c\n") == "a?[2Jb?c?"
-    assert live.shown("") == "?" and live.shown("bystander") == "bystander"
 
 
 def test_runs_points_at_cleanup_for_a_dead_runs_objects(dead_pid):

@@ -12,11 +12,10 @@ import textwrap
 
 import pytest
 
-from tests.helpers import (end_process, oomemu_args, read_line, session_processes, spawn,
+from tests.helpers import (REPO, end_process, oomemu_args, read_line, session_processes, spawn,
                            started, sweep_dead_sessions, wait_for, write_scenario)
 
 pytestmark = pytest.mark.timeout(90)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 IDLE = """
     memory_mb = 64

@@ -284,7 +284,7 @@ def test_wrong_run_task_or_owner_is_one_line_and_exit_2(simple):
 
 def test_a_zone_whose_uid_field_lies_about_its_owner_is_not_oomemus():
     """The owner of a run is the owner of its zone file; a zone whose uid field says
-    otherwise was not written by oomemu (a real second user: tests/test_forgery.py)."""
+    otherwise was not written by oomemu (a real second user: tests/cli/test_forgery.py)."""
     run_id = f"{os.getpid()}-beef"
     zone = Zone(run_id, create={"supervisor_pid": os.getpid(),
                                 "supervisor_ctime": psutil.Process().create_time(), "speed": 1.0,

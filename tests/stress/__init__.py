@@ -1,0 +1,1 @@
+"""Repeated real-process runs on a busy machine (``make stress`` runs them alone). Marker ``stress``."""
