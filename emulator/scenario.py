@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from .errors import ScenarioError
-from .mm import HEADER_SIZE, MAX_VMAS, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, VMA_KINDS
-from .zone import MAX_MEMCGS
+from .kernel.mm_types import MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, PAGES_PER_MB, VMA_KINDS
 
 OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit")
 _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task"},
@@ -458,7 +457,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                                      f"{_pages(m.limit_mb)} ({_num(m.limit_mb)} MB)")
     # Every mm's segment is sparse but mapped whole, by the supervisor and by each worker
     # that touches it: its VMAs, page tables and room for the zone (supervisor._layout).
-    mapped = sum(_start_pages(t) + zone_pages + HEADER_SIZE // PAGE_SIZE for t in tasks)
+    mapped = sum(_start_pages(t) + zone_pages + MM_HEADER_PAGES for t in tasks)
     if mapped > _pages(MAX_MAPPED_MB):
         c.fail("memory_mb", f"{len(tasks)} tasks, each mapping room for the whole zone ({memory_mb} MB), "
                             f"map more than the {MAX_MAPPED_MB >> 20} TiB a run may map in all: "

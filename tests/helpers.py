@@ -29,7 +29,7 @@ import time
 
 import psutil
 
-from emulator import names
+from emulator.runtime import names
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)

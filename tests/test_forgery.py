@@ -23,11 +23,12 @@ import posix_ipc
 import psutil
 import pytest
 
-from emulator import cleanup as cleanup_mod
-from emulator import live, names
-from emulator.mm import Mm
-from emulator.shm_trust import SEM_SIZE
-from emulator.zone import Zone
+from emulator.runtime import cleanup as cleanup_mod
+from emulator.runtime import names
+from emulator.runtime.mm import Mm
+from emulator.runtime.shm_trust import SEM_SIZE
+from emulator.runtime.zone import Zone
+from emulator.tools import live
 from tests.helpers import HeldRun, oomemu, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(180)

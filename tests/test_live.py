@@ -18,8 +18,8 @@ import time
 import psutil
 import pytest
 
-from emulator import names
-from emulator.zone import Zone
+from emulator.runtime import names
+from emulator.runtime.zone import Zone
 from tests.helpers import (HeldRun, check_documented, oomemu, oomemu_args, read_line, started, wait_for,
                            write_scenario)
 

@@ -15,10 +15,12 @@ import posix_ipc
 import psutil
 import pytest
 
-from emulator import live, names
-from emulator.mm import HEADER_SIZE, PAGES_PER_MB, Mm, MmLayout
-from emulator.shm_trust import open_checked
-from emulator.zone import Zone, zone_size
+from emulator.kernel.mm_types import PAGES_PER_MB, MmLayout
+from emulator.runtime import names
+from emulator.runtime.mm import HEADER_SIZE, Mm
+from emulator.runtime.shm_trust import open_checked
+from emulator.runtime.zone import Zone, zone_size
+from emulator.tools import live
 from tests.helpers import HeldRun, oomemu, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(120)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from emulator.oom_kill import OomControl, Selection, TaskView, oom_badness, select_bad_process
+from emulator.kernel.oom_kill import OomControl, Selection, TaskView, oom_badness, select_bad_process
 
 pytestmark = pytest.mark.timeout(10)
 TOTAL = 65536   # 256 MB of 4 KiB pages

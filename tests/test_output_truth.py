@@ -21,12 +21,12 @@ import time
 import psutil
 import pytest
 
-from emulator import cli, compare, timeline
+from emulator.tools import cli, compare, timeline
 from emulator.errors import UsageError
 from emulator.policies import V417
 from emulator.result import RunResult
 from emulator.scenario import load_scenario
-from emulator.trace import load_trace
+from emulator.runtime.trace import load_trace
 from tests.helpers import oomemu, wait_for, worker_processes, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,7 +57,7 @@ def test_demo_writes_its_pictures_and_says_where(demo):
 
 
 def test_demo_picture_gives_each_run_its_own_time_scale(demo):
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     out, _ = demo
     tls = demo_timelines(out)
@@ -107,7 +107,7 @@ def reaper_collections(ax):
 
 
 def test_a_reap_that_freed_nothing_is_not_drawn_green(demo):
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_rgba
     out, _ = demo
@@ -152,7 +152,7 @@ def synthetic(n_idle: int, n_victims: int, freed_kb: int = 4096) -> list[dict]:
 
 
 def test_a_reap_that_freed_memory_is_green_and_says_how_much():
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_rgba
     tl = timeline.build(synthetic(2, 1, freed_kb=4096))
@@ -170,7 +170,7 @@ def test_a_reap_that_freed_memory_is_green_and_says_how_much():
 
 
 def test_perfetto_names_a_reap_by_what_it_freed(demo):
-    from emulator.perfetto import to_trace_events
+    from emulator.tools.perfetto import to_trace_events
     out, _ = demo
     doc = to_trace_events([demo_timelines(out)["timeout"]])
     reaps = [e for e in doc["traceEvents"] if e["name"].startswith("finish_task_reaping")]
@@ -203,7 +203,7 @@ def test_fold_lanes_keeps_every_lane_once_and_fits_the_cap():
 
 
 def test_a_picture_of_50_tasks_folds_the_idle_ones(tmp_path):
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     tl = timeline.build(synthetic(48, 2))
     fig = plot.figure([tl])
@@ -338,7 +338,7 @@ def test_an_error_or_unknown_verdict_is_shown_and_never_an_outcome():
     assert [r[-2:] for r in rows[1:]][0] == ["1", "worker died of SIGBUS: /dev/shm is full"]
     data = json.loads(compare.format_json(cells))
     assert data[0]["errors"] == 1 and [r["matches"] for r in data[0]["runs"]] == [True, False]
-    from emulator import claims
+    from emulator.tools import claims
     assert "| `mlocked` |" in claims.render(cells, repeat=2, speed=10)
 
 
@@ -351,7 +351,7 @@ def sigterm_restored():
 
 
 def test_compare_check_counts_an_error_run_as_a_mismatch(monkeypatch, capsys, sigterm_restored):
-    import emulator.supervisor as sup
+    import emulator.runtime.supervisor as sup
 
     def broken_run(scenario, policy, speed, trace=None, **kw):
         return RunResult(scenario.name, str(policy), speed, "error", 0, 1, None,
@@ -370,7 +370,7 @@ def test_compare_check_counts_an_error_run_as_a_mismatch(monkeypatch, capsys, si
 ])
 def test_a_run_that_raises_in_compare_is_one_line_and_its_exit_code(monkeypatch, capsys, sigterm_restored,
                                                                    raised, code, words):
-    import emulator.supervisor as sup
+    import emulator.runtime.supervisor as sup
 
     def raising_run(*a, **kw):
         raise raised
@@ -392,7 +392,7 @@ class Broken(V417):
 
 def pool_processes() -> list[psutil.Process]:
     """compare's pool processes of this test session (also those orphaned by a compare that ended)."""
-    from emulator import names
+    from emulator.runtime import names
     out = []
     for p in psutil.process_iter(["cmdline"]):
         try:

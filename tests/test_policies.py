@@ -2,9 +2,9 @@
 
 import pytest
 
-from emulator.clock import FakeClock
+from emulator.kernel.clock import FakeClock
 from emulator.errors import UsageError
-from emulator.mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, vm_flags_for
+from emulator.kernel.mm_types import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, vm_flags_for
 from emulator.policies import Attempt, Outcome, SetOomSkip, Wait, get_policy
 
 pytestmark = pytest.mark.timeout(10)

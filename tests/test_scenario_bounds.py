@@ -4,12 +4,11 @@ outside is one line naming the file and the key (exit 2 from the command line)."
 import pytest
 
 from emulator import ScenarioError, load_scenario
-from emulator.cli import build_parser
+from emulator.tools.cli import build_parser
 from emulator.errors import UsageError
-from emulator.mm import MAX_VMAS
+from emulator.kernel.mm_types import MAX_MEMCGS, MAX_VMAS
 from emulator.policies import POLICIES, ReaperPolicy, V417, get_policy
 from emulator.scenario import MAX_LOCKS, MAX_STEPS, MAX_TASKS
-from emulator.zone import MAX_MEMCGS
 from tests.helpers import HeldRun, oomemu, write_scenario
 
 pytestmark = pytest.mark.timeout(60)

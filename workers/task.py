@@ -31,11 +31,11 @@ import traceback
 
 import posix_ipc
 
-from emulator import names
-from emulator.mm import (CMD_ALLOC, J_CHARGE, J_ZAP, MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM,
-                         MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE, TASK_ALLOC, TASK_DEAD, TASK_EXITING,
-                         TASK_RUNNING, TASK_UNINTERRUPTIBLE, Mm, can_reap_vma)
-from emulator.zone import Zone
+from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE,
+                                     PAGES_PER_MB, TaskState, can_reap_vma)
+from emulator.runtime import names
+from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
+from emulator.runtime.zone import Zone
 
 SIGKILL_EMULATED = signal.SIGUSR1
 SIGWAKE = signal.SIGUSR2          # "there is a command in your mailbox" (oomemu inject)
@@ -108,10 +108,10 @@ class Task:
 
     def _d_state(self, on: bool) -> None:
         if on:
-            self.mm.state = TASK_UNINTERRUPTIBLE
+            self.mm.state = TaskState.TASK_UNINTERRUPTIBLE
             self.send("state", state="D")
         else:
-            self.mm.state = TASK_EXITING if self.exiting else TASK_RUNNING
+            self.mm.state = TaskState.EXITING if self.exiting else TaskState.TASK_RUNNING
             self.send("state", state="R")
 
     def uninterruptible(self, real_s: float) -> None:
@@ -160,7 +160,7 @@ class Task:
                 raise Dying                      # a dying task leaves the allocator
             if not stalled:
                 self.send("alloc_stall", pages=pages, where=short)
-                self.mm.state = TASK_ALLOC
+                self.mm.state = TaskState.ALLOC_STALL
                 stalled = True
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
             # the allocating task's context: wait until the supervisor's OOM killer is done.
@@ -172,7 +172,7 @@ class Task:
                 self.mm.journal_end()
                 raise
         if stalled:
-            self.mm.state = TASK_RUNNING
+            self.mm.state = TaskState.TASK_RUNNING
         self.fault_in(vma_index, pages)
         self.send("alloc_ok", pages=pages, stalled=stalled)
 
@@ -236,7 +236,7 @@ class Task:
                     raise RuntimeError("the zone cannot hold the task's initial VMAs")
                 self.mm.fault_in(vi, pages)
                 self.mm.journal_end()
-        self.mm.state = TASK_RUNNING
+        self.mm.state = TaskState.TASK_RUNNING
         self.send("ready", pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
         t0 = self.zone.facts().t0
@@ -273,7 +273,7 @@ class Task:
     # -- do_exit / exit_mmap ---------------------------------------------
     def do_exit(self) -> None:
         self.exiting = True
-        self.mm.state = TASK_EXITING
+        self.mm.state = TaskState.EXITING
         self.send("exiting", fatal=self.fatal)
         if self.holds_mmap_sem:                       # unwinding drops what we hold
             self.holds_mmap_sem = False
@@ -285,7 +285,7 @@ class Task:
             self.locks[name].release()
         self.held_locks.clear()
         self.exit_mmap()
-        self.mm.state = TASK_DEAD
+        self.mm.state = TaskState.TASK_DEAD
         self.send("exited")
         os._exit(0)
 

@@ -11,11 +11,11 @@ A policy defined elsewhere (in a user's test, say) joins with :func:`register`.
 from __future__ import annotations
 
 from ..errors import UsageError
-from .base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
-from .handover import Handover
-from .timeout import Timeout
-from .v4_17 import V417
-from .v6_6 import V66
+from ..kernel.policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
+from ..kernel.policies.handover import Handover
+from ..kernel.policies.timeout import Timeout
+from ..kernel.policies.v4_17 import V417
+from ..kernel.policies.v6_6 import V66
 
 POLICIES: dict[str, type[ReaperPolicy]] = {}
 

@@ -14,8 +14,8 @@ from typing import Callable
 
 import posix_ipc
 
-from .mm import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE
-from .policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
+from ..kernel.mm_types import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE
+from ..kernel.policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
 
 
 class OomReaper:

@@ -1,6 +1,6 @@
 """What a reaper policy is: constants, VMA rules, exit_mmap rules, and a queue.
 
-A policy is pure decision logic. The reaper thread (``emulator.reaper``)
+A policy is pure decision logic. The reaper thread (``emulator.runtime.reaper``)
 asks :meth:`ReaperPolicy.next_action` what to do at emulated time ``now``,
 does it to real processes, and reports back with :meth:`attempt_done`.
 Nothing here sleeps, reads a clock or touches a process, so a policy can be
@@ -20,8 +20,8 @@ from enum import Enum
 from typing import Hashable
 
 from ..clock import JIFFY_S
-from ..errors import UsageError
-from ..mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, can_reap_vma
+from ...errors import UsageError
+from ..mm_types import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, can_reap_vma
 
 
 class Outcome(Enum):

@@ -5,8 +5,8 @@ task's mm header), and acts with the same real objects the run uses: the
 named semaphores (mmap_sem, locks), real signals, the mm's mailbox, and the
 run's event FIFO, through which an injection gets into the run's log.
 
-Nothing read is trusted further than it is checked (emulator.shm_trust,
-emulator.proc_trust): a run is its zone file's owner's only if the zone says
+Nothing read is trusted further than it is checked (emulator.runtime.shm_trust,
+emulator.runtime.proc_trust): a run is its zone file's owner's only if the zone says
 the same uid, is laid out as oomemu lays it out and names a supervisor that
 is alive, is that owner's and started when the zone says; its other objects
 count only if that owner's and laid out as oomemu lays them; a process is
@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 import posix_ipc
 import psutil
 
-from . import names
-from .cleanup import dead_groups
+from ..runtime import names
+from ..runtime.cleanup import dead_groups
 from .columns import columns
-from .errors import UsageError
-from .mm import (CMD_ALLOC, HEADER_SIZE, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB,
-                 STATE_NAMES, TASK_DEAD, TASK_EXITING, TASK_UNINTERRUPTIBLE, Mm)
-from .oom_kill import OomControl, TaskView, oom_evaluate_task
-from .proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
-from .shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
-from .zone import MAX_MEMCGS, RunFacts, Zone
+from ..errors import UsageError
+from ..kernel.mm_types import MAX_MEMCGS, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB, TaskState
+from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, STATE_NAMES, Mm
+from ..kernel.oom_kill import OomControl, TaskView, oom_evaluate_task
+from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
+from ..runtime.shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
+from ..runtime.zone import RunFacts, Zone
 
 
 class NoSuchRun(UsageError):
@@ -276,7 +276,7 @@ def task_state(run: LiveRun, index: int, mm: Mm) -> str:
     """What ps shows in STATE. ``crashed``: the mm is not done, but the run's worker for
     it is gone (a pid that is no longer the run's worker counts as gone)."""
     s = mm.state
-    if s == TASK_DEAD:
+    if s == TaskState.TASK_DEAD:
         return "exited"
     if mm.pid == 0:
         return STATE_NAMES.get(s, "?")           # not started yet
@@ -287,10 +287,10 @@ def task_state(run: LiveRun, index: int, mm: Mm) -> str:
         return "crashed"
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
         return "stopped"
-    if s == TASK_EXITING:
+    if s == TaskState.EXITING:
         return "exiting"
     if mm.test_bit(MMF_OOM_VICTIM):
-        return "victim,D" if s == TASK_UNINTERRUPTIBLE else "victim"
+        return "victim,D" if s == TaskState.TASK_UNINTERRUPTIBLE else "victim"
     return STATE_NAMES.get(s, "?")
 
 
@@ -301,7 +301,7 @@ def badness(mm: Mm, state: str, totalpages: int) -> str:
     and no MMF_OOM_SKIP: a scan that meets it stops there and kills nobody."""
     crashed = state == "crashed"
     # Task.has_mm: a crashed task's mm stays, and is a candidate, while it holds pages
-    has_mm = mm.resident_pages() > 0 if crashed else mm.state != TASK_DEAD
+    has_mm = mm.resident_pages() > 0 if crashed else mm.state != TaskState.TASK_DEAD
     view = TaskView(mm.pid, mm.comm, mm.oom_score_adj, mm.get_mm_rss(), mm.pgtables_pages,
                     has_mm=has_mm, oom_victim=mm.test_bit(MMF_OOM_VICTIM),
                     mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP), memcg=mm.memcg)
@@ -488,7 +488,7 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
                 hold(run, names.mmap_sem(run.run_id, index), index, f"the mmap_sem of {label}", arg,
                      action, mm=mm, echo=echo)
                 return
-            if mm.state == TASK_DEAD:
+            if mm.state == TaskState.TASK_DEAD:
                 raise UsageError(f"task {label} of run {run.run_id} is gone")
             try:
                 worker = run.prove_worker(index, mm.pid)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 from .columns import columns
-from .errors import UsageError
-from .policies import POLICIES, ReaperPolicy, get_policy
-from .scenario import Expected, Scenario, builtin_names, load_scenario
+from ..errors import UsageError
+from ..policies import POLICIES, ReaperPolicy, get_policy
+from ..scenario import Expected, Scenario, builtin_names, load_scenario
 
 SHORT = {"resolved": "ok", "panic": "panic", "hung": "hung"}     # the normal outcomes of a run
 
@@ -142,7 +142,7 @@ def _where(e: BaseException) -> str:
 
 def _run_one(scenario: Scenario, policy, speed: float, trace: str | None = None) -> dict:
     """One run, as RunResult.to_dict(); anything it raises becomes a CellFailed."""
-    from .supervisor import run_scenario
+    from ..runtime.supervisor import run_scenario
     global _in_run
     _in_run = True
     try:

@@ -7,14 +7,14 @@ One process, two threads:
   from every worker) and one pidfd per worker (deaths). Work per event does
   not depend on the number of idle tasks, except a real OOM kill, which
   scans every task as the kernel's ``select_bad_process`` does.
-* the ``oom_reaper`` thread (``emulator.reaper``).
+* the ``oom_reaper`` thread (``emulator.runtime.reaper``).
 
 ``out_of_memory`` and the reaper's attempts are serialised by ``oom_lock``,
 as in the kernel. Whatever happens, :meth:`Run.run` ends by killing every
 worker with a real SIGKILL, repairing the mms of workers that died half-way
 through a change (their journals say what to finish or undo), checking the
 accounting, and unlinking every segment and semaphore. Terminating signals
-are deferred to safe points (``emulator.signals``), so none of that is cut
+are deferred to safe points (``emulator.runtime.signals``), so none of that is cut
 short.
 
 A worker that dies other than by the emulated SIGKILL or ``oomemu inject
@@ -39,16 +39,18 @@ import posix_ipc
 import psutil
 
 from . import names, signals
-from .clock import JIFFY_S, ScaledClock
-from .errors import EnvironmentProblem
+from ..kernel.clock import JIFFY_S
+from ..errors import EnvironmentProblem
 from .klog import KernelLog
-from .mm import (HEADER_SIZE, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB,
-                 TASK_DEAD, Mm, MmLayout, vm_flags_for)
-from .oom_kill import OomControl, Selection, TaskView, select_bad_process
-from .policies import get_policy
+from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout,
+                               TaskState, vm_flags_for)
+from .clock import ScaledClock
+from .mm import HEADER_SIZE, Mm
+from ..kernel.oom_kill import OomControl, Selection, TaskView, select_bad_process
+from ..policies import get_policy
 from .reaper import OomReaper
-from .result import ERROR, HUNG, PANIC, RESOLVED, RunResult, VictimRecord
-from .scenario import Scenario, TaskSpec
+from ..result import ERROR, HUNG, PANIC, RESOLVED, RunResult, VictimRecord
+from ..scenario import Scenario, TaskSpec
 from .trace import Tracer
 from .zone import MEMCG, Zone, zone_size
 
@@ -56,7 +58,7 @@ SIGKILL_EMULATED = signal.SIGUSR1
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
 START_LEAD_S = 0.05             # real seconds between "go" and time 0
 LINGER_S = 30.0                 # emulated seconds a resolved run waits for dying victims
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GFP = "gfp_mask=0x14280ca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO), order=0"
 # Slower than 0.1 would stretch a day-long run_deadline_s past what a wait can take.
 MIN_SPEED, MAX_SPEED = 0.1, 1e6
@@ -104,7 +106,7 @@ class Task:
         (SIGKILLed for real) and its mm still holds pages until reaped or the run ends."""
         if self.crashed:
             return self.mm.resident_pages() > 0
-        return not self.exited and self.mm.state != TASK_DEAD
+        return not self.exited and self.mm.state != TaskState.TASK_DEAD
 
     @property
     def pid(self) -> int:
@@ -133,7 +135,7 @@ class Run:
                  overrides: dict | None = None, echo=None, trace: str | None = None,
                  hold: bool = False, on_start=None):
         if isinstance(speed, bool) or not (isinstance(speed, (int, float)) and MIN_SPEED <= speed <= MAX_SPEED):
-            from .errors import UsageError
+            from ..errors import UsageError
             raise UsageError(f"--speed {speed}: must be a number from {MIN_SPEED:g} to {MAX_SPEED:g}")
         self.scenario = scenario
         self.policy = get_policy(policy, overrides)
@@ -852,7 +854,7 @@ def _memcg_room() -> tuple[int, str] | None:
 
 
 def __version__() -> str:
-    from . import __version__ as v
+    from .. import __version__ as v
     return v
 
 
@@ -872,6 +874,6 @@ def run_scenario(scenario: Scenario | str, policy="v4.17", speed: float = 1.0,
 
     ``trace``: a file to write the run's trace events to (JSON lines)."""
     if not isinstance(scenario, Scenario):
-        from .scenario import load_scenario
+        from ..scenario import load_scenario
         scenario = load_scenario(scenario)
     return Run(scenario, policy, speed, overrides, echo, trace=trace).run()

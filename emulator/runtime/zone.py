@@ -31,18 +31,17 @@ from dataclasses import dataclass
 
 import posix_ipc
 
+from ..kernel.mm_types import MAX_MEMCGS, PAGE_SIZE
 from . import names
 from .shm_trust import Segment
 
-PAGE = 4096
 #              magic sup_pid uid sup_ctime t0 speed total free scenario policy
 _ZONE = struct.Struct("=4s i i d d d q q 48s 24s")
 _NR_TASKS = struct.Struct("=q")            # at _NR_TASKS_OFF
 _NR_TASKS_OFF = 128
 _MEMCG = struct.Struct("=q q 16s")         # limit pages (-1: none), unused, name
 _MEMCG_OFF = 256
-MAX_MEMCGS = 32
-_TASKS_OFF = PAGE                          # charged pages per task (q), then memcg per task (i)
+_TASKS_OFF = PAGE_SIZE                          # charged pages per task (q), then memcg per task (i)
 MAX_TASKS = 100_000
 MAGIC = b"OOMZ"
 GLOBAL, MEMCG = "global", "memcg"          # why a charge failed
@@ -52,7 +51,7 @@ assert _MEMCG_OFF + MAX_MEMCGS * _MEMCG.size <= _TASKS_OFF
 def zone_size(nr_tasks: int) -> int:
     """Bytes of a zone segment for ``nr_tasks`` tasks (whole pages)."""
     raw = _TASKS_OFF + nr_tasks * (8 + 4)
-    return -(-raw // PAGE) * PAGE
+    return -(-raw // PAGE_SIZE) * PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class RunFacts:
 class Zone:
     def __init__(self, run_id: str, create: dict | None = None, fd: int | None = None):
         """Create the zone of ``run_id``, or open the existing one: by name, or from ``fd``,
-        opened and checked by emulator.shm_trust (which it takes over; read-only: a private
+        opened and checked by emulator.runtime.shm_trust (which it takes over; read-only: a private
         copy). An existing zone not laid out as oomemu lays it out is closed: ValueError."""
         self.run_id = run_id
         self._tlock = threading.Lock()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from ..mm import VM_HUGETLB, VM_PFNMAP
+from ..mm_types import VM_HUGETLB, VM_PFNMAP
 from .base import AFTER_UNMAP, DELAY, Wait
 from .v4_17 import V417
 

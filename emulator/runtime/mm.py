@@ -26,54 +26,17 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
 
 import posix_ipc
 
+from ..kernel.mm_types import (KIND_COUNTER, MAX_VMAS, MM_ANONPAGES, MM_FILEPAGES, MM_HEADER_PAGES,
+                               MM_SHMEMPAGES, MMU_NOTIFIERS, NR_MM_COUNTERS, PAGE_SIZE, VMA_KINDS, MmLayout,
+                               TaskState, Vma)
 from .names import c_string
 from .shm_trust import Segment
 
-PAGE_SIZE = 4096
-PAGES_PER_MB = (1 << 20) // PAGE_SIZE
-HEADER_SIZE = PAGE_SIZE
-MAX_VMAS = 64
-
-# mm->flags bits (include/linux/sched/coredump.h)
-MMF_OOM_VICTIM = 25
-MMF_OOM_SKIP = 21
-MMF_UNSTABLE = 22
-# Not a mainline bit: the "rework mmap-exit vs. oom_reaper handover" RFC's
-# state "exit_mmap has the VMAs and is guaranteed to finish" (see policies/handover.py).
-MMF_OOM_HANDOVER = 28
-
-# vm_flags (include/linux/mm.h)
-VM_SHARED = 0x00000008
-VM_PFNMAP = 0x00000400
-VM_LOCKED = 0x00002000
-VM_IO = 0x00004000
-VM_HUGETLB = 0x00400000
-
-# rss counters (include/linux/mm_types_task.h), plus memory that the kernel
-# does not count in rss but that occupies the zone all the same
-MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS = range(5)
-
-# task states as ``oomemu ps`` shows them
-TASK_NEW, TASK_RUNNING, TASK_UNINTERRUPTIBLE, TASK_EXITING, TASK_DEAD, TASK_ALLOC = range(6)
-STATE_NAMES = {TASK_NEW: "new", TASK_RUNNING: "running", TASK_UNINTERRUPTIBLE: "D",
-               TASK_EXITING: "exiting", TASK_DEAD: "exited", TASK_ALLOC: "alloc-stall"}
-
-MMU_NOTIFIERS = {"none": 0, "nonblocking": 1, "blockable": 2}
-
-VMA_KINDS = ("anon", "file_private", "file_shared", "hugetlb", "pfnmap")
-_KIND_FLAGS = {
-    "anon": 0,
-    "file_private": 0,
-    "file_shared": VM_SHARED,
-    "hugetlb": VM_HUGETLB | VM_SHARED,
-    "pfnmap": VM_PFNMAP | VM_IO | VM_SHARED,
-}
-_KIND_COUNTER = {"anon": MM_ANONPAGES, "file_private": MM_FILEPAGES,
-                 "file_shared": MM_FILEPAGES, "hugetlb": None, "pfnmap": None}
+HEADER_SIZE = MM_HEADER_PAGES * PAGE_SIZE
+STATE_NAMES = {s.value: s.label for s in TaskState}
 
 #            magic pid flags state victim adj notifier nr_vmas sem_holder memcg
 _HEAD = struct.Struct("=4s i I I I i I I i I")
@@ -101,43 +64,6 @@ J_NONE, J_CHARGE, J_ZAP = 0, 1, 2
 MAGIC = b"OOMM"
 
 
-def vm_flags_for(kind: str, mlocked: bool) -> int:
-    return _KIND_FLAGS[kind] | (VM_LOCKED if mlocked else 0)
-
-
-def can_reap_vma(kind: str, vm_flags: int, unreapable_flags: int) -> bool:
-    """__oom_reap_task_mm's rule: skip VMAs with ``unreapable_flags`` (VM_LOCKED,
-    VM_HUGETLB, VM_PFNMAP in v4.17), unmap only anonymous or private ones."""
-    if vm_flags & unreapable_flags:
-        return False
-    return kind == "anon" or not (vm_flags & VM_SHARED)
-
-
-@dataclass(frozen=True)
-class Vma:
-    index: int
-    kind: str
-    vm_flags: int
-    start: int        # first page, counted from the end of the header
-    capacity: int     # pages reserved (the segment is sparse)
-    nr_pages: int     # pages resident now
-
-    @property
-    def mlocked(self) -> bool:
-        return bool(self.vm_flags & VM_LOCKED)
-
-
-@dataclass(frozen=True)
-class MmLayout:
-    """What the supervisor decides before the worker starts: VMA kinds and room."""
-    vmas: tuple[tuple[str, int, int], ...]   # (kind, vm_flags, capacity pages)
-    pgtables: int = 0                        # pages of page tables (mm_pgtables_bytes)
-
-    @property
-    def size(self) -> int:
-        return HEADER_SIZE + (self.pgtables + sum(cap for _, _, cap in self.vmas)) * PAGE_SIZE
-
-
 class Mm:
     """An mm segment, opened (or created) in this process.
 
@@ -147,12 +73,12 @@ class Mm:
 
     def __init__(self, name: str, create: MmLayout | None = None, fd: int | None = None):
         """Create the mm ``name`` with ``create``'s layout, or open an existing one: by name,
-        or from ``fd``, opened and checked by emulator.shm_trust (which it takes over; a
+        or from ``fd``, opened and checked by emulator.runtime.shm_trust (which it takes over; a
         read-only fd gives a private copy of the header). An existing segment that is not
         laid out as :meth:`_init` lays it out is closed again: ValueError."""
         self.name = name
         if create is not None:
-            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=create.size)
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=create.pages * PAGE_SIZE)
         else:
             shm = posix_ipc.SharedMemory(name) if fd is None else Segment(fd, HEADER_SIZE)
         self.fd = shm.fd
@@ -193,7 +119,7 @@ class Mm:
         if len(layout.vmas) > MAX_VMAS:
             raise ValueError(f"{self.name}: {len(layout.vmas)} VMAs, the header has room for {MAX_VMAS}")
         self.map[0:HEADER_SIZE] = b"\0" * HEADER_SIZE   # the header is always resident
-        _HEAD.pack_into(self.map, _HEAD_OFF, MAGIC, 0, 0, TASK_NEW, 0, 0, 0, len(layout.vmas), 0, 0)
+        _HEAD.pack_into(self.map, _HEAD_OFF, MAGIC, 0, 0, TaskState.TASK_NEW, 0, 0, 0, len(layout.vmas), 0, 0)
         _EXTRA.pack_into(self.map, _EXTRA_OFF, 0, layout.pgtables, 0)
         start = layout.pgtables
         for i, (kind, flags, cap) in enumerate(layout.vmas):
@@ -311,7 +237,7 @@ class Mm:
     def counters(self) -> list[int]:
         c = [0] * NR_MM_COUNTERS
         for v in self.vmas():
-            counter = _KIND_COUNTER[v.kind]
+            counter = KIND_COUNTER[v.kind]
             if counter is not None:          # hugetlb, pfnmap: not in the kernel's rss counters
                 c[counter] += v.nr_pages
         return c
