@@ -19,6 +19,7 @@ PAGES_PER_MB = (1 << 20) // PAGE_SIZE
 MAX_VMAS = 64               # VMAs per mm
 MAX_MEMCGS = 32             # memory cgroups per run, the root memcg (index 0) included
 MM_HEADER_PAGES = 1         # each mm keeps its header (flags, state, VMA table) in one page
+TASK_COMM_LEN = 16          # a task's name, NUL included (include/linux/sched.h)
 
 # mm->flags bits (include/linux/sched/coredump.h)
 MMF_OOM_SKIP = 21

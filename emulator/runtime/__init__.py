@@ -5,6 +5,8 @@
     resources.py    the one owner that creates and removes a run's objects
     protocol.py     the wire protocol: WorkerSpec, event kinds, signals
     mm.py, zone.py  the mm and zone segments, offsets from one field table each
+                    (layout.py: a record from a table of named fields)
+    machine.py      what the machine can give a run (refused in one line if not)
     reaper.py       the oom_reaper executor (a policy's actions on real mms)
     clock.py        ScaledClock: emulated seconds on the monotonic clock
     klog.py, trace.py   printk lines and trace events

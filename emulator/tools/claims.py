@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compare
 from ..scenario import builtin_names, load_scenario
+from . import compare
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 

@@ -11,9 +11,9 @@ import os
 import signal
 import sys
 
-from .columns import columns
 from ..errors import UsageError
 from ..result import RunResult
+from .columns import columns
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 
@@ -59,8 +59,8 @@ def _echo(line: str) -> None:
 
 
 def cmd_run(a) -> int:
-    from ..scenario import load_scenario
     from ..runtime.supervisor import Run
+    from ..scenario import load_scenario
     scenario = load_scenario(a.scenario)
     def started(run):
         if not a.quiet:
@@ -77,7 +77,7 @@ def cmd_run(a) -> int:
                 open(path, "a").close()
             except OSError as e:
                 raise UsageError(f"{opt} {path}: {e.strerror}") from None
-    result = run.run()
+    result = run.execute()
     print(result.summary(), flush=True)
     if a.json:
         with open(a.json, "w") as f:
@@ -113,8 +113,8 @@ def summary_table(results: list[RunResult]) -> str:
 def cmd_demo(a) -> int:
     import os
 
-    from ..scenario import load_scenario
     from ..runtime.supervisor import run_scenario
+    from ..scenario import load_scenario
     scenario = load_scenario("mlocked")
     print(f"oomemu demo: {scenario.name}: {scenario.description.strip()}\n", flush=True)
     if a.out:

@@ -16,7 +16,6 @@ Anything else is skipped (``runs``, ``ps``) or refused in one line (exit 2).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -26,16 +25,18 @@ from dataclasses import dataclass, field
 import posix_ipc
 import psutil
 
+from ..errors import UsageError
+from ..kernel.mm_types import (MAX_MEMCGS, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB,
+                               TaskState)
+from ..kernel.oom_kill import OomControl, TaskView, oom_evaluate_task
 from ..runtime import names
 from ..runtime.cleanup import dead_groups
-from .columns import columns
-from ..errors import UsageError
-from ..kernel.mm_types import MAX_MEMCGS, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB, TaskState
-from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, STATE_NAMES, Mm
-from ..kernel.oom_kill import OomControl, TaskView, oom_evaluate_task
+from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, Mm
 from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
+from ..runtime.protocol import SIGWAKE, Event, encode
 from ..runtime.shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
 from ..runtime.zone import RunFacts, Zone
+from .columns import columns
 
 
 class NoSuchRun(UsageError):
@@ -279,7 +280,7 @@ def task_state(run: LiveRun, index: int, mm: Mm) -> str:
     if s == TaskState.TASK_DEAD:
         return "exited"
     if mm.pid == 0:
-        return STATE_NAMES.get(s, "?")           # not started yet
+        return _label(s)                         # not started yet
     try:
         with run.prove_worker(index, mm.pid) as w:
             status = w.info.status
@@ -291,7 +292,14 @@ def task_state(run: LiveRun, index: int, mm: Mm) -> str:
         return "exiting"
     if mm.test_bit(MMF_OOM_VICTIM):
         return "victim,D" if s == TaskState.TASK_UNINTERRUPTIBLE else "victim"
-    return STATE_NAMES.get(s, "?")
+    return _label(s)
+
+
+def _label(state: int) -> str:
+    try:
+        return TaskState(state).label
+    except ValueError:
+        return "?"
 
 
 def badness(mm: Mm, state: str, totalpages: int) -> str:
@@ -380,13 +388,12 @@ def find_task(run: LiveRun, name: str) -> tuple[int, str, int]:
 
 def note(run: LiveRun, index: int, action: str, what: str) -> None:
     """Tell the run (its log and trace) what was injected. Best effort: the run may be ending."""
-    rec = {"ev": "inject", "i": index, "t": time.monotonic(), "action": action, "what": what,
-           "by": os.getpid()}
+    line = encode(Event.INJECT, index, time.monotonic(), action=action, what=what, by=os.getpid())
     fd = open_fifo_for_write(names.events(run.run_id), run.owner)
     if fd is None:
         return
     try:
-        os.write(fd, (json.dumps(rec) + "\n").encode())
+        os.write(fd, line)
     except OSError:
         pass
     finally:
@@ -514,7 +521,7 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
                 raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
                                  f"{room / PAGES_PER_MB:g} MB more")
             mm.post_command(CMD_ALLOC, float(arg))
-            worker.send_signal(signal.SIGUSR2)
+            worker.send_signal(SIGWAKE)
             what = f"{label} asked to allocate {arg:g} MB"
         elif action in ("stop", "cont"):
             worker.send_signal(signal.SIGSTOP if action == "stop" else signal.SIGCONT)
