@@ -3,8 +3,9 @@
 kernel/ (the pure model) imports nothing of runtime/ or tools/, and nothing
 that sleeps, reads the real clock, or touches a process, a semaphore or
 /dev/shm; runtime/ imports nothing of tools/; the shared modules at the top
-(errors, scenario, result, policies) import only kernel/ and each other. An
-import inside a function counts as much as one at the top.
+(errors, scenario, result, policies) import only kernel/ and each other; the
+workers (workers/) use kernel/ and runtime/, not tools/. An import inside a
+function counts as much as one at the top.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def test_kernel_touches_no_process_ipc_clock_or_thread():
 
 def test_runtime_does_not_import_tools():
     assert violations(modules("runtime"), ("emulator.tools",)) == []
+
+
+def test_workers_import_nothing_of_tools():
+    workers = sorted((ROOT / "workers").glob("*.py"))
+    assert workers and violations(workers, ("emulator.tools",)) == []
 
 
 def test_shared_modules_import_only_kernel_and_each_other():

@@ -146,6 +146,7 @@ DELAY = Limit(0, MAX_SECONDS, why="seconds, at most a day")
 
 
 class ReaperPolicy:
+    """A reaper policy: its constants, its VMA and exit_mmap rules, and its queue (pure)."""
     name: str = ""
     summary: str = ""
     DEFAULTS: dict[str, float] = {}
