@@ -56,7 +56,7 @@ class Message:
     """One decoded line of the event FIFO."""
     kind: Event
     index: int                        # the task's index (-1: none, for an injection into a lock)
-    t: float                          # time.monotonic() when it was sent
+    sent_at: float                    # time.monotonic() when it was sent (``t`` on the wire)
     fields: dict[str, Any]
 
     def __getitem__(self, key: str) -> Any:

@@ -302,7 +302,7 @@ class Run:
                 t = self.tasks[msg.index]
             else:
                 raise RunFault(f"the run's event FIFO: {msg.kind} for task {msg.index}, which there is not")
-            handler(t, msg, self.clock.at(msg.t))
+            handler(t, msg, self.clock.at(msg.sent_at))
 
     def _traced(self, t: TaskRecord, msg: Message, at: float) -> None:
         self.trace(msg.kind.value, t, at, **msg.fields)

@@ -175,14 +175,14 @@ def _draw_reaper(lanes, marks: list[ReaperMark]) -> None:
     for m in marks:
         cat = reaper_category(m)
         if cat:
-            by_cat.setdefault(cat, []).append(m.t)
+            by_cat.setdefault(cat, []).append(m.at)
     for cat, ts in by_cat.items():
         label, style = REAPER_STYLES[cat]
         lanes.scatter(ts, [0] * len(ts), label=label, **style)
     reaps = [m for m in marks if m.kind == "finish_task_reaping"]
     if len(reaps) <= MAX_REAP_LABELS:
         for m in reaps:
-            lanes.annotate(m.label, (m.t, 0), xytext=(6, 0), textcoords="offset points", va="center",
+            lanes.annotate(m.label, (m.at, 0), xytext=(6, 0), textcoords="offset points", va="center",
                            fontsize=7, color=FREED if m.freed_kb else NOTHING)
 
 
