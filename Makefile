@@ -44,7 +44,7 @@ compare: $(STAMP) ## every scenario under every policy, checked against the stat
 	$(BIN)/oomemu compare --speed 10 --check $(ARGS)
 
 claims: $(STAMP) ## regenerate the README's table of outcomes from a real run
-	$(BIN)/python -m emulator.claims README.md
+	$(BIN)/python -m emulator.tools.claims README.md
 
 cleanup: $(STAMP) ## remove leftovers (processes, /dev/shm) of runs whose supervisor died
 	$(BIN)/oomemu cleanup

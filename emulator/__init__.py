@@ -1,30 +1,25 @@
 """oomemu: the Linux OOM killer and OOM reaper, emulated with real processes.
 
-The map, from pure decision logic to process plumbing to what users see::
+Three layers, each importing only the ones below it (tests/test_layers.py)::
 
+    kernel/         the pure model: what the kernel decides. mm_types (MMF_/VM_
+                    flags, VMA kinds, TaskState), oom_kill (oom_badness,
+                    select_bad_process, out_of_memory's decision), clock (FakeClock),
+                    verdict, policies/ (one file per reaper policy)
+    runtime/        processes and IPC: supervisor, resources, protocol, mm, zone,
+                    layout, machine, reaper, clock (ScaledClock), klog, trace,
+                    names, cleanup, signals, shm_trust, proc_trust
+    tools/          what a user types and sees: cli, compare, claims, live,
+                    timeline, perfetto, plot, columns
+
+Shared by every layer (pure, importing only kernel/)::
+
+    errors.py       UsageError (exit 2), ScenarioError
     scenario.py     TOML scenario files -> Scenario (validated, tasks expanded)
-    oom_kill.py     oom_badness, select_bad_process              (pure)
-    policies/       reaper policies, a module each: v4.17, timeout, handover, v6.6
-                    (pure: the reaper asks them what to do at time ``now``)
-    clock.py        emulated seconds on a scaled monotonic clock; FakeClock for tests
+    result.py       RunResult, VictimRecord
+    policies/       the registry: get_policy, register, POLICIES
 
-    mm.py           an mm = a POSIX shared-memory segment: header, VMA table, pages
-    zone.py         the zone and memcgs: shared page counts under one semaphore
-    names.py        what a run's segments, semaphores and FIFO are called in /dev/shm
-    reaper.py       the oom_reaper thread: drives a policy against real mms
-    supervisor.py   spawns the workers (../workers/task.py), plays the OOM killer,
-                    reaches the verdict, tears everything down
-    klog.py         printk with dmesg timestamps;  result.py  RunResult, VictimRecord
-    trace.py        trace events (JSON lines)
-    cleanup.py      removes leftovers of runs whose supervisor died
-    signals.py      terminating signals deferred to a run's safe points
-    shm_trust.py    opening what lies in /dev/shm, trusting it only as far as checked
-    proc_trust.py   proving a process is the run's before signalling it (pidfds)
-
-    cli.py          the ``oomemu`` command;  live.py  runs / ps / stop / inject
-    columns.py      plain-text tables as the commands print them
-    compare.py      every scenario under every policy, one table;  claims.py  make claims
-    timeline.py     trace events -> states per task;  perfetto.py, plot.py  render them
+The workers (``workers/task.py``, one process per task) use kernel/ and runtime/.
 
 For your own tests::
 
@@ -34,10 +29,10 @@ For your own tests::
 """
 
 # The names below are imported on first use (PEP 562), so that a worker, which
-# needs only mm/zone/names, starts without loading the supervisor and friends.
+# needs only runtime's mm/zone/names, starts without loading the supervisor and friends.
 _LAZY = {
     "load_scenario": "scenario", "Scenario": "scenario",
-    "run_scenario": "supervisor",
+    "run_scenario": "runtime.supervisor",
     "RunResult": "result", "VictimRecord": "result",
     "ScenarioError": "errors", "UsageError": "errors",
 }

@@ -5,12 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-RESOLVED, PANIC, HUNG = "resolved", "panic", "hung"
-# The run itself broke: a worker died unexplained, the machine ran short, or
-# the accounting disagreed. ``RunResult.error`` says why, ``error_kind`` whose
-# fault: "environment" (exit 2) or "fault" (ours, exit 1).
-ERROR = "error"
-VERDICTS = (RESOLVED, PANIC, HUNG, ERROR)
+from .kernel.verdict import Verdict
 
 
 @dataclass
@@ -31,7 +26,7 @@ class RunResult:
     scenario: str
     policy: str
     speed: float
-    verdict: str
+    verdict: Verdict              # a StrEnum: compares, prints and serialises as "resolved", ...
     kills: int
     min_kills: int
     time_to_resolve_s: float | None
@@ -41,8 +36,11 @@ class RunResult:
     first_oom_at_s: float | None = None
     resolved_at_s: float | None = None
     accounting: dict | None = None           # charged/rss/segment pages at the end (all equal)
-    error: str | None = None                 # verdict ERROR: the cause, in one line
-    error_kind: str | None = None            # "environment" or "fault"
+    # Verdict.ERROR: the run itself broke (a worker died unexplained, the machine ran short,
+    # or the accounting disagreed): ``error`` says why, in one line, ``error_kind`` whose
+    # fault: "environment" (exit 2) or "fault" (ours, exit 1).
+    error: str | None = None
+    error_kind: str | None = None
     stops: int = 0                           # times the run was stopped by Ctrl-Z
     stopped_s: float = 0.0                   # real seconds it was stopped, in all
     oomemu_version: str = ""
@@ -66,12 +64,12 @@ class RunResult:
     def exit_code(self) -> int:
         """What ``oomemu run`` exits with: 0 for a verdict, 2 if the machine broke the
         run, 1 if oomemu did."""
-        if self.verdict != ERROR:
+        if self.verdict != Verdict.ERROR:
             return 0
         return 2 if self.error_kind == "environment" else 1
 
     def summary(self) -> str:
-        if self.verdict == ERROR:
+        if self.verdict == Verdict.ERROR:
             return (f"oomemu: {self.scenario} under {self.policy}: error, kills {self.kills} "
                     f"before it broke: {self.error}")
         ttr = "-" if self.time_to_resolve_s is None else f"{self.time_to_resolve_s:.3f}s"

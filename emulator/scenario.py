@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from .errors import ScenarioError
-from .mm import HEADER_SIZE, MAX_VMAS, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, VMA_KINDS
-from .zone import MAX_MEMCGS
+from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, PAGES_PER_MB, TASK_COMM_LEN,
+                              VMA_KINDS)
+from .kernel.verdict import OUTCOMES, Verdict
 
 OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit")
 _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task"},
@@ -34,7 +35,7 @@ _TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_p
               "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step"}
 _MEMCG_KEYS = {"name", "limit_mb"}
 _EXPECTED_KEYS = {"verdict", "kills", "why"}
-VERDICTS = ("resolved", "panic", "hung")
+VERDICTS = tuple(v.value for v in OUTCOMES)      # what [expected] may state
 _VMA_KEYS = {"kind", "mb", "mlocked"}
 
 # -- bounds: every number and size a scenario can set, and why ----------------
@@ -46,8 +47,8 @@ MAX_STEPS = 256                 # a worker gets its steps on its command line, a
                                 # argument at 128 KB (MAX_ARG_STRLEN); 256 steps stay under 32 KB
 MAX_LOCKS = 64                  # distinct lock names: each a semaphore that every worker opens
 MAX_SCENARIO_MEMCGS = MAX_MEMCGS - 1   # the zone's memcg table, less the root memcg
-MAX_NAME_BYTES = 48             # the zone's scenario-name field (zone._ZONE's 48s), in UTF-8
-MAX_COMM = 15                   # task, memcg and lock names: a comm (TASK_COMM_LEN - 1), ASCII
+MAX_NAME_BYTES = 48             # the run's name in UTF-8: the zone's scenario field holds this many bytes
+MAX_COMM = TASK_COMM_LEN - 1    # task, memcg and lock names: a comm, ASCII
 MAX_TEXT_BYTES = 4096           # description and [expected] why, in UTF-8
 MAX_POLICY_NAME = 64            # a policy name in [expected]
 MAX_DEADLINE_S = 86_400         # a day of emulated time: no duration may be longer ...
@@ -84,7 +85,7 @@ class MemcgSpec:
 @dataclass(frozen=True)
 class Expected:
     """A scenario file's stated outcome under one policy, and why."""
-    verdict: str
+    verdict: Verdict
     kills: int | None
     why: str
 
@@ -133,15 +134,15 @@ class Scenario:
         return sorted({s.name for t in self.tasks for s in t.steps if s.op in ("lock", "unlock")})
 
 
-# The seed's cases in the order the argument names them, then the rest.
-SEED_ORDER = ("mlocked", "mmu_notifier", "shared_file", "small_rss", "slow_pgtables",
+# The cases of the 2018 timeout patch's thread, in the order its argument names them, then the rest.
+CASE_ORDER = ("mlocked", "mmu_notifier", "shared_file", "small_rss", "slow_pgtables",
               "mmap_sem_held", "parallel_victims", "livelock", "memcg_tight")
 
 
 def builtin_names() -> list[str]:
     files = resources.files("emulator.scenarios")
     names = [p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml")]
-    rank = {n: i for i, n in enumerate(SEED_ORDER)}
+    rank = {n: i for i, n in enumerate(CASE_ORDER)}
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
@@ -444,7 +445,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         kills = c.number(e, "kills", w, default=-1, integer=True, minimum=-1, maximum=len(tasks),
                          why=" (the number of tasks)")
         why = c.text(e, "why", w, "-", max_bytes=MAX_TEXT_BYTES, newlines=False) or "-"
-        expected[pol] = Expected(c.string(e, "verdict", w, choices=VERDICTS),
+        expected[pol] = Expected(Verdict(c.string(e, "verdict", w, choices=VERDICTS)),
                                  None if kills == -1 else kills, why)
 
     initial = sum(_start_pages(t) for t in tasks)
@@ -458,7 +459,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                                      f"{_pages(m.limit_mb)} ({_num(m.limit_mb)} MB)")
     # Every mm's segment is sparse but mapped whole, by the supervisor and by each worker
     # that touches it: its VMAs, page tables and room for the zone (supervisor._layout).
-    mapped = sum(_start_pages(t) + zone_pages + HEADER_SIZE // PAGE_SIZE for t in tasks)
+    mapped = sum(_start_pages(t) + zone_pages + MM_HEADER_PAGES for t in tasks)
     if mapped > _pages(MAX_MAPPED_MB):
         c.fail("memory_mb", f"{len(tasks)} tasks, each mapping room for the whole zone ({memory_mb} MB), "
                             f"map more than the {MAX_MAPPED_MB >> 20} TiB a run may map in all: "

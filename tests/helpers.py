@@ -32,8 +32,8 @@ import time
 import posix_ipc
 import psutil
 
-from emulator import names
-from emulator.zone import Zone
+from emulator.runtime import names
+from emulator.runtime.zone import Zone
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)

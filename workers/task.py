@@ -13,8 +13,9 @@ Started by the supervisor as ``python -m workers.task --run ID --index I
 4. Killed: let go of mmap_sem and named locks, run ``exit_mmap`` as the
    policy says (real sleeps for unmap and free_pgtables, real frees), exit.
 
-Events go to the supervisor as JSON lines on one shared pipe (each write is
-below PIPE_BUF, so lines never interleave).
+Events go to the supervisor on the run's event FIFO, as
+``emulator.runtime.protocol`` defines them (its ``WorkerSpec`` is what
+``--spec`` holds, its ``Event`` the kinds of message).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import json
 import os
 import signal
 import sys
@@ -31,14 +31,14 @@ import traceback
 
 import posix_ipc
 
-from emulator import names
-from emulator.mm import (CMD_ALLOC, J_CHARGE, J_ZAP, MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM,
-                         MMF_UNSTABLE, PAGES_PER_MB, PAGE_SIZE, TASK_ALLOC, TASK_DEAD, TASK_EXITING,
-                         TASK_RUNNING, TASK_UNINTERRUPTIBLE, Mm, can_reap_vma)
-from emulator.zone import Zone
+from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE,
+                                     PAGES_PER_MB, TaskState, can_reap_vma)
+from emulator.kernel.policies.base import OomSkipAt
+from emulator.runtime import names
+from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
+from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
+from emulator.runtime.zone import Zone
 
-SIGKILL_EMULATED = signal.SIGUSR1
-SIGWAKE = signal.SIGUSR2          # "there is a command in your mailbox" (oomemu inject)
 PR_SET_PDEATHSIG = 1
 
 
@@ -62,19 +62,21 @@ class Dying(Exception):
     """Raised at a killable point when the emulated SIGKILL is pending."""
 
 
-class Task:
-    def __init__(self, run_id: str, index: int, spec: dict, fd: int):
+class WorkerTask:
+    """The task this process plays: its mm, its semaphores, its steps, its exit."""
+
+    def __init__(self, run_id: str, index: int, spec: WorkerSpec, fd: int):
         self.run_id, self.index, self.spec, self.fd = run_id, index, spec, fd
-        self.speed = float(spec["speed"])
-        self.jiffy_real = spec["jiffy_s"] / self.speed
+        self.speed = spec.speed
+        self.jiffy_real = spec.jiffy_s / self.speed
         self.zone = Zone(run_id)
         self.mm = Mm(names.mm(run_id, index))
         self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index))
         self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
-        self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec["locks"]}
+        self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec.locks}
         # other tasks' mms whose mmap_sem a step takes (like /proc/PID/mem readers do)
         self.others = {name: (posix_ipc.Semaphore(names.mmap_sem(run_id, i)), Mm(names.mm(run_id, i)))
-                       for name, i in spec["others"].items()}
+                       for name, i in spec.others.items()}
         self.held_others: list[str] = []
         self.holds_mmap_sem = False
         self.held_locks: list[str] = []
@@ -83,9 +85,8 @@ class Task:
         self.cmd_seq = 0
 
     # -- talking to the supervisor ---------------------------------------
-    def send(self, ev: str, **fields) -> None:
-        fields.update(ev=ev, i=self.index, t=time.monotonic())
-        data = (json.dumps(fields, separators=(",", ":")) + "\n").encode()
+    def send(self, kind: Event, **fields) -> None:
+        data = encode(kind, self.index, time.monotonic(), **fields)
         while data:
             n = os.write(self.fd, data)
             data = data[n:]
@@ -108,11 +109,11 @@ class Task:
 
     def _d_state(self, on: bool) -> None:
         if on:
-            self.mm.state = TASK_UNINTERRUPTIBLE
-            self.send("state", state="D")
+            self.mm.state = TaskState.TASK_UNINTERRUPTIBLE
+            self.send(Event.STATE, state="D")
         else:
-            self.mm.state = TASK_EXITING if self.exiting else TASK_RUNNING
-            self.send("state", state="R")
+            self.mm.state = TaskState.EXITING if self.exiting else TaskState.TASK_RUNNING
+            self.send(Event.STATE, state="R")
 
     def uninterruptible(self, real_s: float) -> None:
         self._d_state(True)
@@ -159,12 +160,12 @@ class Task:
                 self.mm.journal_end()
                 raise Dying                      # a dying task leaves the allocator
             if not stalled:
-                self.send("alloc_stall", pages=pages, where=short)
-                self.mm.state = TASK_ALLOC
+                self.send(Event.ALLOC_STALL, pages=pages, where=short)
+                self.mm.state = TaskState.ALLOC_STALL
                 stalled = True
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
             # the allocating task's context: wait until the supervisor's OOM killer is done.
-            self.send("oom", pages=pages, where=short)
+            self.send(Event.OOM, pages=pages, where=short)
             sem_down(self.oom_reply)
             try:
                 self.schedule_timeout_killable(self.jiffy_real)
@@ -172,26 +173,26 @@ class Task:
                 self.mm.journal_end()
                 raise
         if stalled:
-            self.mm.state = TASK_RUNNING
+            self.mm.state = TaskState.TASK_RUNNING
         self.fault_in(vma_index, pages)
-        self.send("alloc_ok", pages=pages, stalled=stalled)
+        self.send(Event.ALLOC_OK, pages=pages, stalled=stalled)
 
     # -- steps ------------------------------------------------------------
-    def do_step(self, step: dict) -> None:
-        op = step["op"]
+    def do_step(self, step) -> None:
+        op = step.op
         if op == "alloc":
-            self.alloc(round(step["mb"] * PAGES_PER_MB), self.spec["grow_vma"])
+            self.alloc(round(step.mb * PAGES_PER_MB), self.spec.grow_vma)
         elif op == "sleep":
-            self.schedule_timeout_killable(self.real(step["ms"] / 1000))
+            self.schedule_timeout_killable(self.real(step.ms / 1000))
         elif op == "busy":
-            self.uninterruptible(self.real(step["ms"] / 1000))
-        elif op == "mmap_sem_down" and step["task"]:
-            sem, mm = self.others[step["task"]]
+            self.uninterruptible(self.real(step.ms / 1000))
+        elif op == "mmap_sem_down" and step.task:
+            sem, mm = self.others[step.task]
             self.down_uninterruptible(sem)
-            self.held_others.append(step["task"])
+            self.held_others.append(step.task)
             mm.mmap_sem_holder = os.getpid()
-        elif op == "mmap_sem_up" and step["task"]:
-            self._up_other(step["task"])
+        elif op == "mmap_sem_up" and step.task:
+            self._up_other(step.task)
         elif op == "mmap_sem_down":
             self.down_uninterruptible(self.mmap_sem)
             self.holds_mmap_sem = True
@@ -202,15 +203,14 @@ class Task:
                 self.mm.mmap_sem_holder = 0
                 self.mmap_sem.release()
         elif op == "lock":
-            self.down_uninterruptible(self.locks[step["name"]])
-            self.held_locks.append(step["name"])
+            self.down_uninterruptible(self.locks[step.name])
+            self.held_locks.append(step.name)
         elif op == "unlock":
-            if step["name"] in self.held_locks:
-                self.held_locks.remove(step["name"])
-                self.locks[step["name"]].release()
+            if step.name in self.held_locks:
+                self.held_locks.remove(step.name)
+                self.locks[step.name].release()
         elif op == "exit":
             self.do_exit()
-        self.send("step", n=step["n"], op=op)
 
     def _up_other(self, name: str) -> None:
         if name in self.held_others:
@@ -221,7 +221,7 @@ class Task:
 
     def run(self) -> None:
         self.mm.pid = os.getpid()
-        pgtables = self.spec["pgtables_pages"]
+        pgtables = self.spec.pgtables_pages
         if pgtables:
             self.mm.journal_begin(J_CHARGE, -1, pgtables)
             if self.zone.try_charge(self.index, pgtables) is not None:
@@ -229,26 +229,26 @@ class Task:
             self.mm.fault_pgtables()
             self.mm.journal_end()
         for vi, vma in enumerate(self.mm.vmas()):
-            pages = self.spec["initial_pages"][vi]
+            pages = self.spec.initial_pages[vi]
             if pages:
                 self.mm.journal_begin(J_CHARGE, vi, pages)
                 if self.zone.try_charge(self.index, pages) is not None:
                     raise RuntimeError("the zone cannot hold the task's initial VMAs")
                 self.mm.fault_in(vi, pages)
                 self.mm.journal_end()
-        self.mm.state = TASK_RUNNING
-        self.send("ready", pid=os.getpid())
+        self.mm.state = TaskState.TASK_RUNNING
+        self.send(Event.READY, pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
         t0 = self.zone.facts().t0
         while (left := t0 - time.monotonic()) > 0:
             time.sleep(left)
         try:
-            for n, step in enumerate(self.spec["steps"]):
-                self.do_step(dict(step, n=n))
+            for step in self.spec.steps:
+                self.do_step(step)
                 if self.fatal_signal_pending():      # return to user space
                     raise Dying
-            if self.spec["steps"]:
-                self.send("steps_done")
+            if self.spec.steps:
+                self.send(Event.STEPS_DONE)
             while True:                               # idle, killable
                 info = signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE])
                 if info.si_signo == SIGKILL_EMULATED:
@@ -265,16 +265,15 @@ class Task:
             return
         self.cmd_seq = seq
         if op == CMD_ALLOC:
-            self.send("command", op="alloc", mb=arg)
-            self.alloc(round(arg * PAGES_PER_MB), self.spec["grow_vma"])
+            self.alloc(round(arg * PAGES_PER_MB), self.spec.grow_vma)
             if self.fatal_signal_pending():
                 raise Dying
 
     # -- do_exit / exit_mmap ---------------------------------------------
     def do_exit(self) -> None:
         self.exiting = True
-        self.mm.state = TASK_EXITING
-        self.send("exiting", fatal=self.fatal)
+        self.mm.state = TaskState.EXITING
+        self.send(Event.EXITING, fatal=self.fatal)
         if self.holds_mmap_sem:                       # unwinding drops what we hold
             self.holds_mmap_sem = False
             self.mm.mmap_sem_holder = 0
@@ -285,48 +284,48 @@ class Task:
             self.locks[name].release()
         self.held_locks.clear()
         self.exit_mmap()
-        self.mm.state = TASK_DEAD
-        self.send("exited")
+        self.mm.state = TaskState.TASK_DEAD
+        self.send(Event.EXITED)
         os._exit(0)
 
-    def _set_oom_skip(self, where: str) -> None:
+    def _set_oom_skip(self, where: OomSkipAt) -> None:
         if not self.mm.set_bit(MMF_OOM_SKIP):
-            self.send("oom_skip", by="exit_mmap", where=where)
+            self.send(Event.OOM_SKIP, by="exit_mmap", where=where.value)
 
     def exit_mmap(self) -> None:
-        """mm/mmap.c exit_mmap(), with MMF_OOM_SKIP where the policy puts it."""
-        rules = self.spec["exit_mmap"]
+        """mm/mmap.c exit_mmap(), with MMF_OOM_SKIP where the policy's rules put it."""
+        rules = self.spec.exit_mmap
         victim = self.mm.test_bit(MMF_OOM_VICTIM)
         freed = 0
-        self.send("exit_mmap_start", victim=victim)
+        self.send(Event.EXIT_MMAP_START, victim=victim)
         if victim:
-            if rules["reap_first"]:
+            if rules.reap_first:
                 # __oom_reap_task_mm(mm): free what the reaper could free, now
                 sem_down(self.mmap_sem)
                 try:
                     for vma in self.mm.vmas():
-                        if can_reap_vma(vma.kind, vma.vm_flags, rules["unreapable_flags"]):
+                        if can_reap_vma(vma.kind, vma.vm_flags, rules.unreapable_vm_flags):
                             freed += self._zap(vma)
                 finally:
                     self.mmap_sem.release()
             self.mm.set_bit(MMF_UNSTABLE)
-            if rules["oom_skip"] == "after_free_pgtables" and not rules.get("handover"):
-                # the seed's patch: MMF_UNSTABLE, then down_write(); up_write() to wait
-                # for the reaper to stop working on this mm
+            if rules.waits_for_reaper:
+                # the 2018 timeout patch: MMF_UNSTABLE, then down_write(); up_write() to
+                # wait for the reaper to stop working on this mm
                 sem_down(self.mmap_sem)
                 self.mmap_sem.release()
-            if rules.get("handover"):
+            if rules.handover:
                 # With mmap_sem held for write, exit_mmap owns the VMAs and will
                 # finish: from here on MMF_OOM_SKIP is the exit path's to set.
                 sem_down(self.mmap_sem)
                 self.mm.set_bit(MMF_OOM_HANDOVER)
                 self.mmap_sem.release()
-                self.send("handover")
-            if rules["oom_skip"] == "before_unmap":
-                self._set_oom_skip("before_unmap")
+                self.send(Event.HANDOVER)
+            if rules.oom_skip is OomSkipAt.BEFORE_UNMAP:
+                self._set_oom_skip(OomSkipAt.BEFORE_UNMAP)
                 sem_down(self.mmap_sem)           # down_write(); up_write(): serialise with the reaper
                 self.mmap_sem.release()
-        ms_per_mb = self.spec["exit_unmap_ms_per_mb"]
+        ms_per_mb = self.spec.exit_unmap_ms_per_mb
         for vma in self.mm.vmas():                # munlock, unmap_vmas
             if vma.nr_pages:
                 self.uninterruptible(self.real(ms_per_mb * vma.nr_pages / PAGES_PER_MB / 1000))
@@ -335,17 +334,17 @@ class Task:
                     freed += self._zap(vma)
                 finally:
                     self.mmap_sem.release()
-        if victim and rules["oom_skip"] == "after_unmap":
-            self._set_oom_skip("after_unmap")
-        self.uninterruptible(self.real(self.spec["exit_free_pgtables_ms"] / 1000))   # free_pgtables
+        if victim and rules.oom_skip is OomSkipAt.AFTER_UNMAP:
+            self._set_oom_skip(OomSkipAt.AFTER_UNMAP)
+        self.uninterruptible(self.real(self.spec.exit_free_pgtables_ms / 1000))   # free_pgtables
         self.mm.journal_begin(J_ZAP, -1, self.mm.pgtables_pages)
         pgt = self.mm.free_pgtables()
         self.zone.uncharge(self.index, pgt)
         self.mm.journal_end()
         freed += pgt
-        if victim and rules["oom_skip"] == "after_free_pgtables":
-            self._set_oom_skip("after_free_pgtables")
-        self.send("exit_mmap_done", freed_kb=freed * PAGE_SIZE // 1024)
+        if victim and rules.oom_skip is OomSkipAt.AFTER_FREE_PGTABLES:
+            self._set_oom_skip(OomSkipAt.AFTER_FREE_PGTABLES)
+        self.send(Event.EXIT_MMAP_DONE, freed_kb=freed * PAGE_SIZE // 1024)
 
     def _zap(self, vma) -> int:
         """Zap one of our VMAs (mmap_sem held), journalled for repair if we die half-way."""
@@ -386,10 +385,9 @@ def report_fault(fd: int, index: int, e: BaseException) -> int:
     env = is_environment(e)
     what = (f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})" if isinstance(e, OSError)
             else f"{type(e).__name__}: {e}")
-    line = json.dumps({"ev": "fault", "i": index, "t": time.monotonic(), "what": what[:400],
-                       "environment": env}, separators=(",", ":")) + "\n"
+    line = encode(Event.FAULT, index, time.monotonic(), what=what[:400], environment=env)
     try:
-        os.write(fd, line.encode()[:4000])
+        os.write(fd, line)
     except OSError:
         pass
     if not env:                           # a fault of ours: the traceback is its report
@@ -415,7 +413,7 @@ def main(argv=None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     raise_oom_score_adj()
     try:
-        task = Task(a.run, a.index, json.loads(a.spec), a.fd)
+        task = WorkerTask(a.run, a.index, WorkerSpec.from_json(a.spec), a.fd)
         task.run()
     except BaseException as e:                    # anything but the emulated exit (os._exit)
         os._exit(report_fault(a.fd, a.index, e))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from emulator import claims, compare
+from emulator.tools import claims, compare
 from emulator.scenario import builtin_names, load_scenario
 from tests.helpers import CLAIMS_DOC, REPO, oomemu, started, write_scenario
 
@@ -70,7 +70,7 @@ def test_make_claims_rewrites_the_table_and_nothing_else(tmp_path):
     """``make claims``'s engine on a copy of the README: the block between the
     markers is measured anew; every byte before and after it stays."""
     path, head, tail = readme_with_stale_table(tmp_path)
-    with started([sys.executable, "-m", "emulator.claims", str(path), "--repeat", "1", "--speed", "10"],
+    with started([sys.executable, "-m", "emulator.tools.claims", str(path), "--repeat", "1", "--speed", "10"],
                  cwd=REPO) as p:
         out, err = p.communicate(timeout=250)
     n = len(builtin_names())
@@ -108,7 +108,7 @@ def test_make_claims_rewrites_the_table_and_nothing_else(tmp_path):
 def test_make_claims_without_the_markers_is_one_line_and_exit_2(tmp_path):
     path = tmp_path / "README.md"
     path.write_text("# nothing to fill\n")
-    with started([sys.executable, "-m", "emulator.claims", str(path)], cwd=REPO) as p:
+    with started([sys.executable, "-m", "emulator.tools.claims", str(path)], cwd=REPO) as p:
         out, err = p.communicate(timeout=60)
     assert p.returncode == 2 and err.count("\n") == 1 and "no <!-- claims:begin --> ... <!-- claims:end -->" in err
     assert path.read_text() == "# nothing to fill\n"

@@ -103,11 +103,11 @@ def test_dev_shm_filling_up_mid_run_is_an_error_of_the_environment(tmp_path):
     script = tmp_path / "fill.py"
     script.write_text(
         "import sys, emulator\n"
-        "from emulator.supervisor import Run\n"
+        "from emulator.runtime.supervisor import Run\n"
         "s = emulator.load_scenario('mlocked')\n"
         "run = Run(s, 'timeout', speed=10)\n"
         "run.check_room = lambda: None      # the check passed; then /dev/shm filled up\n"
-        "r = run.run()\n"
+        "r = run.execute()\n"
         "print(r.summary())\n"
         "sys.exit(r.exit_code)\n")
     p = in_small_shm(100, f"{sys.executable} {script}")

@@ -16,18 +16,18 @@ import json
 import os
 import pwd
 import signal
-import struct
 import subprocess
 
 import posix_ipc
 import psutil
 import pytest
 
-from emulator import cleanup as cleanup_mod
-from emulator import live, names
-from emulator.mm import Mm
-from emulator.shm_trust import SEM_SIZE
-from emulator.zone import Zone
+from emulator.runtime import cleanup as cleanup_mod
+from emulator.runtime import names
+from emulator.runtime.mm import MM_HEADER, Mm
+from emulator.runtime.shm_trust import SEM_SIZE
+from emulator.runtime.zone import ZONE_HEADER, Zone
+from emulator.tools import live
 from tests.helpers import HeldRun, oomemu, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(180)
@@ -134,7 +134,7 @@ def zone_bytes(run_id: str, supervisor_pid: int, uid: int, ctime: float) -> byte
     finally:
         zone.close()
         posix_ipc.unlink_shared_memory(names.zone(scratch))
-    struct.pack_into("=i", data, 8, uid)
+    ZONE_HEADER.set(data, "uid", uid)
     return bytes(data)
 
 
@@ -146,8 +146,8 @@ def mm_bytes(real_mm: str, pid: int, comm: str) -> tuple[bytes, int]:
         size = mm.size
     finally:
         mm.close()
-    struct.pack_into("=i", head, 4, pid)
-    head[160:176] = comm.encode().ljust(16, b"\0")
+    MM_HEADER.set(head, "pid", pid)
+    MM_HEADER.set(head, "comm", comm.encode())
     return bytes(head), size
 
 
@@ -234,8 +234,8 @@ def test_a_second_users_forgeries_make_root_signal_nothing_and_break_nothing(tmp
                 me = os.getpid()
                 own = f"{me}-d00d"
                 zone = bytearray(template)
-                struct.pack_into("=i", zone, 4, me)
-                struct.pack_into("=d", zone, 12, psutil.Process(me).create_time())
+                ZONE_HEADER.set(zone, "supervisor_pid", me)
+                ZONE_HEADER.set(zone, "supervisor_ctime", psutil.Process(me).create_time())
                 write_file(shm(f"{prefix}.{own}.zone"), bytes(zone))
                 write_file(shm(f"sem.{prefix}.{own}.zone_lock"), b"\0" * SEM_SIZE)
                 return {"own": own, "runs": live.runs_table()}

@@ -18,8 +18,8 @@ import time
 import psutil
 import pytest
 
-from emulator import names
-from emulator.zone import Zone
+from emulator.runtime import names
+from emulator.runtime.zone import ZONE_HEADER, Zone
 from tests.helpers import (HeldRun, check_documented, oomemu, oomemu_args, read_line, started, wait_for,
                            write_scenario)
 
@@ -290,8 +290,7 @@ def test_a_zone_whose_uid_field_lies_about_its_owner_is_not_oomemus():
                                 "supervisor_ctime": psutil.Process().create_time(), "speed": 1.0,
                                 "total_pages": 256, "scenario": "s", "policy": "v4.17"})
     try:
-        import struct
-        struct.pack_into("=i", zone.map, 8, os.getuid() + 4242)     # the owner's uid field
+        ZONE_HEADER.set(zone.map, "uid", os.getuid() + 4242)
         p = oomemu("inject", run_id, "crash", "x")
         assert p.returncode == 2 and f"run {run_id} is not oomemu's" in p.stderr, p.stderr
         assert p.stderr.count("\n") == 1

@@ -12,8 +12,11 @@ import sys
 import psutil
 import pytest
 
-from emulator import live, names
-from emulator.mm import PAGES_PER_MB, Mm
+from emulator.tools import live
+
+from emulator.runtime import names
+from emulator.kernel.mm_types import PAGES_PER_MB
+from emulator.runtime.mm import Mm
 from tests.helpers import HeldRun, make_zone, oomemu, open_fds, shm, unlink_zone, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(120)

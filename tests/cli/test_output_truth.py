@@ -23,9 +23,9 @@ import time
 
 import pytest
 
-from emulator import timeline
+from emulator.tools import timeline
 from emulator.result import RunResult
-from emulator.trace import load_trace
+from emulator.runtime.trace import load_trace
 from tests.helpers import oomemu, pool_processes, reaper_collections, wait_for, worker_processes, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,7 +56,7 @@ def test_demo_writes_its_pictures_and_says_where(demo):
 
 
 def test_demo_picture_gives_each_run_its_own_time_scale(demo):
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     out, _ = demo
     tls = demo_timelines(out)
@@ -92,7 +92,7 @@ def test_demo_picture_gives_each_run_its_own_time_scale(demo):
 # -- the reaper's marks ------------------------------------------------------
 
 def test_a_reap_that_freed_nothing_is_not_drawn_green(demo):
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_rgba
     out, _ = demo
@@ -117,7 +117,7 @@ def test_a_reap_that_freed_nothing_is_not_drawn_green(demo):
 
 
 def test_perfetto_names_a_reap_by_what_it_freed(demo):
-    from emulator.perfetto import to_trace_events
+    from emulator.tools.perfetto import to_trace_events
     out, _ = demo
     doc = to_trace_events([demo_timelines(out)["timeout"]])
     reaps = [e for e in doc["traceEvents"] if e["name"].startswith("finish_task_reaping")]

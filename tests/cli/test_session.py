@@ -123,7 +123,7 @@ def test_leaks_fail_the_test_or_the_module_that_made_them(tmp_path):
         import subprocess
         import sys
         import pytest
-        from emulator import names
+        from emulator.runtime import names
 
         SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
         kept = []                                      # (no ResourceWarning for a lost Popen)

@@ -15,7 +15,7 @@ import sys
 import psutil
 import pytest
 
-from emulator import names
+from emulator.runtime import names
 from tests.helpers import end_process, spawn, wait_for, worker_processes, write_scenario
 
 pytestmark = pytest.mark.timeout(90)

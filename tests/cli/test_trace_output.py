@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from emulator.trace import KERNEL_EVENTS, OOMEMU_EVENTS
+from emulator.runtime.trace import KERNEL_EVENTS, OOMEMU_EVENTS
 from tests.helpers import check_documented, documented_trace_events, oomemu, write_scenario
 
 pytestmark = pytest.mark.timeout(120)

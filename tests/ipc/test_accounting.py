@@ -13,9 +13,10 @@ import os
 import posix_ipc
 import pytest
 
-from emulator import names
-from emulator.mm import J_CHARGE, J_ZAP, PAGES_PER_MB, Mm, MmLayout
-from emulator.zone import Zone
+from emulator.runtime import names
+from emulator.kernel.mm_types import PAGES_PER_MB, MmLayout
+from emulator.runtime.mm import J_CHARGE, J_ZAP, Mm
+from emulator.runtime.zone import Zone
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,18 +4,22 @@ opened without any process (the checks in Mm and Zone, the fd bookkeeping).
 """
 
 import os
-import struct
 
 import posix_ipc
 import pytest
 
-from emulator import names
-from emulator.mm import HEADER_SIZE, Mm, MmLayout
-from emulator.shm_trust import open_checked
-from emulator.zone import Zone, zone_size
+from emulator.runtime import names
+from emulator.kernel.mm_types import MmLayout
+from emulator.runtime.mm import HEADER_SIZE, MM_HEADER, VMA_RECORD, Mm
+from emulator.runtime.shm_trust import open_checked
+from emulator.runtime.zone import ZONE_HEADER, Zone, zone_size
 from tests.helpers import make_zone, open_fds, shm, unlink_zone
 
 pytestmark = pytest.mark.timeout(120)
+
+
+
+VMA_0 = MM_HEADER.offset("vmas")
 
 
 def test_names_cut_inside_a_utf8_character_read_back_whole(dead_pid):
@@ -32,7 +36,7 @@ def test_names_cut_inside_a_utf8_character_read_back_whole(dead_pid):
         finally:
             again.close()
         assert mm.comm == "xé" + "ü" * 6
-        mm.map[160:176] = b"\xff\xfe" + b"\x80" * 14                   # not UTF-8 at all
+        MM_HEADER.set(mm.map, "comm", b"\xff\xfe" + b"\x80" * 14)          # not UTF-8 at all
         assert mm.comm == "\ufffd" * 16
     finally:
         mm.close()
@@ -41,14 +45,18 @@ def test_names_cut_inside_a_utf8_character_read_back_whole(dead_pid):
         unlink_zone(run_id)
 
 
+VMA_0 = MM_HEADER.offset("vmas")
+
+
 @pytest.mark.parametrize("damage, why", [
-    (lambda m: m.__setitem__(slice(0, 4), b"XXXX"), "no magic"),
-    (lambda m: struct.pack_into("=I", m, 28, 500), "header fields out of range"),       # nr_vmas
-    (lambda m: struct.pack_into("=i", m, 4, -7), "header fields out of range"),        # pid
-    (lambda m: struct.pack_into("=I", m, 256, 99), "VMA 0 out of range"),             # kind
-    (lambda m: struct.pack_into("=q", m, 256 + 16, -1), "VMA 0 out of range"),        # capacity
-    (lambda m: struct.pack_into("=q", m, 256 + 16, 5), "its VMA table says"),         # capacity
-    (lambda m: struct.pack_into("=q", m, 256 + 24, 9), "VMA 0 out of range"),         # nr_pages > cap
+    (lambda m: MM_HEADER.set(m, "magic", b"XXXX"), "no magic"),
+    (lambda m: MM_HEADER.set(m, "nr_vmas", 500), "header fields out of range"),
+    (lambda m: MM_HEADER.set(m, "pid", -7), "header fields out of range"),
+    (lambda m: MM_HEADER.set(m, "state", 77), "header fields out of range"),
+    (lambda m: VMA_RECORD.set(m, "kind", 99, VMA_0), "VMA 0 out of range"),
+    (lambda m: VMA_RECORD.set(m, "capacity", -1, VMA_0), "VMA 0 out of range"),
+    (lambda m: VMA_RECORD.set(m, "capacity", 5, VMA_0), "its VMA table says"),
+    (lambda m: VMA_RECORD.set(m, "nr_pages", 9, VMA_0), "VMA 0 out of range"),     # more than its capacity
 ])
 def test_an_mm_not_laid_out_by_oomemu_is_refused_and_closed(dead_pid, damage, why):
     run_id = f"{dead_pid}-0e0f"
@@ -87,7 +95,7 @@ def test_a_zone_must_name_the_run_ids_supervisor_and_be_the_size_of_its_task_tab
     try:
         with pytest.raises(ValueError, match="is not the run id's"):
             Zone(run_id, fd=open_checked(shm(names.zone(run_id)), os.getuid()))
-        struct.pack_into("=i", zone.map, 4, dead_pid)
+        ZONE_HEADER.set(zone.map, "supervisor_pid", dead_pid)
         Zone(run_id, fd=open_checked(shm(names.zone(run_id)), os.getuid())).close()
         with open(shm(names.zone(run_id)), "r+b") as f:
             f.truncate(zone_size(0) * 2)

@@ -5,9 +5,9 @@ import os
 import posix_ipc
 import pytest
 
-from emulator import names
-from emulator.mm import (MMF_OOM_SKIP, MMF_UNSTABLE, PAGES_PER_MB, VM_LOCKED, Mm, MmLayout,
-                         vm_flags_for)
+from emulator.kernel.mm_types import MMF_OOM_SKIP, MMF_UNSTABLE, PAGES_PER_MB, VM_LOCKED, MmLayout, vm_flags_for
+from emulator.runtime import names
+from emulator.runtime.mm import Mm
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from emulator import compare
+from emulator.tools import compare
 from emulator.scenario import builtin_names, load_scenario
 
 pytestmark = pytest.mark.timeout(60)

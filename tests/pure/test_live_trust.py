@@ -2,7 +2,7 @@
 
 import pytest
 
-from emulator import live
+from emulator.tools import live
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -19,7 +19,7 @@ import signal
 
 import pytest
 
-from emulator import cli, compare, timeline
+from emulator.tools import cli, compare, timeline
 from emulator.errors import UsageError
 from emulator.result import RunResult
 from emulator.scenario import load_scenario
@@ -63,7 +63,7 @@ def synthetic(n_idle: int, n_victims: int, freed_kb: int = 4096) -> list[dict]:
 
 
 def test_a_reap_that_freed_memory_is_green_and_says_how_much():
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_rgba
     tl = timeline.build(synthetic(2, 1, freed_kb=4096))
@@ -106,7 +106,7 @@ def test_fold_lanes_keeps_every_lane_once_and_fits_the_cap():
 
 
 def test_a_picture_of_50_tasks_folds_the_idle_ones(tmp_path):
-    plot = pytest.importorskip("emulator.plot")
+    plot = pytest.importorskip("emulator.tools.plot")
     pytest.importorskip("matplotlib")
     tl = timeline.build(synthetic(48, 2))
     fig = plot.figure([tl])
@@ -159,7 +159,7 @@ def test_an_error_or_unknown_verdict_is_shown_and_never_an_outcome():
     assert [r[-2:] for r in rows[1:]][0] == ["1", "worker died of SIGBUS: /dev/shm is full"]
     data = json.loads(compare.format_json(cells))
     assert data[0]["errors"] == 1 and [r["matches"] for r in data[0]["runs"]] == [True, False]
-    from emulator import claims
+    from emulator.tools import claims
     assert "| `mlocked` |" in claims.render(cells, repeat=2, speed=10)
 
 
@@ -172,7 +172,7 @@ def sigterm_restored():
 
 
 def test_compare_check_counts_an_error_run_as_a_mismatch(monkeypatch, capsys, sigterm_restored):
-    import emulator.supervisor as sup
+    import emulator.runtime.supervisor as sup
 
     def broken_run(scenario, policy, speed, trace=None, **kw):
         return RunResult(scenario.name, str(policy), speed, "error", 0, 1, None,
@@ -191,7 +191,7 @@ def test_compare_check_counts_an_error_run_as_a_mismatch(monkeypatch, capsys, si
 ])
 def test_a_run_that_raises_in_compare_is_one_line_and_its_exit_code(monkeypatch, capsys, sigterm_restored,
                                                                    raised, code, words):
-    import emulator.supervisor as sup
+    import emulator.runtime.supervisor as sup
 
     def raising_run(*a, **kw):
         raise raised

@@ -1,11 +1,20 @@
-"""Reaper policies as pure logic, driven through emulated time by a fake clock."""
+"""Reaper policies as pure logic, driven through emulated time by a fake clock.
+
+The executor is the real one (``OomReaper.step``, as the reaper thread calls
+it); only what an attempt finds in an mm is scripted (real mms:
+tests/test_reaper_fakeclock.py).
+"""
+
+import threading
+import types
 
 import pytest
 
-from emulator.clock import FakeClock
+from emulator.kernel.clock import FakeClock
 from emulator.errors import UsageError
-from emulator.mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, vm_flags_for
-from emulator.policies import Attempt, Outcome, SetOomSkip, Wait, get_policy
+from emulator.kernel.mm_types import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, vm_flags_for
+from emulator.policies import Attempt, OomSkipAt, Outcome, Wait, get_policy
+from emulator.runtime.reaper import OomReaper
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -13,37 +22,51 @@ pytestmark = pytest.mark.timeout(10)
 class Victim:
     def __init__(self, name):
         self.name = name
+        self.mm = types.SimpleNamespace(reap_deadline=0.0)     # where the reaper publishes a deadline
 
     def __repr__(self):
         return self.name
 
 
+class ScriptedReaper(OomReaper):
+    """The real executor (``OomReaper.step``), with its two actions on an mm scripted:
+    an attempt finds what ``outcome(victim, t)`` says; each action is recorded."""
+
+    def __init__(self, policy, clock, outcome):
+        super().__init__(policy, clock, zone=None, oom_lock=threading.Lock(), printk=print,
+                         on_oom_skip=lambda task, by: None)
+        self.outcome, self.events = outcome, []
+
+    def oom_reap_task_mm(self, task):
+        self.events.append((round(self.clock.now(), 6), "attempt", task))
+        return self.outcome(task, self.clock.now())
+
+    def set_oom_skip(self, action):
+        self.events.append((round(self.clock.now(), 6), "unable" if action.unable_to_reap else "skip",
+                            action.victim))
+
+
 def drive(policy, outcome, horizon, enqueue=(), exits=()):
-    """Run the reaper loop until ``horizon``: returns [(t, "attempt"|"skip"|"unable", victim)].
+    """Step the reaper until ``horizon``: returns [(t, "attempt"|"skip"|"unable", victim)].
 
     ``outcome(victim, t)`` says what an attempt finds; ``enqueue`` and ``exits``
     are [(t, victim)] of kills and of exit_mmap setting MMF_OOM_SKIP.
     """
     clock = FakeClock()
-    events = []
+    reaper = ScriptedReaper(policy, clock, outcome)
     todo = sorted([(t, 0, v) for t, v in enqueue] + [(t, 1, v) for t, v in exits], key=lambda e: (e[0], e[1]))
     while clock.now() <= horizon:
         while todo and todo[0][0] <= clock.now():
             _, kind, v = todo.pop(0)
-            (policy.wake_oom_reaper(v, clock.now()) if kind == 0 else policy.victim_exited(v))
-        action = policy.next_action(clock.now())
-        if isinstance(action, Wait):
-            nexts = [x for x in (action.until, todo[0][0] if todo else None) if x is not None]
-            if not nexts:
-                break
-            clock.advance(max(0.0, min(nexts) - clock.now()))
-            continue
-        if isinstance(action, Attempt):
-            events.append((round(clock.now(), 6), "attempt", action.victim))
-            policy.attempt_done(action.victim, outcome(action.victim, clock.now()), clock.now())
-        elif isinstance(action, SetOomSkip):
-            events.append((round(clock.now(), 6), "unable" if action.unable_to_reap else "skip", action.victim))
-    return events
+            (reaper.wake_oom_reaper(v) if kind == 0 else reaper.victim_exited(v))
+        back = reaper.step(clock.now())
+        if back is not None and back <= clock.now():
+            continue                                        # more to do at once
+        nexts = [x for x in (back, todo[0][0] if todo else None) if x is not None]
+        if not nexts:
+            break
+        clock.advance_to(min(nexts))
+    return reaper.events
 
 
 def always(o):
@@ -97,7 +120,7 @@ def test_unknown_policy_or_constant_is_a_usage_error():
         get_policy("timeout", {"reap_timeout_s": "soon"})
 
 
-# -- timeout (the seed's patch) ----------------------------------------------
+# -- timeout (the 2018 timeout patch) ---------------------------------------
 
 def test_timeout_keeps_trying_until_the_deadline_then_gives_up():
     a = Victim("a")
@@ -237,16 +260,17 @@ def test_v66_deadline_is_known_once_the_reaper_works_on_the_victim():
 # -- what each policy reaps, and where exit_mmap sets MMF_OOM_SKIP ----------------
 
 @pytest.mark.parametrize("policy, mlocked_reapable, where, reap_first, handover", [
-    ("v4.17", False, "before_unmap", True, False),
-    ("timeout", False, "after_free_pgtables", False, False),
-    ("handover", False, "after_free_pgtables", True, True),
-    ("v6.6", True, "after_unmap", False, False),
+    ("v4.17", False, OomSkipAt.BEFORE_UNMAP, True, False),
+    ("timeout", False, OomSkipAt.AFTER_FREE_PGTABLES, False, False),
+    ("handover", False, OomSkipAt.AFTER_FREE_PGTABLES, True, True),
+    ("v6.6", True, OomSkipAt.AFTER_UNMAP, False, False),
 ])
-def test_vma_rules_and_exit_mmap_spec(policy, mlocked_reapable, where, reap_first, handover):
+def test_vma_rules_and_exit_mmap_rules(policy, mlocked_reapable, where, reap_first, handover):
     p = get_policy(policy)
     assert p.can_reap_vma("anon", 0) and p.can_reap_vma("file_private", 0)
     assert p.can_reap_vma("anon", VM_LOCKED) is mlocked_reapable
     assert not p.can_reap_vma("anon", VM_HUGETLB) and not p.can_reap_vma("anon", VM_PFNMAP)
     assert not p.can_reap_vma("file_shared", vm_flags_for("file_shared", False))
-    spec = p.exit_mmap_spec()
-    assert (spec["oom_skip"], spec["reap_first"], spec["handover"]) == (where, reap_first, handover)
+    rules = p.EXIT_MMAP
+    assert (rules.oom_skip, rules.reap_first, rules.handover) == (where, reap_first, handover)
+    assert p.honors_handover is handover

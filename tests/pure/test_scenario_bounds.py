@@ -4,12 +4,11 @@ outside is one line naming the file and the key (exit 2 from the command line)."
 import pytest
 
 from emulator import ScenarioError, load_scenario
-from emulator.cli import build_parser
+from emulator.tools.cli import build_parser
 from emulator.errors import UsageError
-from emulator.mm import MAX_VMAS
+from emulator.kernel.mm_types import MAX_MEMCGS, MAX_VMAS
 from emulator.policies import POLICIES, ReaperPolicy, V417, get_policy
 from emulator.scenario import MAX_LOCKS, MAX_STEPS, MAX_TASKS
-from emulator.zone import MAX_MEMCGS
 from tests.helpers import scenario_text, write_scenario
 
 pytestmark = pytest.mark.timeout(60)
@@ -220,7 +219,7 @@ def test_keys_and_values_in_messages_are_escaped_and_short(tmp_path):
     ("v6.6", "max_oom_reap_retries", "10", True, "not a number"),
 ])
 def test_set_takes_a_value_in_the_constants_range(policy, key, inside, outside, says):
-    got = get_policy(policy, {key: inside}).c[key]
+    got = get_policy(policy, {key: inside}).consts[key]
     assert got == float(inside) and type(got) is type(get_policy(policy).DEFAULTS[key])
     with pytest.raises(UsageError, match=r"^--set ") as e:
         get_policy(policy, {key: outside})
@@ -231,7 +230,7 @@ def test_every_default_lies_in_its_range():
     for cls in POLICIES.values():
         assert set(cls.LIMITS) >= set(cls.DEFAULTS), cls.name
         for key, value in cls.DEFAULTS.items():
-            assert get_policy(cls.name, {key: str(value)}).c[key] == value
+            assert get_policy(cls.name, {key: str(value)}).consts[key] == value
 
 
 class Mine(ReaperPolicy):
@@ -245,7 +244,7 @@ class MineToo(V417):
 
 
 def test_a_policy_without_limits_gets_ranges_by_the_type_of_its_defaults():
-    assert get_policy(Mine, {"tries": "7", "pause_s": "0"}).c == {"tries": 7, "pause_s": 0.0}
+    assert get_policy(Mine, {"tries": "7", "pause_s": "0"}).consts == {"tries": 7, "pause_s": 0.0}
     for bad in ({"tries": "2.5"}, {"tries": "-1"}, {"pause_s": "-1"}, {"pause_s": "86401"}, {"pause_s": "x"}):
         with pytest.raises(UsageError):
             get_policy(Mine, bad)

@@ -1,4 +1,4 @@
-"""The seed's claims, measured with real processes, for every built-in case and
+"""The claims of the 2018 argument, measured with real processes, for every built-in case and
 for variants with other sizes and durations: the mechanism decides, not the numbers.
 
 Each run must come out exactly as the built-in scenario file's ``[expected]``

@@ -2,7 +2,7 @@
 
 import pytest
 
-from emulator import compare
+from emulator.tools import compare
 from emulator.policies import V417
 from emulator.scenario import load_scenario
 from tests.helpers import write_scenario

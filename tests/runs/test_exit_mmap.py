@@ -12,12 +12,13 @@ patience is stretched (``--set``) far past the victim's exit (0.3 s): the reaper
 can never set MMF_OOM_SKIP first, so it is exit_mmap's to set under every policy.
 """
 
+import dataclasses
 import json
 
 import pytest
 
 import emulator
-from emulator.policies import get_policy
+from emulator.policies import POLICIES, V417, OomSkipAt, get_policy, register
 from tests.helpers import write_scenario
 
 pytestmark = pytest.mark.timeout(60)
@@ -96,7 +97,7 @@ def test_exit_mmap_sets_mmf_oom_skip_where_the_policy_says(runs, policy):
     steps = exit_steps(events)
     assert [e["state"] if e["ev"] == "task_state" else e["ev"] for e in steps] == EXIT_MMAP[policy]
     assert steps == sorted(steps, key=lambda e: e["t"])          # the worker's own clock agrees
-    assert get_policy(policy).exit_mmap_spec()["oom_skip"] == WHERE[policy]
+    assert get_policy(policy).EXIT_MMAP.oom_skip.value == WHERE[policy]
 
 
 @pytest.mark.parametrize("policy", list(EXIT_MMAP))
@@ -104,3 +105,36 @@ def test_the_oom_skip_set_event_says_where_exit_mmap_set_it(runs, policy):
     _, events = runs[policy]
     skip = next(e for e in events if e["ev"] == "oom_skip_set" and e["task"] == "victim")
     assert (skip["by"], skip.get("where")) == ("exit_mmap", WHERE[policy])
+
+
+# -- a new policy is one class: no change to the worker or the runtime -------------------
+
+class LateSkipV417(V417):
+    """v4.17's reaper, with the 2018 timeout patch's exit_mmap rule: MMF_OOM_SKIP only once
+    the page tables are freed. The whole policy is this class; nothing else changes."""
+    name = "v4.17-late-skip"
+    summary = "v4.17, but exit_mmap sets MMF_OOM_SKIP after free_pgtables"
+    EXIT_MMAP = dataclasses.replace(V417.EXIT_MMAP, oom_skip=OomSkipAt.AFTER_FREE_PGTABLES)
+
+
+@pytest.fixture
+def late_skip():
+    register(LateSkipV417)
+    try:
+        yield LateSkipV417.name
+    finally:
+        POLICIES.pop(LateSkipV417.name, None)
+
+
+def test_a_policy_that_moves_mmf_oom_skip_takes_effect_in_a_real_run(tmp_path, late_skip):
+    """Registered by name and run like a built-in one: the worker's exit_mmap sets
+    MMF_OOM_SKIP where the new class says, so v4.17's second kill goes away."""
+    trace = tmp_path / "late.jsonl"
+    r = emulator.run_scenario(write_scenario(tmp_path, SCENARIO, "exit_mmap"), policy=late_skip, speed=10,
+                              overrides=PATIENCE["v4.17"], trace=str(trace))
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert r.policy == late_skip and r.verdict == "resolved", r.summary()
+    assert [v.name for v in r.victims] == ["victim"]              # v4.17 itself kills the allocator too
+    skip = next(e for e in events if e["ev"] == "oom_skip_set" and e["task"] == "victim")
+    assert (skip["by"], skip["where"]) == ("exit_mmap", "after_free_pgtables")
+    assert [e["state"] if e["ev"] == "task_state" else e["ev"] for e in exit_steps(events)] == EXIT_MMAP["timeout"]

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from emulator import compare
+from emulator.tools import compare
 from emulator.policies import V417
 from emulator.scenario import load_scenario
 from tests.helpers import pool_processes, wait_for, write_scenario

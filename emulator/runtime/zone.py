@@ -31,28 +31,50 @@ from dataclasses import dataclass
 
 import posix_ipc
 
+from ..kernel.mm_types import MAX_MEMCGS, PAGE_SIZE, TASK_COMM_LEN
+from ..kernel.oom_kill import GLOBAL, MEMCG       # why a charge failed: the zone, or a memcg's limit
+from ..kernel.policies.base import MAX_NAME_BYTES as MAX_POLICY_NAME_BYTES
+from ..scenario import MAX_NAME_BYTES
 from . import names
+from .layout import Record
 from .shm_trust import Segment
 
-PAGE = 4096
-#              magic sup_pid uid sup_ctime t0 speed total free scenario policy
-_ZONE = struct.Struct("=4s i i d d d q q 48s 24s")
-_NR_TASKS = struct.Struct("=q")            # at _NR_TASKS_OFF
-_NR_TASKS_OFF = 128
-_MEMCG = struct.Struct("=q q 16s")         # limit pages (-1: none), unused, name
-_MEMCG_OFF = 256
-MAX_MEMCGS = 32
-_TASKS_OFF = PAGE                          # charged pages per task (q), then memcg per task (i)
+#: one memory cgroup in the zone's table (index 0: the root memcg, no limit)
+MEMCG_RECORD = Record(("limit_pages", "q"),        # -1: none
+                      ("name", f"{TASK_COMM_LEN}s"))
+#: the zone's header, page 0 of its segment: the facts about the run, then the memcgs
+ZONE_HEADER = Record(
+    ("magic", "4s"),
+    ("supervisor_pid", "i"),
+    ("uid", "i"),                      # the run's owner, as the supervisor says (checked against the file's)
+    ("supervisor_ctime", "d"),         # psutil's create_time() of the supervisor
+    ("t0", "d"),                       # time.monotonic() of the run's time 0 (0: not started)
+    ("speed", "d"),
+    ("total_pages", "q"),
+    ("nr_tasks", "q"),
+    ("scenario", f"{MAX_NAME_BYTES}s"),
+    ("policy", f"{MAX_POLICY_NAME_BYTES}s"),
+    ("memcgs", f"{MAX_MEMCGS * MEMCG_RECORD.size}s"),
+)
+# Then, from the next page, two arrays of nr_tasks: the charge of each task's mm, then
+# each task's memcg.
+CHARGE, MEMCG_OF = struct.Struct("=q"), struct.Struct("=i")
+_TASKS_OFF = -(-ZONE_HEADER.size // PAGE_SIZE) * PAGE_SIZE
+_MEMCGS_OFF = ZONE_HEADER.offset("memcgs")
+ZONE_HEADER.check_aligned("supervisor_ctime", "t0", "speed", "total_pages", "nr_tasks")
+assert _TASKS_OFF % 8 == 0                 # each task's charge: one aligned store
 MAX_TASKS = 100_000
 MAGIC = b"OOMZ"
-GLOBAL, MEMCG = "global", "memcg"          # why a charge failed
-assert _MEMCG_OFF + MAX_MEMCGS * _MEMCG.size <= _TASKS_OFF
 
 
 def zone_size(nr_tasks: int) -> int:
     """Bytes of a zone segment for ``nr_tasks`` tasks (whole pages)."""
-    raw = _TASKS_OFF + nr_tasks * (8 + 4)
-    return -(-raw // PAGE) * PAGE
+    raw = _TASKS_OFF + nr_tasks * (CHARGE.size + MEMCG_OF.size)
+    return -(-raw // PAGE_SIZE) * PAGE_SIZE
+
+
+def _memcg_off(index: int) -> int:
+    return _MEMCGS_OFF + index * MEMCG_RECORD.size
 
 
 @dataclass(frozen=True)
@@ -72,7 +94,7 @@ class RunFacts:
 class Zone:
     def __init__(self, run_id: str, create: dict | None = None, fd: int | None = None):
         """Create the zone of ``run_id``, or open the existing one: by name, or from ``fd``,
-        opened and checked by emulator.shm_trust (which it takes over; read-only: a private
+        opened and checked by emulator.runtime.shm_trust (which it takes over; read-only: a private
         copy). An existing zone not laid out as oomemu lays it out is closed: ValueError."""
         self.run_id = run_id
         self._tlock = threading.Lock()
@@ -90,14 +112,16 @@ class Zone:
         self.fd = shm.fd                       # kept open: flock() is taken on it
         self.map = mmap.mmap(shm.fd, shm.size)
         if create is not None:
-            _ZONE.pack_into(self.map, 0, MAGIC, create["supervisor_pid"], os.getuid(),
-                            create["supervisor_ctime"], 0.0, create["speed"],
-                            create["total_pages"], create["total_pages"],
-                            create["scenario"].encode()[:48], create["policy"].encode()[:24])
+            for name, value in (("magic", MAGIC), ("supervisor_pid", create["supervisor_pid"]),
+                                ("uid", os.getuid()), ("supervisor_ctime", create["supervisor_ctime"]),
+                                ("speed", create["speed"]), ("total_pages", create["total_pages"]),
+                                ("nr_tasks", len(tasks)), ("scenario", create["scenario"].encode()),
+                                ("policy", create["policy"].encode())):
+                ZONE_HEADER.set(self.map, name, value)         # a name too long is cut to the field
             memcgs = [("", -1)] + list(create.get("memcgs", []))
             for i, (mname, limit) in enumerate(memcgs):
-                _MEMCG.pack_into(self.map, _MEMCG_OFF + i * _MEMCG.size, limit, 0, mname.encode()[:16])
-            _NR_TASKS.pack_into(self.map, _NR_TASKS_OFF, len(tasks))
+                MEMCG_RECORD.set(self.map, "limit_pages", limit, _memcg_off(i))
+                MEMCG_RECORD.set(self.map, "name", mname.encode(), _memcg_off(i))
             self._layout()
             struct.pack_into(f"={len(tasks)}i", self.map, self._memcg_of_off, *tasks)
         elif (why := self._not_a_zone()) is not None:
@@ -112,27 +136,28 @@ class Zone:
         the run id's."""
         if len(self.map) < _TASKS_OFF:
             return f"{len(self.map)} bytes, too small"
-        magic, pid, uid, ctime, t0, speed, total, _, _, _ = _ZONE.unpack_from(self.map, 0)
-        if magic != MAGIC:
+        pid, uid, ctime, t0, speed, total = (ZONE_HEADER.get(self.map, f) for f in (
+            "supervisor_pid", "uid", "supervisor_ctime", "t0", "speed", "total_pages"))
+        if ZONE_HEADER.get(self.map, "magic") != MAGIC:
             return "no magic"
-        n = _NR_TASKS.unpack_from(self.map, _NR_TASKS_OFF)[0]
+        n = ZONE_HEADER.get(self.map, "nr_tasks")
         if not 0 <= n <= MAX_TASKS or len(self.map) != zone_size(n):
             return f"{len(self.map)} bytes, not what a table of {n} tasks takes"
         if pid != names.run_pid(self.run_id):
             return f"its supervisor pid {pid} is not the run id's"
         if uid < 0 or not (0 < speed <= 1e6 and total > 0 and math.isfinite(ctime) and math.isfinite(t0)):
             return "facts out of range"
-        memcg_of = struct.unpack_from(f"={n}i", self.map, _TASKS_OFF + 8 * n)
+        memcg_of = struct.unpack_from(f"={n}i", self.map, _TASKS_OFF + CHARGE.size * n)
         if any(not 0 <= m < MAX_MEMCGS for m in memcg_of):
             return "a task's memcg out of range"
         return None
 
     def _layout(self) -> None:
-        n = _NR_TASKS.unpack_from(self.map, _NR_TASKS_OFF)[0]
+        n = ZONE_HEADER.get(self.map, "nr_tasks")
         self.nr_tasks = n
         self._charged = struct.Struct(f"={n}q")
         self._memcg_of = struct.Struct(f"={n}i")
-        self._memcg_of_off = _TASKS_OFF + 8 * n
+        self._memcg_of_off = _TASKS_OFF + CHARGE.size * n
 
     def close(self) -> None:
         try:
@@ -145,27 +170,28 @@ class Zone:
             pass
 
     def facts(self) -> RunFacts:
-        v = _ZONE.unpack_from(self.map, 0)
-        return RunFacts(self.run_id, v[1], v[2], v[3], v[4], v[5], v[6], self.free_pages(),
-                        names.c_string(v[8]), names.c_string(v[9]))     # never raises
+        get = lambda name: ZONE_HEADER.get(self.map, name)
+        return RunFacts(self.run_id, get("supervisor_pid"), get("uid"), get("supervisor_ctime"), get("t0"),
+                        get("speed"), get("total_pages"), self.free_pages(),
+                        names.c_string(get("scenario")), names.c_string(get("policy")))     # never raises
 
     @property
     def total_pages(self) -> int:
-        return _ZONE.unpack_from(self.map, 0)[6]
+        return ZONE_HEADER.get(self.map, "total_pages")
 
     def set_t0(self, t0: float) -> None:
-        struct.pack_into("=d", self.map, 4 + 4 + 4 + 8, t0)
+        ZONE_HEADER.set(self.map, "t0", t0)
 
     # -- charges: one counter per task, everything else is a sum of them ----------
     def charged_by(self, task: int) -> int:
         """Pages charged on behalf of task ``task``'s mm."""
-        return struct.unpack_from("=q", self.map, _TASKS_OFF + 8 * task)[0]
+        return CHARGE.unpack_from(self.map, _TASKS_OFF + CHARGE.size * task)[0]
 
     def _set_charged(self, task: int, pages: int) -> None:
-        struct.pack_into("=q", self.map, _TASKS_OFF + 8 * task, pages)   # one aligned store
+        CHARGE.pack_into(self.map, _TASKS_OFF + CHARGE.size * task, pages)   # one aligned store
 
     def memcg_of(self, task: int) -> int:
-        return struct.unpack_from("=i", self.map, self._memcg_of_off + 4 * task)[0]
+        return MEMCG_OF.unpack_from(self.map, self._memcg_of_off + MEMCG_OF.size * task)[0]
 
     def charged(self) -> int:
         return sum(self._charged.unpack_from(self.map, _TASKS_OFF))
@@ -180,7 +206,8 @@ class Zone:
 
     def memcg(self, index: int) -> tuple[int, int, str]:
         """(limit pages or -1, usage pages, name) of a memcg."""
-        limit, _, mname = _MEMCG.unpack_from(self.map, _MEMCG_OFF + index * _MEMCG.size)
+        limit = MEMCG_RECORD.get(self.map, "limit_pages", _memcg_off(index))
+        mname = MEMCG_RECORD.get(self.map, "name", _memcg_off(index))
         return limit, self.memcg_usage(index), names.c_string(mname)
 
     def room(self, pages: int, memcg: int = 0) -> str | None:

@@ -1,6 +1,6 @@
 """``handover``: the other side of the 2018 argument ("No timeouts please!").
 
-Lineage: Michal Hocko's answer to the seed's patch was to fix the causes
+Lineage: Michal Hocko's answer to the 2018 timeout patch was to fix the causes
 rather than add a deadline:
 
 * "mm, oom: distinguish blockable mode for mmu notifiers" (v4.19): the
@@ -21,7 +21,7 @@ its mmap_sem held by someone else) is given up on after about a second.
 
 from __future__ import annotations
 
-from .base import AFTER_FREE_PGTABLES
+from .base import ExitMmapRules, OomSkipAt
 from .v4_17 import V417
 
 
@@ -32,8 +32,6 @@ class Handover(V417):
         "max_oom_reap_retries": 10,       # ~1 s at HZ/10, as in v4.17
         "reap_retry_interval_s": 0.1,
     }
-    EXIT_MMAP_OOM_SKIP = AFTER_FREE_PGTABLES
-    EXIT_MMAP_REAPS_FIRST = True
-    HONORS_HANDOVER = True
+    EXIT_MMAP = ExitMmapRules(oom_skip=OomSkipAt.AFTER_FREE_PGTABLES, reap_first=True, handover=True)
     NOTIFIER_SLEEPS_THEN_GIVES_UP = False
     RETRY_WHILE_MEMORY_LEFT = True

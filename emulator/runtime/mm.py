@@ -1,6 +1,7 @@
 """The mm: one POSIX shared-memory segment per task, laid out like this:
 
-    page 0       header: pid, mm flags, task state, rss counters, VMA table
+    page 0       header (``MM_HEADER``, one field table): pid, task state, mm
+                 flags, page tables, the mailbox, the journal, the VMA table
     page 1 ...   the page tables (``pgtables_mb``), then the pages of the VMAs,
                  each VMA a contiguous range
 
@@ -25,117 +26,74 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
-from dataclasses import dataclass
 
 import posix_ipc
 
+from ..kernel.mm_types import (KIND_COUNTER, MAX_VMAS, MM_ANONPAGES, MM_FILEPAGES, MM_HEADER_PAGES,
+                               MM_SHMEMPAGES, MMF_BITS, MMU_NOTIFIERS, NR_MM_COUNTERS, PAGE_SIZE, TASK_COMM_LEN,
+                               VMA_KINDS, MmLayout, TaskState, Vma)
+from .layout import Record
 from .names import c_string
 from .shm_trust import Segment
 
-PAGE_SIZE = 4096
-PAGES_PER_MB = (1 << 20) // PAGE_SIZE
-HEADER_SIZE = PAGE_SIZE
-MAX_VMAS = 64
+HEADER_SIZE = MM_HEADER_PAGES * PAGE_SIZE
 
-# mm->flags bits (include/linux/sched/coredump.h)
-MMF_OOM_VICTIM = 25
-MMF_OOM_SKIP = 21
-MMF_UNSTABLE = 22
-# Not a mainline bit: the "rework mmap-exit vs. oom_reaper handover" RFC's
-# state "exit_mmap has the VMAs and is guaranteed to finish" (see policies/handover.py).
-MMF_OOM_HANDOVER = 28
+#: one VMA in the header's table (vm_area_struct, the little of it the emulator needs)
+VMA_RECORD = Record(("kind", "I"), ("vm_flags", "I"), ("start", "q"), ("capacity", "q"), ("nr_pages", "q"))
+#: the mm's header, page 0 of its segment
+MM_HEADER = Record(
+    ("magic", "4s"),
+    ("pid", "i"),
+    ("state", "I"),                  # TaskState
+    ("oom_score_adj", "i"),
+    ("mmu_notifier", "I"),           # a value of MMU_NOTIFIERS
+    ("nr_vmas", "I"),
+    ("mmap_sem_holder", "i"),        # pid that took mmap_sem through oomemu (0: none known)
+    ("memcg", "I"),                  # index of the memcg the mm is charged to (0: the root)
+    ("pgtables_pages", "q"),         # page tables resident
+    ("pgtables_capacity", "q"),
+    ("total_vm", "q"),
+    ("reap_deadline", "d"),          # time.monotonic() by which the reaper gives up (0: none known)
+    ("cmd_seq", "I"),                # the mailbox (oomemu inject): written last, it posts the command
+    ("cmd_op", "I"),
+    ("cmd_arg", "d"),
+    ("journal_pages", "q"),          # the journal: what the owner is doing, for repair
+    ("journal_vma", "i"),            # VMA index, -1: the page tables
+    ("journal_op", "I"),             # written last: it commits the entry
+    ("flags", f"{MMF_BITS}s"),       # mm->flags, a byte per bit (see Mm.set_bit)
+    ("comm", f"{TASK_COMM_LEN}s"),   # the task's name
+    ("vmas", f"{MAX_VMAS * VMA_RECORD.size}s"),
+)
+_FLAGS_OFF = MM_HEADER.offset("flags")
+_COMM = MM_HEADER.fields["comm"]
+_VMAS_OFF = MM_HEADER.offset("vmas")
+assert MM_HEADER.size <= HEADER_SIZE
+MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "cmd_arg", "journal_pages", "vmas")
+VMA_RECORD.check_aligned("nr_pages")
+assert _VMAS_OFF % 8 == 0 and VMA_RECORD.size % 8 == 0    # every VMA's nr_pages one aligned store
 
-# vm_flags (include/linux/mm.h)
-VM_SHARED = 0x00000008
-VM_PFNMAP = 0x00000400
-VM_LOCKED = 0x00002000
-VM_IO = 0x00004000
-VM_HUGETLB = 0x00400000
-
-# rss counters (include/linux/mm_types_task.h), plus memory that the kernel
-# does not count in rss but that occupies the zone all the same
-MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS = range(5)
-
-# task states as ``oomemu ps`` shows them
-TASK_NEW, TASK_RUNNING, TASK_UNINTERRUPTIBLE, TASK_EXITING, TASK_DEAD, TASK_ALLOC = range(6)
-STATE_NAMES = {TASK_NEW: "new", TASK_RUNNING: "running", TASK_UNINTERRUPTIBLE: "D",
-               TASK_EXITING: "exiting", TASK_DEAD: "exited", TASK_ALLOC: "alloc-stall"}
-
-MMU_NOTIFIERS = {"none": 0, "nonblocking": 1, "blockable": 2}
-
-VMA_KINDS = ("anon", "file_private", "file_shared", "hugetlb", "pfnmap")
-_KIND_FLAGS = {
-    "anon": 0,
-    "file_private": 0,
-    "file_shared": VM_SHARED,
-    "hugetlb": VM_HUGETLB | VM_SHARED,
-    "pfnmap": VM_PFNMAP | VM_IO | VM_SHARED,
-}
-_KIND_COUNTER = {"anon": MM_ANONPAGES, "file_private": MM_FILEPAGES,
-                 "file_shared": MM_FILEPAGES, "hugetlb": None, "pfnmap": None}
-
-#            magic pid flags state victim adj notifier nr_vmas sem_holder memcg
-_HEAD = struct.Struct("=4s i I I I i I I i I")
-_COUNTERS = struct.Struct("=5q")          # NR_MM_COUNTERS
-_EXTRA = struct.Struct("=q q q")          # pgtables pages, pgtables capacity, total_vm
-_VMA = struct.Struct("=I I q q q")        # kind, vm_flags, start, capacity, nr_pages
-_HEAD_OFF = 0
-_COUNTERS_OFF = 64
-_EXTRA_OFF = _COUNTERS_OFF + _COUNTERS.size
-_FLAGS_OFF = 128                          # 32 bytes, a byte per flag bit
-_COMM_OFF = 160                           # 16 bytes: the task's name
-_CMD = struct.Struct("=I I d")            # mailbox: sequence, op, argument (oomemu inject)
-_CMD_OFF = 176
-_DEADLINE_OFF = 192                       # double: the reaper's deadline, time.monotonic()
-_JOURNAL = struct.Struct("=q i I")        # pages, VMA index (-1: page tables), op (written last)
-_JOURNAL_OFF = 208
-_VMA_OFF = 256
-_VMA_NR_OFF = 24                          # nr_pages within a VMA record: 8-byte aligned
-CMD_ALLOC = 1
-assert _VMA_OFF + MAX_VMAS * _VMA.size <= HEADER_SIZE
-assert _VMA.size % 8 == 0 and _VMA_OFF % 8 == 0 and _EXTRA_OFF % 8 == 0
+CMD_ALLOC = 1                    # the mailbox's one command: allocate cmd_arg MB
 
 # What a worker is doing to its own mm (the journal's op), for repair after a crash.
 J_NONE, J_CHARGE, J_ZAP = 0, 1, 2
 MAGIC = b"OOMM"
 
 
-def vm_flags_for(kind: str, mlocked: bool) -> int:
-    return _KIND_FLAGS[kind] | (VM_LOCKED if mlocked else 0)
+_STATES = frozenset(s.value for s in TaskState)
 
 
-def can_reap_vma(kind: str, vm_flags: int, unreapable_flags: int) -> bool:
-    """__oom_reap_task_mm's rule: skip VMAs with ``unreapable_flags`` (VM_LOCKED,
-    VM_HUGETLB, VM_PFNMAP in v4.17), unmap only anonymous or private ones."""
-    if vm_flags & unreapable_flags:
-        return False
-    return kind == "anon" or not (vm_flags & VM_SHARED)
+def _vma_off(index: int) -> int:
+    return _VMAS_OFF + index * VMA_RECORD.size
 
 
-@dataclass(frozen=True)
-class Vma:
-    index: int
-    kind: str
-    vm_flags: int
-    start: int        # first page, counted from the end of the header
-    capacity: int     # pages reserved (the segment is sparse)
-    nr_pages: int     # pages resident now
+def _field(name: str, doc: str | None = None, writable: bool = True) -> property:
+    """A header field of the mm as a property, read and written through MM_HEADER."""
+    def get(self):
+        return MM_HEADER.get(self.map, name)
 
-    @property
-    def mlocked(self) -> bool:
-        return bool(self.vm_flags & VM_LOCKED)
-
-
-@dataclass(frozen=True)
-class MmLayout:
-    """What the supervisor decides before the worker starts: VMA kinds and room."""
-    vmas: tuple[tuple[str, int, int], ...]   # (kind, vm_flags, capacity pages)
-    pgtables: int = 0                        # pages of page tables (mm_pgtables_bytes)
-
-    @property
-    def size(self) -> int:
-        return HEADER_SIZE + (self.pgtables + sum(cap for _, _, cap in self.vmas)) * PAGE_SIZE
+    def put(self, value):
+        MM_HEADER.set(self.map, name, value)
+    return property(get, put if writable else None, doc=doc)
 
 
 class Mm:
@@ -147,12 +105,12 @@ class Mm:
 
     def __init__(self, name: str, create: MmLayout | None = None, fd: int | None = None):
         """Create the mm ``name`` with ``create``'s layout, or open an existing one: by name,
-        or from ``fd``, opened and checked by emulator.shm_trust (which it takes over; a
+        or from ``fd``, opened and checked by emulator.runtime.shm_trust (which it takes over; a
         read-only fd gives a private copy of the header). An existing segment that is not
         laid out as :meth:`_init` lays it out is closed again: ValueError."""
         self.name = name
         if create is not None:
-            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=create.size)
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=create.pages * PAGE_SIZE)
         else:
             shm = posix_ipc.SharedMemory(name) if fd is None else Segment(fd, HEADER_SIZE)
         self.fd = shm.fd
@@ -171,17 +129,20 @@ class Mm:
         the segment's size exactly, and every field a reader uses must be in range."""
         if self.size < HEADER_SIZE or self.size % PAGE_SIZE:
             return f"{self.size} bytes"
-        magic, pid, _, state, _, adj, notifier, nr_vmas, _, _ = self._head()
-        if magic != MAGIC:
+        head = MM_HEADER.get
+        if head(self.map, "magic") != MAGIC:
             return "no magic"
-        if pid < 0 or state not in STATE_NAMES or not -1000 <= adj <= 1000 \
-                or notifier not in MMU_NOTIFIERS.values() or nr_vmas > MAX_VMAS:
+        nr_vmas = head(self.map, "nr_vmas")
+        if head(self.map, "pid") < 0 or head(self.map, "state") not in _STATES \
+                or not -1000 <= head(self.map, "oom_score_adj") <= 1000 \
+                or head(self.map, "mmu_notifier") not in MMU_NOTIFIERS.values() or nr_vmas > MAX_VMAS:
             return "header fields out of range"
-        pgtables, pages = self._extra()[:2]
+        pgtables, pages = head(self.map, "pgtables_pages"), head(self.map, "pgtables_capacity")
         if not 0 <= pgtables <= pages:
             return "page tables out of range"
         for i in range(nr_vmas):
-            kind, _, start, cap, nr = _VMA.unpack_from(self.map, _VMA_OFF + i * _VMA.size)
+            kind, start, cap, nr = (VMA_RECORD.get(self.map, f, _vma_off(i))
+                                    for f in ("kind", "start", "capacity", "nr_pages"))
             if kind >= len(VMA_KINDS) or start != pages or cap < 0 or not 0 <= nr <= cap:
                 return f"VMA {i} out of range"
             pages += cap
@@ -193,11 +154,15 @@ class Mm:
         if len(layout.vmas) > MAX_VMAS:
             raise ValueError(f"{self.name}: {len(layout.vmas)} VMAs, the header has room for {MAX_VMAS}")
         self.map[0:HEADER_SIZE] = b"\0" * HEADER_SIZE   # the header is always resident
-        _HEAD.pack_into(self.map, _HEAD_OFF, MAGIC, 0, 0, TASK_NEW, 0, 0, 0, len(layout.vmas), 0, 0)
-        _EXTRA.pack_into(self.map, _EXTRA_OFF, 0, layout.pgtables, 0)
+        MM_HEADER.set(self.map, "magic", MAGIC)
+        MM_HEADER.set(self.map, "state", TaskState.TASK_NEW)
+        MM_HEADER.set(self.map, "nr_vmas", len(layout.vmas))
+        MM_HEADER.set(self.map, "pgtables_capacity", layout.pgtables)
         start = layout.pgtables
         for i, (kind, flags, cap) in enumerate(layout.vmas):
-            _VMA.pack_into(self.map, _VMA_OFF + i * _VMA.size, VMA_KINDS.index(kind), flags, start, cap, 0)
+            for name, value in (("kind", VMA_KINDS.index(kind)), ("vm_flags", flags), ("start", start),
+                                ("capacity", cap)):
+                VMA_RECORD.set(self.map, name, value, _vma_off(i))
             start += cap
 
     def close(self) -> None:
@@ -211,59 +176,42 @@ class Mm:
             pass
 
     # -- header fields ----------------------------------------------------
-    def _head(self):
-        return _HEAD.unpack_from(self.map, _HEAD_OFF)
-
-    @property
-    def pid(self) -> int:
-        return self._head()[1]
-
-    @pid.setter
-    def pid(self, value: int) -> None:
-        struct.pack_into("=i", self.map, _HEAD_OFF + 4, value)
+    pid = _field("pid")
+    oom_score_adj = _field("oom_score_adj")
+    mmu_notifier = _field("mmu_notifier")
+    memcg = _field("memcg", "Index of the memory cgroup the mm is charged to (0: the root).")
+    mmap_sem_holder = _field("mmap_sem_holder", "Pid that took mmap_sem through oomemu (0: none known). "
+                                                "Informational only.")
+    reap_deadline = _field("reap_deadline", "time.monotonic() by which the reaper gives up on this mm "
+                                            "(0: none known).")
+    state = _field("state", "The task's TaskState, as an int (a reader of a copy may meet any value).")
 
     @property
     def comm(self) -> str:
-        return c_string(self.map[_COMM_OFF:_COMM_OFF + 16])       # never raises
+        return c_string(self.map[_COMM.offset:_COMM.offset + _COMM.size])       # never raises
 
     @comm.setter
     def comm(self, value: str) -> None:
-        self.map[_COMM_OFF:_COMM_OFF + 16] = value.encode()[:16].ljust(16, b"\0")
+        MM_HEADER.set(self.map, "comm", value.encode()[:_COMM.size])          # NUL-padded
 
     def post_command(self, op: int, arg: float) -> int:
-        """Leave a command for the task (then wake it with SIGUSR2); returns its sequence."""
-        seq = _CMD.unpack_from(self.map, _CMD_OFF)[0] + 1
-        struct.pack_into("=I d", self.map, _CMD_OFF + 4, op, arg)
-        struct.pack_into("=I", self.map, _CMD_OFF, seq)
+        """Leave a command for the task (then wake it with SIGWAKE); returns its sequence."""
+        seq = MM_HEADER.get(self.map, "cmd_seq") + 1
+        MM_HEADER.set(self.map, "cmd_op", op)
+        MM_HEADER.set(self.map, "cmd_arg", arg)
+        MM_HEADER.set(self.map, "cmd_seq", seq)          # last: it posts the command
         return seq
 
     def command(self) -> tuple[int, int, float]:
-        return _CMD.unpack_from(self.map, _CMD_OFF)
-
-    @property
-    def reap_deadline(self) -> float:
-        """time.monotonic() by which the reaper gives up on this mm (0: none known)."""
-        return struct.unpack_from("=d", self.map, _DEADLINE_OFF)[0]
-
-    @reap_deadline.setter
-    def reap_deadline(self, value: float) -> None:
-        struct.pack_into("=d", self.map, _DEADLINE_OFF, value)
-
-    @property
-    def memcg(self) -> int:
-        """Index of the memory cgroup the mm is charged to (0: the root)."""
-        return self._head()[9]
-
-    @memcg.setter
-    def memcg(self, value: int) -> None:
-        struct.pack_into("=I", self.map, _HEAD_OFF + 36, value)
+        """(sequence, op, argument) of the last command posted."""
+        return tuple(MM_HEADER.get(self.map, f) for f in ("cmd_seq", "cmd_op", "cmd_arg"))
 
     # Each flag bit lives in a byte of its own, so that processes setting
     # different bits never lose each other's write (no read-modify-write).
     @property
     def flags(self) -> int:
-        raw = self.map[_FLAGS_OFF:_FLAGS_OFF + 32]
-        return sum(1 << bit for bit in range(32) if raw[bit])
+        raw = self.map[_FLAGS_OFF:_FLAGS_OFF + MMF_BITS]
+        return sum(1 << bit for bit in range(MMF_BITS) if raw[bit])
 
     def test_bit(self, bit: int) -> bool:
         return bool(self.map[_FLAGS_OFF + bit])
@@ -274,71 +222,28 @@ class Mm:
         self.map[_FLAGS_OFF + bit] = 1
         return old
 
-    @property
-    def state(self) -> int:
-        return self._head()[3]
-
-    @state.setter
-    def state(self, value: int) -> None:
-        struct.pack_into("=I", self.map, _HEAD_OFF + 12, value)
-
-    @property
-    def oom_score_adj(self) -> int:
-        return self._head()[5]
-
-    @oom_score_adj.setter
-    def oom_score_adj(self, value: int) -> None:
-        struct.pack_into("=i", self.map, _HEAD_OFF + 20, value)
-
-    @property
-    def mmu_notifier(self) -> int:
-        return self._head()[6]
-
-    @mmu_notifier.setter
-    def mmu_notifier(self, value: int) -> None:
-        struct.pack_into("=I", self.map, _HEAD_OFF + 24, value)
-
-    @property
-    def mmap_sem_holder(self) -> int:
-        """Pid that took mmap_sem through oomemu (0: none known). Informational only."""
-        return self._head()[8]
-
-    @mmap_sem_holder.setter
-    def mmap_sem_holder(self, value: int) -> None:
-        struct.pack_into("=i", self.map, _HEAD_OFF + 32, value)
-
     # -- counters (derived from the VMA table: one count per VMA) --------------
     def counters(self) -> list[int]:
         c = [0] * NR_MM_COUNTERS
         for v in self.vmas():
-            counter = _KIND_COUNTER[v.kind]
+            counter = KIND_COUNTER[v.kind]
             if counter is not None:          # hugetlb, pfnmap: not in the kernel's rss counters
                 c[counter] += v.nr_pages
         return c
-
-    def _extra(self) -> list[int]:
-        return list(_EXTRA.unpack_from(self.map, _EXTRA_OFF))
-
-    def _set_extra(self, field: int, value: int) -> None:
-        struct.pack_into("=q", self.map, _EXTRA_OFF + 8 * field, value)   # one aligned store
 
     def get_mm_rss(self) -> int:
         c = self.counters()
         return c[MM_FILEPAGES] + c[MM_ANONPAGES] + c[MM_SHMEMPAGES]
 
-    @property
-    def pgtables_pages(self) -> int:
-        return self._extra()[0]
-
-    @property
-    def pgtables_capacity(self) -> int:
-        return self._extra()[1]
+    pgtables_pages = _field("pgtables_pages", "Pages of page tables resident.", writable=False)
+    pgtables_capacity = _field("pgtables_capacity", writable=False)
+    total_vm = _field("total_vm", "Pages ever faulted in (the kernel's total_vm, roughly).", writable=False)
 
     def fault_pgtables(self) -> int:
         """Populate the page tables (at start-up: the zone is already charged)."""
         cap = self.pgtables_capacity
         self._allocate(HEADER_SIZE, cap)
-        self._set_extra(0, cap)
+        MM_HEADER.set(self.map, "pgtables_pages", cap)
         self._write(HEADER_SIZE, cap)
         return cap
 
@@ -347,12 +252,8 @@ class Mm:
         n = self.pgtables_pages
         if n:
             self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE, self.pgtables_capacity * PAGE_SIZE)
-            self._set_extra(0, 0)
+            MM_HEADER.set(self.map, "pgtables_pages", 0)
         return n
-
-    @property
-    def total_vm(self) -> int:
-        return self._extra()[2]
 
     def resident_pages(self) -> int:
         """Every page this mm holds in the zone: rss, hugetlb/pfnmap pages and page tables."""
@@ -360,15 +261,15 @@ class Mm:
 
     # -- VMAs -------------------------------------------------------------
     def vmas(self) -> list[Vma]:
-        n = min(self._head()[7], MAX_VMAS)
+        n = min(MM_HEADER.get(self.map, "nr_vmas"), MAX_VMAS)
         out = []
         for i in range(n):
-            kind, flags, start, cap, nr = _VMA.unpack_from(self.map, _VMA_OFF + i * _VMA.size)
+            kind, flags, start, cap, nr = (VMA_RECORD.get(self.map, f, _vma_off(i)) for f in VMA_RECORD.fields)
             out.append(Vma(i, VMA_KINDS[kind], flags, start, cap, nr))
         return out
 
     def _set_nr_pages(self, vma_index: int, nr: int) -> None:
-        struct.pack_into("=q", self.map, _VMA_OFF + vma_index * _VMA.size + _VMA_NR_OFF, nr)
+        VMA_RECORD.set(self.map, "nr_pages", nr, _vma_off(vma_index))      # one aligned store
 
     def fault_in(self, vma_index: int, pages: int) -> None:
         """Touch ``pages`` more pages of a VMA (the zone is already charged)."""
@@ -382,7 +283,7 @@ class Mm:
         # half-way) frees exactly what was counted.
         self._allocate(off, pages)
         self._set_nr_pages(vma_index, vma.nr_pages + pages)
-        self._set_extra(2, self.total_vm + pages)
+        MM_HEADER.set(self.map, "total_vm", self.total_vm + pages)
         self._write(off, pages)
 
     _CHUNK = b"\xa5" * (PAGE_SIZE * 256)
@@ -423,15 +324,15 @@ class Mm:
     # -- the journal: what the owner is doing, for repair after it dies -------
     def journal(self) -> tuple[int, int, int]:
         """(op, VMA index or -1 for page tables, pages)."""
-        pages, vma, op = _JOURNAL.unpack_from(self.map, _JOURNAL_OFF)
-        return op, vma, pages
+        return tuple(MM_HEADER.get(self.map, f) for f in ("journal_op", "journal_vma", "journal_pages"))
 
     def journal_begin(self, op: int, vma_index: int, pages: int) -> None:
-        struct.pack_into("=q i", self.map, _JOURNAL_OFF, pages, vma_index)
-        struct.pack_into("=I", self.map, _JOURNAL_OFF + 12, op)      # the op last: it commits
+        MM_HEADER.set(self.map, "journal_pages", pages)
+        MM_HEADER.set(self.map, "journal_vma", vma_index)
+        MM_HEADER.set(self.map, "journal_op", op)          # the op last: it commits
 
     def journal_end(self) -> None:
-        struct.pack_into("=I", self.map, _JOURNAL_OFF + 12, J_NONE)
+        MM_HEADER.set(self.map, "journal_op", J_NONE)
 
     def repair(self, charged: int) -> tuple[int, str | None]:
         """Make a dead owner's mm whole again; returns (the charge it should have, a

@@ -5,8 +5,8 @@ task's mm header), and acts with the same real objects the run uses: the
 named semaphores (mmap_sem, locks), real signals, the mm's mailbox, and the
 run's event FIFO, through which an injection gets into the run's log.
 
-Nothing read is trusted further than it is checked (emulator.shm_trust,
-emulator.proc_trust): a run is its zone file's owner's only if the zone says
+Nothing read is trusted further than it is checked (emulator.runtime.shm_trust,
+emulator.runtime.proc_trust): a run is its zone file's owner's only if the zone says
 the same uid, is laid out as oomemu lays it out and names a supervisor that
 is alive, is that owner's and started when the zone says; its other objects
 count only if that owner's and laid out as oomemu lays them; a process is
@@ -16,7 +16,6 @@ Anything else is skipped (``runs``, ``ps``) or refused in one line (exit 2).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -26,16 +25,18 @@ from dataclasses import dataclass, field
 import posix_ipc
 import psutil
 
-from . import names
-from .cleanup import dead_groups
+from ..errors import UsageError
+from ..kernel.mm_types import (MAX_MEMCGS, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB,
+                               TaskState)
+from ..kernel.oom_kill import OomControl, TaskView, oom_evaluate_task
+from ..runtime import names
+from ..runtime.cleanup import dead_groups
+from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, Mm
+from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
+from ..runtime.protocol import SIGWAKE, Event, encode
+from ..runtime.shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
+from ..runtime.zone import RunFacts, Zone
 from .columns import columns
-from .errors import UsageError
-from .mm import (CMD_ALLOC, HEADER_SIZE, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE, PAGES_PER_MB,
-                 STATE_NAMES, TASK_DEAD, TASK_EXITING, TASK_UNINTERRUPTIBLE, Mm)
-from .oom_kill import OomControl, TaskView, oom_evaluate_task
-from .proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
-from .shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
-from .zone import MAX_MEMCGS, RunFacts, Zone
 
 
 class NoSuchRun(UsageError):
@@ -276,10 +277,10 @@ def task_state(run: LiveRun, index: int, mm: Mm) -> str:
     """What ps shows in STATE. ``crashed``: the mm is not done, but the run's worker for
     it is gone (a pid that is no longer the run's worker counts as gone)."""
     s = mm.state
-    if s == TASK_DEAD:
+    if s == TaskState.TASK_DEAD:
         return "exited"
     if mm.pid == 0:
-        return STATE_NAMES.get(s, "?")           # not started yet
+        return _label(s)                         # not started yet
     try:
         with run.prove_worker(index, mm.pid) as w:
             status = w.info.status
@@ -287,11 +288,18 @@ def task_state(run: LiveRun, index: int, mm: Mm) -> str:
         return "crashed"
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
         return "stopped"
-    if s == TASK_EXITING:
+    if s == TaskState.EXITING:
         return "exiting"
     if mm.test_bit(MMF_OOM_VICTIM):
-        return "victim,D" if s == TASK_UNINTERRUPTIBLE else "victim"
-    return STATE_NAMES.get(s, "?")
+        return "victim,D" if s == TaskState.TASK_UNINTERRUPTIBLE else "victim"
+    return _label(s)
+
+
+def _label(state: int) -> str:
+    try:
+        return TaskState(state).label
+    except ValueError:
+        return "?"
 
 
 def badness(mm: Mm, state: str, totalpages: int) -> str:
@@ -301,7 +309,7 @@ def badness(mm: Mm, state: str, totalpages: int) -> str:
     and no MMF_OOM_SKIP: a scan that meets it stops there and kills nobody."""
     crashed = state == "crashed"
     # Task.has_mm: a crashed task's mm stays, and is a candidate, while it holds pages
-    has_mm = mm.resident_pages() > 0 if crashed else mm.state != TASK_DEAD
+    has_mm = mm.resident_pages() > 0 if crashed else mm.state != TaskState.TASK_DEAD
     view = TaskView(mm.pid, mm.comm, mm.oom_score_adj, mm.get_mm_rss(), mm.pgtables_pages,
                     has_mm=has_mm, oom_victim=mm.test_bit(MMF_OOM_VICTIM),
                     mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP), memcg=mm.memcg)
@@ -380,13 +388,12 @@ def find_task(run: LiveRun, name: str) -> tuple[int, str, int]:
 
 def note(run: LiveRun, index: int, action: str, what: str) -> None:
     """Tell the run (its log and trace) what was injected. Best effort: the run may be ending."""
-    rec = {"ev": "inject", "i": index, "t": time.monotonic(), "action": action, "what": what,
-           "by": os.getpid()}
+    line = encode(Event.INJECT, index, time.monotonic(), action=action, what=what, by=os.getpid())
     fd = open_fifo_for_write(names.events(run.run_id), run.owner)
     if fd is None:
         return
     try:
-        os.write(fd, (json.dumps(rec) + "\n").encode())
+        os.write(fd, line)
     except OSError:
         pass
     finally:
@@ -488,7 +495,7 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
                 hold(run, names.mmap_sem(run.run_id, index), index, f"the mmap_sem of {label}", arg,
                      action, mm=mm, echo=echo)
                 return
-            if mm.state == TASK_DEAD:
+            if mm.state == TaskState.TASK_DEAD:
                 raise UsageError(f"task {label} of run {run.run_id} is gone")
             try:
                 worker = run.prove_worker(index, mm.pid)
@@ -514,7 +521,7 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
                 raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
                                  f"{room / PAGES_PER_MB:g} MB more")
             mm.post_command(CMD_ALLOC, float(arg))
-            worker.send_signal(signal.SIGUSR2)
+            worker.send_signal(SIGWAKE)
             what = f"{label} asked to allocate {arg:g} MB"
         elif action in ("stop", "cont"):
             worker.send_signal(signal.SIGSTOP if action == "stop" else signal.SIGCONT)

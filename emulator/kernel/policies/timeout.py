@@ -1,4 +1,4 @@
-"""``timeout``: the seed's patch, "mm, oom: fix unnecessary killing of additional processes".
+"""``timeout``: the 2018 timeout patch, "mm, oom: fix unnecessary killing of additional processes".
 
 Lineage: David Rientjes, linux-mm, May-July 2018; carried in -mm, never
 merged. The reaper's list becomes a real list: every pass makes one attempt
@@ -17,21 +17,20 @@ import heapq
 import itertools
 from collections import deque
 
-from .base import (AFTER_FREE_PGTABLES, DELAY, INTERVAL, Attempt, Outcome, ReaperPolicy, SetOomSkip,
+from .base import (DELAY, INTERVAL, Attempt, ExitMmapRules, OomSkipAt, Outcome, ReaperPolicy, SetOomSkip,
                    Wait)
 
 
 class Timeout(ReaperPolicy):
     name = "timeout"
-    summary = "the seed's patch: a real list, one try per victim per pass, 10 s deadline per mm"
+    summary = "the 2018 timeout patch: a real list, one try per victim per pass, 10 s deadline per mm"
     DEFAULTS = {
         "reap_timeout_s": 10.0,           # OOM_REAP_TIMEOUT_MSECS: patience for a true livelock
         "reap_pass_interval_s": 0.1,      # schedule_timeout_idle(HZ/10) between passes
     }
     LIMITS = {"reap_timeout_s": DELAY,    # 0: give up on every victim at once
               "reap_pass_interval_s": INTERVAL}
-    EXIT_MMAP_OOM_SKIP = AFTER_FREE_PGTABLES
-    EXIT_MMAP_REAPS_FIRST = False
+    EXIT_MMAP = ExitMmapRules(oom_skip=OomSkipAt.AFTER_FREE_PGTABLES, reap_first=False)
 
     def __init__(self, overrides=None):
         super().__init__(overrides)
@@ -56,7 +55,7 @@ class Timeout(ReaperPolicy):
             return
         self._live.add(victim)
         self._list.append(victim)
-        heapq.heappush(self._deadlines, (now + self.c["reap_timeout_s"], next(self._seq), victim))
+        heapq.heappush(self._deadlines, (now + self.consts["reap_timeout_s"], next(self._seq), victim))
 
     def _drop(self, victim):
         self._live.discard(victim)
@@ -79,7 +78,7 @@ class Timeout(ReaperPolicy):
         if self._list:
             if now >= self._next_pass_at:
                 self._pass = deque(self._list)
-                self._next_pass_at = now + self.c["reap_pass_interval_s"]
+                self._next_pass_at = now + self.consts["reap_pass_interval_s"]
                 return Attempt(self._pass.popleft())
             wake.append(self._next_pass_at)
         return Wait(min(wake) if wake else None)

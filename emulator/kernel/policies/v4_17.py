@@ -1,4 +1,4 @@
-"""``v4.17``: the OOM reaper as the seed's patch found it (mm/oom_kill.c, v4.17).
+"""``v4.17``: the OOM reaper as the 2018 timeout patch found it (mm/oom_kill.c, v4.17).
 
 Lineage: the oom_reaper kthread came in v4.6 (Michal Hocko); by v4.17 it
 keeps a single-pointer chain of victims (``task->oom_reaper_list``, pushed
@@ -11,8 +11,8 @@ An mm with blockable mmu notifiers gets a 1 s sleep and is then given up.
 
 from __future__ import annotations
 
-from .base import (BEFORE_UNMAP, DELAY, INTERVAL, RETRIES, Attempt, Outcome, ReaperPolicy, SetOomSkip,
-                   Wait)
+from .base import (DELAY, INTERVAL, RETRIES, Attempt, ExitMmapRules, OomSkipAt, Outcome, ReaperPolicy,
+                   SetOomSkip, Wait)
 
 
 class V417(ReaperPolicy):
@@ -25,7 +25,7 @@ class V417(ReaperPolicy):
     }
     LIMITS = {"max_oom_reap_retries": RETRIES, "reap_retry_interval_s": INTERVAL,
               "blockable_notifier_sleep_s": DELAY}
-    EXIT_MMAP_OOM_SKIP = BEFORE_UNMAP
+    EXIT_MMAP = ExitMmapRules(oom_skip=OomSkipAt.BEFORE_UNMAP, reap_first=True)
     #: v4.17: an mm with blockable mmu notifiers gets a 1 s sleep and is given up on;
     #: from v4.19 non-blocking invalidation fails the attempt, which is retried
     NOTIFIER_SLEEPS_THEN_GIVES_UP = True
@@ -53,7 +53,7 @@ class V417(ReaperPolicy):
     def deadline_of(self, victim):
         """Known once the victim is being worked on: MAX_OOM_REAP_RETRIES tries, HZ/10 apart."""
         if victim is self._current and self._finish is None:
-            return self._started_at + self.c["max_oom_reap_retries"] * self.c["reap_retry_interval_s"]
+            return self._started_at + self.consts["max_oom_reap_retries"] * self.consts["reap_retry_interval_s"]
         return None
 
     def _next_wake(self) -> float | None:
@@ -76,8 +76,8 @@ class V417(ReaperPolicy):
 
     def retry(self, victim, outcome, now) -> None:
         """A failed attempt: sleep HZ/10; after MAX_OOM_REAP_RETRIES, give up."""
-        self._resume_at = now + self.c["reap_retry_interval_s"]
-        if self._attempts >= self.c["max_oom_reap_retries"]:
+        self._resume_at = now + self.consts["reap_retry_interval_s"]
+        if self._attempts >= self.consts["max_oom_reap_retries"]:
             self._finish = SetOomSkip(victim, True, "MAX_OOM_REAP_RETRIES")
 
     def attempt_done(self, victim, outcome, now):
@@ -91,7 +91,7 @@ class V417(ReaperPolicy):
             self._finish = SetOomSkip(victim, False, outcome.value)
         elif outcome is Outcome.NOTIFIER_BLOCKED and self.NOTIFIER_SLEEPS_THEN_GIVES_UP:
             # up_read; schedule_timeout_idle(HZ); "success" without reaping
-            self._resume_at = now + self.c["blockable_notifier_sleep_s"]
+            self._resume_at = now + self.consts["blockable_notifier_sleep_s"]
             self._finish = SetOomSkip(victim, False, "blockable mmu notifier")
         else:                                 # CONTENDED, or a notifier that would block
             self.retry(victim, outcome, now)

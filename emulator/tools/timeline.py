@@ -36,7 +36,7 @@ REAPER_EVENTS = ("start_task_reaping", "finish_task_reaping", "skip_task_reaping
 class ReaperMark:
     """One reaper event. ``freed_kb``/``left_kb`` only on ``finish_task_reaping``:
     a reap that took mmap_sem may still free nothing (mlocked, shared, hugetlb)."""
-    t: float
+    at: float                     # emulated seconds
     kind: str                     # one of REAPER_EVENTS
     task: str
     reason: str = ""              # skip_task_reaping / reap_deadline

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 
-from .errors import UsageError
+from ..errors import UsageError
 
 KERNEL_EVENTS = ("mark_victim", "wake_reaper", "start_task_reaping", "finish_task_reaping",
                  "skip_task_reaping", "oom_score_adj_update")

@@ -23,13 +23,15 @@ import os
 import re
 import secrets
 
+from ..kernel.mm_types import TASK_COMM_LEN
+
 # OOMEMU_PREFIX keeps separate worlds apart (the test suite uses its own).
 PREFIX = os.environ.get("OOMEMU_PREFIX", "oomemu")
 if not PREFIX.replace("_", "").replace("-", "").isalnum():
     raise SystemExit(f"OOMEMU_PREFIX={PREFIX!r}: use letters, digits, '-' or '_'")
 SHM_DIR = "/dev/shm"
 PID_MAX_LIMIT = 4 * 1024 * 1024       # include/linux/threads.h: no pid is larger on 64-bit
-NAME_MAX = 15                         # a lock's or a task's name, as a comm (TASK_COMM_LEN - 1)
+NAME_MAX = TASK_COMM_LEN - 1          # a lock's or a task's name, as a comm
 
 _RUN_ID = re.compile(r"^([1-9]\d{0,6})-([0-9a-f]{4})$")
 _ENTRY = re.compile(r"^(sem\.)?" + re.escape(PREFIX) + r"\.([1-9]\d{0,6}-[0-9a-f]{4})\.(.+)$")

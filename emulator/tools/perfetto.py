@@ -47,7 +47,7 @@ def to_trace_events(timelines: list[Timeline]) -> dict:
             name = f"{m.kind}: {m.reason}" if m.reason else m.kind
             name = f"{name} {m.task}".strip() + (f": {m.label}" if m.kind == "finish_task_reaping" else "")
             ev = {"name": name, "cat": "reaper", "ph": "i", "s": "t",
-                  "pid": pid, "tid": REAPER_TID, "ts": _us(m.t)}
+                  "pid": pid, "tid": REAPER_TID, "ts": _us(m.at)}
             if m.freed_kb is not None:
                 ev["args"] = {"freed_kb": m.freed_kb, "left_kb": m.left_kb}
             out.append(ev)

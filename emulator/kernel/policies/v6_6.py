@@ -21,8 +21,8 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from ..mm import VM_HUGETLB, VM_PFNMAP
-from .base import AFTER_UNMAP, DELAY, Wait
+from ..mm_types import VM_HUGETLB, VM_PFNMAP
+from .base import DELAY, ExitMmapRules, OomSkipAt, Wait
 from .v4_17 import V417
 
 
@@ -35,9 +35,8 @@ class V66(V417):
         "reap_retry_interval_s": 0.1,
     }
     LIMITS = dict(V417.LIMITS, oom_reaper_delay_s=DELAY)    # 0: v5.17, no delay
-    UNREAPABLE_VM_FLAGS = VM_HUGETLB | VM_PFNMAP
-    EXIT_MMAP_OOM_SKIP = AFTER_UNMAP
-    EXIT_MMAP_REAPS_FIRST = False
+    EXIT_MMAP = ExitMmapRules(oom_skip=OomSkipAt.AFTER_UNMAP, reap_first=False,
+                              unreapable_vm_flags=VM_HUGETLB | VM_PFNMAP)    # mlocked memory is reapable
     NOTIFIER_SLEEPS_THEN_GIVES_UP = False
 
     def __init__(self, overrides=None):
@@ -54,7 +53,7 @@ class V66(V417):
         if victim in self._armed:
             return
         self._armed.add(victim)
-        heapq.heappush(self._timers, (now + self.c["oom_reaper_delay_s"], next(self._seq), victim))
+        heapq.heappush(self._timers, (now + self.consts["oom_reaper_delay_s"], next(self._seq), victim))
 
     def _next_wake(self):
         return self._timers[0][0] if self._timers else None

@@ -1,10 +1,15 @@
-"""The oom_reaper: a thread in the supervisor that frees victims' memory early.
+"""The oom_reaper: frees victims' memory early, as its policy says.
 
 The *policy* decides (whom to try, when, when to give up: see
-``emulator.policies``); this module does: it sleeps on the run's scaled
-monotonic clock until the policy's next deadline or until a victim is
-queued, takes the victim's mmap_sem with a real non-blocking acquire, frees
-the reapable VMAs' pages for real and uncharges the zone.
+``emulator.kernel.policies``); this module does: it takes the victim's
+mmap_sem with a real non-blocking acquire, frees the reapable VMAs' pages for
+real and uncharges the zone, or sets MMF_OOM_SKIP.
+
+:meth:`OomReaper.step` does one thing the policy asks for at emulated time
+``now`` and says when to come back; it neither sleeps nor reads a clock of
+its own for its decisions, so tests drive it with a FakeClock against real
+mms. In a run, :meth:`start` runs the ``oom_reaper`` thread, whose loop only
+waits on the run's clock and calls :meth:`step`.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ from typing import Callable
 
 import posix_ipc
 
-from .mm import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE
-from .policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
+from ..kernel.mm_types import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE
+from ..kernel.policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
 
 
 class OomReaper:
     """Drives a :class:`ReaperPolicy` against real mms.
 
     ``victims`` handed to :meth:`wake_oom_reaper` are the supervisor's task
-    records (``.mm``, ``.mmap_sem``, ``.pid``, ``.name``, ``.victim``).
+    records (``.index``, ``.mm``, ``.mmap_sem``, ``.pid``, ``.name``,
+    ``.has_mm``, ``.victim``). ``clock`` has ``now()``, ``to_real()`` and ``t0``
+    (a ScaledClock in a run, a FakeClock in tests).
     """
 
     def __init__(self, policy: ReaperPolicy, clock, zone, oom_lock: threading.Lock,
@@ -35,11 +42,16 @@ class OomReaper:
         self.printk = printk
         self.on_oom_skip = on_oom_skip
         self.trace = trace or (lambda *a, **k: None)
+        # Guards the policy (the main thread queues victims, the reaper thread asks it
+        # what to do); never held while an attempt takes oom_lock (lock order: oom_lock
+        # first, as out_of_memory holds it when it wakes the reaper).
         self._cond = threading.Condition()
+        self._kicks = 0                       # bumped by every wake-up: a wait never misses one
         self._stopping = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="oom_reaper", daemon=True)
 
+    # -- what the supervisor calls ----------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
@@ -54,21 +66,43 @@ class OomReaper:
         with self._cond:
             self.policy.wake_oom_reaper(task, self.clock.now())
             self._publish_deadline(task)
-            self._cond.notify_all()
+            self._kick()
+
+    def victim_exited(self, task) -> None:
+        with self._cond:
+            self.policy.victim_exited(task)
+            self._kick()
+
+    def pending(self) -> int:
+        with self._cond:
+            return self.policy.pending()
+
+    def _kick(self) -> None:
+        self._kicks += 1
+        self._cond.notify_all()
 
     def _publish_deadline(self, task) -> None:
         """Put the policy's deadline for this mm where ``oomemu ps`` can read it."""
         d = self.policy.deadline_of(task)
         task.mm.reap_deadline = 0.0 if d is None else self.clock.t0 + self.clock.to_real(d)
 
-    def victim_exited(self, task) -> None:
+    # -- one step, and the thread that takes them -----------------------------------
+    def step(self, now: float) -> float | None:
+        """Do the one thing the policy asks for at emulated time ``now`` (an attempt, or
+        setting MMF_OOM_SKIP), if any. Returns when to come back: ``now`` if there may be
+        more to do at once, a later emulated time, or None (nothing until a wake-up)."""
         with self._cond:
-            self.policy.victim_exited(task)
-            self._cond.notify_all()
-
-    def pending(self) -> int:
-        with self._cond:
-            return self.policy.pending()
+            action = self.policy.next_action(now)
+        if isinstance(action, Wait):
+            return action.until
+        if isinstance(action, Attempt):
+            outcome = self.oom_reap_task_mm(action.victim)
+            with self._cond:
+                self.policy.attempt_done(action.victim, outcome, self.clock.now())
+                self._publish_deadline(action.victim)
+        elif isinstance(action, SetOomSkip):
+            self.set_oom_skip(action)
+        return now
 
     def _main(self) -> None:
         try:
@@ -76,22 +110,19 @@ class OomReaper:
                 with self._cond:
                     if self._stopping:
                         return
-                    now = self.clock.now()
-                    action = self.policy.next_action(now)
-                    if isinstance(action, Wait):
-                        timeout = None if action.until is None else self.clock.to_real(action.until - now)
-                        self._cond.wait(timeout)
-                        continue
-                if isinstance(action, Attempt):
-                    outcome = self.oom_reap_task_mm(action.victim)
-                    with self._cond:
-                        self.policy.attempt_done(action.victim, outcome, self.clock.now())
-                        self._publish_deadline(action.victim)
-                elif isinstance(action, SetOomSkip):
-                    self.set_oom_skip(action)
+                    kicks = self._kicks
+                now = self.clock.now()
+                until = self.step(now)
+                with self._cond:
+                    if self._stopping:
+                        return
+                    if self._kicks != kicks or (until is not None and until <= now):
+                        continue                      # woken meanwhile, or more to do now
+                    self._cond.wait(None if until is None else self.clock.to_real(until - self.clock.now()))
         except BaseException as e:            # reported by the supervisor as a fault of ours
             self.error = e
 
+    # -- the actions ---------------------------------------------------------------
     def oom_reap_task_mm(self, task) -> Outcome:
         """One attempt. Returns REAPED, or why not; the policy decides what next."""
         mm = task.mm
@@ -104,7 +135,7 @@ class OomReaper:
                 self.trace("skip_task_reaping", task, reason="mmap_sem")
                 return Outcome.CONTENDED
             try:
-                if self.policy.HONORS_HANDOVER and mm.test_bit(MMF_OOM_HANDOVER):
+                if self.policy.honors_handover and mm.test_bit(MMF_OOM_HANDOVER):
                     self.trace("skip_task_reaping", task, reason="handed over to exit_mmap")
                     return Outcome.HANDED_OVER
                 if mm.mmu_notifier == MMU_NOTIFIERS["blockable"]:
@@ -127,9 +158,7 @@ class OomReaper:
                 left = mm.resident_pages()
                 self.trace("finish_task_reaping", task, freed_kb=freed * PAGE_SIZE // 1024,
                            left_kb=left * PAGE_SIZE // 1024)
-                if left >= self.policy.SUBSTANTIAL_PAGES:
-                    return Outcome.MEMORY_LEFT
-                return Outcome.REAPED
+                return self.policy.reap_outcome(left)
             finally:
                 task.mmap_sem.release()
 

@@ -1,15 +1,19 @@
 """What a reaper policy is: constants, VMA rules, exit_mmap rules, and a queue.
 
-A policy is pure decision logic. The reaper thread (``emulator.reaper``)
-asks :meth:`ReaperPolicy.next_action` what to do at emulated time ``now``,
-does it to real processes, and reports back with :meth:`attempt_done`.
-Nothing here sleeps, reads a clock or touches a process, so a policy can be
-driven through hours of emulated time by a test with a fake clock.
+A policy is pure decision logic, and one unit: every rule of it is in its
+one file. The reaper (``emulator.runtime.reaper``) asks
+:meth:`ReaperPolicy.next_action` what to do at emulated time ``now``, does
+it to real processes, and reports back with :meth:`attempt_done`; each
+worker's exit_mmap follows the policy's :class:`ExitMmapRules`, which the
+supervisor hands it in its start-up record. Nothing here sleeps, reads a
+clock or touches a process, so a policy can be driven through hours of
+emulated time by a test with a fake clock.
 
-To add a policy: subclass :class:`ReaperPolicy` in a module of its own, set
-``name``, ``summary`` and ``DEFAULTS`` (and ``LIMITS``: what ``--set`` may
-change each constant to), implement the three queue methods, and pass the
-class to :func:`emulator.policies.register`.
+To add a policy: subclass :class:`ReaperPolicy` (or a policy close to yours)
+in a file of its own, set ``name``, ``summary``, ``DEFAULTS`` (and
+``LIMITS``: what ``--set`` may change each constant to) and ``EXIT_MMAP``,
+implement the queue methods, and pass the class to
+:func:`emulator.policies.register`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Hashable
+from typing import ClassVar, Hashable
 
+from ...errors import UsageError
 from ..clock import JIFFY_S
-from ..errors import UsageError
-from ..mm import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, can_reap_vma
+from ..mm_types import VM_HUGETLB, VM_LOCKED, VM_PFNMAP, can_reap_vma
 
 
 class Outcome(Enum):
@@ -32,7 +36,7 @@ class Outcome(Enum):
     NOTIFIER_BLOCKED = "notifier_blocked"  # mm has blockable mmu notifiers
     SKIPPED = "skipped"                    # MMF_OOM_SKIP already set, or the mm is gone
     HANDED_OVER = "handed_over"            # exit_mmap owns the mm and will set MMF_OOM_SKIP
-                                           # (reported only to policies with HONORS_HANDOVER)
+                                           # (reported only to policies that honor the hand-over)
 
     @property
     def reaped(self) -> bool:
@@ -61,13 +65,37 @@ class SetOomSkip:
 
 Action = Wait | Attempt | SetOomSkip
 
-# When exit_mmap sets MMF_OOM_SKIP for an OOM victim.
-BEFORE_UNMAP = "before_unmap"              # v4.17: before munlock/unmap_vmas/free_pgtables
-AFTER_UNMAP = "after_unmap"                # v6.1+: after unmap_vmas, before free_pgtables
-AFTER_FREE_PGTABLES = "after_free_pgtables"  # the seed's patch: when the memory is gone
+
+class OomSkipAt(Enum):
+    """Where an OOM victim's exit_mmap sets MMF_OOM_SKIP (the value names it in traces)."""
+    BEFORE_UNMAP = "before_unmap"                # v4.17: before munlock, unmap_vmas, free_pgtables
+    AFTER_UNMAP = "after_unmap"                  # v6.1+: after unmap_vmas, before free_pgtables
+    AFTER_FREE_PGTABLES = "after_free_pgtables"  # the 2018 timeout patch: when the memory is gone
+
+
+@dataclass(frozen=True)
+class ExitMmapRules:
+    """What a victim's own exit_mmap does under a policy. It crosses to each worker
+    in its start-up record (``runtime.protocol.WorkerSpec``), field by field."""
+    #: where MMF_OOM_SKIP is set
+    oom_skip: OomSkipAt = OomSkipAt.BEFORE_UNMAP
+    #: first reap what the reaper could (v4.17's __oom_reap_task_mm in exit_mmap)
+    reap_first: bool = True
+    #: VMAs with any of these flags are never reaped (can_madv_dontneed_vma)
+    unreapable_vm_flags: int = VM_LOCKED | VM_HUGETLB | VM_PFNMAP
+    #: once it holds the VMAs, exit_mmap marks the mm MMF_OOM_HANDOVER and the
+    #: reaper leaves MMF_OOM_SKIP to it (the 2018 hand-over RFC)
+    handover: bool = False
+
+    @property
+    def waits_for_reaper(self) -> bool:
+        """The 2018 timeout patch: a victim that sets MMF_OOM_SKIP only when its memory
+        is gone first waits (down_write; up_write) for the reaper to let go of the mm."""
+        return self.oom_skip is OomSkipAt.AFTER_FREE_PGTABLES and not self.handover
 
 
 MAX_SECONDS = 86_400.0                     # a day: the longest a run lasts (run_deadline_s)
+MAX_NAME_BYTES = 24                        # a policy's name: the run's zone stores it in this many bytes
 
 
 @dataclass(frozen=True)
@@ -118,30 +146,26 @@ DELAY = Limit(0, MAX_SECONDS, why="seconds, at most a day")
 
 
 class ReaperPolicy:
+    """A reaper policy: its constants, its VMA and exit_mmap rules, and its queue (pure)."""
     name: str = ""
     summary: str = ""
     DEFAULTS: dict[str, float] = {}
     #: the range of each constant for ``--set``; a constant without one gets
     #: :meth:`limit`'s default (whole numbers 0..1e6 for an int, DELAY for a float)
     LIMITS: dict[str, Limit] = {}
-    #: VMAs with any of these flags are never reaped (can_madv_dontneed_vma)
-    UNREAPABLE_VM_FLAGS = VM_LOCKED | VM_HUGETLB | VM_PFNMAP
-    EXIT_MMAP_OOM_SKIP = BEFORE_UNMAP
-    #: exit_mmap of a victim first reaps what the reaper could (v4.17's __oom_reap_task_mm)
-    EXIT_MMAP_REAPS_FIRST = True
-    #: exit_mmap marks the mm MMF_OOM_HANDOVER once it holds the VMAs, and the
-    #: reaper leaves MMF_OOM_SKIP to it (the 2018 hand-over RFC)
-    HONORS_HANDOVER = False
+    #: what a victim's exit_mmap does, and which VMAs the reaper may reap
+    EXIT_MMAP: ClassVar[ExitMmapRules] = ExitMmapRules()
     #: after a reap, this much left (rss, unreapable VMAs, page tables) is "substantial"
     SUBSTANTIAL_PAGES = 256                 # 1 MB
 
     def __init__(self, overrides: dict[str, float | str] | None = None):
-        self.c = dict(self.DEFAULTS)
+        #: the policy's constants (``DEFAULTS``, changed by ``--set``)
+        self.consts = dict(self.DEFAULTS)
         for key, value in (overrides or {}).items():
-            if key not in self.c:
-                known = ", ".join(sorted(self.c)) or "none"
+            if key not in self.consts:
+                known = ", ".join(sorted(self.consts)) or "none"
                 raise UsageError(f"--set {key}: policy {self.name} has no such constant (known: {known})")
-            self.c[key] = self.limit(key).parse(key, value)
+            self.consts[key] = self.limit(key).parse(key, value)
 
     @classmethod
     def limit(cls, key: str) -> Limit:
@@ -156,12 +180,18 @@ class ReaperPolicy:
     # -- mm rules -----------------------------------------------------------
     def can_reap_vma(self, kind: str, vm_flags: int) -> bool:
         """__oom_reap_task_mm: skip unreapable VMAs, reap anonymous or private ones."""
-        return can_reap_vma(kind, vm_flags, self.UNREAPABLE_VM_FLAGS)
+        return can_reap_vma(kind, vm_flags, self.EXIT_MMAP.unreapable_vm_flags)
 
-    def exit_mmap_spec(self) -> dict:
-        """What the worker's exit_mmap needs to know (plain data: it crosses a process boundary)."""
-        return {"oom_skip": self.EXIT_MMAP_OOM_SKIP, "reap_first": self.EXIT_MMAP_REAPS_FIRST,
-                "unreapable_flags": self.UNREAPABLE_VM_FLAGS, "handover": self.HONORS_HANDOVER}
+    @property
+    def honors_handover(self) -> bool:
+        """Does the reaper leave MMF_OOM_SKIP to an exit_mmap that has marked the mm
+        MMF_OOM_HANDOVER (the attempt then finds HANDED_OVER)?"""
+        return self.EXIT_MMAP.handover
+
+    def reap_outcome(self, left_pages: int) -> Outcome:
+        """What a reap that leaves ``left_pages`` in the mm (rss, unreapable VMAs, page
+        tables) found: MEMORY_LEFT if that is substantial, else REAPED."""
+        return Outcome.MEMORY_LEFT if left_pages >= self.SUBSTANTIAL_PAGES else Outcome.REAPED
 
     # -- the reaper's queue (pure; ``now`` in emulated seconds) ---------------
     def wake_oom_reaper(self, victim: Hashable, now: float) -> None:

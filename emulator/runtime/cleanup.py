@@ -1,6 +1,6 @@
 """``oomemu cleanup``: remove what runs whose supervisor is gone left behind.
 
-A run's objects are found by name (see ``emulator.names``) and grouped by
+A run's objects are found by name (see ``emulator.runtime.names``) and grouped by
 owner: anyone can put a file under a run's name, so each owner's objects
 under one run name are judged apart. The caller acts only on its own (root
 too): another user's are left alone, with one line saying whose they are.

@@ -11,9 +11,9 @@ import os
 import signal
 import sys
 
+from ..errors import UsageError
+from ..result import RunResult
 from .columns import columns
-from .errors import UsageError
-from .result import RunResult
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 
@@ -59,8 +59,8 @@ def _echo(line: str) -> None:
 
 
 def cmd_run(a) -> int:
-    from .scenario import load_scenario
-    from .supervisor import Run
+    from ..runtime.supervisor import Run
+    from ..scenario import load_scenario
     scenario = load_scenario(a.scenario)
     def started(run):
         if not a.quiet:
@@ -77,7 +77,7 @@ def cmd_run(a) -> int:
                 open(path, "a").close()
             except OSError as e:
                 raise UsageError(f"{opt} {path}: {e.strerror}") from None
-    result = run.run()
+    result = run.execute()
     print(result.summary(), flush=True)
     if a.json:
         with open(a.json, "w") as f:
@@ -88,7 +88,7 @@ def cmd_run(a) -> int:
 
 
 def _hold_banner(run, scenario) -> None:
-    from . import names
+    from ..runtime import names
     rid = run.run_id
     first = scenario.tasks[0].name
     sem = names.mmap_sem(rid, 0)
@@ -113,8 +113,8 @@ def summary_table(results: list[RunResult]) -> str:
 def cmd_demo(a) -> int:
     import os
 
-    from .scenario import load_scenario
-    from .supervisor import run_scenario
+    from ..runtime.supervisor import run_scenario
+    from ..scenario import load_scenario
     scenario = load_scenario("mlocked")
     print(f"oomemu demo: {scenario.name}: {scenario.description.strip()}\n", flush=True)
     if a.out:
@@ -151,7 +151,7 @@ def cmd_demo(a) -> int:
 
 def _timelines(paths):
     from .timeline import build
-    from .trace import load_trace
+    from ..runtime.trace import load_trace
     return [build(load_trace(p)) for p in paths]
 
 
@@ -173,7 +173,7 @@ def _write_plot(paths, out) -> None:
 def cmd_trace(a) -> int:
     if not a.perfetto and not a.plot:
         from collections import Counter
-        from .trace import load_trace
+        from ..runtime.trace import load_trace
         for path in a.files:
             events = load_trace(path)
             counts = Counter(e["ev"] for e in events)
@@ -325,7 +325,7 @@ def cmd_compare(a) -> int:
 
 
 def cmd_scenarios(a) -> int:
-    from .scenario import builtin_names, load_scenario
+    from ..scenario import builtin_names, load_scenario
     for name in builtin_names():
         s = load_scenario(name)
         first = s.description.strip().splitlines()[0] if s.description.strip() else ""
@@ -334,7 +334,7 @@ def cmd_scenarios(a) -> int:
 
 
 def cmd_policies(a) -> int:
-    from .policies import POLICIES
+    from ..policies import POLICIES
     for name, cls in POLICIES.items():
         consts = ", ".join(f"{k}={v:g}" for k, v in cls.DEFAULTS.items())
         print(f"{name:10} {cls.summary} [{consts}]")
@@ -342,7 +342,7 @@ def cmd_policies(a) -> int:
 
 
 def cmd_cleanup(a) -> int:
-    from .cleanup import cleanup
+    from ..runtime.cleanup import cleanup
     done = cleanup()
     for line in done:
         print(f"oomemu cleanup: {line}")
@@ -361,7 +361,7 @@ def _say(line: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="oomemu", description="Emulate the Linux OOM killer and OOM reaper with real processes.")
-    from . import __version__
+    from .. import __version__
     p.add_argument("--version", action="version", version=f"oomemu {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run a scenario under a reaper policy")
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum, frame):
-    from .signals import exiting
+    from ..runtime.signals import exiting
     if exiting():
         return                                     # already on the way out with the first signal
     if signum == signal.SIGINT:
@@ -443,8 +443,8 @@ def _terminate(signum, frame):
 
 def main(argv=None) -> int:
     # Outside a run, a terminating signal exits with 128+N through Python's own
-    # unwinding; during a run, the run defers it until it has torn down (emulator.signals).
-    from .signals import TERMINATING, name
+    # unwinding; during a run, the run defers it until it has torn down (emulator.runtime.signals).
+    from ..runtime.signals import TERMINATING, name
     for sig in TERMINATING:
         if sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler:
             try:

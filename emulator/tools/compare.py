@@ -32,12 +32,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
+from ..errors import UsageError
+from ..kernel.verdict import Verdict
+from ..policies import POLICIES, ReaperPolicy, get_policy
+from ..scenario import Expected, Scenario, builtin_names, load_scenario
 from .columns import columns
-from .errors import UsageError
-from .policies import POLICIES, ReaperPolicy, get_policy
-from .scenario import Expected, Scenario, builtin_names, load_scenario
 
-SHORT = {"resolved": "ok", "panic": "panic", "hung": "hung"}     # the normal outcomes of a run
+# the normal outcomes of a run, as a cell shows them
+SHORT = {Verdict.RESOLVED: "ok", Verdict.PANIC: "panic", Verdict.HUNG: "hung"}
 
 
 class CellFailed(Exception):
@@ -71,7 +73,7 @@ class Cell:
         if verdict not in SHORT:
             return verdict
         text = f"{SHORT[verdict]} {run['kills']}/{run['min_kills']}"
-        if verdict == "resolved" and run.get("extra_kills"):
+        if verdict == Verdict.RESOLVED and run.get("extra_kills"):
             text += f" +{run['extra_kills']}"
         return text
 
@@ -142,7 +144,7 @@ def _where(e: BaseException) -> str:
 
 def _run_one(scenario: Scenario, policy, speed: float, trace: str | None = None) -> dict:
     """One run, as RunResult.to_dict(); anything it raises becomes a CellFailed."""
-    from .supervisor import run_scenario
+    from ..runtime.supervisor import run_scenario
     global _in_run
     _in_run = True
     try:

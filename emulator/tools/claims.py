@@ -1,6 +1,6 @@
 """``make claims``: measure every scenario under every policy and put the table in the README.
 
-    python -m emulator.claims README.md [--repeat 3] [--speed 10]
+    python -m emulator.tools.claims README.md [--repeat 3] [--speed 10]
 
 Replaces what lies between ``<!-- claims:begin -->`` and ``<!-- claims:end -->``
 with a table from a real run, so the README never drifts from the code.
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..scenario import builtin_names, load_scenario
 from . import compare
-from .scenario import builtin_names, load_scenario
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 
@@ -40,7 +40,7 @@ def render(cells, repeat: int, speed: float) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m emulator.claims")
+    p = argparse.ArgumentParser(prog="python -m emulator.tools.claims")
     p.add_argument("readme")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--speed", type=float, default=10.0)

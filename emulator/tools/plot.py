@@ -6,16 +6,16 @@ the reaper's attempts: a filled green dot where a reap freed memory, a
 hollow grey ring where it "reaped" and freed nothing (mlocked, shared,
 hugetlb memory), a small grey dot where it could not reap, a black x where it
 gave up. Each run has its own time axis, scaled to its own story
-(:func:`emulator.timeline.story_window`) and labelled in ms or s: a panic
+(:func:`emulator.tools.timeline.story_window`) and labelled in ms or s: a panic
 40 ms after the first kill and a 2 s recovery are both readable, one above
 the other. Runs with many tasks fold their idle tasks into one row
-(:func:`emulator.timeline.fold_lanes`). matplotlib is an optional extra
+(:func:`emulator.tools.timeline.fold_lanes`). matplotlib is an optional extra
 (``pip install 'oomemu[plot]'``).
 """
 
 from __future__ import annotations
 
-from .errors import UsageError
+from ..errors import UsageError
 from .timeline import (D_STATE, EXITING, RUNNING, STALLED, LaneFold, ReaperMark, Timeline, fold_lanes,
                        story_window)
 
@@ -175,14 +175,14 @@ def _draw_reaper(lanes, marks: list[ReaperMark]) -> None:
     for m in marks:
         cat = reaper_category(m)
         if cat:
-            by_cat.setdefault(cat, []).append(m.t)
+            by_cat.setdefault(cat, []).append(m.at)
     for cat, ts in by_cat.items():
         label, style = REAPER_STYLES[cat]
         lanes.scatter(ts, [0] * len(ts), label=label, **style)
     reaps = [m for m in marks if m.kind == "finish_task_reaping"]
     if len(reaps) <= MAX_REAP_LABELS:
         for m in reaps:
-            lanes.annotate(m.label, (m.t, 0), xytext=(6, 0), textcoords="offset points", va="center",
+            lanes.annotate(m.label, (m.at, 0), xytext=(6, 0), textcoords="offset points", va="center",
                            fontsize=7, color=FREED if m.freed_kb else NOTHING)
 
 

@@ -1,0 +1,48 @@
+"""Time as the model sees it: emulated seconds, passed in; the Clock protocol; FakeClock.
+
+All policy and deadline logic works in *emulated* seconds and takes the time
+as a parameter. A run's clock (``runtime/clock.py``'s ScaledClock) maps
+those onto the real monotonic clock; tests of pure logic use
+:class:`FakeClock` and jump through hours in no real time (trio's
+``MockClock`` idea). Nothing here reads the real clock.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+HZ = 250                      # the kernel's tick rate; one jiffy is 4 ms
+JIFFY_S = 1.0 / HZ
+
+
+class Clock(Protocol):
+    """What the model asks of a clock: the emulated time now, in seconds since time 0."""
+
+    def now(self) -> float: ...
+
+
+class FakeClock:
+    """A clock that moves only when told to: for pure-logic tests.
+
+    ``to_real`` is the identity, so code that turns an emulated wait into a real
+    one (the reaper's thread) can be driven with it too."""
+
+    def __init__(self, start: float = 0.0):
+        self._now = float(start)
+        self.t0 = 0.0
+
+    def now(self) -> float:
+        return self._now
+
+    def to_real(self, emulated_s: float) -> float:
+        return emulated_s
+
+    def advance(self, dt: float) -> float:
+        if dt < 0:
+            raise ValueError("time does not go backwards")
+        self._now += dt
+        return self._now
+
+    def advance_to(self, t: float) -> float:
+        """Move to time ``t`` (no earlier than now)."""
+        return self.advance(max(0.0, t - self._now))

@@ -1,0 +1,180 @@
+"""The OOM killer's decisions, as mm/oom_kill.c (v4.17) makes them. Pure: no processes here.
+
+The supervisor snapshots tasks into :class:`TaskView` records (read straight
+from the mm headers in shared memory) and asks :func:`out_of_memory`, which
+scans them with :func:`select_bad_process` and returns an
+:class:`OomDecision` (kill this task, abort, panic, or nothing, and the
+lines to print); the supervisor carries it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterable
+
+from .mm_types import PAGE_SIZE
+
+OOM_SCORE_ADJ_MIN = -1000
+OOM_SCORE_ADJ_MAX = 1000
+PAGE_KB = PAGE_SIZE // 1024
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What ``oom_evaluate_task`` looks at, for one task."""
+    pid: int
+    name: str
+    oom_score_adj: int
+    rss_pages: int            # get_mm_rss(): file + anon + shmem
+    pgtables_pages: int       # mm_pgtables_bytes() / PAGE_SIZE
+    swapents: int = 0
+    has_mm: bool = True       # False once the task has exited (find_lock_task_mm fails)
+    oom_victim: bool = False  # tsk_is_oom_victim()
+    mmf_oom_skip: bool = False
+    memcg: int = 0            # the memory cgroup it is charged to (0: root)
+
+
+@dataclass
+class OomControl:
+    """struct oom_control: the allocation that failed and what was chosen."""
+    totalpages: int
+    requester: str = ""
+    memcg: int | None = None  # is_memcg_oom(): only this memcg's tasks are candidates
+    order: int = 0
+    chosen: TaskView | None = None
+    chosen_points: int = 0
+    aborted_by: TaskView | None = None
+
+
+def oom_badness(task: TaskView, totalpages: int) -> int:
+    """Heuristic that decides whom to kill; 0 means never.
+
+    rss + swap entries + page-table pages, plus ``oom_score_adj`` in units of
+    totalpages/1000. Never 0 for an eligible task (the kernel returns 1).
+    """
+    if not task.has_mm:
+        return 0
+    if task.oom_score_adj == OOM_SCORE_ADJ_MIN or task.mmf_oom_skip:
+        return 0
+    points = task.rss_pages + task.swapents + task.pgtables_pages
+    adj = task.oom_score_adj * (totalpages // 1000)
+    points += adj
+    return points if points > 0 else 1
+
+
+class Selection(Enum):
+    CHOSEN = "chosen"
+    ABORT = "abort"     # an existing victim still has its memory: wait for it
+    NONE = "none"       # nobody is eligible: panic (global) or hang (memcg)
+
+
+def oom_evaluate_task(task: TaskView, oc: OomControl) -> bool:
+    """Returns False to abort the scan (v4.17 semantics)."""
+    if task.oom_victim:
+        if task.mmf_oom_skip or not task.has_mm:
+            return True                       # goto next
+        oc.aborted_by = task
+        oc.chosen = None
+        return False                          # goto abort
+    points = oom_badness(task, oc.totalpages)
+    if points == 0 or points < oc.chosen_points:
+        return True
+    oc.chosen, oc.chosen_points = task, points
+    return True
+
+
+def select_bad_process(tasks, oc: OomControl) -> Selection:
+    """Scan every task; O(number of tasks), as the kernel's for_each_process."""
+    oc.chosen, oc.chosen_points, oc.aborted_by = None, 0, None
+    for task in tasks:
+        if not oom_evaluate_task(task, oc):
+            return Selection.ABORT
+    return Selection.CHOSEN if oc.chosen is not None else Selection.NONE
+
+
+# -- out_of_memory: the decision, and the lines it prints ------------------------------
+
+GFP = "gfp_mask=0x14280ca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO), order=0"
+GLOBAL, MEMCG = "global", "memcg"          # why a charge failed: the zone, or a memcg's limit
+NO_KILLABLE = "Out of memory and no killable processes..."
+
+
+@dataclass(frozen=True)
+class MemcgState:
+    """A memory cgroup at its limit: what a memcg OOM scores against and prints."""
+    index: int
+    name: str
+    limit_pages: int
+    usage_pages: int
+
+
+class OomAction(Enum):
+    NOTHING = "nothing"     # no OOM after all: the requester is on its way out, or the
+                            # last-second allocation attempt would succeed
+    ABORT = "abort"         # a victim in the OOM domain still holds its memory: wait for it
+    NO_VICTIM = "no_victim"  # a memcg OOM with nobody to kill: the charge keeps failing
+    KILL = "kill"           # oom_kill_process(victim)
+    PANIC = "panic"         # a global OOM and nobody to kill: the machine stops
+
+
+@dataclass(frozen=True)
+class OomDecision:
+    """What out_of_memory() decided; the runtime carries it out. ``lines`` are printed
+    first, in order (for KILL: before the kill; its "Killed process" line comes after,
+    from :func:`killed_process_line`)."""
+    action: OomAction
+    lines: tuple[str, ...] = ()
+    victim: TaskView | None = None      # KILL: whom
+    points: int = 0                     # KILL: its oom_badness
+    aborted_by: TaskView | None = None  # ABORT: the victim that still holds memory
+    memcg: int | None = None            # the memcg the OOM is constrained to (None: global)
+
+
+def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, would_succeed: bool,
+                  victims: Iterable[TaskView], tasks: Iterable[TaskView], total_pages: int,
+                  memcg: MemcgState | None = None) -> OomDecision:
+    """mm/oom_kill.c out_of_memory() for a failed allocation of ``requester``. Has to be
+    called with oom_lock held (the caller's), so that the views stay true while it decides.
+
+    ``where`` is GLOBAL (the zone is short) or MEMCG (the requester's memcg, ``memcg``,
+    is at its limit: only that memcg's tasks are candidates). ``would_succeed``: the
+    last-second allocation attempt would succeed now. ``victims`` are the views of the
+    OOM victims so far, ``tasks`` of every task: ``tasks`` is iterated only if a scan is
+    needed, so a lazy iterable keeps the common case (an abort) free of a full scan."""
+    if requester_exiting or requester.oom_victim:
+        return OomDecision(OomAction.NOTHING)          # task_will_free_mem(current)
+    if would_succeed:
+        return OomDecision(OomAction.NOTHING)
+    domain = memcg.index if where == MEMCG and memcg is not None else None
+    in_domain = (lambda t: True) if domain is None else (lambda t: t.memcg == domain)
+    # Fast path, same answer as the full scan: a victim in the OOM domain still
+    # holding its memory (no MMF_OOM_SKIP) aborts select_bad_process.
+    for v in victims:
+        if in_domain(v) and v.has_mm and not v.mmf_oom_skip:
+            return OomDecision(OomAction.ABORT, aborted_by=v, memcg=domain)
+    totalpages = total_pages if domain is None else memcg.limit_pages
+    oc = OomControl(totalpages=totalpages, requester=requester.name, memcg=domain)
+    selection = select_bad_process((t for t in tasks if in_domain(t)), oc)
+    if selection is Selection.ABORT:
+        return OomDecision(OomAction.ABORT, aborted_by=oc.aborted_by, memcg=domain)
+    invoked = "%s invoked oom-killer: %s, oom_score_adj=%d" % (requester.name, GFP, requester.oom_score_adj)
+    if selection is Selection.NONE:
+        if domain is not None:
+            return OomDecision(OomAction.NO_VICTIM, memcg=domain)    # a memcg OOM does not panic
+        return OomDecision(OomAction.PANIC, (invoked, NO_KILLABLE, "Kernel panic - not syncing: " + NO_KILLABLE))
+    lines = [invoked]
+    if domain is not None:
+        lines += ["Task in /%s killed as a result of limit of /%s" % (memcg.name, memcg.name),
+                  "memory: usage %dkB, limit %dkB" % (memcg.usage_pages * PAGE_KB, memcg.limit_pages * PAGE_KB)]
+    victim = oc.chosen
+    reason = "Out of memory" if domain is None else "Memory cgroup out of memory"
+    lines.append("%s: Kill process %d (%s) score %d or sacrifice child"
+                 % (reason, victim.pid, victim.name, oc.chosen_points * 1000 // oc.totalpages))
+    return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain)
+
+
+def killed_process_line(pid: int, name: str, rss_kb: dict[str, int]) -> str:
+    """The line oom_kill_process prints once the victim is killed (its rss before the kill)."""
+    return ("Killed process %d (%s) total-vm:%dkB, anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
+            % (pid, name, rss_kb["total_vm"], rss_kb["anon_rss"], rss_kb["file_rss"], rss_kb["shmem_rss"]))

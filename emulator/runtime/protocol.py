@@ -1,0 +1,161 @@
+"""The wire protocol between the supervisor and its workers, defined once.
+
+Both sides import this module and nothing else to talk:
+
+* :class:`WorkerSpec`: the record a worker is started with (``--spec``):
+  its layout, its steps, and the policy's :class:`ExitMmapRules`. It
+  crosses as JSON, field by field (:func:`to_wire`/:func:`from_wire` walk
+  the dataclasses and enums), so neither side spells a key by hand.
+* :class:`Event`: the kinds of message on the run's event FIFO, one JSON
+  line each (``ev`` the kind, ``i`` the task index, ``t`` its
+  ``time.monotonic()``, then the kind's own fields); :func:`encode` and
+  :func:`decode`. Workers write them, and so does ``oomemu inject``
+  (``INJECT``). Every line is below PIPE_BUF, so lines never interleave.
+* The signals: :data:`SIGKILL_EMULATED` (the OOM killer's SIGKILL, which a
+  task acts on only at a killable point) and :data:`SIGWAKE` (a command is
+  waiting in the mm's mailbox).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import types
+import typing
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any
+
+from ..kernel.policies.base import ExitMmapRules
+from ..scenario import StepSpec
+
+SIGKILL_EMULATED = signal.SIGUSR1     # blocked in workers: pending until a killable point
+SIGWAKE = signal.SIGUSR2              # "there is a command in your mailbox" (oomemu inject alloc)
+
+class Event(StrEnum):
+    """What a message on the event FIFO says. Fields besides ``ev``, ``i`` and ``t``:"""
+    READY = "ready"                   # the worker faulted in its VMAs: pid
+    FAULT = "fault"                   # its last words before dying of a fault: what, environment
+    STATE = "state"                   # entered or left D state: state ("D" or "R")
+    ALLOC_STALL = "alloc_stall"       # an allocation failed for the first time: pages, where
+    OOM = "oom"                       # out_of_memory(), please; it waits on oom_reply: pages, where
+    ALLOC_OK = "alloc_ok"             # the allocation succeeded: pages, stalled
+    STEPS_DONE = "steps_done"         # every step of the scenario is done
+    EXITING = "exiting"               # do_exit began: fatal (the emulated SIGKILL, or its own exit)
+    HANDOVER = "handover"             # exit_mmap marked the mm MMF_OOM_HANDOVER
+    OOM_SKIP = "oom_skip"             # exit_mmap set MMF_OOM_SKIP: by, where
+    EXIT_MMAP_START = "exit_mmap_start"   # victim
+    EXIT_MMAP_DONE = "exit_mmap_done"     # freed_kb
+    EXITED = "exited"                 # the mm is gone; the process exits next
+    INJECT = "inject"                 # from ``oomemu inject``: action, what, by (its pid)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded line of the event FIFO."""
+    kind: Event
+    index: int                        # the task's index (-1: none, for an injection into a lock)
+    sent_at: float                    # time.monotonic() when it was sent (``t`` on the wire)
+    fields: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+class ProtocolError(ValueError):
+    """A line on the event FIFO that is not a message of this protocol."""
+
+
+def encode(kind: Event, index: int, t: float, **fields) -> bytes:
+    """One line for the event FIFO."""
+    return (json.dumps({"ev": str(kind), "i": index, "t": t, **fields}, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes) -> Message:
+    """A line of the event FIFO as a :class:`Message`; ProtocolError if it is not one."""
+    try:
+        rec = json.loads(line)
+        kind = Event(rec.pop("ev"))
+        index, t = rec.pop("i"), rec.pop("t")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ProtocolError(f"not an event: {bytes(line[:80])!r} ({e})") from None
+    if isinstance(index, bool) or not isinstance(index, int) or isinstance(t, bool) \
+            or not isinstance(t, (int, float)):
+        raise ProtocolError(f"not an event: {bytes(line[:80])!r} (index or time)")
+    return Message(kind, index, float(t), rec)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to run its task; built by the supervisor, rebuilt by the worker."""
+    speed: float                          # emulated seconds per real second
+    jiffy_s: float                        # emulated seconds between allocation retries
+    locks: tuple[str, ...]                # the run's named locks, to open
+    initial_pages: tuple[int, ...]        # pages to fault in, per VMA, before time 0
+    grow_vma: int                         # the VMA that ``alloc`` grows
+    pgtables_pages: int                   # page tables to populate before time 0
+    others: dict[str, int]                # task name -> index, of tasks whose mmap_sem a step takes
+    exit_unmap_ms_per_mb: float
+    exit_free_pgtables_ms: float
+    exit_mmap: ExitMmapRules              # the policy's rules for this task's exit_mmap
+    steps: tuple[StepSpec, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(to_wire(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        return from_wire(cls, json.loads(text))
+
+
+def to_wire(value: Any) -> Any:
+    """A dataclass as a dict of its fields, an enum as its value, a tuple as a list (deeply)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    return value
+
+
+def from_wire(kind: Any, data: Any) -> Any:
+    """The inverse of :func:`to_wire`, guided by the type ``kind`` (a dataclass, an enum,
+    ``tuple[X, ...]``, ``dict[str, X]``, or a plain type); ProtocolError on a mismatch."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return None if data is None else from_wire(options[0], data)
+    if origin is tuple:
+        (item, *_) = typing.get_args(kind)
+        return tuple(from_wire(item, v) for v in _expect(data, list, kind))
+    if origin is dict:
+        _, item = typing.get_args(kind)
+        return {k: from_wire(item, v) for k, v in _expect(data, dict, kind).items()}
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        data = _expect(data, dict, kind)
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in dataclasses.fields(kind)}
+        if set(data) - names:
+            raise ProtocolError(f"{kind.__name__}: unknown fields {sorted(set(data) - names)}")
+        return kind(**{n: from_wire(hints[n], v) for n, v in data.items()})
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        try:
+            return kind(data)
+        except ValueError:
+            raise ProtocolError(f"{kind.__name__}: no member {data!r}") from None
+    if kind is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    return _expect(data, kind, kind)
+
+
+def _expect(data: Any, python_type: type, kind: Any) -> Any:
+    if not isinstance(data, python_type) or (isinstance(data, bool) and python_type is not bool):
+        raise ProtocolError(f"expected {kind}, got {data!r}")
+    return data

@@ -1,0 +1,7 @@
+"""What a user types and sees: the ``oomemu`` command and its helpers.
+
+    cli.py          the ``oomemu`` command;  live.py  runs / ps / stop / inject
+    compare.py      every scenario under every policy, one table;  claims.py  make claims
+    timeline.py     trace events -> states per task;  perfetto.py, plot.py  render them
+    columns.py      plain-text tables as the commands print them
+"""
