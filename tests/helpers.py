@@ -391,7 +391,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The documents the tests read, one constant each (the README is being split into docs/):
 # the tables of trace events, and the file whose outcome table `make claims` rewrites.
 _READING_OUTPUT = os.path.join(REPO, "docs", "reading-output.md")
-DOCS_TRACE_EVENTS = _READING_OUTPUT if os.path.exists(_READING_OUTPUT) else os.path.join(REPO, "README.md")
+DOCS_TRACE_EVENTS = _READING_OUTPUT
 CLAIMS_DOC = os.path.join(REPO, "README.md")
 
 
