@@ -34,7 +34,7 @@ from ..kernel.mm_types import (KIND_COUNTER, MAX_VMAS, MM_ANONPAGES, MM_FILEPAGE
                                VMA_KINDS, MmLayout, TaskState, Vma)
 from .layout import Record
 from .names import c_string
-from .shm_trust import Segment
+from .shm_trust import Segment, unmap
 
 HEADER_SIZE = MM_HEADER_PAGES * PAGE_SIZE
 
@@ -166,14 +166,7 @@ class Mm:
             start += cap
 
     def close(self) -> None:
-        try:
-            self.map.close()
-        except (BufferError, ValueError):
-            pass
-        try:
-            self._shm.close_fd()
-        except Exception:
-            pass
+        unmap(self.map, self._shm)
 
     # -- header fields ----------------------------------------------------
     pid = _field("pid")

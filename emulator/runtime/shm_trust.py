@@ -165,3 +165,16 @@ class Segment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def unmap(mapping, segment) -> None:
+    """Close a segment's mapping and its fd, whatever state they are in (idempotent).
+    A mapping still exported (BufferError) is left to the garbage collector."""
+    try:
+        mapping.close()
+    except (BufferError, ValueError):
+        pass
+    try:
+        segment.close_fd()
+    except Exception:
+        pass

@@ -37,7 +37,7 @@ from ..kernel.policies.base import MAX_NAME_BYTES as MAX_POLICY_NAME_BYTES
 from ..scenario import MAX_NAME_BYTES
 from . import names
 from .layout import Record
-from .shm_trust import Segment
+from .shm_trust import Segment, unmap
 
 #: one memory cgroup in the zone's table (index 0: the root memcg, no limit)
 MEMCG_RECORD = Record(("limit_pages", "q"),        # -1: none
@@ -160,14 +160,7 @@ class Zone:
         self._memcg_of_off = _TASKS_OFF + CHARGE.size * n
 
     def close(self) -> None:
-        try:
-            self.map.close()
-        except (BufferError, ValueError):
-            pass
-        try:
-            self._shm.close_fd()
-        except Exception:
-            pass
+        unmap(self.map, self._shm)
 
     def facts(self) -> RunFacts:
         get = lambda name: ZONE_HEADER.get(self.map, name)
