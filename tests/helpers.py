@@ -45,6 +45,12 @@ _SESSION_ENV = re.compile(rb"(?:^|\0)OOMEMU_PREFIX=" + TEST_PREFIX.encode() + rb
 
 # -- processes that die with the session -------------------------------------------
 
+def tie_to_parent(parent: int, sig: int) -> bool:
+    """In a forked child: get ``sig`` when the thread that forked it dies. False if
+    that did not work or ``parent`` is already gone (the child should leave)."""
+    return _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0 and os.getppid() == parent
+
+
 def die_with_parent(sig: int = signal.SIGTERM):
     """A ``preexec_fn``: the child gets ``sig`` when the thread that forks it dies.
 
@@ -53,7 +59,7 @@ def die_with_parent(sig: int = signal.SIGTERM):
     parent = os.getpid()
 
     def preexec():
-        if _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0 or os.getppid() != parent:
+        if not tie_to_parent(parent, sig):
             os._exit(127)
     return preexec
 
@@ -175,6 +181,19 @@ def session_descendants() -> list[psutil.Process]:
     return [p for p in kids if not _session_helper(p)]
 
 
+def workers_of(supervisor_pid: int) -> list[psutil.Process]:
+    """Live workers of the run whose supervisor is ``supervisor_pid`` (a zombie is dead)."""
+    out = []
+    for w in worker_processes():
+        try:
+            cmd = w.cmdline()
+            if "--parent" in cmd and cmd[cmd.index("--parent") + 1] == str(supervisor_pid):
+                out.append(w)
+        except (psutil.Error, IndexError):
+            pass
+    return out
+
+
 def worker_processes() -> list[psutil.Process]:
     """Worker processes of this test session (other runs on the machine are not ours)."""
     out = []
@@ -260,7 +279,7 @@ def write_scenario(tmp_path, text: str, name: str = "scenario") -> str:
 
 def _burn(stop, parent):
     # a forked child: it dies with the session too (no busy loop outlives a killed test)
-    if _libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0 or os.getppid() != parent:
+    if not tie_to_parent(parent, signal.SIGKILL):
         return
     while not stop.is_set():
         sum(range(10000))

@@ -31,6 +31,7 @@ import traceback
 
 import posix_ipc
 
+from emulator.errors import ENVIRONMENT_ERRNOS
 from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE,
                                      PAGES_PER_MB, TaskState, can_reap_vma)
 from emulator.kernel.policies.base import OomSkipAt
@@ -353,12 +354,6 @@ class WorkerTask:
         self.zone.uncharge(self.index, n)
         self.mm.journal_end()
         return n
-
-
-# Errors that say the machine ran short (room in /dev/shm, memory, files,
-# processes), not that oomemu is wrong: the run ends with exit 2, not 1.
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
-                                errno.EDQUOT, errno.EFBIG})
 
 
 def is_environment(e: BaseException) -> bool:

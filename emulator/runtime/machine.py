@@ -3,7 +3,7 @@
 A run that the machine cannot hold is refused before it starts, in one line
 (``EnvironmentProblem``, exit 2), rather than failing half-way; an OS error
 during a run whose cause is the machine's is told apart from a fault of ours
-by :data:`ENVIRONMENT_ERRNOS`.
+by :data:`emulator.errors.ENVIRONMENT_ERRNOS`.
 """
 
 from __future__ import annotations
@@ -85,11 +85,6 @@ def _check_nproc(tasks: int) -> None:
             raise EnvironmentProblem(
                 f"this run needs {tasks} more processes, you have {mine} and the limit is "
                 f"{hard} (ulimit -u): raise it or run fewer tasks")
-
-
-#: errors of a run's set-up that say the machine cannot give it what it needs
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
-                                errno.EDQUOT, errno.EPERM, errno.EACCES})
 
 
 def hint(err: int) -> str:

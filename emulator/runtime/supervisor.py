@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import posix_ipc
 import psutil
 
-from ..errors import EnvironmentProblem, UsageError
+from ..errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, UsageError
 from ..kernel.clock import JIFFY_S
 from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout,
                                TaskState, vm_flags_for)
@@ -586,7 +586,7 @@ class Run:
                     raise EnvironmentProblem(f"the run's objects in {names.SHM_DIR} were in the way or went "
                                              f"missing (someone else's files?): {e}") from None
                 except OSError as e:
-                    if e.errno in machine.ENVIRONMENT_ERRNOS:
+                    if e.errno in ENVIRONMENT_ERRNOS:
                         raise EnvironmentProblem(
                             f"the run could not be set up: {e.strerror} "
                             f"({errno.errorcode.get(e.errno, e.errno)}{machine.hint(e.errno)})") from None

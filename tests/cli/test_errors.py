@@ -15,10 +15,9 @@ import signal
 import subprocess
 import sys
 
-import psutil
 import pytest
 
-from tests.helpers import IDLE, die_with_parent, end_process, spawn, wait_for, worker_processes, write_scenario
+from tests.helpers import IDLE, die_with_parent, end_process, spawn, wait_for, workers_of, write_scenario
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,18 +31,6 @@ def oomemu(*args, timeout=60, preexec=None):
             preexec()
     return subprocess.run([sys.executable, "-m", "emulator", *args], capture_output=True, text=True,
                           timeout=timeout, preexec_fn=pre)
-
-
-def workers_of(pid):
-    out = []
-    for w in worker_processes():
-        try:
-            if str(pid) in w.cmdline():
-                out.append(w)
-        except psutil.Error:
-            pass
-    return out
-
 
 def held(path):
     p = spawn([sys.executable, "-m", "emulator", "run", path, "--hold", "--speed", "10"])

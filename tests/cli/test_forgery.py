@@ -11,7 +11,6 @@ with timeouts, must never signal a process outside the run, never print a
 traceback, never hang, and exit 0, or 2 with one line.
 """
 
-import ctypes
 import json
 import os
 import pwd
@@ -28,11 +27,9 @@ from emulator.runtime.mm import MM_HEADER, Mm
 from emulator.runtime.shm_trust import SEM_SIZE
 from emulator.runtime.zone import ZONE_HEADER, Zone
 from emulator.tools import live
-from tests.helpers import HeldRun, oomemu, wait_for, write_scenario
+from tests.helpers import HeldRun, oomemu, tie_to_parent, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(180)
-LIBC = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
 
 CALM = """
     memory_mb = 64
@@ -85,8 +82,7 @@ class AsUser:
                 os.setuid(uid)
                 # Dies with the test even if pytest-timeout ends it (a change of uid clears
                 # the parent-death signal, so it is set after).
-                LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                if os.getppid() != parent:
+                if not tie_to_parent(parent, signal.SIGKILL):
                     os._exit(1)
                 out = {"ok": work()}
                 code = 0

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from emulator.runtime import names
-from tests.helpers import end_process, spawn, wait_for, worker_processes, write_scenario
+from tests.helpers import end_process, spawn, wait_for, workers_of, write_scenario
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,20 +50,6 @@ def finish(p, timeout=30):
 
 def objects_of(pid: int) -> list[str]:
     return [e for rid, entries in names.leftovers().items() if rid.startswith(f"{pid}-") for e in entries]
-
-
-def workers_of(pid: int) -> list[psutil.Process]:
-    """Live workers whose supervisor is ``pid`` (a zombie is dead: not counted)."""
-    out = []
-    for w in worker_processes():
-        try:
-            cmd = w.cmdline()
-            if "--parent" in cmd and cmd[cmd.index("--parent") + 1] == str(pid):
-                out.append(w)
-        except (psutil.Error, IndexError):
-            pass
-    return out
-
 
 def start_long_run(*extra, session=False):
     """livelock under timeout at speed 1: about 10 s of work, time enough to interrupt it."""
