@@ -43,6 +43,14 @@ class RunResult:
     error_kind: str | None = None
     stops: int = 0                           # times the run was stopped by Ctrl-Z
     stopped_s: float = 0.0                   # real seconds it was stopped, in all
+    # How far the run fell behind its emulated clock: the worst lateness of anything due at
+    # an emulated time (a step's end, an exit's phase, the reaper's delay or deadline, an
+    # out_of_memory call), in real ms; ``lagged`` if past ``lag_tolerance_ms`` (the larger
+    # of 5 ms emulated and 2 ms real): its timings, and so perhaps its outcome, may not be
+    # those of the speed asked for.
+    lag_ms: float = 0.0
+    lagged: bool = False
+    lag_tolerance_ms: float = 0.0
     oomemu_version: str = ""
     scenario_sha256: str | None = None       # of the scenario file, None if built in memory
 
@@ -75,5 +83,8 @@ class RunResult:
         ttr = "-" if self.time_to_resolve_s is None else f"{self.time_to_resolve_s:.3f}s"
         extra = f", {self.extra_kills} extra" if self.extra_kills else ""
         stopped = (f" (stopped {self.stopped_s:.1f}s by Ctrl-Z: times include it)" if self.stops else "")
+        lagged = (f"; LAGGED {self.lag_ms:.1f} ms behind its clock (tolerance {self.lag_tolerance_ms:g} ms): "
+                  f"try a lower --speed" if self.lagged else "")
         return (f"oomemu: {self.scenario} under {self.policy}: {self.verdict}, "
-                f"kills {self.kills} (fewest needed {self.min_kills}{extra}), time to resolve {ttr}{stopped}")
+                f"kills {self.kills} (fewest needed {self.min_kills}{extra}), time to resolve {ttr}{stopped}"
+                f"{lagged}")

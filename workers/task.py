@@ -13,6 +13,14 @@ Started by the supervisor as ``python -m workers.task --run ID --index I
 4. Killed: let go of mmap_sem and named locks, run ``exit_mmap`` as the
    policy says (real sleeps for unmap and free_pgtables, real frees), exit.
 
+Time: the task keeps a *plan*, the emulated time its next action is due
+(``t_plan``). A ``sleep`` or ``busy`` step ends at its due time, not a
+duration after the previous step happened to end; an exit is planned from the
+moment of the kill. Real work (faulting pages in, zapping them) is done with
+the run clock frozen (``RunClock.frozen``), so it takes no emulated time. How
+late the task woke for anything due (real ms) goes to the supervisor as a
+``late`` event each time it is the worst so far: the run's ``lag_ms``.
+
 Events go to the supervisor on the run's event FIFO, as
 ``emulator.runtime.protocol`` defines them (its ``WorkerSpec`` is what
 ``--spec`` holds, its ``Event`` the kinds of message).
@@ -36,6 +44,7 @@ from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VI
                                      PAGES_PER_MB, TaskState, can_reap_vma)
 from emulator.kernel.policies.base import OomSkipAt
 from emulator.runtime import names
+from emulator.runtime.clock import RunClock, late_ms, tolerance_ms
 from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
 from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
 from emulator.runtime.zone import Zone
@@ -69,8 +78,10 @@ class WorkerTask:
     def __init__(self, run_id: str, index: int, spec: WorkerSpec, fd: int):
         self.run_id, self.index, self.spec, self.fd = run_id, index, spec, fd
         self.speed = spec.speed
-        self.jiffy_real = spec.jiffy_s / self.speed
         self.zone = Zone(run_id)
+        self.clock = RunClock(self.zone, index)
+        self.t_plan = 0.0                    # emulated time the next action is due
+        self.lag_ms = 0.0                    # the worst lateness so far (real ms)
         self.mm = Mm(names.mm(run_id, index))
         self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index))
         self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
@@ -86,8 +97,9 @@ class WorkerTask:
         self.cmd_seq = 0
 
     # -- talking to the supervisor ---------------------------------------
-    def send(self, kind: Event, **fields) -> None:
-        data = encode(kind, self.index, time.monotonic(), **fields)
+    def send(self, kind: Event, at: float | None = None, **fields) -> None:
+        """An event at emulated time ``at`` (default: the plan, the time the task is at)."""
+        data = encode(kind, self.index, self.t_plan if at is None else at, **fields)
         while data:
             n = os.write(self.fd, data)
             data = data[n:]
@@ -98,15 +110,54 @@ class WorkerTask:
             self.fatal = True
         return self.fatal
 
-    def schedule_timeout_killable(self, real_s: float) -> None:
-        """Sleep, but wake up and die if the emulated SIGKILL comes."""
-        if self.fatal_signal_pending():
+    # -- time: the plan, and waits for what is due --------------------------
+    def wait_until(self, due: float, where: str, killable: bool) -> None:
+        """Wait until emulated time ``due`` (killable: the emulated SIGKILL ends the wait
+        with Dying), then note how late we woke."""
+        if killable and self.fatal_signal_pending():
             raise Dying
-        if real_s <= 0:
-            return
-        if signal.sigtimedwait([SIGKILL_EMULATED], real_s) is not None:
-            self.fatal = True
-            raise Dying
+        while (left := due - self.clock.now()) > 0:
+            real = self.clock.real_wait(left)
+            if not killable:
+                time.sleep(real)
+            elif signal.sigtimedwait([SIGKILL_EMULATED], real) is not None:
+                self.fatal = True
+                raise Dying
+        self.note_late(due, where)
+
+    def note_late(self, due: float, where: str) -> None:
+        late = late_ms(self.clock.now(), due, self.speed)
+        if late > self.lag_ms:
+            self.lag_ms = late
+            self.send(Event.LATE, at=due, late_ms=round(late, 3), where=where,
+                      lagged=late > tolerance_ms(self.speed))
+
+    def caught_up(self) -> None:
+        """After a wait for someone else (a lock, mmap_sem, a command): the task is now."""
+        self.t_plan = max(self.t_plan, self.clock.now())
+
+    def down(self, sem) -> None:
+        """sem_down(), and if it had to wait, the task is at the time it got it."""
+        try:
+            sem.acquire(0)
+        except posix_ipc.BusyError:
+            sem_down(sem)
+            self.caught_up()
+
+    def killed(self) -> None:
+        """Dying: the exit is planned from the kill, or from where the task stood then
+        if it was busy (D state) past it."""
+        self.t_plan = max(self.t_plan, self.mm.killed_at or self.clock.now())
+
+    def schedule_timeout_killable(self, emulated_s: float, where: str = "sleep") -> None:
+        """Sleep until ``emulated_s`` after the plan, but wake up and die if the emulated
+        SIGKILL comes."""
+        try:
+            self.wait_until(self.t_plan + emulated_s, where, killable=True)
+        except Dying:
+            self.killed()
+            raise
+        self.t_plan += emulated_s
 
     def _d_state(self, on: bool) -> None:
         if on:
@@ -116,11 +167,11 @@ class WorkerTask:
             self.mm.state = TaskState.EXITING if self.exiting else TaskState.TASK_RUNNING
             self.send(Event.STATE, state="R")
 
-    def uninterruptible(self, real_s: float) -> None:
+    def uninterruptible(self, emulated_s: float, where: str = "busy") -> None:
+        """D state until ``emulated_s`` after the plan."""
         self._d_state(True)
-        end = time.monotonic() + real_s
-        while (left := end - time.monotonic()) > 0:
-            time.sleep(left)
+        self.wait_until(self.t_plan + emulated_s, where, killable=False)
+        self.t_plan += emulated_s
         self._d_state(False)
 
     def down_uninterruptible(self, sem) -> None:
@@ -131,10 +182,8 @@ class WorkerTask:
             pass
         self._d_state(True)
         sem_down(sem)
+        self.caught_up()
         self._d_state(False)
-
-    def real(self, emulated_s: float) -> float:
-        return emulated_s / self.speed
 
     # -- memory -------------------------------------------------------------
     def fault_in(self, vma_index: int, pages: int) -> None:
@@ -143,11 +192,13 @@ class WorkerTask:
         under it, as mmap(MAP_POPULATE) does under the write lock. The charge is
         taken (and journalled) before: see :meth:`alloc`."""
         if self.holds_mmap_sem:
-            self.mm.fault_in(vma_index, pages)
-        else:
-            sem_down(self.mmap_sem)
-            try:
+            with self.clock.frozen():
                 self.mm.fault_in(vma_index, pages)
+        else:
+            self.down(self.mmap_sem)
+            try:
+                with self.clock.frozen():
+                    self.mm.fault_in(vma_index, pages)
             finally:
                 self.mmap_sem.release()
         self.mm.journal_end()
@@ -166,10 +217,14 @@ class WorkerTask:
                 stalled = True
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
             # the allocating task's context: wait until the supervisor's OOM killer is done.
+            # It decides as of the plan (the event's time): the round trip takes no time.
             self.send(Event.OOM, pages=pages, where=short)
             sem_down(self.oom_reply)
+            # The next try comes a jiffy after this one's answer: retries follow the real
+            # answers, they do not pile up behind a schedule a slow answer broke.
+            self.caught_up()
             try:
-                self.schedule_timeout_killable(self.jiffy_real)
+                self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")
             except Dying:
                 self.mm.journal_end()
                 raise
@@ -184,9 +239,9 @@ class WorkerTask:
         if op == "alloc":
             self.alloc(round(step.mb * PAGES_PER_MB), self.spec.grow_vma)
         elif op == "sleep":
-            self.schedule_timeout_killable(self.real(step.ms / 1000))
+            self.schedule_timeout_killable(step.ms / 1000)
         elif op == "busy":
-            self.uninterruptible(self.real(step.ms / 1000))
+            self.uninterruptible(step.ms / 1000)
         elif op == "mmap_sem_down" and step.task:
             sem, mm = self.others[step.task]
             self.down_uninterruptible(sem)
@@ -240,13 +295,14 @@ class WorkerTask:
         self.mm.state = TaskState.TASK_RUNNING
         self.send(Event.READY, pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
-        t0 = self.zone.facts().t0
-        while (left := t0 - time.monotonic()) > 0:
+        while (left := self.zone.t0 - time.monotonic()) > 0:
             time.sleep(left)
+        self.wait_until(0.0, "start", killable=False)
         try:
             for step in self.spec.steps:
                 self.do_step(step)
                 if self.fatal_signal_pending():      # return to user space
+                    self.killed()
                     raise Dying
             if self.spec.steps:
                 self.send(Event.STEPS_DONE)
@@ -254,7 +310,9 @@ class WorkerTask:
                 info = signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE])
                 if info.si_signo == SIGKILL_EMULATED:
                     self.fatal = True
+                    self.killed()
                     raise Dying
+                self.t_plan = self.clock.now()          # a command: the task acts now
                 self.do_commands()
         except Dying:
             self.do_exit()
@@ -268,6 +326,7 @@ class WorkerTask:
         if op == CMD_ALLOC:
             self.alloc(round(arg * PAGES_PER_MB), self.spec.grow_vma)
             if self.fatal_signal_pending():
+                self.killed()
                 raise Dying
 
     # -- do_exit / exit_mmap ---------------------------------------------
@@ -302,45 +361,48 @@ class WorkerTask:
         if victim:
             if rules.reap_first:
                 # __oom_reap_task_mm(mm): free what the reaper could free, now
-                sem_down(self.mmap_sem)
+                self.down(self.mmap_sem)
                 try:
-                    for vma in self.mm.vmas():
-                        if can_reap_vma(vma.kind, vma.vm_flags, rules.unreapable_vm_flags):
-                            freed += self._zap(vma)
+                    with self.clock.frozen():
+                        for vma in self.mm.vmas():
+                            if can_reap_vma(vma.kind, vma.vm_flags, rules.unreapable_vm_flags):
+                                freed += self._zap(vma)
                 finally:
                     self.mmap_sem.release()
             self.mm.set_bit(MMF_UNSTABLE)
             if rules.waits_for_reaper:
                 # the 2018 timeout patch: MMF_UNSTABLE, then down_write(); up_write() to
                 # wait for the reaper to stop working on this mm
-                sem_down(self.mmap_sem)
+                self.down(self.mmap_sem)
                 self.mmap_sem.release()
             if rules.handover:
                 # With mmap_sem held for write, exit_mmap owns the VMAs and will
                 # finish: from here on MMF_OOM_SKIP is the exit path's to set.
-                sem_down(self.mmap_sem)
+                self.down(self.mmap_sem)
                 self.mm.set_bit(MMF_OOM_HANDOVER)
                 self.mmap_sem.release()
                 self.send(Event.HANDOVER)
             if rules.oom_skip is OomSkipAt.BEFORE_UNMAP:
                 self._set_oom_skip(OomSkipAt.BEFORE_UNMAP)
-                sem_down(self.mmap_sem)           # down_write(); up_write(): serialise with the reaper
+                self.down(self.mmap_sem)           # down_write(); up_write(): serialise with the reaper
                 self.mmap_sem.release()
         ms_per_mb = self.spec.exit_unmap_ms_per_mb
         for vma in self.mm.vmas():                # munlock, unmap_vmas
             if vma.nr_pages:
-                self.uninterruptible(self.real(ms_per_mb * vma.nr_pages / PAGES_PER_MB / 1000))
-                sem_down(self.mmap_sem)
+                self.uninterruptible(ms_per_mb * vma.nr_pages / PAGES_PER_MB / 1000, "exit_mmap")
+                self.down(self.mmap_sem)
                 try:
-                    freed += self._zap(vma)
+                    with self.clock.frozen():
+                        freed += self._zap(vma)
                 finally:
                     self.mmap_sem.release()
         if victim and rules.oom_skip is OomSkipAt.AFTER_UNMAP:
             self._set_oom_skip(OomSkipAt.AFTER_UNMAP)
-        self.uninterruptible(self.real(self.spec.exit_free_pgtables_ms / 1000))   # free_pgtables
+        self.uninterruptible(self.spec.exit_free_pgtables_ms / 1000, "exit_mmap")   # free_pgtables
         self.mm.journal_begin(J_ZAP, -1, self.mm.pgtables_pages)
-        pgt = self.mm.free_pgtables()
-        self.zone.uncharge(self.index, pgt)
+        with self.clock.frozen():
+            pgt = self.mm.free_pgtables()
+            self.zone.uncharge(self.index, pgt)
         self.mm.journal_end()
         freed += pgt
         if victim and rules.oom_skip is OomSkipAt.AFTER_FREE_PGTABLES:
@@ -380,7 +442,7 @@ def report_fault(fd: int, index: int, e: BaseException) -> int:
     env = is_environment(e)
     what = (f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})" if isinstance(e, OSError)
             else f"{type(e).__name__}: {e}")
-    line = encode(Event.FAULT, index, time.monotonic(), what=what[:400], environment=env)
+    line = encode(Event.FAULT, index, 0.0, what=what[:400], environment=env)   # its time is not used
     try:
         os.write(fd, line)
     except OSError:

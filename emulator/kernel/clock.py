@@ -9,6 +9,7 @@ those onto the real monotonic clock; tests of pure logic use
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Protocol
 
 HZ = 250                      # the kernel's tick rate; one jiffy is 4 ms
@@ -27,6 +28,8 @@ class FakeClock:
     ``to_real`` is the identity, so code that turns an emulated wait into a real
     one (the reaper's thread) can be driven with it too."""
 
+    speed = 1.0
+
     def __init__(self, start: float = 0.0):
         self._now = float(start)
         self.t0 = 0.0
@@ -36,6 +39,13 @@ class FakeClock:
 
     def to_real(self, emulated_s: float) -> float:
         return emulated_s
+
+    def real_wait(self, emulated_s: float) -> float:
+        return max(0.0, emulated_s)
+
+    def frozen(self):
+        """Real work takes no time here either (RunClock's freeze, a no-op)."""
+        return nullcontext()
 
     def advance(self, dt: float) -> float:
         if dt < 0:

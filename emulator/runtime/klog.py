@@ -19,10 +19,17 @@ class KernelLog:
         self._echo = echo
         self._lock = threading.Lock()
         self.lines: list[str] = []
+        self._last = float("-inf")
 
     def printk(self, msg: str, t: float | None = None) -> str:
+        """Print ``msg`` at emulated time ``t`` (default: now). Like dmesg's, the log's times
+        never go backwards: a line for an earlier time than the last (an OOM decided as of
+        its allocation's time, which reached the supervisor a little later) takes the
+        last line's time."""
         with self._lock:
-            line = format_line(self._now() if t is None else t, msg)
+            t = self._now() if t is None else t
+            self._last = t = max(t, self._last)
+            line = format_line(t, msg)
             self.lines.append(line)
             if self._echo is not None:
                 self._echo(line)

@@ -53,7 +53,8 @@ MM_HEADER = Record(
     ("pgtables_pages", "q"),         # page tables resident
     ("pgtables_capacity", "q"),
     ("total_vm", "q"),
-    ("reap_deadline", "d"),          # time.monotonic() by which the reaper gives up (0: none known)
+    ("reap_deadline", "d"),          # emulated time by which the reaper gives up (0: none known)
+    ("killed_at", "d"),              # emulated time of the OOM kill (0: not killed)
     ("cmd_seq", "I"),                # the mailbox (oomemu inject): written last, it posts the command
     ("cmd_op", "I"),
     ("cmd_arg", "d"),
@@ -68,7 +69,8 @@ _FLAGS_OFF = MM_HEADER.offset("flags")
 _COMM = MM_HEADER.fields["comm"]
 _VMAS_OFF = MM_HEADER.offset("vmas")
 assert MM_HEADER.size <= HEADER_SIZE
-MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "cmd_arg", "journal_pages", "vmas")
+MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "killed_at", "cmd_arg", "journal_pages",
+                        "vmas")
 VMA_RECORD.check_aligned("nr_pages")
 assert _VMAS_OFF % 8 == 0 and VMA_RECORD.size % 8 == 0    # every VMA's nr_pages one aligned store
 
@@ -175,8 +177,10 @@ class Mm:
     memcg = _field("memcg", "Index of the memory cgroup the mm is charged to (0: the root).")
     mmap_sem_holder = _field("mmap_sem_holder", "Pid that took mmap_sem through oomemu (0: none known). "
                                                 "Informational only.")
-    reap_deadline = _field("reap_deadline", "time.monotonic() by which the reaper gives up on this mm "
+    reap_deadline = _field("reap_deadline", "Emulated time by which the reaper gives up on this mm "
                                             "(0: none known).")
+    killed_at = _field("killed_at", "Emulated time the OOM killer chose the task (0: it did not): its exit "
+                                    "is planned from then.")
     state = _field("state", "The task's TaskState, as an int (a reader of a copy may meet any value).")
 
     @property

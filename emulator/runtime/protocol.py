@@ -7,8 +7,8 @@ Both sides import this module and nothing else to talk:
   crosses as JSON, field by field (:func:`to_wire`/:func:`from_wire` walk
   the dataclasses and enums), so neither side spells a key by hand.
 * :class:`Event`: the kinds of message on the run's event FIFO, one JSON
-  line each (``ev`` the kind, ``i`` the task index, ``t`` its
-  ``time.monotonic()``, then the kind's own fields); :func:`encode` and
+  line each (``ev`` the kind, ``i`` the task index, ``t`` the run's
+  emulated time it happened at, then the kind's own fields); :func:`encode` and
   :func:`decode`. Workers write them, and so does ``oomemu inject``
   (``INJECT``). Every line is below PIPE_BUF, so lines never interleave.
 * The signals: :data:`SIGKILL_EMULATED` (the OOM killer's SIGKILL, which a
@@ -48,6 +48,7 @@ class Event(StrEnum):
     EXIT_MMAP_START = "exit_mmap_start"   # victim
     EXIT_MMAP_DONE = "exit_mmap_done"     # freed_kb
     EXITED = "exited"                 # the mm is gone; the process exits next
+    LATE = "late"                     # the task woke late for something due, the worst so far: late_ms, where, lagged
     INJECT = "inject"                 # from ``oomemu inject``: action, what, by (its pid)
 
 
@@ -56,7 +57,7 @@ class Message:
     """One decoded line of the event FIFO."""
     kind: Event
     index: int                        # the task's index (-1: none, for an injection into a lock)
-    sent_at: float                    # time.monotonic() when it was sent (``t`` on the wire)
+    at: float                         # the run's emulated time it happened at (``t`` on the wire)
     fields: dict[str, Any]
 
     def __getitem__(self, key: str) -> Any:

@@ -21,6 +21,7 @@ import posix_ipc
 
 from ..kernel.mm_types import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE
 from ..kernel.policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
+from .clock import late_ms
 
 
 class OomReaper:
@@ -28,13 +29,14 @@ class OomReaper:
 
     ``victims`` handed to :meth:`wake_oom_reaper` are the supervisor's task
     records (``.index``, ``.mm``, ``.mmap_sem``, ``.pid``, ``.name``,
-    ``.has_mm``, ``.victim``). ``clock`` has ``now()``, ``to_real()`` and ``t0``
-    (a ScaledClock in a run, a FakeClock in tests).
+    ``.has_mm``, ``.victim``). ``clock`` has ``now()``, ``real_wait()``, ``frozen()``
+    and ``speed`` (the run's RunClock, or a FakeClock in tests). ``note_late(ms, where,
+    task, at)`` hears how late the thread woke for a deadline or delay of the policy's.
     """
 
     def __init__(self, policy: ReaperPolicy, clock, zone, oom_lock: threading.Lock,
                  printk: Callable[[str], object], on_oom_skip: Callable[[object, str], None],
-                 trace: Callable[..., None] | None = None):
+                 trace: Callable[..., None] | None = None, note_late: Callable[..., None] | None = None):
         self.policy = policy
         self.clock = clock
         self.zone = zone
@@ -42,6 +44,7 @@ class OomReaper:
         self.printk = printk
         self.on_oom_skip = on_oom_skip
         self.trace = trace or (lambda *a, **k: None)
+        self.note_late = note_late or (lambda *a, **k: None)
         # Guards the policy (the main thread queues victims, the reaper thread asks it
         # what to do); never held while an attempt takes oom_lock (lock order: oom_lock
         # first, as out_of_memory holds it when it wakes the reaper).
@@ -62,9 +65,10 @@ class OomReaper:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
-    def wake_oom_reaper(self, task) -> None:
+    def wake_oom_reaper(self, task, at: float | None = None) -> None:
+        """Queue a victim killed at emulated time ``at`` (default: now)."""
         with self._cond:
-            self.policy.wake_oom_reaper(task, self.clock.now())
+            self.policy.wake_oom_reaper(task, self.clock.now() if at is None else at)
             self._publish_deadline(task)
             self._kick()
 
@@ -84,7 +88,7 @@ class OomReaper:
     def _publish_deadline(self, task) -> None:
         """Put the policy's deadline for this mm where ``oomemu ps`` can read it."""
         d = self.policy.deadline_of(task)
-        task.mm.reap_deadline = 0.0 if d is None else self.clock.t0 + self.clock.to_real(d)
+        task.mm.reap_deadline = 0.0 if d is None else d
 
     # -- one step, and the thread that takes them -----------------------------------
     def step(self, now: float) -> float | None:
@@ -105,6 +109,7 @@ class OomReaper:
         return now
 
     def _main(self) -> None:
+        due = None                                    # the emulated time we last waited for
         try:
             while True:
                 with self._cond:
@@ -112,13 +117,17 @@ class OomReaper:
                         return
                     kicks = self._kicks
                 now = self.clock.now()
+                if due is not None and now >= due:
+                    self.note_late(late_ms(now, due, self.clock.speed), "oom_reaper", None, due)
+                    due = None
                 until = self.step(now)
                 with self._cond:
                     if self._stopping:
                         return
                     if self._kicks != kicks or (until is not None and until <= now):
                         continue                      # woken meanwhile, or more to do now
-                    self._cond.wait(None if until is None else self.clock.to_real(until - self.clock.now()))
+                    due = until
+                    self._cond.wait(None if until is None else self.clock.real_wait(until - self.clock.now()))
         except BaseException as e:            # reported by the supervisor as a fault of ours
             self.error = e
 
@@ -147,10 +156,11 @@ class OomReaper:
                 self.trace("start_task_reaping", task)
                 mm.set_bit(MMF_UNSTABLE)
                 freed = 0
-                for vma in mm.vmas():
-                    if self.policy.can_reap_vma(vma.kind, vma.vm_flags):
-                        freed += mm.zap_vma(vma)
-                self.zone.uncharge(task.index, freed)
+                with self.clock.frozen():             # real work: no emulated time
+                    for vma in mm.vmas():
+                        if self.policy.can_reap_vma(vma.kind, vma.vm_flags):
+                            freed += mm.zap_vma(vma)
+                    self.zone.uncharge(task.index, freed)
                 task.victim.reaped_kb += freed * PAGE_SIZE // 1024
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"

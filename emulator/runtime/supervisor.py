@@ -27,6 +27,7 @@ crash`` ends the run at once with verdict ``error`` and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import selectors
@@ -51,7 +52,7 @@ from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
 from . import machine, names, signals
-from .clock import ScaledClock
+from .clock import RunClock, ScaledClock, late_ms, tolerance_ms
 from .klog import KernelLog
 from .mm import Mm
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
@@ -162,10 +163,12 @@ class Run:
         self.verdict: Verdict | None = None
         self.first_oom_at: float | None = None
         self.resolved_at: float | None = None
+        self.lag_ms = 0.0                              # the worst lateness seen (real ms), anyone's
+        self._lag_lock = threading.Lock()
         self._events_fd = -1
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
-        self._oom_requests: dict[int, tuple[int, str]] = {}   # this batch's: index -> (pages, where)
+        self._oom_requests: dict[int, tuple[int, str, float]] = {}   # this batch's: index -> (pages, where, at)
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
         self._handlers = {
             Event.READY: self._on_ready,
@@ -182,6 +185,7 @@ class Run:
             Event.EXIT_MMAP_START: self._traced,
             Event.EXIT_MMAP_DONE: self._on_exit_mmap_done,
             Event.EXITED: lambda t, msg, at: self._on_exit(t, at),
+            Event.LATE: self._on_late,
         }
         assert set(self._handlers) == set(Event), "every event kind needs a handler"
 
@@ -302,7 +306,7 @@ class Run:
                 t = self.tasks[msg.index]
             else:
                 raise RunFault(f"the run's event FIFO: {msg.kind} for task {msg.index}, which there is not")
-            handler(t, msg, self.clock.at(msg.sent_at))
+            handler(t, msg, msg.at)
 
     def _traced(self, t: TaskRecord, msg: Message, at: float) -> None:
         self.trace(msg.kind.value, t, at, **msg.fields)
@@ -323,7 +327,7 @@ class Run:
             self.first_oom_at = at
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
-        self._oom_requests[t.index] = (msg["pages"], msg["where"])   # one at a time: the task waits
+        self._oom_requests[t.index] = (msg["pages"], msg["where"], at)   # one at a time: the task waits
 
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
@@ -334,6 +338,17 @@ class Run:
 
     def _on_exiting(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.exiting = True
+
+    def _on_late(self, t: TaskRecord, msg: Message, at: float) -> None:
+        self.note_late(msg["late_ms"], msg["where"], t, at)
+
+    def note_late(self, late: float, where: str, t: TaskRecord | None = None, at: float | None = None) -> None:
+        """Something due at emulated time ``at`` happened ``late`` real ms after it (the
+        run lags past tolerance_ms(speed)): keep the worst, trace what lagged."""
+        with self._lag_lock:                           # the reaper's thread notes too
+            self.lag_ms = max(self.lag_ms, late)
+        if late > tolerance_ms(self.speed):
+            self.trace("lag", t, at, late_ms=round(late, 3), where=where)
 
     def _on_exit_mmap_oom_skip(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._on_oom_skip(t, msg["by"], at, where=msg.get("where"))
@@ -381,6 +396,7 @@ class Run:
             t.crashed = True
             self.log.printk("oomemu: task %d (%s) died without exiting (signal %d); its mm and what it "
                             "held stay" % (t.pid, t.name, -code))
+            self.zone.thaw_clock(t.index, everything=True)     # a freeze it held dies with it
             self._repair(t)
             self._on_exit(t, self.clock.now())
             return
@@ -397,6 +413,7 @@ class Run:
         else:
             what, env = how, False
         self.log.printk("oomemu: task %d (%s) died %s: %s" % (t.pid, t.name, when, what))
+        self.zone.thaw_clock(t.index, everything=True)
         self._repair(t)
         self._on_exit(t, self.clock.now())
         self._fail(f"task {t.name} (pid {t.pid}) died {when}: {what}", env)
@@ -409,7 +426,7 @@ class Run:
     def _repair(self, t: TaskRecord) -> None:
         """A worker died: finish or undo what its journal says it was doing, so that
         its charge, its mm's counts and its segment agree again."""
-        with self.oom_lock:                # the reaper works on mms under oom_lock
+        with self.oom_lock, self._frozen():      # the reaper works on mms under oom_lock
             try:
                 charged, complaint = t.mm.repair(self.zone.charged_by(t.index))
                 self.zone.set_charged(t.index, charged)
@@ -427,10 +444,19 @@ class Run:
                         has_mm=t.has_mm,
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
 
-    def out_of_memory(self, requester: TaskRecord, pages: int, where: str) -> None:
-        """A failed allocation of ``requester``'s: takes oom_lock like __alloc_pages_may_oom,
-        asks ``kernel.oom_kill.out_of_memory`` and carries out what it decides."""
+    def _frozen(self):
+        """The run clock stands still while the body works (after time 0; see RunClock)."""
+        return self.clock.frozen() if isinstance(self.clock, RunClock) else contextlib.nullcontext()
+
+    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float) -> None:
+        """A failed allocation of ``requester``'s at emulated time ``at``: takes oom_lock like
+        __alloc_pages_may_oom, asks ``kernel.oom_kill.out_of_memory`` and carries out what
+        it decides. out_of_memory runs in the allocating task's context, at once: the time
+        the request took to get here is lag (measured). The decision is made now, not as
+        of ``at``: it sees what the reaper did meanwhile, so it must come after it."""
         with self.oom_lock:
+            now = self.clock.now()
+            self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
             memcg = None
             if where == MEMCG:
                 limit, usage, name = self.zone.memcg(requester.mm.memcg)
@@ -440,45 +466,51 @@ class Run:
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
                 victims=(self._view(v) for v in self.victims), tasks=(self._view(t) for t in self.tasks),
                 total_pages=self.zone.total_pages, memcg=memcg)
-            self._carry_out(requester, decision)
+            self._carry_out(requester, decision, now)
 
-    def _carry_out(self, requester: TaskRecord, decision: OomDecision) -> None:
+    def _carry_out(self, requester: TaskRecord, decision: OomDecision, at: float) -> None:
         if decision.action is OomAction.ABORT:
             v = decision.aborted_by
             if self._last_abort.get(requester.index) != v.pid:
                 self._last_abort[requester.index] = v.pid
-                self.trace("oom_abort", requester, victim=v.pid, victim_task=v.name)
+                self.trace("oom_abort", requester, at, victim=v.pid, victim_task=v.name)
             return
         if decision.action is OomAction.NOTHING:
             return
         self._last_abort.pop(requester.index, None)
         for line in decision.lines:
-            self.log.printk(line)
+            self.log.printk(line, at)
         if decision.action is OomAction.PANIC:
-            self.trace("panic", requester, reason=NO_KILLABLE)
+            self.trace("panic", requester, at, reason=NO_KILLABLE)
             self.verdict = Verdict.PANIC
         elif decision.action is OomAction.KILL:
-            self.oom_kill_process(self._by_pid[decision.victim.pid], decision, requester)
+            self.oom_kill_process(self._by_pid[decision.victim.pid], decision, requester, at)
 
-    def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord) -> None:
+    def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float) -> None:
         """Mark the chosen task a victim, send it the emulated SIGKILL, wake the reaper."""
         kb = t.mm.rss_kb()
         # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
         # use memory reserves from user space); here the mark must come first,
         # or a victim quicker than us could run exit_mmap as a non-victim.
+        t.mm.killed_at = at
         t.mm.set_bit(MMF_OOM_VICTIM)
         if not t.crashed:
             os.kill(t.pid, SIGKILL_EMULATED)
-        now = self.clock.now()
-        t.victim = VictimRecord(t.name, t.pid, round(now, 6))
+        t.victim = VictimRecord(t.name, t.pid, round(at, 6))
         self.victims.append(t)
         self.kills += 1
-        self.trace("oom_kill", t, now, points=decision.points, requester=requester.name,
+        self.trace("oom_kill", t, at, points=decision.points, requester=requester.name,
                    memcg=decision.memcg, **kb)
-        self.trace("mark_victim", t, now)
-        self.log.printk(killed_process_line(t.pid, t.name, kb))
-        self.trace("wake_reaper", t)
-        self.reaper.wake_oom_reaper(t)
+        self.trace("mark_victim", t, at)
+        self.log.printk(killed_process_line(t.pid, t.name, kb), at)
+        self.trace("wake_reaper", t, at)
+        self.reaper.wake_oom_reaper(t, at)
+
+    @property
+    def lagged(self) -> bool:
+        """Did the run fall behind its clock by more than the tolerance (its timings, and so
+        perhaps its outcome, are not those of the speed asked for)?"""
+        return self.lag_ms > tolerance_ms(self.speed)
 
     # -- verdict --------------------------------------------------------------
     def _resolved(self) -> bool:
@@ -527,7 +559,7 @@ class Run:
                     self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
                     return
                 until = linger_until if self.verdict else deadline
-                timeout = max(0.0, self.clock.to_real(until - now))
+                timeout = self.clock.real_wait(until - now)
             events = sel.select(timeout)
             self._oom_requests = {}
             for key, _ in events:
@@ -539,10 +571,10 @@ class Run:
                     sel.unregister(key.fileobj)
                     self._dispatch()                  # its last words come first
                     self._on_death(key.data)
-            for index, (pages, where) in self._oom_requests.items():
+            for index, (pages, where, at) in self._oom_requests.items():
                 t = self.tasks[index]
                 if self.verdict is None:
-                    self.out_of_memory(t, pages, where)
+                    self.out_of_memory(t, pages, where, at)
                 if self.verdict != Verdict.PANIC:          # a panic stops the machine
                     t.oom_reply.release()
 
@@ -606,16 +638,15 @@ class Run:
         for t in self.tasks:
             sel.register(t.pidfd, selectors.EVENT_READ, t)
         self._wait_ready(sel)
-        t0 = time.monotonic() + START_LEAD_S
-        self.clock = ScaledClock(self.speed, t0)
-        self.zone.set_t0(t0)
+        self.zone.set_t0(time.monotonic() + START_LEAD_S)
+        self.clock = RunClock(self.zone, self.zone.supervisor_slot)
         self.tracer = Tracer(self._trace_path, self.clock.now,
                              lambda: self.zone.free_pages() * PAGE_SIZE // 1024)
         self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=self.policy.name,
                    speed=self.speed, run_id=self.run_id, memory_kb=self.zone.total_pages * PAGE_SIZE // 1024,
                    tasks=[{"name": t.name, "pid": t.pid} for t in self.tasks])
         self.reaper = OomReaper(self.policy, self.clock, self.zone, self.oom_lock,
-                                self.log.printk, self._on_oom_skip, self.trace)
+                                self.log.printk, self._on_oom_skip, self.trace, self.note_late)
         if self.verdict != Verdict.ERROR:
             for t in self.tasks:
                 if t.spec.oom_score_adj:
@@ -627,7 +658,8 @@ class Run:
                 self._on_start(self)
             self._loop(sel)
         self.reaper.stop()
-        self.trace("run_end", verdict=self.verdict, kills=self.kills)
+        self.trace("run_end", verdict=self.verdict, kills=self.kills, lag_ms=round(self.lag_ms, 3),
+                   lagged=self.lagged)
         accounting = self._stop_workers_and_check()
         return self._result(accounting)
 
@@ -663,7 +695,9 @@ class Run:
             None if self.resolved_at is None else round(self.resolved_at, 6), accounting,
             error=self.error, error_kind=None if self.error is None else
             ("environment" if self.error_is_environment else "fault"),
-            stops=self.stops, stopped_s=round(self.stopped_s, 3), oomemu_version=_oomemu_version(),
+            stops=self.stops, stopped_s=round(self.stopped_s, 3), lag_ms=round(self.lag_ms, 3),
+            lagged=self.lagged, lag_tolerance_ms=round(tolerance_ms(self.speed), 3),
+            oomemu_version=_oomemu_version(),
             scenario_sha256=_scenario_hash(self.scenario))
 
     def _kill_workers(self) -> None:

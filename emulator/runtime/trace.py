@@ -6,7 +6,7 @@ Event names follow include/trace/events/oom.h where the kernel has one
 and say what they are otherwise (``oom_kill``, ``oom_abort``,
 ``reap_deadline``, ``oom_skip_set``, ``exit_mmap_start``, ``exit_mmap_done``,
 ``alloc_stall``, ``alloc_ok``, ``panic``, ``inject``; and ``run_start``,
-``run_end``, ``task_state`` (R or D), ``handover``, ``exited``).
+``run_end``, ``task_state`` (R or D), ``handover``, ``exited``, ``lag``).
 
 Every event carries ``t`` (emulated seconds since time 0), ``ev``, ``pid``,
 ``task`` and ``free_kb`` (the zone's free memory right then), plus fields of
@@ -24,7 +24,7 @@ KERNEL_EVENTS = ("mark_victim", "wake_reaper", "start_task_reaping", "finish_tas
                  "skip_task_reaping", "oom_score_adj_update")
 OOMEMU_EVENTS = ("oom_kill", "oom_abort", "reap_deadline", "oom_skip_set", "exit_mmap_start",
                  "exit_mmap_done", "alloc_stall", "alloc_ok", "panic", "inject", "run_start",
-                 "run_end", "task_state", "handover", "exited", "run_stopped")
+                 "run_end", "task_state", "handover", "exited", "run_stopped", "lag")
 
 
 class Tracer:

@@ -27,6 +27,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 import posix_ipc
@@ -50,6 +51,8 @@ ZONE_HEADER = Record(
     ("supervisor_ctime", "d"),         # psutil's create_time() of the supervisor
     ("t0", "d"),                       # time.monotonic() of the run's time 0 (0: not started)
     ("speed", "d"),
+    ("clock", "d"),                    # the run clock's word (see RunClock): > 0 running, <= 0 frozen
+    ("frozen", "q"),                   # how many freezes hold the run clock (sum of the slots')
     ("total_pages", "q"),
     ("nr_tasks", "q"),
     ("scenario", f"{MAX_NAME_BYTES}s"),
@@ -57,11 +60,12 @@ ZONE_HEADER = Record(
     ("memcgs", f"{MAX_MEMCGS * MEMCG_RECORD.size}s"),
 )
 # Then, from the next page, two arrays of nr_tasks: the charge of each task's mm, then
-# each task's memcg.
+# each task's memcg; then one byte per clock slot (each task's, then the supervisor's):
+# how many freezes of the run clock that slot holds.
 CHARGE, MEMCG_OF = struct.Struct("=q"), struct.Struct("=i")
 _TASKS_OFF = -(-ZONE_HEADER.size // PAGE_SIZE) * PAGE_SIZE
 _MEMCGS_OFF = ZONE_HEADER.offset("memcgs")
-ZONE_HEADER.check_aligned("supervisor_ctime", "t0", "speed", "total_pages", "nr_tasks")
+ZONE_HEADER.check_aligned("supervisor_ctime", "t0", "speed", "clock", "frozen", "total_pages", "nr_tasks")
 assert _TASKS_OFF % 8 == 0                 # each task's charge: one aligned store
 MAX_TASKS = 100_000
 MAGIC = b"OOMZ"
@@ -69,7 +73,7 @@ MAGIC = b"OOMZ"
 
 def zone_size(nr_tasks: int) -> int:
     """Bytes of a zone segment for ``nr_tasks`` tasks (whole pages)."""
-    raw = _TASKS_OFF + nr_tasks * (CHARGE.size + MEMCG_OF.size)
+    raw = _TASKS_OFF + nr_tasks * (CHARGE.size + MEMCG_OF.size) + nr_tasks + 1
     return -(-raw // PAGE_SIZE) * PAGE_SIZE
 
 
@@ -158,6 +162,7 @@ class Zone:
         self._charged = struct.Struct(f"={n}q")
         self._memcg_of = struct.Struct(f"={n}i")
         self._memcg_of_off = _TASKS_OFF + CHARGE.size * n
+        self._freezes_off = self._memcg_of_off + MEMCG_OF.size * n        # n + 1 slots
 
     def close(self) -> None:
         unmap(self.map, self._shm)
@@ -172,8 +177,63 @@ class Zone:
     def total_pages(self) -> int:
         return ZONE_HEADER.get(self.map, "total_pages")
 
+    @property
+    def t0(self) -> float:
+        """time.monotonic() of the run's time 0 (0: not started)."""
+        return ZONE_HEADER.get(self.map, "t0")
+
+    @property
+    def speed(self) -> float:
+        return ZONE_HEADER.get(self.map, "speed")
+
     def set_t0(self, t0: float) -> None:
+        """Time 0 of the run: the run clock starts running from it."""
+        ZONE_HEADER.set(self.map, "clock", t0)
         ZONE_HEADER.set(self.map, "t0", t0)
+
+    # -- the run clock's shared state (emulator.runtime.clock.RunClock) -----------
+    @property
+    def clock_word(self) -> float:
+        return ZONE_HEADER.get(self.map, "clock")             # one aligned 8-byte load
+
+    @property
+    def supervisor_slot(self) -> int:
+        """The clock slot of the supervisor (the tasks' are their indexes)."""
+        return self.nr_tasks
+
+    def freezes_of(self, slot: int) -> int:
+        return self.map[self._freezes_off + slot]
+
+    def freeze_clock(self, slot: int) -> None:
+        """One more freeze held by ``slot``; the first stops the clock where it stands."""
+        with self.lock():
+            held = self.map[self._freezes_off + slot]
+            if held == 255:
+                raise RuntimeError(f"clock slot {slot}: too many nested freezes")
+            frozen = ZONE_HEADER.get(self.map, "frozen")
+            if frozen == 0:
+                running_since = ZONE_HEADER.get(self.map, "clock")
+                stands = (time.monotonic() - running_since) * ZONE_HEADER.get(self.map, "speed")
+                ZONE_HEADER.set(self.map, "clock", -stands)          # one store: now frozen
+            ZONE_HEADER.set(self.map, "frozen", frozen + 1)
+            self.map[self._freezes_off + slot] = held + 1
+
+    def thaw_clock(self, slot: int, everything: bool = False) -> None:
+        """Give back one freeze of ``slot`` (all of them with ``everything``: for a slot
+        whose process died or was stopped); the last one lets the clock run on from
+        where it stood. A slot holding none is left alone."""
+        with self.lock():
+            held = self.map[self._freezes_off + slot]
+            if held == 0:
+                return
+            give = held if everything else 1
+            self.map[self._freezes_off + slot] = held - give
+            frozen = ZONE_HEADER.get(self.map, "frozen") - give
+            ZONE_HEADER.set(self.map, "frozen", frozen)
+            if frozen == 0:
+                stood = -ZONE_HEADER.get(self.map, "clock")
+                speed = ZONE_HEADER.get(self.map, "speed")
+                ZONE_HEADER.set(self.map, "clock", time.monotonic() - stood / speed)   # one store
 
     # -- charges: one counter per task, everything else is a sum of them ----------
     def charged_by(self, task: int) -> int:

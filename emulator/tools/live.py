@@ -31,6 +31,7 @@ from ..kernel.mm_types import (MAX_MEMCGS, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNS
 from ..kernel.oom_kill import OomControl, TaskView, oom_evaluate_task
 from ..runtime import names
 from ..runtime.cleanup import dead_groups
+from ..runtime.clock import emulated_now
 from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, Mm
 from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
 from ..runtime.protocol import SIGWAKE, Event, encode
@@ -83,8 +84,9 @@ class LiveRun:
         return self.facts.run_id
 
     def now(self) -> float:
-        """Emulated seconds since the run's time 0."""
-        return (time.monotonic() - self.facts.t0) * self.facts.speed if self.facts.t0 else 0.0
+        """Emulated seconds since the run's time 0 (the run clock as it was when opened,
+        on from then if it was running)."""
+        return emulated_now(self.zone.clock_word, self.facts.speed) if self.facts.t0 else 0.0
 
     def mm_indices(self) -> list[int]:
         """Indices of the files named as this run's mms (anyone's: open_mm checks)."""
@@ -339,7 +341,7 @@ def mmap_sem_holder(run: LiveRun, index: int, mm: Mm) -> str:
 
 
 def ps_table(run: LiveRun) -> str:
-    now = time.monotonic()
+    now = run.now()
     rows = [("PID", "NAME", "STATE", "ANON", "FILE", "SHMEM", "PGTBL", "ADJ", "BADNESS", "FLAGS",
              "DEADLINE", "MMAP_SEM")]
     k = PAGE_SIZE // 1024
@@ -352,7 +354,7 @@ def ps_table(run: LiveRun) -> str:
         flags = [f for bit, f in ((MMF_OOM_VICTIM, "VICTIM"), (MMF_OOM_SKIP, "MMF_OOM_SKIP"),
                                   (MMF_UNSTABLE, "MMF_UNSTABLE")) if mm.test_bit(bit)]
         dl = mm.reap_deadline
-        deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{(dl - now) * run.facts.speed:.1f}s"
+        deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{dl - now:.1f}s"
         rows.append((str(mm.pid), shown(mm.comm), state, f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
                      f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
                      badness(mm, state, total), ",".join(flags) or "-", deadline,
@@ -388,7 +390,7 @@ def find_task(run: LiveRun, name: str) -> tuple[int, str, int]:
 
 def note(run: LiveRun, index: int, action: str, what: str) -> None:
     """Tell the run (its log and trace) what was injected. Best effort: the run may be ending."""
-    line = encode(Event.INJECT, index, time.monotonic(), action=action, what=what, by=os.getpid())
+    line = encode(Event.INJECT, index, run.now(), action=action, what=what, by=os.getpid())
     fd = open_fifo_for_write(names.events(run.run_id), run.owner)
     if fd is None:
         return
@@ -525,6 +527,8 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
             what = f"{label} asked to allocate {arg:g} MB"
         elif action in ("stop", "cont"):
             worker.send_signal(signal.SIGSTOP if action == "stop" else signal.SIGCONT)
+            if action == "stop":
+                _thaw(run, index)
             what = f"{'SIGSTOP' if action == 'stop' else 'SIGCONT'} to {label}"
         else:                                                   # crash
             note(run, index, action, f"real SIGKILL to {label}: what it holds stays held")
@@ -535,6 +539,24 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
         raise UsageError(f"task {label} of run {run.run_id} is gone") from None
     note(run, index, action, what)
     echo(f"oomemu inject: {what}")
+
+
+def _thaw(run: LiveRun, index: int) -> None:
+    """A task stopped in the middle of real work (faulting pages in, zapping them) holds
+    the run clock frozen; stopped, it gives the freeze back, so that the run's time goes
+    on while it is stopped (see emulator.runtime.clock)."""
+    try:
+        fd = open_checked(_path(names.zone(run.run_id)), run.owner, write=True)
+    except (OSError, Refused):
+        return
+    try:
+        zone = Zone(run.run_id, fd=fd)
+    except (ValueError, posix_ipc.Error, OSError):
+        return
+    try:
+        zone.thaw_clock(index, everything=True)
+    finally:
+        zone.close()
 
 
 def stop(run_id: str) -> int:
