@@ -111,9 +111,9 @@ class WorkerTask:
         return self.fatal
 
     # -- time: the plan, and waits for what is due --------------------------
-    def wait_until(self, due: float, where: str, killable: bool) -> None:
+    def wait_until(self, due: float, where: str | None, killable: bool) -> None:
         """Wait until emulated time ``due`` (killable: the emulated SIGKILL ends the wait
-        with Dying), then note how late we woke."""
+        with Dying), then note how late we woke (unless ``where`` is None: not a due time)."""
         if killable and self.fatal_signal_pending():
             raise Dying
         while (left := due - self.clock.now()) > 0:
@@ -123,7 +123,8 @@ class WorkerTask:
             elif signal.sigtimedwait([SIGKILL_EMULATED], real) is not None:
                 self.fatal = True
                 raise Dying
-        self.note_late(due, where)
+        if where is not None:
+            self.note_late(due, where)
 
     def note_late(self, due: float, where: str) -> None:
         late = late_ms(self.clock.now(), due, self.speed)
@@ -149,7 +150,7 @@ class WorkerTask:
         if it was busy (D state) past it."""
         self.t_plan = max(self.t_plan, self.mm.killed_at or self.clock.now())
 
-    def schedule_timeout_killable(self, emulated_s: float, where: str = "sleep") -> None:
+    def schedule_timeout_killable(self, emulated_s: float, where: str | None = "sleep") -> None:
         """Sleep until ``emulated_s`` after the plan, but wake up and die if the emulated
         SIGKILL comes."""
         try:
@@ -205,7 +206,7 @@ class WorkerTask:
 
     def alloc(self, pages: int, vma_index: int) -> None:
         """__alloc_pages_slowpath, simplified: charge, else OOM and retry each jiffy."""
-        stalled = False
+        stalled = retried = False
         self.mm.journal_begin(J_CHARGE, vma_index, pages)      # for repair if we die half-way
         while (short := self.zone.try_charge(self.index, pages)) is not None:
             if self.fatal_signal_pending():
@@ -218,13 +219,16 @@ class WorkerTask:
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
             # the allocating task's context: wait until the supervisor's OOM killer is done.
             # It decides as of the plan (the event's time): the round trip takes no time.
-            self.send(Event.OOM, pages=pages, where=short)
+            self.send(Event.OOM, pages=pages, where=short, first=not retried)
+            retried = True
             sem_down(self.oom_reply)
             # The next try comes a jiffy after this one's answer: retries follow the real
-            # answers, they do not pile up behind a schedule a slow answer broke.
+            # answers, they do not pile up behind a schedule a slow answer broke. They
+            # poll, as the kernel's do (whose direct reclaim between tries takes what it
+            # takes): how late one wakes is not lag.
             self.caught_up()
             try:
-                self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")
+                self.schedule_timeout_killable(self.spec.jiffy_s, None)
             except Dying:
                 self.mm.journal_end()
                 raise
@@ -295,8 +299,7 @@ class WorkerTask:
         self.mm.state = TaskState.TASK_RUNNING
         self.send(Event.READY, pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
-        while (left := self.zone.t0 - time.monotonic()) > 0:
-            time.sleep(left)
+        self.zone.thaw_clock(self.index)          # at the start line: the clock may start
         self.wait_until(0.0, "start", killable=False)
         try:
             for step in self.spec.steps:

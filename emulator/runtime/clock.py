@@ -18,7 +18,10 @@ under a freeze would stop the run.
 The clock's state is one 8-byte word in the zone, read with one load: a
 positive word is the ``time.monotonic()`` at which emulated time 0 would
 have been (``t0`` plus every freeze so far), so ``now = (monotonic() - word)
-* speed``; a word <= 0 is a frozen clock standing at ``-word``. Freezes are
+* speed``; a word <= 0 is a frozen clock standing at ``-word``. The clock
+starts frozen at 0, held by every task, each of which lets go when it reaches
+the start line: time 0 is when the last task is ready to act, however long a
+busy machine took to wake them all. Freezes are
 counted per *slot* (each task's index, then the supervisor's), so that the
 freezes of a process that died, or that ``oomemu inject stop`` stopped, can be
 given back for it (``Zone.thaw_clock(slot, everything=True)``).
@@ -115,8 +118,7 @@ class RunClock:
     def frozen(self):
         """Emulated time stands still for the whole run while the body runs (real work the
         model says takes no time). The body must not wait for anything."""
-        t0 = self.t0
-        if not t0 or time.monotonic() < t0:
+        if not self.t0:
             yield                       # before time 0 there is no clock to stop
             return
         self.zone.freeze_clock(self.slot)

@@ -61,11 +61,21 @@ from .resources import RunResources
 from .trace import Tracer
 
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
-START_LEAD_S = 0.05             # real seconds between "go" and time 0
 LINGER_S = 30.0                 # emulated seconds a resolved run waits for dying victims
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Slower than 0.1 would stretch a day-long run_deadline_s past what a wait can take.
 MIN_SPEED, MAX_SPEED = 0.1, 1e6
+
+
+GIL_SWITCH_S = 0.0002           # see Run.execute
+
+
+@contextlib.contextmanager
+def _restoring_switch_interval(switch: float):
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch)
 
 
 class RunFault(RuntimeError):
@@ -168,7 +178,7 @@ class Run:
         self._events_fd = -1
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
-        self._oom_requests: dict[int, tuple[int, str, float]] = {}   # this batch's: index -> (pages, where, at)
+        self._oom_requests: dict[int, tuple] = {}    # this batch's: index -> (pages, where, due at or None)
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
         self._handlers = {
             Event.READY: self._on_ready,
@@ -327,7 +337,9 @@ class Run:
             self.first_oom_at = at
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
-        self._oom_requests[t.index] = (msg["pages"], msg["where"], at)   # one at a time: the task waits
+        # One at a time: the task waits. The first request of a stall is due when its
+        # allocation was; later ones are retries, which poll (see the worker's alloc).
+        self._oom_requests[t.index] = (msg["pages"], msg["where"], at if msg.get("first") else None)
 
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
@@ -448,15 +460,17 @@ class Run:
         """The run clock stands still while the body works (after time 0; see RunClock)."""
         return self.clock.frozen() if isinstance(self.clock, RunClock) else contextlib.nullcontext()
 
-    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float) -> None:
-        """A failed allocation of ``requester``'s at emulated time ``at``: takes oom_lock like
+    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float | None) -> None:
+        """A failed allocation of ``requester``'s, due at emulated time ``at`` (None: a retry,
+        which polls and is not due at any time in particular): takes oom_lock like
         __alloc_pages_may_oom, asks ``kernel.oom_kill.out_of_memory`` and carries out what
         it decides. out_of_memory runs in the allocating task's context, at once: the time
         the request took to get here is lag (measured). The decision is made now, not as
         of ``at``: it sees what the reaper did meanwhile, so it must come after it."""
         with self.oom_lock:
             now = self.clock.now()
-            self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
+            if at is not None:
+                self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
             memcg = None
             if where == MEMCG:
                 limit, usage, name = self.zone.memcg(requester.mm.memcg)
@@ -606,7 +620,12 @@ class Run:
         self.check_room()
         sel = selectors.DefaultSelector()
         result = None
-        with self.signals:
+        # The oom_reaper thread must act when its delay or deadline is due, not when the
+        # main thread (busy with a stalled allocator's retries) next lets go of the GIL:
+        # Python's default switch interval (5 ms) alone would make runs lag.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, GIL_SWITCH_S))
+        with self.signals, _restoring_switch_interval(switch):
             try:
                 try:
                     result = self._execute(sel)
@@ -638,7 +657,7 @@ class Run:
         for t in self.tasks:
             sel.register(t.pidfd, selectors.EVENT_READ, t)
         self._wait_ready(sel)
-        self.zone.set_t0(time.monotonic() + START_LEAD_S)
+        self.zone.set_t0(time.monotonic())
         self.clock = RunClock(self.zone, self.zone.supervisor_slot)
         self.tracer = Tracer(self._trace_path, self.clock.now,
                              lambda: self.zone.free_pages() * PAGE_SIZE // 1024)

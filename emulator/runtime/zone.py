@@ -187,9 +187,17 @@ class Zone:
         return ZONE_HEADER.get(self.map, "speed")
 
     def set_t0(self, t0: float) -> None:
-        """Time 0 of the run: the run clock starts running from it."""
-        ZONE_HEADER.set(self.map, "clock", t0)
-        ZONE_HEADER.set(self.map, "t0", t0)
+        """Time 0 of the run, with the run clock frozen at 0 by one freeze per task: each
+        task gives its own back when it reaches the start line (``thaw_clock``), so the
+        clock starts when the last one is there, however long a busy machine takes to
+        wake them all."""
+        with self.lock():
+            ZONE_HEADER.set(self.map, "clock", -0.0)                 # frozen at 0
+            self.map[self._freezes_off:self._freezes_off + self.nr_tasks] = b"\1" * self.nr_tasks
+            ZONE_HEADER.set(self.map, "frozen", self.nr_tasks)
+            ZONE_HEADER.set(self.map, "t0", t0)
+            if self.nr_tasks == 0:
+                ZONE_HEADER.set(self.map, "clock", t0)
 
     # -- the run clock's shared state (emulator.runtime.clock.RunClock) -----------
     @property

@@ -4,7 +4,10 @@ Each cell runs a scenario under a policy ``repeat`` times with real
 processes and shows the verdict and kills against ``min_kills`` (``panic
 3/1``, ``ok 1/1``, ``ok 2/1 +1``) and the time to resolve. A scenario file
 may state what each policy should do (its ``[expected]`` table); a cell whose
-measured outcome differs is marked ``!`` and ``--check`` makes that an error.
+measured outcome differs is marked ``!`` and ``--check`` makes that an error;
+a cell with a run that lagged behind its clock past the tolerance
+(``RunResult.lagged``: the machine could not keep up with the speed) is
+marked ``~``, and both are explained under the table.
 
 A run whose verdict is not a normal outcome (``error``: a worker died
 unexplained or the environment broke; or any verdict this module does not
@@ -107,6 +110,13 @@ class Cell:
             return None
         return all(self.run_matches(r) for r in self.runs)
 
+    def lagged(self) -> list[dict]:
+        """Runs that fell behind their clock past the tolerance (RunResult.lagged)."""
+        return [r for r in self.runs if r.get("lagged")]
+
+    def worst_lag_ms(self) -> float:
+        return max((r.get("lag_ms") or 0.0 for r in self.runs), default=0.0)
+
     def times(self) -> list[float]:
         return [r["time_to_resolve_s"] for r in self.runs
                 if r.get("verdict") in SHORT and r.get("time_to_resolve_s") is not None]
@@ -122,6 +132,8 @@ class Cell:
         if ts:
             lo, hi = f"{min(ts):.1f}", f"{max(ts):.1f}"
             cell += f" {lo}s" if lo == hi else f" {lo}-{hi}s"
+        if self.lagged():
+            cell += " ~"
         if self.matches() is False:
             cell += " !"
         return cell
@@ -328,6 +340,12 @@ def _footnotes(cells: list[Cell], code=lambda text: text) -> list[str]:
     """One line per mismatch: ``! scenario under policy: ...``; ``code`` quotes
     text a run produced (markdown puts it in a code span)."""
     lines = []
+    for c in cells:
+        if c.lagged():
+            tol = c.lagged()[0].get("lag_tolerance_ms", 0.0)
+            lines.append(f"~ {c.scenario.name} under {c.policy}: {len(c.lagged())} of {len(c.runs)} runs lagged "
+                         f"behind their clock (worst {c.worst_lag_ms():.1f} ms, tolerance {tol:g} ms): their "
+                         f"timings, and so perhaps their outcome, are not those of this speed")
     for c in mismatches(cells):
         measured = ", ".join(f"{o} x{n}" for o, n in c.outcomes().items())
         errs = c.errors()
@@ -352,8 +370,9 @@ def markdown_header(speed: float, repeat: int) -> str:
     return (f"Measured by `oomemu compare --speed {speed:g} --repeat {repeat}`. Each cell: the verdict "
             f"(`ok` = resolved, `panic`, `hung`; `error` = the run broke, never an outcome), kills / fewest "
             f"needed, `+N` extra kills, `xN` runs that agreed, and the time to resolve in emulated seconds "
-            f"(min-max). A cell that differs from its stated outcome ends in an exclamation mark and "
-            f"is listed below the table.")
+            f"(min-max). A cell that differs from its stated outcome ends in an exclamation mark, one "
+            f"whose runs lagged behind their clock (the machine could not keep up with the speed) in a "
+            f"tilde; both are listed below the table.")
 
 
 def format_table(cells: list[Cell], header: str = "") -> str:
@@ -392,7 +411,8 @@ def format_csv(cells: list[Cell]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["scenario", "policy", "runs", "outcomes", "time_min_s", "time_median_s", "time_max_s",
-                "expected_verdict", "expected_kills", "matches", "errors", "error_cause"])
+                "expected_verdict", "expected_kills", "matches", "errors", "error_cause", "lagged_runs",
+                "worst_lag_ms"])
     for c in cells:
         ts, e, errs = c.times(), c.expected, c.errors()
         w.writerow([c.scenario.name, c.policy, len(c.runs),
@@ -401,7 +421,7 @@ def format_csv(cells: list[Cell]) -> str:
                     f"{max(ts):.3f}" if ts else "", e.verdict if e else "",
                     "" if e is None or e.kills is None else e.kills,
                     "" if c.matches() is None else str(c.matches()).lower(),
-                    len(errs), error_cause(errs[0]) if errs else ""])
+                    len(errs), error_cause(errs[0]) if errs else "", len(c.lagged()), f"{c.worst_lag_ms():.3f}"])
     return buf.getvalue().rstrip("\n")
 
 
@@ -410,6 +430,7 @@ def format_json(cells: list[Cell]) -> str:
     (victims, log, run_id, ...) plus its ``outcome`` and whether it ``matches``."""
     return json.dumps([{"scenario": c.scenario.name, "policy": c.policy, "cell": c.text(),
                         "agree": c.agree(), "matches": c.matches(), "errors": len(c.errors()),
+                        "lagged": len(c.lagged()), "worst_lag_ms": c.worst_lag_ms(),
                         "expected": None if c.expected is None else vars(c.expected),
                         "runs": [dict(r, outcome=c.outcome(r), matches=c.run_matches(r)) for r in c.runs]}
                        for c in cells], indent=2)
