@@ -44,13 +44,18 @@ class RunResult:
     stops: int = 0                           # times the run was stopped by Ctrl-Z
     stopped_s: float = 0.0                   # real seconds it was stopped, in all
     # How far the run fell behind its emulated clock: the worst lateness of anything due at
-    # an emulated time (a step's end, an exit's phase, the reaper's delay or deadline, an
-    # out_of_memory call), in real ms; ``lagged`` if past ``lag_tolerance_ms`` (the larger
-    # of 5 ms emulated and 2 ms real): its timings, and so perhaps its outcome, may not be
-    # those of the speed asked for.
+    # an emulated time that the clock did not wait for (see emulator.runtime.clock: a
+    # stalled allocation's first out_of_memory call, a sleeper late past the clock's hold
+    # limit), in real ms; ``lagged`` if past ``lag_tolerance_ms`` (the larger of 5 ms
+    # emulated and 2 ms real): its timings, and so perhaps its outcome, may not be those
+    # of the speed asked for.
     lag_ms: float = 0.0
     lagged: bool = False
     lag_tolerance_ms: float = 0.0
+    # Real ms the run clock held (stood at a due time) for sleepers the machine woke late,
+    # in all and the longest: what a busy machine cost in real time instead of in truth.
+    held_ms: float = 0.0
+    held_max_ms: float = 0.0
     oomemu_version: str = ""
     scenario_sha256: str | None = None       # of the scenario file, None if built in memory
 

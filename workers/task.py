@@ -116,15 +116,18 @@ class WorkerTask:
         with Dying), then note how late we woke (unless ``where`` is None: not a due time)."""
         if killable and self.fatal_signal_pending():
             raise Dying
-        while (left := due - self.clock.now()) > 0:
-            real = self.clock.real_wait(left)
-            if not killable:
-                time.sleep(real)
-            elif signal.sigtimedwait([SIGKILL_EMULATED], real) is not None:
-                self.fatal = True
-                raise Dying
+        if killable:
+            with self.clock.killable():
+                self.clock.wait_until(due, self._sleep_killable)
+        else:
+            self.clock.wait_until(due, time.sleep)
         if where is not None:
             self.note_late(due, where)
+
+    def _sleep_killable(self, real_s: float) -> None:
+        if signal.sigtimedwait([SIGKILL_EMULATED], real_s) is not None:
+            self.fatal = True
+            raise Dying
 
     def note_late(self, due: float, where: str) -> None:
         late = late_ms(self.clock.now(), due, self.speed)
@@ -219,9 +222,13 @@ class WorkerTask:
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
             # the allocating task's context: wait until the supervisor's OOM killer is done.
             # It decides as of the plan (the event's time): the round trip takes no time.
-            self.send(Event.OOM, pages=pages, where=short, first=not retried)
+            # The round trip takes no emulated time: the clock is frozen until the answer
+            # (the supervisor always answers, at once, except after a panic, which ends
+            # the run).
+            with self.clock.frozen():
+                self.send(Event.OOM, pages=pages, where=short, first=not retried)
+                sem_down(self.oom_reply)
             retried = True
-            sem_down(self.oom_reply)
             # The next try comes a jiffy after this one's answer: retries follow the real
             # answers, they do not pile up behind a schedule a slow answer broke. They
             # poll, as the kernel's do (whose direct reclaim between tries takes what it
@@ -299,7 +306,7 @@ class WorkerTask:
         self.mm.state = TaskState.TASK_RUNNING
         self.send(Event.READY, pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
-        self.zone.thaw_clock(self.index)          # at the start line: the clock may start
+        self.clock.thaw_start()                   # at the start line: the clock may start
         self.wait_until(0.0, "start", killable=False)
         try:
             for step in self.spec.steps:
@@ -310,7 +317,8 @@ class WorkerTask:
             if self.spec.steps:
                 self.send(Event.STEPS_DONE)
             while True:                               # idle, killable
-                info = signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE])
+                with self.clock.killable():
+                    info = signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE])
                 if info.si_signo == SIGKILL_EMULATED:
                     self.fatal = True
                     self.killed()

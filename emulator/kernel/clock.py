@@ -47,6 +47,11 @@ class FakeClock:
         """Real work takes no time here either (RunClock's freeze, a no-op)."""
         return nullcontext()
 
+    def due(self, due: float, sleep):
+        """RunClock's wait for a due time: here, the clock jumps there."""
+        self.advance_to(due)
+        return nullcontext()
+
     def advance(self, dt: float) -> float:
         if dt < 0:
             raise ValueError("time does not go backwards")

@@ -1,49 +1,66 @@
 """A run's clock: emulated seconds on the real monotonic clock, run ``speed`` times faster,
-stopped while real work that the model says takes no time is being done.
+which real work does not move and which waits for whoever is late.
 
 With ``speed`` N, one emulated second passes in 1/N real seconds, so every
 kernel constant and scenario duration is divided by N (SimPy's
 ``RealtimeEnvironment(factor=...)`` idea). The model itself takes the time
-as a parameter (``kernel/clock.py``).
+as a parameter (``kernel/clock.py``). Two things keep outcomes from depending
+on the speed or on how busy the machine is:
 
-Real work is not emulated time. Faulting 100 MB in takes this machine some
-60 ms, punching it out some 20 ms; at speed 10 that would be 0.6 s and 0.2 s
-of emulated time, and outcomes would change with the speed. So a process
-doing such work *freezes* the run clock around it (:meth:`RunClock.frozen`):
-for every process of the run, emulated time stands still until the last
-freeze is given back. Only work that never waits may be done frozen (pages
-faulted in, zapped, freed; the supervisor's repair after a crash); a wait
-under a freeze would stop the run.
+* **Real work takes no emulated time.** Faulting 100 MB in takes this
+  machine some 60 ms, punching it out some 20 ms: at speed 10 that would be
+  0.6 s and 0.2 s of emulated time. A process doing such work *freezes* the
+  clock around it (:meth:`RunClock.frozen`): emulated time stands still for
+  the whole run until the last freeze is given back. Only work that never
+  waits for another process may be done frozen.
+* **Time waits for whoever has something due.** A process about to wait
+  until emulated time D says so first (:meth:`RunClock.wait_until`): the
+  clock will not pass D until that process has woken and acted. A busy
+  machine wakes a sleeper late (a few ms with both cores taken: more than
+  the 0.4 ms a jiffy is at speed 10); the clock then *holds* at D for
+  everyone, and goes on from D once the sleeper is up. So what is due at D
+  happens at D, before anything due later, at any speed and any load; the
+  run takes longer in real time instead, and says by how much
+  (``held_ms``).
 
-The clock's state is one 8-byte word in the zone, read with one load: a
-positive word is the ``time.monotonic()`` at which emulated time 0 would
-have been (``t0`` plus every freeze so far), so ``now = (monotonic() - word)
-* speed``; a word <= 0 is a frozen clock standing at ``-word``. The clock
-starts frozen at 0, held by every task, each of which lets go when it reaches
-the start line: time 0 is when the last task is ready to act, however long a
-busy machine took to wake them all. Freezes are
-counted per *slot* (each task's index, then the supervisor's), so that the
-freezes of a process that died, or that ``oomemu inject stop`` stopped, can be
-given back for it (``Zone.thaw_clock(slot, everything=True)``).
+What is neither frozen nor due follows real time: a process woken by another
+(a lock, mmap_sem, an answer) acts when it wakes. The run measures how late
+such things are against the clock (``lag_ms``): a stalled allocation's OOM
+call reaching the supervisor, a slot that did not wake for ``HOLD_LIMIT_S``
+(a process stopped from outside: the clock stops waiting for it, and when it
+wakes at last, its lateness is lag). A run lagged if that is more than the
+larger of ``TOLERANCE_EMULATED_S`` and ``TOLERANCE_REAL_S`` (:func:`tolerance_ms`).
 
-How far a run fell behind its clock (SimPy's strict real-time mode) is
-measured where something was due at an emulated time: :func:`late_ms` gives
-the lateness in real milliseconds, :func:`tolerance_ms` what a run may lag
-before it says so.
+The shared state lives in the zone: one 8-byte *clock word*, read with one
+load: a positive word is the ``time.monotonic()`` at which emulated time 0
+would have been (``t0`` plus every freeze and hold so far), so ``now =
+(monotonic() - word) * speed``; a word <= 0 is a frozen clock standing at
+``-word``. ``min_due``, the earliest time any slot waits for, caps what
+``now`` can be. Freezes and dues are kept per *slot* (each task's index,
+then the supervisor's), so that those of a process that died or was stopped
+can be given back for it (:func:`release_slot`). The clock starts frozen at
+0, held by every task, each of which lets go when it reaches the start line:
+time 0 is when the last task is ready to act, however long a busy machine
+took to wake them all. Every change is made under the zone lock.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 
-#: While the clock is frozen, a timed wait wakes at least this often (real seconds)
-#: to see whether it runs again; freezes last milliseconds.
-FROZEN_POLL_S = 0.0005
-#: A run lagged if something due at an emulated time happened later than the larger
-#: of these: TOLERANCE_EMULATED_S of emulated time, or TOLERANCE_REAL_S of real time.
+from .zone import DUE, ZONE_HEADER
+
+#: While the clock stands (frozen, or held for a late sleeper), a timed wait wakes at
+#: least this often (real seconds) to see whether it runs again; both last milliseconds.
+STANDING_POLL_S = 0.0005
+#: A run lagged if something happened later than the larger of these after the time it
+#: was due at: TOLERANCE_EMULATED_S of emulated time, or TOLERANCE_REAL_S of real time.
 TOLERANCE_EMULATED_S = 0.005
 TOLERANCE_REAL_S = 0.002
+#: The clock waits at most this long (real seconds) for one late sleeper.
+HOLD_LIMIT_S = 2.0
 
 
 def tolerance_ms(speed: float) -> float:
@@ -56,14 +73,112 @@ def late_ms(now: float, due: float, speed: float) -> float:
     return max(0.0, (now - due) / speed * 1000)
 
 
-def emulated_now(word: float, speed: float) -> float:
-    """The emulated time a clock word (``Zone.clock_word``) says it is now."""
+def _raw(word: float, speed: float) -> float:
     return (time.monotonic() - word) * speed if word > 0 else -word
+
+
+def emulated_now(word: float, speed: float, min_due: float = math.inf) -> float:
+    """The emulated time the zone's clock word and earliest due say it is now."""
+    return min(_raw(word, speed), min_due)
+
+
+# -- changes to the shared state: each under the zone lock --------------------------------
+
+def start_clock(zone, t0: float) -> None:
+    """Time 0 at ``t0``, the clock frozen at 0 by one freeze per task (see the module)."""
+    n = zone.nr_tasks
+    zone.map[zone.freezes_off:zone.freezes_off + n + 1] = b"\1" * n + b"\0"
+    ZONE_HEADER.set(zone.map, "frozen", n)
+    ZONE_HEADER.set(zone.map, "clock", -0.0 if n else t0)
+
+
+def _set_word(zone, stands: float, speed: float) -> None:
+    """The clock goes on (or stays frozen) from emulated time ``stands``."""
+    if ZONE_HEADER.get(zone.map, "frozen"):
+        ZONE_HEADER.set(zone.map, "clock", -stands)
+    else:
+        ZONE_HEADER.set(zone.map, "clock", time.monotonic() - stands / speed)
+
+
+def _due(zone, slot: int) -> float:
+    return DUE.unpack_from(zone.map, zone.dues_off + DUE.size * slot)[0]
+
+
+def _set_due(zone, slot: int, due: float) -> None:
+    DUE.pack_into(zone.map, zone.dues_off + DUE.size * slot, due)
+
+
+def _give_back(zone, slot: int, everything: bool) -> None:
+    held = zone.map[zone.freezes_off + slot]
+    if held == 0:
+        return
+    give = held if everything else 1
+    zone.map[zone.freezes_off + slot] = held - give
+    frozen = ZONE_HEADER.get(zone.map, "frozen") - give
+    ZONE_HEADER.set(zone.map, "frozen", frozen)
+    if frozen == 0:
+        _set_word(zone, -ZONE_HEADER.get(zone.map, "clock"), zone.speed)
+
+
+def _clear_due(zone, slot: int) -> float:
+    """Forget ``slot``'s due; if the clock was holding there for it, it goes on from
+    there. Returns how long (real seconds) the clock had held for it."""
+    due = _due(zone, slot)
+    if due == math.inf:
+        return 0.0
+    speed = zone.speed
+    word, min_due = zone.clock_word, zone.min_due
+    raw = _raw(word, speed)
+    _set_due(zone, slot, math.inf)
+    held = 0.0
+    if min_due == due and raw > due:        # holding at this due: go on from it
+        held = (raw - due) / speed
+        ZONE_HEADER.set(zone.map, "held_s", ZONE_HEADER.get(zone.map, "held_s") + held)
+        ZONE_HEADER.set(zone.map, "held_max_s", max(ZONE_HEADER.get(zone.map, "held_max_s"), held))
+        if word > 0:
+            ZONE_HEADER.set(zone.map, "clock", time.monotonic() - due / speed)   # before min_due rises
+    ZONE_HEADER.set(zone.map, "min_due", min(zone.dues.unpack_from(zone.map, zone.dues_off)))
+    return held
+
+
+def release_slot(zone, slot: int) -> None:
+    """Give back every freeze and the due of a slot whose process died or was stopped."""
+    with zone.lock():
+        zone.map[zone.killable_off + slot] = 0
+        _give_back(zone, slot, everything=True)
+        _clear_due(zone, slot)
+
+
+def hold_for_kill(zone, slot: int, at: float) -> None:
+    """The OOM killer sends ``slot``'s task the emulated SIGKILL at emulated time ``at``
+    (now, the clock frozen for the OOM call): if the task waits killably, the clock
+    holds at ``at`` until it is up, so that its exit starts at the kill, however late
+    the signal wakes it."""
+    with zone.lock():
+        if zone.map[zone.killable_off + slot] and at < _due(zone, slot):
+            _set_due(zone, slot, at)
+            if at < zone.min_due:
+                ZONE_HEADER.set(zone.map, "min_due", at)
+
+
+def stop_holding(zone, slot: int) -> None:
+    """The clock stops waiting for ``slot`` (late past HOLD_LIMIT_S): it goes on from its due."""
+    with zone.lock():
+        _clear_due(zone, slot)
+
+
+def holding_for(zone) -> list[int]:
+    """The slots whose due the clock is holding at now (they are late)."""
+    min_due = zone.min_due
+    if min_due == math.inf or _raw(zone.clock_word, zone.speed) <= min_due:
+        return []
+    dues = zone.dues.unpack_from(zone.map, zone.dues_off)
+    return [slot for slot, d in enumerate(dues) if d == min_due]
 
 
 class ScaledClock:
     """Emulated time since ``t0`` (a ``time.monotonic()`` value), run ``speed`` times faster,
-    never frozen: the supervisor's clock before time 0, and a simple clock for tests."""
+    never frozen or held: the supervisor's clock before time 0, and a simple clock."""
 
     def __init__(self, speed: float = 1.0, t0: float | None = None, _monotonic=time.monotonic):
         if not speed > 0:
@@ -82,12 +197,17 @@ class ScaledClock:
         """Real seconds to wait for ``emulated_s`` to pass (at least; check again after)."""
         return max(0.0, emulated_s / self.speed)
 
+    def frozen(self):
+        from contextlib import nullcontext
+        return nullcontext()
+
 
 class RunClock:
     """The run's clock as every process of the run sees it, from the zone.
 
-    ``slot`` is whose freezes this process holds: a task's index, or the
-    zone's ``supervisor_slot``. ``speed`` and ``t0`` come from the zone."""
+    ``slot`` is whose freezes and due this process (or thread) holds: a task's index,
+    or the zone's ``supervisor_slot`` (the oom_reaper thread waits on it, and freezes
+    while it works; the main thread only freezes)."""
 
     def __init__(self, zone, slot: int):
         self.zone = zone
@@ -99,30 +219,99 @@ class RunClock:
         return self.zone.t0
 
     def now(self) -> float:
-        return emulated_now(self.zone.clock_word, self.speed)
+        zone = self.zone
+        while True:
+            word, min_due = zone.clock_word, zone.min_due
+            if zone.clock_word == word:      # the word moves before a hold's due is raised
+                return emulated_now(word, self.speed, min_due)
 
     @property
-    def is_frozen(self) -> bool:
-        return self.zone.clock_word <= 0
+    def standing(self) -> bool:
+        """Frozen, or holding for someone late: waits poll."""
+        word = self.zone.clock_word
+        return word <= 0 or _raw(word, self.speed) > self.zone.min_due
 
     def to_real(self, emulated_s: float) -> float:
         return emulated_s / self.speed
 
-    def real_wait(self, emulated_s: float) -> float:
+    def real_wait(self, emulated_s: float, poll: float = STANDING_POLL_S) -> float:
         """Real seconds to wait before looking again whether ``emulated_s`` has passed: all
-        of it while the clock runs, a short poll while it is frozen."""
+        of it while the clock runs, ``poll`` while it stands."""
         real = max(0.0, emulated_s / self.speed)
-        return min(real, FROZEN_POLL_S) if self.is_frozen else real
+        return min(real, poll) if self.standing else real
+
+    def held_since(self) -> float | None:
+        """How long (real seconds) the clock has been holding for a late sleeper, or None."""
+        word, min_due = self.zone.clock_word, self.zone.min_due
+        if word <= 0 or min_due == math.inf or _raw(word, self.speed) <= min_due:
+            return None
+        return time.monotonic() - (word + min_due / self.speed)
 
     @contextmanager
     def frozen(self):
         """Emulated time stands still for the whole run while the body runs (real work the
-        model says takes no time). The body must not wait for anything."""
+        model says takes no time). The body must not wait for another process."""
         if not self.t0:
             yield                       # before time 0 there is no clock to stop
             return
-        self.zone.freeze_clock(self.slot)
+        zone = self.zone
+        with zone.lock():
+            held = zone.map[zone.freezes_off + self.slot]
+            if held == 255:
+                raise RuntimeError(f"clock slot {self.slot}: too many nested freezes")
+            if ZONE_HEADER.get(zone.map, "frozen") == 0:
+                ZONE_HEADER.set(zone.map, "clock", -self.now())     # one store: frozen where it stands
+            ZONE_HEADER.set(zone.map, "frozen", ZONE_HEADER.get(zone.map, "frozen") + 1)
+            zone.map[zone.freezes_off + self.slot] = held + 1
         try:
             yield
         finally:
-            self.zone.thaw_clock(self.slot)
+            with zone.lock():
+                _give_back(zone, self.slot, everything=False)
+
+    def thaw_start(self) -> None:
+        """At the start line: give back the freeze time 0 began with (see the module)."""
+        with self.zone.lock():
+            _give_back(self.zone, self.slot, everything=False)
+
+    @contextmanager
+    def killable(self):
+        """A killable wait: an OOM kill during it holds the clock at the kill until we are
+        up (hold_for_kill)."""
+        zone = self.zone
+        with zone.lock():
+            zone.map[zone.killable_off + self.slot] = 1
+        try:
+            yield
+        finally:
+            with zone.lock():
+                zone.map[zone.killable_off + self.slot] = 0
+                _clear_due(zone, self.slot)
+
+    @contextmanager
+    def due(self, due: float, sleep):
+        """Wait until emulated time ``due``, then run the body at it: the clock holds at
+        ``due`` until the body is done, however late this process woke. ``sleep(real_s)``
+        waits (it may raise to end the wait early: the due is forgotten)."""
+        zone = self.zone
+        registered = False
+        if self.now() < due:
+            with zone.lock():
+                if due > self.now():           # a due already past would turn the clock back
+                    _set_due(zone, self.slot, due)
+                    if due < zone.min_due:
+                        ZONE_HEADER.set(zone.map, "min_due", due)
+                    registered = True
+        try:
+            while (left := due - self.now()) > 0:
+                sleep(self.real_wait(left))
+            yield
+        finally:
+            if registered:
+                with zone.lock():
+                    _clear_due(zone, self.slot)      # ours, or the kill's (hold_for_kill)
+
+    def wait_until(self, due: float, sleep) -> None:
+        """Wait until emulated time ``due``, the clock holding there until we are up."""
+        with self.due(due, sleep):
+            pass

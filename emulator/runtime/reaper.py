@@ -24,6 +24,10 @@ from ..kernel.policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, W
 from .clock import late_ms
 
 
+class _Kicked(Exception):
+    """A wake-up (a new victim, an exit, stop) ended the reaper's wait."""
+
+
 class OomReaper:
     """Drives a :class:`ReaperPolicy` against real mms.
 
@@ -109,27 +113,42 @@ class OomReaper:
         return now
 
     def _main(self) -> None:
-        due = None                                    # the emulated time we last waited for
         try:
             while True:
                 with self._cond:
                     if self._stopping:
                         return
                     kicks = self._kicks
-                now = self.clock.now()
-                if due is not None and now >= due:
-                    self.note_late(late_ms(now, due, self.clock.speed), "oom_reaper", None, due)
-                    due = None
-                until = self.step(now)
-                with self._cond:
-                    if self._stopping:
-                        return
-                    if self._kicks != kicks or (until is not None and until <= now):
-                        continue                      # woken meanwhile, or more to do now
-                    due = until
-                    self._cond.wait(None if until is None else self.clock.real_wait(until - self.clock.now()))
+                until = self.step(self.clock.now())
+                while until is not None and until > self.clock.now():
+                    # The policy's delay or deadline: the run clock holds at ``until``
+                    # until we have acted (RunClock.due), however late we are woken.
+                    try:
+                        with self.clock.due(until, lambda real: self._nap(kicks, real)):
+                            late = late_ms(self.clock.now(), until, self.clock.speed)
+                            if late:
+                                self.note_late(late, "oom_reaper", None, until)
+                            until = self.step(until)
+                    except _Kicked:
+                        break
+                    with self._cond:
+                        if self._kicks != kicks or self._stopping:
+                            break
+                else:
+                    if until is None:
+                        with self._cond:
+                            if self._kicks == kicks and not self._stopping:
+                                self._cond.wait()     # nothing to do until a wake-up
         except BaseException as e:            # reported by the supervisor as a fault of ours
             self.error = e
+
+    def _nap(self, kicks: int, real_s: float) -> None:
+        """Wait up to ``real_s``, unless a wake-up comes (_Kicked)."""
+        with self._cond:
+            if self._kicks == kicks and not self._stopping:
+                self._cond.wait(real_s)
+            if self._kicks != kicks or self._stopping:
+                raise _Kicked
 
     # -- the actions ---------------------------------------------------------------
     def oom_reap_task_mm(self, task) -> Outcome:

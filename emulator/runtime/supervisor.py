@@ -52,7 +52,8 @@ from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
 from . import machine, names, signals
-from .clock import RunClock, ScaledClock, late_ms, tolerance_ms
+from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_for, late_ms, release_slot,
+                    stop_holding, tolerance_ms)
 from .klog import KernelLog
 from .mm import Mm
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
@@ -174,6 +175,7 @@ class Run:
         self.first_oom_at: float | None = None
         self.resolved_at: float | None = None
         self.lag_ms = 0.0                              # the worst lateness seen (real ms), anyone's
+        self._held = (0.0, 0.0)                        # the clock's holds for late sleepers (real s)
         self._lag_lock = threading.Lock()
         self._events_fd = -1
         self._buf = b""
@@ -408,7 +410,7 @@ class Run:
             t.crashed = True
             self.log.printk("oomemu: task %d (%s) died without exiting (signal %d); its mm and what it "
                             "held stay" % (t.pid, t.name, -code))
-            self.zone.thaw_clock(t.index, everything=True)     # a freeze it held dies with it
+            release_slot(self.zone, t.index)      # the clock neither stays frozen nor waits for it
             self._repair(t)
             self._on_exit(t, self.clock.now())
             return
@@ -425,7 +427,7 @@ class Run:
         else:
             what, env = how, False
         self.log.printk("oomemu: task %d (%s) died %s: %s" % (t.pid, t.name, when, what))
-        self.zone.thaw_clock(t.index, everything=True)
+        release_slot(self.zone, t.index)
         self._repair(t)
         self._on_exit(t, self.clock.now())
         self._fail(f"task {t.name} (pid {t.pid}) died {when}: {what}", env)
@@ -509,6 +511,7 @@ class Run:
         t.mm.killed_at = at
         t.mm.set_bit(MMF_OOM_VICTIM)
         if not t.crashed:
+            hold_for_kill(self.zone, t.index, at)
             os.kill(t.pid, SIGKILL_EMULATED)
         t.victim = VictimRecord(t.name, t.pid, round(at, 6))
         self.victims.append(t)
@@ -573,7 +576,8 @@ class Run:
                     self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
                     return
                 until = linger_until if self.verdict else deadline
-                timeout = self.clock.real_wait(until - now)
+                timeout = self.clock.real_wait(until - now, poll=0.002)
+            self._watch_holds()
             events = sel.select(timeout)
             self._oom_requests = {}
             for key, _ in events:
@@ -591,6 +595,20 @@ class Run:
                     self.out_of_memory(t, pages, where, at)
                 if self.verdict != Verdict.PANIC:          # a panic stops the machine
                     t.oom_reply.release()
+
+    def _watch_holds(self) -> None:
+        """The run clock holds for a sleeper that is late (RunClock.due); one that has not
+        woken for HOLD_LIMIT_S (stopped from outside the run?) is waited for no more: the
+        clock goes on, and when it wakes at last its lateness is lag."""
+        held = self.clock.held_since()
+        if held is None or held < HOLD_LIMIT_S:
+            return
+        for slot in holding_for(self.zone):
+            stop_holding(self.zone, slot)
+            who = "the oom_reaper" if slot == self.zone.supervisor_slot else \
+                f"task {self.tasks[slot].pid} ({self.tasks[slot].name})"
+            self.log.printk("oomemu: %s did not wake up for its time in %.1f s; the clock goes on without it"
+                            % (who, held))
 
     def _stopped_by_tstp(self) -> None:
         """Ctrl-Z: stop the workers and ourselves; on SIGCONT, go on and say so.
@@ -677,8 +695,9 @@ class Run:
                 self._on_start(self)
             self._loop(sel)
         self.reaper.stop()
+        self._held = self.zone.held()
         self.trace("run_end", verdict=self.verdict, kills=self.kills, lag_ms=round(self.lag_ms, 3),
-                   lagged=self.lagged)
+                   lagged=self.lagged, held_ms=round(self._held[0] * 1000, 3))
         accounting = self._stop_workers_and_check()
         return self._result(accounting)
 
@@ -715,6 +734,7 @@ class Run:
             error=self.error, error_kind=None if self.error is None else
             ("environment" if self.error_is_environment else "fault"),
             stops=self.stops, stopped_s=round(self.stopped_s, 3), lag_ms=round(self.lag_ms, 3),
+            held_ms=round(self._held[0] * 1000, 3), held_max_ms=round(self._held[1] * 1000, 3),
             lagged=self.lagged, lag_tolerance_ms=round(tolerance_ms(self.speed), 3),
             oomemu_version=_oomemu_version(),
             scenario_sha256=_scenario_hash(self.scenario))

@@ -27,7 +27,6 @@ import mmap
 import os
 import struct
 import threading
-import time
 from dataclasses import dataclass
 
 import posix_ipc
@@ -51,21 +50,26 @@ ZONE_HEADER = Record(
     ("supervisor_ctime", "d"),         # psutil's create_time() of the supervisor
     ("t0", "d"),                       # time.monotonic() of the run's time 0 (0: not started)
     ("speed", "d"),
-    ("clock", "d"),                    # the run clock's word (see RunClock): > 0 running, <= 0 frozen
+    ("clock", "d"),                    # the run clock's word (see runtime/clock.py): > 0 running, <= 0 frozen
+    ("min_due", "d"),                  # the earliest time a slot waits for (inf: none): the clock holds there
     ("frozen", "q"),                   # how many freezes hold the run clock (sum of the slots')
+    ("held_s", "d"),                   # real seconds the clock held for late sleepers, in all
+    ("held_max_s", "d"),               # ... and the longest hold
     ("total_pages", "q"),
     ("nr_tasks", "q"),
     ("scenario", f"{MAX_NAME_BYTES}s"),
     ("policy", f"{MAX_POLICY_NAME_BYTES}s"),
     ("memcgs", f"{MAX_MEMCGS * MEMCG_RECORD.size}s"),
 )
-# Then, from the next page, two arrays of nr_tasks: the charge of each task's mm, then
-# each task's memcg; then one byte per clock slot (each task's, then the supervisor's):
-# how many freezes of the run clock that slot holds.
-CHARGE, MEMCG_OF = struct.Struct("=q"), struct.Struct("=i")
+# Then, from the next page: the charge of each task's mm (nr_tasks of CHARGE); the time
+# each clock slot waits for (nr_tasks + 1 of DUE: each task's, then the supervisor's);
+# each task's memcg (nr_tasks of MEMCG_OF); how many freezes each clock slot holds
+# (nr_tasks + 1 bytes); whether each slot waits killably (nr_tasks + 1 bytes).
+CHARGE, DUE, MEMCG_OF = struct.Struct("=q"), struct.Struct("=d"), struct.Struct("=i")
 _TASKS_OFF = -(-ZONE_HEADER.size // PAGE_SIZE) * PAGE_SIZE
 _MEMCGS_OFF = ZONE_HEADER.offset("memcgs")
-ZONE_HEADER.check_aligned("supervisor_ctime", "t0", "speed", "clock", "frozen", "total_pages", "nr_tasks")
+ZONE_HEADER.check_aligned("supervisor_ctime", "t0", "speed", "clock", "min_due", "frozen", "held_s",
+                          "held_max_s", "total_pages", "nr_tasks")
 assert _TASKS_OFF % 8 == 0                 # each task's charge: one aligned store
 MAX_TASKS = 100_000
 MAGIC = b"OOMZ"
@@ -73,8 +77,17 @@ MAGIC = b"OOMZ"
 
 def zone_size(nr_tasks: int) -> int:
     """Bytes of a zone segment for ``nr_tasks`` tasks (whole pages)."""
-    raw = _TASKS_OFF + nr_tasks * (CHARGE.size + MEMCG_OF.size) + nr_tasks + 1
-    return -(-raw // PAGE_SIZE) * PAGE_SIZE
+    return -(-_offsets(nr_tasks)[-1] // PAGE_SIZE) * PAGE_SIZE
+
+
+def _offsets(n: int) -> tuple[int, int, int, int, int]:
+    """Where the dues, the memcgs, the freezes and the killable flags of a zone of ``n``
+    tasks begin, and its end."""
+    dues = _TASKS_OFF + CHARGE.size * n                   # 8-byte aligned, as the charges
+    memcg_of = dues + DUE.size * (n + 1)
+    freezes = memcg_of + MEMCG_OF.size * n
+    killable = freezes + n + 1
+    return dues, memcg_of, freezes, killable, killable + n + 1
 
 
 def _memcg_off(index: int) -> int:
@@ -128,6 +141,8 @@ class Zone:
                 MEMCG_RECORD.set(self.map, "name", mname.encode(), _memcg_off(i))
             self._layout()
             struct.pack_into(f"={len(tasks)}i", self.map, self._memcg_of_off, *tasks)
+            self.dues.pack_into(self.map, self.dues_off, *[math.inf] * (len(tasks) + 1))
+            ZONE_HEADER.set(self.map, "min_due", math.inf)
         elif (why := self._not_a_zone()) is not None:
             self.close()
             raise ValueError(f"{names.zone(run_id)}: not an oomemu zone ({why})")
@@ -151,7 +166,7 @@ class Zone:
             return f"its supervisor pid {pid} is not the run id's"
         if uid < 0 or not (0 < speed <= 1e6 and total > 0 and math.isfinite(ctime) and math.isfinite(t0)):
             return "facts out of range"
-        memcg_of = struct.unpack_from(f"={n}i", self.map, _TASKS_OFF + CHARGE.size * n)
+        memcg_of = struct.unpack_from(f"={n}i", self.map, _offsets(n)[1])
         if any(not 0 <= m < MAX_MEMCGS for m in memcg_of):
             return "a task's memcg out of range"
         return None
@@ -161,8 +176,8 @@ class Zone:
         self.nr_tasks = n
         self._charged = struct.Struct(f"={n}q")
         self._memcg_of = struct.Struct(f"={n}i")
-        self._memcg_of_off = _TASKS_OFF + CHARGE.size * n
-        self._freezes_off = self._memcg_of_off + MEMCG_OF.size * n        # n + 1 slots
+        self.dues_off, self._memcg_of_off, self.freezes_off, self.killable_off, _ = _offsets(n)
+        self.dues = struct.Struct(f"={n + 1}d")
 
     def close(self) -> None:
         unmap(self.map, self._shm)
@@ -187,61 +202,29 @@ class Zone:
         return ZONE_HEADER.get(self.map, "speed")
 
     def set_t0(self, t0: float) -> None:
-        """Time 0 of the run, with the run clock frozen at 0 by one freeze per task: each
-        task gives its own back when it reaches the start line (``thaw_clock``), so the
-        clock starts when the last one is there, however long a busy machine takes to
-        wake them all."""
+        """Time 0 of the run; the run clock starts frozen at 0 (see RunClock.start)."""
+        from .clock import start_clock
         with self.lock():
-            ZONE_HEADER.set(self.map, "clock", -0.0)                 # frozen at 0
-            self.map[self._freezes_off:self._freezes_off + self.nr_tasks] = b"\1" * self.nr_tasks
-            ZONE_HEADER.set(self.map, "frozen", self.nr_tasks)
+            start_clock(self, t0)
             ZONE_HEADER.set(self.map, "t0", t0)
-            if self.nr_tasks == 0:
-                ZONE_HEADER.set(self.map, "clock", t0)
 
-    # -- the run clock's shared state (emulator.runtime.clock.RunClock) -----------
-    @property
-    def clock_word(self) -> float:
-        return ZONE_HEADER.get(self.map, "clock")             # one aligned 8-byte load
-
+    # -- where the run clock's shared state lives (emulator.runtime.clock) -----------
     @property
     def supervisor_slot(self) -> int:
         """The clock slot of the supervisor (the tasks' are their indexes)."""
         return self.nr_tasks
 
-    def freezes_of(self, slot: int) -> int:
-        return self.map[self._freezes_off + slot]
+    @property
+    def clock_word(self) -> float:
+        return ZONE_HEADER.get(self.map, "clock")             # one aligned 8-byte load
 
-    def freeze_clock(self, slot: int) -> None:
-        """One more freeze held by ``slot``; the first stops the clock where it stands."""
-        with self.lock():
-            held = self.map[self._freezes_off + slot]
-            if held == 255:
-                raise RuntimeError(f"clock slot {slot}: too many nested freezes")
-            frozen = ZONE_HEADER.get(self.map, "frozen")
-            if frozen == 0:
-                running_since = ZONE_HEADER.get(self.map, "clock")
-                stands = (time.monotonic() - running_since) * ZONE_HEADER.get(self.map, "speed")
-                ZONE_HEADER.set(self.map, "clock", -stands)          # one store: now frozen
-            ZONE_HEADER.set(self.map, "frozen", frozen + 1)
-            self.map[self._freezes_off + slot] = held + 1
+    @property
+    def min_due(self) -> float:
+        return ZONE_HEADER.get(self.map, "min_due")
 
-    def thaw_clock(self, slot: int, everything: bool = False) -> None:
-        """Give back one freeze of ``slot`` (all of them with ``everything``: for a slot
-        whose process died or was stopped); the last one lets the clock run on from
-        where it stood. A slot holding none is left alone."""
-        with self.lock():
-            held = self.map[self._freezes_off + slot]
-            if held == 0:
-                return
-            give = held if everything else 1
-            self.map[self._freezes_off + slot] = held - give
-            frozen = ZONE_HEADER.get(self.map, "frozen") - give
-            ZONE_HEADER.set(self.map, "frozen", frozen)
-            if frozen == 0:
-                stood = -ZONE_HEADER.get(self.map, "clock")
-                speed = ZONE_HEADER.get(self.map, "speed")
-                ZONE_HEADER.set(self.map, "clock", time.monotonic() - stood / speed)   # one store
+    def held(self) -> tuple[float, float]:
+        """(real seconds the clock held for late sleepers in all, the longest hold)."""
+        return ZONE_HEADER.get(self.map, "held_s"), ZONE_HEADER.get(self.map, "held_max_s")
 
     # -- charges: one counter per task, everything else is a sum of them ----------
     def charged_by(self, task: int) -> int:

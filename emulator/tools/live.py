@@ -31,7 +31,7 @@ from ..kernel.mm_types import (MAX_MEMCGS, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNS
 from ..kernel.oom_kill import OomControl, TaskView, oom_evaluate_task
 from ..runtime import names
 from ..runtime.cleanup import dead_groups
-from ..runtime.clock import emulated_now
+from ..runtime.clock import emulated_now, release_slot
 from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, Mm
 from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
 from ..runtime.protocol import SIGWAKE, Event, encode
@@ -86,7 +86,7 @@ class LiveRun:
     def now(self) -> float:
         """Emulated seconds since the run's time 0 (the run clock as it was when opened,
         on from then if it was running)."""
-        return emulated_now(self.zone.clock_word, self.facts.speed) if self.facts.t0 else 0.0
+        return emulated_now(self.zone.clock_word, self.facts.speed, self.zone.min_due) if self.facts.t0 else 0.0
 
     def mm_indices(self) -> list[int]:
         """Indices of the files named as this run's mms (anyone's: open_mm checks)."""
@@ -543,8 +543,9 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
 
 def _thaw(run: LiveRun, index: int) -> None:
     """A task stopped in the middle of real work (faulting pages in, zapping them) holds
-    the run clock frozen; stopped, it gives the freeze back, so that the run's time goes
-    on while it is stopped (see emulator.runtime.clock)."""
+    the run clock frozen, and the clock waits for a task whose time has come: stopped,
+    it gives both back, so that the run's time goes on while it is stopped (see
+    emulator.runtime.clock)."""
     try:
         fd = open_checked(_path(names.zone(run.run_id)), run.owner, write=True)
     except (OSError, Refused):
@@ -554,7 +555,7 @@ def _thaw(run: LiveRun, index: int) -> None:
     except (ValueError, posix_ipc.Error, OSError):
         return
     try:
-        zone.thaw_clock(index, everything=True)
+        release_slot(zone, index)
     finally:
         zone.close()
 
