@@ -155,8 +155,8 @@ def test_an_error_or_unknown_verdict_is_shown_and_never_an_outcome():
     assert "died of SIGBUS" in table.split("stopped")[-1]                    # the log's last line, else
     md = compare.format_markdown(cells)
     assert "`worker died of SIGBUS: /dev/shm is full`" in md
-    rows = list(csv.reader(io.StringIO(compare.format_csv(cells))))
-    assert [r[-2:] for r in rows[1:]][0] == ["1", "worker died of SIGBUS: /dev/shm is full"]
+    rows = list(csv.DictReader(io.StringIO(compare.format_csv(cells))))
+    assert (rows[0]["errors"], rows[0]["error_cause"]) == ("1", "worker died of SIGBUS: /dev/shm is full")
     data = json.loads(compare.format_json(cells))
     assert data[0]["errors"] == 1 and [r["matches"] for r in data[0]["runs"]] == [True, False]
     from emulator.tools import claims
