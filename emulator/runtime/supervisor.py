@@ -603,12 +603,14 @@ class Run:
         held = self.clock.held_since()
         if held is None or held < HOLD_LIMIT_S:
             return
+        due = self.zone.min_due
         for slot in holding_for(self.zone):
             stop_holding(self.zone, slot)
-            who = "the oom_reaper" if slot == self.zone.supervisor_slot else \
-                f"task {self.tasks[slot].pid} ({self.tasks[slot].name})"
+            t = self.tasks[slot] if slot < len(self.tasks) else None
+            who = f"task {t.pid} ({t.name})" if t else "the oom_reaper"
             self.log.printk("oomemu: %s did not wake up for its time in %.1f s; the clock goes on without it"
                             % (who, held))
+            self.note_late(held * 1000, "hold_limit", t, due)
 
     def _stopped_by_tstp(self) -> None:
         """Ctrl-Z: stop the workers and ourselves; on SIGCONT, go on and say so.

@@ -36,7 +36,7 @@ from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, Mm
 from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
 from ..runtime.protocol import SIGWAKE, Event, encode
 from ..runtime.shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
-from ..runtime.zone import RunFacts, Zone
+from ..runtime.zone import ZONE_HEADER, RunFacts, Zone
 from .columns import columns
 
 
@@ -84,9 +84,23 @@ class LiveRun:
         return self.facts.run_id
 
     def now(self) -> float:
-        """Emulated seconds since the run's time 0 (the run clock as it was when opened,
-        on from then if it was running)."""
-        return emulated_now(self.zone.clock_word, self.facts.speed, self.zone.min_due) if self.facts.t0 else 0.0
+        """Emulated seconds since the run's time 0: the run clock, read from the zone file
+        now (the zone we hold is a copy of it as it was when opened)."""
+        if not self.facts.t0:
+            return 0.0
+        word, min_due = self.zone.clock_word, self.zone.min_due
+        try:
+            fd = open_checked(_path(names.zone(self.run_id)), self.owner)
+        except (OSError, Refused):
+            fd = -1
+        if fd >= 0:
+            try:
+                live = os.pread(fd, ZONE_HEADER.size, 0)
+                if len(live) == ZONE_HEADER.size:
+                    word, min_due = ZONE_HEADER.get(live, "clock"), ZONE_HEADER.get(live, "min_due")
+            finally:
+                os.close(fd)
+        return emulated_now(word, self.facts.speed, min_due)
 
     def mm_indices(self) -> list[int]:
         """Indices of the files named as this run's mms (anyone's: open_mm checks)."""

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from emulator.runtime import names
+from emulator.runtime.clock import RunClock
 from emulator.runtime.zone import ZONE_HEADER, Zone
 from tests.helpers import (HeldRun, check_documented, oomemu, oomemu_args, read_line, started, wait_for,
                            write_scenario)
@@ -65,12 +66,12 @@ def oom_now(run):
     assert p.returncode == 0, p.stderr
 
 
-def run_time(run_id: str, monotonic: float) -> float:
-    """A time.monotonic() reading (any process: it is system-wide) in the run's emulated seconds."""
+def run_now(run_id: str) -> float:
+    """The run's emulated time now, from its clock (which is not real time scaled: it
+    stands while real work is done and holds for late sleepers)."""
     zone = Zone(run_id)
     try:
-        facts = zone.facts()
-        return (monotonic - facts.t0) * facts.speed
+        return RunClock(zone, zone.supervisor_slot).now()
     finally:
         zone.close()
 
@@ -342,7 +343,7 @@ def test_hold_lock_keeps_a_task_in_d_state_until_released(tmp_path):
             took = run.wait_event(lambda e: e["ev"] == "inject" and "took lock L" in e["what"])
             assert took["t"] < d["t"], "the hold came after the worker took L: the stage was not set"
             assert " D " in next(l for l in oomemu("ps", run.id).stdout.splitlines() if " worker " in l)
-            ctrl_c = run_time(run.id, time.monotonic())   # read before the signal: a lower bound
+            ctrl_c = run_now(run.id)                    # read before the signal: a lower bound
             holder.send_signal(signal.SIGINT)
             out, _ = holder.communicate(timeout=30)
             assert holder.returncode == 0 and "released lock L" in out
