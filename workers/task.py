@@ -118,9 +118,9 @@ class WorkerTask:
             raise Dying
         if killable:
             with self.clock.killable():
-                self.clock.wait_until(due, self._sleep_killable)
+                self.clock.sleep_until(due, self._sleep_killable)
         else:
-            self.clock.wait_until(due, time.sleep)
+            self.clock.sleep_until(due, time.sleep)
         if where is not None:
             self.note_late(due, where)
 
@@ -136,22 +136,35 @@ class WorkerTask:
             self.send(Event.LATE, at=due, late_ms=round(late, 3), where=where,
                       lagged=late > tolerance_ms(self.speed))
 
+    def at(self, t: float) -> None:
+        """The task is at emulated time ``t`` (no earlier than now): it holds the run clock
+        there until it next waits (RunClock.hold), so what it does meanwhile happens then."""
+        self.t_plan = self.clock.hold(t)
+
     def caught_up(self) -> None:
         """After a wait for someone else (a lock, mmap_sem, a command): the task is now."""
-        self.t_plan = max(self.t_plan, self.clock.now())
+        self.at(max(self.t_plan, self.clock.now()))
+
+    def blocking(self, wait, *args) -> None:
+        """Block on another process (``wait(*args)``): time may pass meanwhile; when it
+        returns, the task is at the time it got what it waited for."""
+        self.clock.let_go()
+        try:
+            wait(*args)
+        finally:
+            self.caught_up()
 
     def down(self, sem) -> None:
         """sem_down(), and if it had to wait, the task is at the time it got it."""
         try:
             sem.acquire(0)
         except posix_ipc.BusyError:
-            sem_down(sem)
-            self.caught_up()
+            self.blocking(sem_down, sem)
 
     def killed(self) -> None:
         """Dying: the exit is planned from the kill, or from where the task stood then
         if it was busy (D state) past it."""
-        self.t_plan = max(self.t_plan, self.mm.killed_at or self.clock.now())
+        self.at(max(self.t_plan, self.mm.killed_at or self.clock.now()))
 
     def schedule_timeout_killable(self, emulated_s: float, where: str | None = "sleep") -> None:
         """Sleep until ``emulated_s`` after the plan, but wake up and die if the emulated
@@ -185,8 +198,7 @@ class WorkerTask:
         except posix_ipc.BusyError:
             pass
         self._d_state(True)
-        sem_down(sem)
-        self.caught_up()
+        self.blocking(sem_down, sem)
         self._d_state(False)
 
     # -- memory -------------------------------------------------------------
@@ -306,8 +318,8 @@ class WorkerTask:
         self.mm.state = TaskState.TASK_RUNNING
         self.send(Event.READY, pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
-        self.clock.thaw_start()                   # at the start line: the clock may start
-        self.wait_until(0.0, "start", killable=False)
+        self.at(0.0)                              # the clock cannot pass 0 before we act ...
+        self.clock.thaw_start()                   # ... and starts when every task is here
         try:
             for step in self.spec.steps:
                 self.do_step(step)
@@ -317,13 +329,14 @@ class WorkerTask:
             if self.spec.steps:
                 self.send(Event.STEPS_DONE)
             while True:                               # idle, killable
+                self.clock.let_go()
                 with self.clock.killable():
                     info = signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE])
                 if info.si_signo == SIGKILL_EMULATED:
                     self.fatal = True
                     self.killed()
                     raise Dying
-                self.t_plan = self.clock.now()          # a command: the task acts now
+                self.at(self.clock.now())               # a command: the task acts now
                 self.do_commands()
         except Dying:
             self.do_exit()
@@ -357,6 +370,7 @@ class WorkerTask:
         self.exit_mmap()
         self.mm.state = TaskState.TASK_DEAD
         self.send(Event.EXITED)
+        self.clock.let_go()                           # gone: time goes on without us
         os._exit(0)
 
     def _set_oom_skip(self, where: OomSkipAt) -> None:

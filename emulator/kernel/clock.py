@@ -47,6 +47,9 @@ class FakeClock:
         """Real work takes no time here either (RunClock's freeze, a no-op)."""
         return nullcontext()
 
+    def let_go(self) -> None:
+        """RunClock's: this clock never holds."""
+
     def due(self, due: float, sleep):
         """RunClock's wait for a due time: here, the clock jumps there."""
         self.advance_to(due)

@@ -48,13 +48,10 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from .zone import DUE, ZONE_HEADER
 
-#: While the clock stands (frozen, or held for a late sleeper), a timed wait wakes at
-#: least this often (real seconds) to see whether it runs again; both last milliseconds.
-STANDING_POLL_S = 0.0005
 #: A run lagged if something happened later than the larger of these after the time it
 #: was due at: TOLERANCE_EMULATED_S of emulated time, or TOLERANCE_REAL_S of real time.
 TOLERANCE_EMULATED_S = 0.005
@@ -141,6 +138,17 @@ def _clear_due(zone, slot: int) -> float:
     return held
 
 
+def _move_due(zone, slot: int, due: float, now: float) -> float:
+    """``slot`` now waits for (or holds the clock at) ``due``, no earlier than ``now``
+    (a due in the past would turn the clock back). Returns the due set."""
+    _clear_due(zone, slot)
+    due = max(due, now)
+    _set_due(zone, slot, due)
+    if due < zone.min_due:
+        ZONE_HEADER.set(zone.map, "min_due", due)
+    return due
+
+
 def release_slot(zone, slot: int) -> None:
     """Give back every freeze and the due of a slot whose process died or was stopped."""
     with zone.lock():
@@ -156,6 +164,16 @@ def hold_for_kill(zone, slot: int, at: float) -> None:
     the signal wakes it."""
     with zone.lock():
         if zone.map[zone.killable_off + slot] and at < _due(zone, slot):
+            _set_due(zone, slot, at)
+            if at < zone.min_due:
+                ZONE_HEADER.set(zone.map, "min_due", at)
+
+
+def hold_for(zone, slot: int, at: float) -> None:
+    """The clock may not pass ``at`` until ``slot`` has acted (and let go): the OOM killer
+    wakes the oom_reaper at the kill, which acts then however late its thread runs."""
+    with zone.lock():
+        if at < _due(zone, slot):
             _set_due(zone, slot, at)
             if at < zone.min_due:
                 ZONE_HEADER.set(zone.map, "min_due", at)
@@ -198,8 +216,10 @@ class ScaledClock:
         return max(0.0, emulated_s / self.speed)
 
     def frozen(self):
-        from contextlib import nullcontext
         return nullcontext()
+
+    def let_go(self) -> None:
+        pass
 
 
 class RunClock:
@@ -234,11 +254,11 @@ class RunClock:
     def to_real(self, emulated_s: float) -> float:
         return emulated_s / self.speed
 
-    def real_wait(self, emulated_s: float, poll: float = STANDING_POLL_S) -> float:
-        """Real seconds to wait before looking again whether ``emulated_s`` has passed: all
-        of it while the clock runs, ``poll`` while it stands."""
-        real = max(0.0, emulated_s / self.speed)
-        return min(real, poll) if self.standing else real
+    def real_wait(self, emulated_s: float) -> float:
+        """Real seconds to wait before looking again whether ``emulated_s`` has passed. If
+        the clock stands meanwhile, the waiter wakes early and waits again; its own due
+        holds the clock until it is up, so it is never late for it."""
+        return max(0.0, emulated_s / self.speed)
 
     def held_since(self) -> float | None:
         """How long (real seconds) the clock has been holding for a late sleeper, or None."""
@@ -276,8 +296,8 @@ class RunClock:
 
     @contextmanager
     def killable(self):
-        """A killable wait: an OOM kill during it holds the clock at the kill until we are
-        up (hold_for_kill)."""
+        """A killable wait: an OOM kill during it moves our due to the kill (hold_for_kill),
+        so the clock holds there until we are up and say where we stand (:meth:`hold`)."""
         zone = self.zone
         with zone.lock():
             zone.map[zone.killable_off + self.slot] = 1
@@ -286,7 +306,27 @@ class RunClock:
         finally:
             with zone.lock():
                 zone.map[zone.killable_off + self.slot] = 0
-                _clear_due(zone, self.slot)
+
+    # -- a task holds the clock at its plan whenever it is not waiting ---------------
+    def hold(self, at: float) -> float:
+        """The clock may not pass ``at`` (no earlier than now) until we wait again: a task
+        that runs holds the clock at the time it is at, so that what it does between two
+        waits happens at that time however long the machine takes. Returns the time held."""
+        with self.zone.lock():
+            return _move_due(self.zone, self.slot, at, self.now())
+
+    def let_go(self) -> None:
+        """About to block on another process (a lock, mmap_sem) or to idle: time may pass."""
+        with self.zone.lock():
+            _clear_due(self.zone, self.slot)
+
+    def sleep_until(self, due: float, sleep) -> None:
+        """Sleep until emulated time ``due``, and hold the clock there when up (the clock
+        holds there for us too, however late the machine wakes us). ``sleep(real_s)`` may
+        raise to end the sleep early (then the caller says where it stands: :meth:`hold`)."""
+        self.hold(due)
+        while (left := due - self.now()) > 0:
+            sleep(self.real_wait(left))
 
     @contextmanager
     def due(self, due: float, sleep):
@@ -309,7 +349,8 @@ class RunClock:
         finally:
             if registered:
                 with zone.lock():
-                    _clear_due(zone, self.slot)      # ours, or the kill's (hold_for_kill)
+                    if _due(zone, self.slot) >= due:     # not if lowered meanwhile (hold_for):
+                        _clear_due(zone, self.slot)      # that one is for what woke us
 
     def wait_until(self, due: float, sleep) -> None:
         """Wait until emulated time ``due``, the clock holding there until we are up."""

@@ -119,7 +119,8 @@ class OomReaper:
                     if self._stopping:
                         return
                     kicks = self._kicks
-                until = self.step(self.clock.now())
+                until = self.step(self.clock.now())       # at a kill's time: it held the clock
+                self.clock.let_go()
                 while until is not None and until > self.clock.now():
                     # The policy's delay or deadline: the run clock holds at ``until``
                     # until we have acted (RunClock.due), however late we are woken.

@@ -52,8 +52,8 @@ from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
 from . import machine, names, signals
-from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_for, late_ms, release_slot,
-                    stop_holding, tolerance_ms)
+from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for, hold_for_kill, holding_for, late_ms,
+                    release_slot, stop_holding, tolerance_ms)
 from .klog import KernelLog
 from .mm import Mm
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
@@ -69,6 +69,7 @@ MIN_SPEED, MAX_SPEED = 0.1, 1e6
 
 
 GIL_SWITCH_S = 0.0002           # see Run.execute
+WATCH_S = 0.25                  # real seconds between looks at the run clock's holds (_watch_holds)
 
 
 @contextlib.contextmanager
@@ -521,6 +522,7 @@ class Run:
         self.trace("mark_victim", t, at)
         self.log.printk(killed_process_line(t.pid, t.name, kb), at)
         self.trace("wake_reaper", t, at)
+        hold_for(self.zone, self.zone.supervisor_slot, at)      # the reaper acts at the kill
         self.reaper.wake_oom_reaper(t, at)
 
     @property
@@ -576,7 +578,7 @@ class Run:
                     self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
                     return
                 until = linger_until if self.verdict else deadline
-                timeout = self.clock.real_wait(until - now, poll=0.002)
+                timeout = min(self.clock.real_wait(until - now), WATCH_S)
             self._watch_holds()
             events = sel.select(timeout)
             self._oom_requests = {}
