@@ -7,28 +7,37 @@ kernel constant and scenario duration is divided by N (SimPy's
 as a parameter (``kernel/clock.py``). Two things keep outcomes from depending
 on the speed or on how busy the machine is:
 
-* **Real work takes no emulated time.** Faulting 100 MB in takes this
-  machine some 60 ms, punching it out some 20 ms: at speed 10 that would be
-  0.6 s and 0.2 s of emulated time. A process doing such work *freezes* the
-  clock around it (:meth:`RunClock.frozen`): emulated time stands still for
-  the whole run until the last freeze is given back. Only work that never
-  waits for another process may be done frozen.
-* **Time waits for whoever has something due.** A process about to wait
-  until emulated time D says so first (:meth:`RunClock.wait_until`): the
-  clock will not pass D until that process has woken and acted. A busy
-  machine wakes a sleeper late (a few ms with both cores taken: more than
-  the 0.4 ms a jiffy is at speed 10); the clock then *holds* at D for
-  everyone, and goes on from D once the sleeper is up. So what is due at D
-  happens at D, before anything due later, at any speed and any load; the
-  run takes longer in real time instead, and says by how much
-  (``held_ms``).
+* **A task holds the clock at the time it is at.** Each task keeps a plan
+  (the emulated time its next action is due at); whenever it is not
+  waiting, the clock cannot pass that time (:meth:`RunClock.hold`). So the
+  real work it does between two waits (faulting 100 MB in takes this
+  machine some 60 ms, punching it out some 20 ms: 0.6 s and 0.2 s of
+  emulated time at speed 10) happens at the time it is at, for every
+  process of the run. It lets go (:meth:`RunClock.let_go`) only to block
+  on another process or to idle.
+* **Time waits for whoever has something due.** A process about to sleep
+  until emulated time D holds the clock at D (:meth:`RunClock.sleep_until`,
+  :meth:`RunClock.due`): the clock will not pass D until that process has
+  woken and acted. A busy machine wakes a sleeper late (a few ms with both
+  cores taken: more than the 0.4 ms a jiffy is at speed 10); the clock then
+  *holds* at D for everyone, and goes on from D once the sleeper is up. An
+  OOM kill holds the clock at the kill for a victim that waits killably
+  (:func:`hold_for_kill`) and for the reaper it wakes (:func:`hold_for`).
+  So what is due at D happens at D, before anything due later, at any
+  speed and any load; the run takes longer in real time instead, and says
+  by how much (``held_ms``).
+* **The supervisor's real work takes no emulated time**: its zaps and
+  repairs are done with the clock *frozen* (:meth:`RunClock.frozen`):
+  emulated time stands still for the whole run until the last freeze is
+  given back. Only work that never waits for another process may be done
+  frozen.
 
-What is neither frozen nor due follows real time: a process woken by another
-(a lock, mmap_sem, an answer) acts when it wakes. The run measures how late
-such things are against the clock (``lag_ms``): a stalled allocation's OOM
-call reaching the supervisor, a slot that did not wake for ``HOLD_LIMIT_S``
-(a process stopped from outside: the clock stops waiting for it, and when it
-wakes at last, its lateness is lag). A run lagged if that is more than the
+What is neither held nor frozen follows real time: a process woken by
+another (a lock, mmap_sem) acts when it wakes, and the supervisor learns of
+a task's exit when its event arrives. The run measures how late things are
+against the clock (``lag_ms``): a stalled allocation's first OOM call, and
+the hold of a slot that did not wake for ``HOLD_LIMIT_S`` (a process stopped
+from outside: the clock stops waiting for it). A run lagged if that is more than the
 larger of ``TOLERANCE_EMULATED_S`` and ``TOLERANCE_REAL_S`` (:func:`tolerance_ms`).
 
 The shared state lives in the zone: one 8-byte *clock word*, read with one
