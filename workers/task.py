@@ -427,8 +427,7 @@ class WorkerTask:
         """Zap one of our VMAs, journalled for repair if we die half-way. The zap claims
         the pages it frees: we uncharge exactly those (the reaper, the others)."""
         self.mm.journal_begin(J_ZAP, vma.index, self.mm.vmas()[vma.index].nr_pages)
-        n = self.mm.zap_vma(vma)
-        self.zone.uncharge(self.index, n)
+        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.index, pages))
         self.mm.journal_end()
         return n
 

@@ -36,6 +36,7 @@ import mmap
 import os
 import threading
 from contextlib import contextmanager
+from typing import Callable
 
 import posix_ipc
 
@@ -202,7 +203,7 @@ class Mm:
         """The mm's guard: ``flock(LOCK_EX)`` on the segment (the kernel drops it if the
         holder dies) plus a thread lock (this process's threads share one fd). Held only
         for a few field reads and writes: never wait or punch pages under it."""
-        with self._tlock:
+        with self._tlock:          # lock order: the guard, then the zone lock (zap_vma)
             while True:
                 try:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -354,16 +355,20 @@ class Mm:
             self.map[off:off + n] = self._CHUNK[:n]
             off += n
 
-    def zap_vma(self, vma: Vma) -> int:
-        """Free a VMA's resident pages for real; returns how many (the caller uncharges
-        exactly those). The pages are *claimed* first (the count read and set to 0 in one
-        guarded section), then punched out: the reaper and exit_mmap may zap the same VMA
-        at once (both under mmap_sem held for read), and only the claimant frees and
-        uncharges, so each page is counted once."""
+    def zap_vma(self, vma: Vma, uncharge: Callable[[int], object] | None = None) -> int:
+        """Free a VMA's resident pages for real; returns how many. The pages are *claimed*
+        first: in one guarded section the count is read and set to 0, and ``uncharge`` (the
+        zone's, for the mm's task) is called with it; then they are punched out. The reaper
+        and exit_mmap may zap the same VMA at once (both under mmap_sem held for read):
+        only the claimant frees and uncharges, so each page is counted once; and as the
+        charge drops with the count, the OOM killer never sees a count of 0 with the pages
+        still charged (the kernel's rss counters and free pages move together)."""
         with self.guard():
             claimed = self.vmas()[vma.index].nr_pages          # fresh: someone may have zapped it
             if claimed:
                 self._set_nr_pages(vma.index, 0)
+                if uncharge is not None:
+                    uncharge(claimed)                           # the zone lock, inside the guard
         if claimed:
             self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + vma.start * PAGE_SIZE, claimed * PAGE_SIZE)
         return claimed

@@ -152,8 +152,7 @@ class OomReaper:
                 freed = 0
                 for vma in mm.vmas():
                     if self.policy.can_reap_vma(vma.kind, vma.vm_flags):
-                        freed += mm.zap_vma(vma)
-                self.zone.uncharge(task.index, freed)
+                        freed += mm.zap_vma(vma, lambda n: self.zone.uncharge(task.index, n))
                 task.victim.reaped_kb += freed * PAGE_SIZE // 1024
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
