@@ -420,3 +420,50 @@ def test_hold_lock_keeps_a_task_in_d_state_until_released(tmp_path):
         out = run.stop()
     assert back["t"] >= ctrl_c                          # it ran again only once the lock was let go
     assert out.splitlines()[-1].startswith("oomemu: lockstep under timeout: resolved, kills 0")
+
+
+DEAD = """
+    memory_mb = 64
+    [[task]]
+    name = "owner"
+    vma = [{ kind = "anon", mb = 4 }]
+    step = [{ op = "mmap_sem_down" }, { op = "sleep", ms = 600000 }]
+    [[task]]
+    name = "reader"
+    vma = [{ kind = "anon", mb = 1 }]
+    step = [{ op = "sleep", ms = 100 }, { op = "mmap_sem_down", task = "owner", mode = "read" }]
+    [[task]]
+    name = "selfread"
+    vma = [{ kind = "anon", mb = 1 }]
+    step = [{ op = "mmap_sem_down", mode = "read" }]
+    [[task]]
+    name = "gone"
+    step = [{ op = "exit" }]
+"""
+
+
+def test_dead_holders_and_waiters_keep_what_they_had_and_show_it(tmp_path):
+    """inject crash of a task queued on another's mmap_sem, then of the holder: each keeps
+    its place or its hold; ps marks them, the run's log says so in one line each."""
+    with HeldRun(write_scenario(tmp_path, DEAD, "dead"), "v4.17") as run:
+        pid = {l.split()[1]: int(l.split()[0]) for l in oomemu("ps", run.id).stdout.splitlines()[2:]}
+        assert wait_for(lambda: mmap_sem_column(run.id, "owner") == f"w:{pid['owner']} +1r queued", 10)
+        assert oomemu("inject", run.id, "crash", "reader").returncode == 0
+        assert wait_for(lambda: mmap_sem_column(run.id, "owner").endswith("+1r queued (1 dead)"), 10)
+        assert oomemu("inject", run.id, "crash", "owner").returncode == 0
+        assert wait_for(lambda: mmap_sem_column(run.id, "owner") ==
+                        f"w:{pid['owner']}(dead) +1r queued (1 dead)", 10)
+        assert mmap_sem_column(run.id, "selfread") == f"r:{pid['selfread']}"
+        # refusals, one line each, exit 2
+        p = oomemu("inject", run.id, "alloc", "selfread", "1")
+        assert p.returncode == 2 and "holds its own mmap_sem for read" in p.stderr and "deadlock" in p.stderr
+        p = oomemu("inject", run.id, "hold-mmap-sem", "owner", "--read", "--write")
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+        assert wait_for(lambda: "exited" in next(l for l in oomemu("ps", run.id).stdout.splitlines()
+                                                 if " gone " in l), 10)
+        p = oomemu("inject", run.id, "hold-mmap-sem", "gone", "--seconds", "1")
+        assert p.returncode == 2 and p.stderr.strip().endswith("the mm is gone (its task has exited)"), p.stderr
+        out = run.stop()
+    assert (f"oomemu: task {pid['reader']} (reader) died queued for read on the mmap_sem of {pid['owner']} "
+            f"(owner): it keeps its place") in out
+    assert f"oomemu: task {pid['owner']} (owner) died holding its own mmap_sem for write: it stays held" in out
