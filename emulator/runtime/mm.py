@@ -124,8 +124,10 @@ def _field(name: str, doc: str | None = None, writable: bool = True) -> property
 class Mm:
     """An mm segment, opened (or created) in this process.
 
-    Methods that change pages or counters must be called with the mm's
-    mmap_sem held (by this process) unless the caller owns the mm alone.
+    Counts change only under the mm's guard (:meth:`fault_in`, :meth:`zap_vma`),
+    so callers that work on the mm at once (the owner and the reaper, each with
+    mmap_sem held for read) never lose each other's changes. Which mmap_sem a
+    caller holds is the kernel's rule, kept by the callers (emulator.runtime.rwsem).
     """
 
     def __init__(self, name: str, create: MmLayout | None = None, fd: int | None = None):
