@@ -6,7 +6,7 @@ Three layers, each importing only the ones below it (tests/test_layers.py)::
                     flags, VMA kinds, TaskState), oom_kill (oom_badness,
                     select_bad_process, out_of_memory's decision), clock (FakeClock),
                     verdict, policies/ (one file per reaper policy)
-    runtime/        processes and IPC: supervisor, resources, protocol, mm, zone,
+    runtime/        processes and IPC: supervisor, resources, protocol, mm, rwsem, zone,
                     layout, machine, reaper, clock (ScaledClock), klog, trace,
                     names, cleanup, signals, shm_trust, proc_trust
     tools/          what a user types and sees: cli, compare, claims, live,

@@ -27,8 +27,9 @@ from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIE
 from .kernel.verdict import OUTCOMES, Verdict
 
 OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit")
-_OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task"},
+_OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task", "mode"},
             "mmap_sem_up": {"task"}, "lock": {"name"}, "unlock": {"name"}, "exit": set()}
+MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
              "expected"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_per_mb",
@@ -56,6 +57,10 @@ MAX_DURATION_MS = MAX_DEADLINE_S * 1000    # ... steps, exit_mmap's times (at --
                                 # day is 10 days of real time: inside what epoll and sleep take)
 MAX_MAPPED_MB = 64 << 20        # 64 TiB: the supervisor maps every task's mm, and each mm has
                                 # room for the whole zone; half of x86-64's 128 TiB of user space
+#: glibc's M_MMAP_THRESHOLD (128 KiB): an ``alloc`` of this much or more maps its memory
+#: (mmap, under mmap_sem held for write) before faulting it in; a smaller one only faults
+MMAP_THRESHOLD_MB = 0.125
+MMAP_THRESHOLD_PAGES = round(MMAP_THRESHOLD_MB * PAGES_PER_MB)
 
 _COMM_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_COMM)
 
@@ -74,6 +79,7 @@ class StepSpec:
     ms: float = 0.0
     name: str = ""
     task: str = ""          # mmap_sem_down/_up: another task's mmap_sem (default: its own)
+    mode: str = ""          # mmap_sem_down: "read" or "write"
 
 
 @dataclass(frozen=True)
@@ -390,6 +396,9 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                                         what="steps (a worker gets them on its command line)")):
             sw = f"{w}step[{si}]."
             op = c.string(s, "op", sw, choices=OPS)
+            if op == "mmap_sem_up" and "mode" in s:
+                c.fail(sw + "mode", "mmap_sem_up takes no mode: it releases whatever the task holds "
+                                    "on that mmap_sem")
             c.keys(s, {"op"} | _OP_KEYS[op], sw)
             if op == "alloc":
                 steps.append(StepSpec(op, mb=float(c.number(s, "mb", sw, positive=True, **mb_bound))))
@@ -399,11 +408,15 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                 other = s.get("task", "")
                 if not isinstance(other, str):
                     c.fail(sw + "task", f"must be a task's name, not {_show(other)}")
-                steps.append(StepSpec(op, task=other))
+                mode = ""
+                if op == "mmap_sem_down":
+                    mode = c.string(s, "mode", sw, default="write", choices=MMAP_SEM_MODES)
+                steps.append(StepSpec(op, task=other, mode=mode))
             elif op in ("lock", "unlock"):
                 steps.append(StepSpec(op, name=c.comm(s, "name", sw)))
             else:
                 steps.append(StepSpec(op))
+        _check_own_read_holds(c, w, tname, steps)
         # alloc grows one VMA whose room is its initial pages + the zone's (supervisor._layout)
         alloc_pages = sum(_pages(s.mb) for s in steps if s.op == "alloc")
         if alloc_pages > zone_pages:
@@ -466,6 +479,22 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                             f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
                     tuple(tasks), source, expected, tuple(memcgs))
+
+
+def _check_own_read_holds(c: _Checker, where: str, name: str, steps: list[StepSpec]) -> None:
+    """Refuse an ``alloc`` that maps memory (0.125 MB or more: the mmap takes mmap_sem for
+    write) while the task holds its own mmap_sem for read only: in the kernel, down_write
+    under one's own read lock waits for ever."""
+    own: list[str] = []                      # modes of the task's holds on its own mmap_sem
+    for si, s in enumerate(steps):
+        if s.op == "mmap_sem_down" and not s.task:
+            own.append(s.mode)
+        elif s.op == "mmap_sem_up" and not s.task:
+            own.clear()
+        elif s.op == "alloc" and own and "write" not in own and _pages(s.mb) >= MMAP_THRESHOLD_PAGES:
+            c.fail(f"{where}step[{si}]", f"{name}: an alloc of {_num(s.mb)} MB while it holds its own "
+                                         f"mmap_sem for read would deadlock (an alloc of {MMAP_THRESHOLD_MB} MB "
+                                         f"or more maps memory first: down_write under its own read lock)")
 
 
 def _start_pages(t: TaskSpec) -> int:

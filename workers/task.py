@@ -10,8 +10,19 @@ Started by the supervisor as ``python -m workers.task --run ID --index I
    waits (``busy``, lock and mmap_sem waits) ignore it until they return.
 3. Fault in the VMAs (charge the zone, touch the pages), say ``ready``, wait
    for the start semaphore, then start the steps at time 0 of the run.
-4. Killed: let go of mmap_sem and named locks, run ``exit_mmap`` as the
-   policy says (real sleeps for unmap and free_pgtables, real frees), exit.
+4. Killed: let go of mmap_sems and named locks, wait (``mmput``) until no
+   other task holds or waits for its mmap_sem, run ``exit_mmap`` as the
+   policy says (its locks, real sleeps for unmap and free_pgtables, real
+   frees), exit.
+
+Who takes mmap_sem (an ``emulator.runtime.rwsem.MmapSem``) how: an
+``alloc`` of 0.125 MB or more first maps its memory (mmap/brk: down_write,
+up_write), then every ``alloc`` faults its pages in with mmap_sem held for
+read, across the allocator's stall and OOM retries, as the kernel's fault
+path does; a task that holds its own mmap_sem through a step faults under
+it without taking it again. Steps take it as they say (``mode``), another
+task's too (holding a reference to that mm); exit_mmap as its policy's
+``ExitMmapRules`` say.
 
 Time: the task keeps a *plan*, the emulated time its next action is due
 (``t_plan``). A ``sleep`` or ``busy`` step ends at its due time, not a
@@ -42,12 +53,14 @@ import posix_ipc
 from emulator.errors import ENVIRONMENT_ERRNOS
 from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE,
                                      PAGES_PER_MB, TaskState, can_reap_vma)
-from emulator.kernel.policies.base import OomSkipAt
+from emulator.kernel.policies.base import MmapLock, OomSkipAt
 from emulator.runtime import names
 from emulator.runtime.clock import RunClock, late_ms, tolerance_ms
 from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
 from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
+from emulator.runtime.rwsem import MmapSem
 from emulator.runtime.zone import Zone
+from emulator.scenario import MMAP_THRESHOLD_PAGES
 
 PR_SET_PDEATHSIG = 1
 
@@ -82,15 +95,16 @@ class WorkerTask:
         self.clock = RunClock(self.zone, index)
         self.t_plan = 0.0                    # emulated time the next action is due
         self.lag_ms = 0.0                    # the worst lateness so far (real ms)
+        self.pid = os.getpid()
         self.mm = Mm(names.mm(run_id, index))
-        self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index))
+        self.mmap_sem = MmapSem.open(run_id, index, self.mm, f"the mmap_sem of task {index}")
         self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
         self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec.locks}
         # other tasks' mms whose mmap_sem a step takes (like /proc/PID/mem readers do)
-        self.others = {name: (posix_ipc.Semaphore(names.mmap_sem(run_id, i)), Mm(names.mm(run_id, i)))
+        self.others = {name: MmapSem.open(run_id, i, Mm(names.mm(run_id, i)), f"the mmap_sem of {name}")
                        for name, i in spec.others.items()}
-        self.held_others: list[str] = []
-        self.holds_mmap_sem = False
+        self.held_others: list[tuple[str, str]] = []      # (task, mode) of each hold, in order
+        self.own_holds: list[str] = []                    # modes of the steps' holds on our own
         self.held_locks: list[str] = []
         self.fatal = False
         self.exiting = False
@@ -184,6 +198,16 @@ class WorkerTask:
             self.mm.state = TaskState.EXITING if self.exiting else TaskState.TASK_RUNNING
             self.send(Event.STATE, state="R")
 
+    def _blocked(self, on: bool) -> None:
+        """An uninterruptible wait for another process (mmap_sem, mmput) begins or ends:
+        D state, and the run clock may go on meanwhile (see :meth:`blocking`)."""
+        if on:
+            self._d_state(True)
+            self.clock.let_go()
+        else:
+            self.caught_up()
+            self._d_state(False)
+
     def uninterruptible(self, emulated_s: float, where: str = "busy") -> None:
         """D state until ``emulated_s`` after the plan."""
         self._d_state(True)
@@ -201,25 +225,73 @@ class WorkerTask:
         self.blocking(sem_down, sem)
         self._d_state(False)
 
+    # -- mmap_sem ---------------------------------------------------------------
+    def _mmap_lock(self, what: str, mm_index: int, mode: str, **fields) -> None:
+        """The kernel's mmap_lock tracepoints (include/trace/events/mmap_lock.h)."""
+        self.send(Event.MMAP_LOCK, what=what, mm=mm_index, write=mode == "write", **fields)
+
+    def down_mmap_sem(self, sem: MmapSem, mm_index: int, mode: str, foreign: bool = False) -> bool:
+        """down_read/down_write, uninterruptible: D state while it waits. False: ``foreign``
+        and that mm is gone (mmget_not_zero failed)."""
+        self._mmap_lock("start_locking", mm_index, mode)
+        ok = sem.down(self.pid, mode, foreign=foreign, on_wait=self._blocked)
+        self._mmap_lock("acquire_returned", mm_index, mode, success=ok)
+        return ok
+
+    def up_mmap_sem(self, sem: MmapSem, mm_index: int, mode: str, foreign: bool = False,
+                    traced: bool = True) -> None:
+        sem.up(self.pid, mode, foreign=foreign)
+        if traced:
+            self._mmap_lock("released", mm_index, mode)
+
+    def _down_quietly(self, mode: str) -> bool:
+        """Our own mmap_sem for a fault or an mmap, which the trace shows only if it has
+        to wait. Returns whether it waited (then the release is traced too)."""
+        waited = False
+
+        def on_wait(on: bool) -> None:
+            nonlocal waited
+            if on:
+                waited = True
+                self._mmap_lock("start_locking", self.index, mode)
+            self._blocked(on)
+
+        self.mmap_sem.down(self.pid, mode, on_wait=on_wait)
+        if waited:
+            self._mmap_lock("acquire_returned", self.index, mode, success=True)
+        return waited
+
     # -- memory -------------------------------------------------------------
     def fault_in(self, vma_index: int, pages: int) -> None:
-        """handle_mm_fault: page faults hold mmap_sem (here: the one semaphore).
-        A task that holds its own mmap_sem already (a step took it) grows the VMA
-        under it, as mmap(MAP_POPULATE) does under the write lock. The charge is
-        taken (and journalled) before: see :meth:`alloc`."""
-        if self.holds_mmap_sem:
-            with self.clock.frozen():
-                self.mm.fault_in(vma_index, pages)
-        else:
-            self.down(self.mmap_sem)
-            try:
-                with self.clock.frozen():
-                    self.mm.fault_in(vma_index, pages)
-            finally:
-                self.mmap_sem.release()
+        """handle_mm_fault, with mmap_sem held for read (see :meth:`alloc`). The charge is
+        taken (and journalled) before. If the reaper has begun tearing the mm down
+        (MMF_UNSTABLE: only a victim's), the fault fails as the kernel's does with
+        SIGBUS: the charge goes back and the task dies."""
+        if not self.mm.fault_in(vma_index, pages):
+            self.zone.uncharge(self.index, pages)
+            self.mm.journal_end()
+            self.fatal = True
+            raise Dying
         self.mm.journal_end()
 
     def alloc(self, pages: int, vma_index: int) -> None:
+        """An allocation as a program makes it: mmap/brk for 0.125 MB or more (mmap_sem
+        for write, let go at once), then page faults with mmap_sem held for read across
+        the allocator's stall and OOM retries, as handle_mm_fault holds it. A task that
+        holds its own mmap_sem (a step took it) does both under that hold."""
+        if self.own_holds:
+            self._alloc_pages(pages, vma_index)
+            return
+        if pages >= MMAP_THRESHOLD_PAGES:
+            waited = self._down_quietly("write")
+            self.up_mmap_sem(self.mmap_sem, self.index, "write", traced=waited)
+        waited = self._down_quietly("read")
+        try:
+            self._alloc_pages(pages, vma_index)
+        finally:
+            self.up_mmap_sem(self.mmap_sem, self.index, "read", traced=waited)
+
+    def _alloc_pages(self, pages: int, vma_index: int) -> None:
         """__alloc_pages_slowpath, simplified: charge, else OOM and retry each jiffy."""
         stalled = retried = False
         self.mm.journal_begin(J_CHARGE, vma_index, pages)      # for repair if we die half-way
@@ -232,22 +304,15 @@ class WorkerTask:
                 self.mm.state = TaskState.ALLOC_STALL
                 stalled = True
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
-            # the allocating task's context: wait until the supervisor's OOM killer is done.
-            # It decides as of the plan (the event's time): the round trip takes no time.
-            # The round trip takes no emulated time: the clock is frozen until the answer
-            # (the supervisor always answers, at once, except after a panic, which ends
-            # the run).
-            with self.clock.frozen():
-                self.send(Event.OOM, pages=pages, where=short, first=not retried)
-                sem_down(self.oom_reply)
+            # the allocating task's context: wait until the supervisor's OOM killer is
+            # done. We hold the run clock meanwhile (we do not let go: the supervisor
+            # answers at once, except after a panic, which ends the run), so the OOM
+            # killer decides at the time we are at, however long the round trip takes.
+            self.send(Event.OOM, pages=pages, where=short, first=not retried)
+            sem_down(self.oom_reply)
             retried = True
-            # The next try comes a jiffy after this one's answer: retries follow the real
-            # answers, they do not pile up behind a schedule a slow answer broke. They
-            # poll, as the kernel's do (whose direct reclaim between tries takes what it
-            # takes): how late one wakes is not lag.
-            self.caught_up()
             try:
-                self.schedule_timeout_killable(self.spec.jiffy_s, None)
+                self.schedule_timeout_killable(self.spec.jiffy_s, None)   # then try again
             except Dying:
                 self.mm.journal_end()
                 raise
@@ -266,21 +331,16 @@ class WorkerTask:
         elif op == "busy":
             self.uninterruptible(step.ms / 1000)
         elif op == "mmap_sem_down" and step.task:
-            sem, mm = self.others[step.task]
-            self.down_uninterruptible(sem)
-            self.held_others.append(step.task)
-            mm.mmap_sem_holder = os.getpid()
+            # mmget_not_zero + down: the hold keeps the other task's mm (its exit_mmap waits)
+            if self.down_mmap_sem(self.others[step.task], self.spec.others[step.task], step.mode, foreign=True):
+                self.held_others.append((step.task, step.mode))
         elif op == "mmap_sem_up" and step.task:
             self._up_other(step.task)
         elif op == "mmap_sem_down":
-            self.down_uninterruptible(self.mmap_sem)
-            self.holds_mmap_sem = True
-            self.mm.mmap_sem_holder = os.getpid()
+            self.down_mmap_sem(self.mmap_sem, self.index, step.mode)
+            self.own_holds.append(step.mode)
         elif op == "mmap_sem_up":
-            if self.holds_mmap_sem:
-                self.holds_mmap_sem = False
-                self.mm.mmap_sem_holder = 0
-                self.mmap_sem.release()
+            self._up_own_holds()
         elif op == "lock":
             self.down_uninterruptible(self.locks[step.name])
             self.held_locks.append(step.name)
@@ -292,11 +352,14 @@ class WorkerTask:
             self.do_exit()
 
     def _up_other(self, name: str) -> None:
-        if name in self.held_others:
-            self.held_others.remove(name)
-            sem, mm = self.others[name]
-            mm.mmap_sem_holder = 0
-            sem.release()
+        """Let go of every hold on task ``name``'s mmap_sem, and of the references (mmput)."""
+        for hold in [h for h in self.held_others if h[0] == name]:
+            self.held_others.remove(hold)
+            self.up_mmap_sem(self.others[name], self.spec.others[name], hold[1], foreign=True)
+
+    def _up_own_holds(self) -> None:
+        while self.own_holds:
+            self.up_mmap_sem(self.mmap_sem, self.index, self.own_holds.pop())
 
     def run(self) -> None:
         self.mm.pid = os.getpid()
@@ -339,6 +402,8 @@ class WorkerTask:
                 self.at(self.clock.now())               # a command: the task acts now
                 self.do_commands()
         except Dying:
+            if self.fatal:
+                self.killed()
             self.do_exit()
 
     def do_commands(self) -> None:
@@ -358,11 +423,8 @@ class WorkerTask:
         self.exiting = True
         self.mm.state = TaskState.EXITING
         self.send(Event.EXITING, fatal=self.fatal)
-        if self.holds_mmap_sem:                       # unwinding drops what we hold
-            self.holds_mmap_sem = False
-            self.mm.mmap_sem_holder = 0
-            self.mmap_sem.release()
-        for name in list(self.held_others):
+        self._up_own_holds()                          # unwinding drops what we hold
+        for name in dict(self.held_others):
             self._up_other(name)
         for name in reversed(self.held_locks):
             self.locks[name].release()
@@ -377,68 +439,82 @@ class WorkerTask:
         if not self.mm.set_bit(MMF_OOM_SKIP):
             self.send(Event.OOM_SKIP, by="exit_mmap", where=where.value)
 
+    def _write_cycle(self) -> None:
+        """down_write(); up_write(): wait until nobody holds our mmap_sem (the reaper)."""
+        self.down_mmap_sem(self.mmap_sem, self.index, "write")
+        self.up_mmap_sem(self.mmap_sem, self.index, "write")
+
+    def mmput(self) -> None:
+        """mmput(): drop our reference to the mm and wait, in D state, until no other task
+        holds or waits for our mmap_sem (each keeps a reference, as /proc/PID/mem readers
+        do); woken by the last one to let go. The reaper keeps none: it may go on."""
+        def on_wait(on: bool) -> None:
+            if on:
+                self.send(Event.MMPUT_WAIT, users=self.mmap_sem.state(check_alive=False).mm_users)
+            self._blocked(on)
+        self.mmap_sem.mmput(self.pid, on_wait)
+
     def exit_mmap(self) -> None:
-        """mm/mmap.c exit_mmap(), with MMF_OOM_SKIP where the policy's rules put it."""
+        """mm/mmap.c exit_mmap(), once mm_users is 0 (:meth:`mmput`), with mmap_sem taken
+        and MMF_OOM_SKIP set where the policy's ExitMmapRules say."""
         rules = self.spec.exit_mmap
+        self.mmput()
         victim = self.mm.test_bit(MMF_OOM_VICTIM)
         freed = 0
         self.send(Event.EXIT_MMAP_START, victim=victim)
         if victim:
             if rules.reap_first:
-                # __oom_reap_task_mm(mm): free what the reaper could free, now
-                self.down(self.mmap_sem)
-                try:
-                    with self.clock.frozen():
-                        for vma in self.mm.vmas():
-                            if can_reap_vma(vma.kind, vma.vm_flags, rules.unreapable_vm_flags):
-                                freed += self._zap(vma)
-                finally:
-                    self.mmap_sem.release()
+                # __oom_reap_task_mm(mm): free what the reaper could free, now. v4.17 holds
+                # oom_lock here, not mmap_sem; the reaper may be at it too: each zap claims
+                # its pages, so each is freed once.
+                for vma in self.mm.vmas():
+                    if can_reap_vma(vma.kind, vma.vm_flags, rules.unreapable_vm_flags):
+                        freed += self._zap(vma)
             self.mm.set_bit(MMF_UNSTABLE)
             if rules.waits_for_reaper:
                 # the 2018 timeout patch: MMF_UNSTABLE, then down_write(); up_write() to
                 # wait for the reaper to stop working on this mm
-                self.down(self.mmap_sem)
-                self.mmap_sem.release()
+                self._write_cycle()
             if rules.handover:
                 # With mmap_sem held for write, exit_mmap owns the VMAs and will
                 # finish: from here on MMF_OOM_SKIP is the exit path's to set.
-                self.down(self.mmap_sem)
+                self.down_mmap_sem(self.mmap_sem, self.index, "write")
                 self.mm.set_bit(MMF_OOM_HANDOVER)
-                self.mmap_sem.release()
+                self.up_mmap_sem(self.mmap_sem, self.index, "write")
                 self.send(Event.HANDOVER)
             if rules.oom_skip is OomSkipAt.BEFORE_UNMAP:
                 self._set_oom_skip(OomSkipAt.BEFORE_UNMAP)
-                self.down(self.mmap_sem)           # down_write(); up_write(): serialise with the reaper
-                self.mmap_sem.release()
+                self._write_cycle()               # serialise with the reaper
+        if rules.unmap_lock is not MmapLock.NONE:  # v6.1+: mmap_read_lock()
+            self.down_mmap_sem(self.mmap_sem, self.index, rules.unmap_lock.value)
         ms_per_mb = self.spec.exit_unmap_ms_per_mb
         for vma in self.mm.vmas():                # munlock, unmap_vmas
             if vma.nr_pages:
                 self.uninterruptible(ms_per_mb * vma.nr_pages / PAGES_PER_MB / 1000, "exit_mmap")
-                self.down(self.mmap_sem)
-                try:
-                    with self.clock.frozen():
-                        freed += self._zap(vma)
-                finally:
-                    self.mmap_sem.release()
+                freed += self._zap(vma)
+        if rules.unmap_lock is not MmapLock.NONE:
+            self.up_mmap_sem(self.mmap_sem, self.index, rules.unmap_lock.value)
         if victim and rules.oom_skip is OomSkipAt.AFTER_UNMAP:
             self._set_oom_skip(OomSkipAt.AFTER_UNMAP)
+        if rules.free_pgtables_lock is not MmapLock.NONE:   # v6.1+: mmap_write_lock()
+            self.down_mmap_sem(self.mmap_sem, self.index, rules.free_pgtables_lock.value)
         self.uninterruptible(self.spec.exit_free_pgtables_ms / 1000, "exit_mmap")   # free_pgtables
         self.mm.journal_begin(J_ZAP, -1, self.mm.pgtables_pages)
-        with self.clock.frozen():
-            pgt = self.mm.free_pgtables()
-            self.zone.uncharge(self.index, pgt)
+        pgt = self.mm.free_pgtables()
+        self.zone.uncharge(self.index, pgt)
         self.mm.journal_end()
         freed += pgt
+        if rules.free_pgtables_lock is not MmapLock.NONE:
+            self.up_mmap_sem(self.mmap_sem, self.index, rules.free_pgtables_lock.value)
         if victim and rules.oom_skip is OomSkipAt.AFTER_FREE_PGTABLES:
             self._set_oom_skip(OomSkipAt.AFTER_FREE_PGTABLES)
         self.send(Event.EXIT_MMAP_DONE, freed_kb=freed * PAGE_SIZE // 1024)
 
     def _zap(self, vma) -> int:
-        """Zap one of our VMAs (mmap_sem held), journalled for repair if we die half-way."""
+        """Zap one of our VMAs, journalled for repair if we die half-way. The zap claims
+        the pages it frees: we uncharge exactly those (the reaper, the others)."""
         self.mm.journal_begin(J_ZAP, vma.index, self.mm.vmas()[vma.index].nr_pages)
-        n = self.mm.zap_vma(vma)
-        self.zone.uncharge(self.index, n)
+        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.index, pages))
         self.mm.journal_end()
         return n
 

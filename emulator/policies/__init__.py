@@ -17,8 +17,8 @@ with :func:`register`; the names users need to write one are re-exported here.
 from __future__ import annotations
 
 from ..errors import UsageError
-from ..kernel.policies.base import (MAX_NAME_BYTES, Attempt, ExitMmapRules, OomSkipAt, Outcome, ReaperPolicy,
-                                    SetOomSkip, Wait)
+from ..kernel.policies.base import (MAX_NAME_BYTES, Attempt, ExitMmapRules, MmapLock, OomSkipAt, Outcome,
+                                    ReaperPolicy, SetOomSkip, Wait)
 from ..kernel.policies.handover import Handover
 from ..kernel.policies.timeout import Timeout
 from ..kernel.policies.v4_17 import V417
@@ -61,4 +61,4 @@ def get_policy(policy: str | ReaperPolicy | type[ReaperPolicy], overrides=None) 
 
 
 __all__ = ["POLICIES", "register", "get_policy", "ReaperPolicy", "Outcome", "Attempt",
-           "SetOomSkip", "Wait", "ExitMmapRules", "OomSkipAt", "V417", "Timeout", "Handover", "V66"]
+           "SetOomSkip", "Wait", "ExitMmapRules", "OomSkipAt", "MmapLock", "V417", "Timeout", "Handover", "V66"]

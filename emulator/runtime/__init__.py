@@ -6,6 +6,8 @@
     protocol.py     the wire protocol: WorkerSpec, event kinds, signals
     mm.py, zone.py  the mm and zone segments, offsets from one field table each
                     (layout.py: a record from a table of named fields)
+    rwsem.py        mmap_sem: a read-write semaphore in the mm's header, shared
+                    between processes (two wait queues, the kernel's hand-off)
     machine.py      what the machine can give a run (refused in one line if not)
     reaper.py       the oom_reaper executor (a policy's actions on real mms)
     clock.py        ScaledClock: emulated seconds on the monotonic clock

@@ -11,11 +11,18 @@ ENOSPC error, not a SIGBUS) and writes to it, so the memory is really there
 the range out with ``MADV_REMOVE``, so it is really gone.
 
 Each VMA's ``nr_pages`` is the one count of its resident pages: the rss
-counters are derived from the VMA table, and every change of a count is one
-aligned 8-byte store, made with the mm's mmap_sem held, so the worker
-(faults, exit) and the reaper (in the supervisor) never race on them. A
-worker writes what it is about to do in the mm's *journal* first, so that
-if it dies half-way, the supervisor can finish or undo it (``repair``).
+counters are derived from the VMA table. Every change of a count is made
+under the mm's *guard* (``flock`` on the segment plus a thread lock:
+:meth:`Mm.guard`), so that the owner's faults and exit and the reaper (in
+the supervisor), which may work on the mm at once under mmap_sem held for
+read, never race on them: a zap *claims* a VMA's pages (reads the count and
+stores 0 in one guarded section) and only the claimant punches them out and
+uncharges them, so each page is counted once. A worker writes what it is
+about to do in the mm's *journal* first, so that if it dies half-way, the
+supervisor can finish or undo it (``repair``).
+
+The header also holds the mm's mmap_sem, a read-write semaphore shared
+between processes (its state: ``emulator.runtime.rwsem``), and ``mm_users``.
 
 Names follow the kernel: ``MMF_OOM_SKIP`` and ``MMF_UNSTABLE`` are bits in
 ``flags``; ``MM_FILEPAGES``/``MM_ANONPAGES``/``MM_SHMEMPAGES`` index the rss
@@ -24,13 +31,17 @@ counters; ``VM_*`` are the VMA flags the reaper looks at.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import threading
+from contextlib import contextmanager
+from typing import Callable
 
 import posix_ipc
 
 from ..kernel.mm_types import (KIND_COUNTER, MAX_VMAS, MM_ANONPAGES, MM_FILEPAGES, MM_HEADER_PAGES,
-                               MM_SHMEMPAGES, MMF_BITS, MMU_NOTIFIERS, NR_MM_COUNTERS, PAGE_SIZE, TASK_COMM_LEN,
+                               MM_SHMEMPAGES, MMF_BITS, MMF_UNSTABLE, MMU_NOTIFIERS, NR_MM_COUNTERS, PAGE_SIZE, TASK_COMM_LEN,
                                VMA_KINDS, MmLayout, TaskState, Vma)
 from .layout import Record
 from .names import c_string
@@ -40,6 +51,11 @@ HEADER_SIZE = MM_HEADER_PAGES * PAGE_SIZE
 
 #: one VMA in the header's table (vm_area_struct, the little of it the emulator needs)
 VMA_RECORD = Record(("kind", "I"), ("vm_flags", "I"), ("start", "q"), ("capacity", "q"), ("nr_pages", "q"))
+#: one waiter in mmap_sem's queue (struct rwsem_waiter): its pid and what it wants (rwsem.READ or
+#: rwsem.WRITE, plus rwsem.GRANTED once the lock is handed to it and it has not yet woken)
+WAITER_RECORD = Record(("pid", "i"), ("mode", "I"))
+MMAP_SEM_WAITERS = 32            # waiters an mmap_sem can queue: a 33rd is an error (room in the header)
+MMAP_SEM_READER_SLOTS = 16       # readers whose pid is kept; the count stays exact beyond them
 #: the mm's header, page 0 of its segment
 MM_HEADER = Record(
     ("magic", "4s"),
@@ -48,7 +64,6 @@ MM_HEADER = Record(
     ("oom_score_adj", "i"),
     ("mmu_notifier", "I"),           # a value of MMU_NOTIFIERS
     ("nr_vmas", "I"),
-    ("mmap_sem_holder", "i"),        # pid that took mmap_sem through oomemu (0: none known)
     ("memcg", "I"),                  # index of the memcg the mm is charged to (0: the root)
     ("pgtables_pages", "q"),         # page tables resident
     ("pgtables_capacity", "q"),
@@ -64,13 +79,22 @@ MM_HEADER = Record(
     ("flags", f"{MMF_BITS}s"),       # mm->flags, a byte per bit (see Mm.set_bit)
     ("comm", f"{TASK_COMM_LEN}s"),   # the task's name
     ("vmas", f"{MAX_VMAS * VMA_RECORD.size}s"),
+    # mm_users and mmap_sem (emulator.runtime.rwsem): read and written under the guard only
+    ("mm_users", "i"),               # the owner's reference + one per foreign holder or waiter; 0: gone
+    ("sem_writer", "i"),             # pid that holds mmap_sem for write (0: none)
+    ("sem_readers", "i"),            # how many hold it for read (exact)
+    ("sem_nr_waiters", "i"),         # entries in sem_waiters, granted ones included
+    ("sem_mmput", "i"),              # pid of the exiting owner waiting for mm_users to reach 0 (0: none)
+    ("sem_reader_pids", f"{MMAP_SEM_READER_SLOTS * 4}s"),   # int32 each, 0: a free slot
+    ("sem_waiters", f"{MMAP_SEM_WAITERS * WAITER_RECORD.size}s"),   # WAITER_RECORDs, in arrival order
 )
 _FLAGS_OFF = MM_HEADER.offset("flags")
 _COMM = MM_HEADER.fields["comm"]
 _VMAS_OFF = MM_HEADER.offset("vmas")
 assert MM_HEADER.size <= HEADER_SIZE
 MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "killed_at", "cmd_arg", "journal_pages",
-                        "vmas")
+                        "vmas", "mm_users", "sem_writer", "sem_readers", "sem_nr_waiters", "sem_mmput")
+assert MM_HEADER.offset("sem_reader_pids") % 4 == 0 and MM_HEADER.offset("sem_waiters") % 4 == 0
 VMA_RECORD.check_aligned("nr_pages")
 assert _VMAS_OFF % 8 == 0 and VMA_RECORD.size % 8 == 0    # every VMA's nr_pages one aligned store
 
@@ -101,8 +125,10 @@ def _field(name: str, doc: str | None = None, writable: bool = True) -> property
 class Mm:
     """An mm segment, opened (or created) in this process.
 
-    Methods that change pages or counters must be called with the mm's
-    mmap_sem held (by this process) unless the caller owns the mm alone.
+    Counts change only under the mm's guard (:meth:`fault_in`, :meth:`zap_vma`),
+    so callers that work on the mm at once (the owner and the reaper, each with
+    mmap_sem held for read) never lose each other's changes. Which mmap_sem a
+    caller holds is the kernel's rule, kept by the callers (emulator.runtime.rwsem).
     """
 
     def __init__(self, name: str, create: MmLayout | None = None, fd: int | None = None):
@@ -119,6 +145,7 @@ class Mm:
         self.size = shm.size
         self.map = mmap.mmap(shm.fd, shm.size)
         self._shm = shm
+        self._tlock = threading.Lock()          # the guard among this process's threads
         if create is not None:
             self._init(create)
         elif (why := self._not_an_mm()) is not None:
@@ -139,6 +166,9 @@ class Mm:
                 or not -1000 <= head(self.map, "oom_score_adj") <= 1000 \
                 or head(self.map, "mmu_notifier") not in MMU_NOTIFIERS.values() or nr_vmas > MAX_VMAS:
             return "header fields out of range"
+        if min(head(self.map, f) for f in ("mm_users", "sem_writer", "sem_readers", "sem_mmput")) < 0 \
+                or not 0 <= head(self.map, "sem_nr_waiters") <= MMAP_SEM_WAITERS:
+            return "mmap_sem fields out of range"
         pgtables, pages = head(self.map, "pgtables_pages"), head(self.map, "pgtables_capacity")
         if not 0 <= pgtables <= pages:
             return "page tables out of range"
@@ -159,6 +189,7 @@ class Mm:
         MM_HEADER.set(self.map, "magic", MAGIC)
         MM_HEADER.set(self.map, "state", TaskState.TASK_NEW)
         MM_HEADER.set(self.map, "nr_vmas", len(layout.vmas))
+        MM_HEADER.set(self.map, "mm_users", 1)             # the owner's
         MM_HEADER.set(self.map, "pgtables_capacity", layout.pgtables)
         start = layout.pgtables
         for i, (kind, flags, cap) in enumerate(layout.vmas):
@@ -170,13 +201,28 @@ class Mm:
     def close(self) -> None:
         unmap(self.map, self._shm)
 
+    @contextmanager
+    def guard(self):
+        """The mm's guard: ``flock(LOCK_EX)`` on the segment (the kernel drops it if the
+        holder dies) plus a thread lock (this process's threads share one fd). Held only
+        for a few field reads and writes: never wait or punch pages under it."""
+        with self._tlock:          # lock order: the guard, then the zone lock (zap_vma)
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    break
+                except InterruptedError:
+                    continue
+            try:
+                yield self
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+
     # -- header fields ----------------------------------------------------
     pid = _field("pid")
     oom_score_adj = _field("oom_score_adj")
     mmu_notifier = _field("mmu_notifier")
     memcg = _field("memcg", "Index of the memory cgroup the mm is charged to (0: the root).")
-    mmap_sem_holder = _field("mmap_sem_holder", "Pid that took mmap_sem through oomemu (0: none known). "
-                                                "Informational only.")
     reap_deadline = _field("reap_deadline", "Emulated time by which the reaper gives up on this mm "
                                             "(0: none known).")
     killed_at = _field("killed_at", "Emulated time the OOM killer chose the task (0: it did not): its exit "
@@ -268,20 +314,34 @@ class Mm:
     def _set_nr_pages(self, vma_index: int, nr: int) -> None:
         VMA_RECORD.set(self.map, "nr_pages", nr, _vma_off(vma_index))      # one aligned store
 
-    def fault_in(self, vma_index: int, pages: int) -> None:
-        """Touch ``pages`` more pages of a VMA (the zone is already charged)."""
-        vma = self.vmas()[vma_index]
+    def fault_in(self, vma_index: int, pages: int) -> bool:
+        """Touch ``pages`` more pages of a VMA (the zone is already charged). The owner
+        only. Returns False, with nothing counted and nothing left resident, if the mm
+        became unstable (``MMF_UNSTABLE``: the reaper or exit_mmap is tearing it down)
+        meanwhile: check_stable_address_space(), where the kernel's fault gives SIGBUS."""
+        with self.guard():
+            vma = self.vmas()[vma_index]
+            unstable = self.test_bit(MMF_UNSTABLE)
+        if unstable:
+            return False
         if vma.nr_pages + pages > vma.capacity:
             raise ValueError(f"{self.name}: VMA {vma_index} has room for {vma.capacity} pages")
         off = HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE
-        # Allocate, count, then write. A full /dev/shm fails the allocation with
-        # nothing counted; a count always names allocated pages, so whoever frees
-        # the VMA (the reaper, or the supervisor's repair if this process dies
-        # half-way) frees exactly what was counted.
+        # Allocate, write, then count. A full /dev/shm fails the allocation with
+        # nothing counted; a count always names pages allocated and written, so
+        # whoever frees the VMA (the reaper, the exit, or the supervisor's repair if
+        # this process dies half-way) frees exactly what was counted, and no write
+        # can bring back a page that a zap has punched out.
         self._allocate(off, pages)
-        self._set_nr_pages(vma_index, vma.nr_pages + pages)
-        MM_HEADER.set(self.map, "total_vm", self.total_vm + pages)
         self._write(off, pages)
+        with self.guard():
+            now = self.vmas()[vma_index].nr_pages
+            if now == vma.nr_pages and not self.test_bit(MMF_UNSTABLE):
+                self._set_nr_pages(vma_index, now + pages)
+                MM_HEADER.set(self.map, "total_vm", self.total_vm + pages)
+                return True
+        self.map.madvise(mmap.MADV_REMOVE, off, pages * PAGE_SIZE)      # a zap came first: give back
+        return False
 
     _CHUNK = b"\xa5" * (PAGE_SIZE * 256)
 
@@ -300,19 +360,30 @@ class Mm:
             self.map[off:off + n] = self._CHUNK[:n]
             off += n
 
-    def zap_vma(self, vma: Vma) -> int:
-        """Free a VMA's resident pages for real; returns how many (the caller uncharges)."""
-        vma = self.vmas()[vma.index]          # fresh copy: someone may have zapped it
-        if vma.nr_pages == 0:
-            return 0
-        self._punch(vma)
-        self._set_nr_pages(vma.index, 0)
-        return vma.nr_pages
+    def zap_vma(self, vma: Vma, uncharge: Callable[[int], object] | None = None) -> int:
+        """Free a VMA's resident pages for real; returns how many. The pages are *claimed*
+        first: in one guarded section the count is read and set to 0, and ``uncharge`` (the
+        zone's, for the mm's task) is called with it; then they are punched out. The reaper
+        and exit_mmap may zap the same VMA at once (both under mmap_sem held for read):
+        only the claimant frees and uncharges, so each page is counted once; and as the
+        charge drops with the count, the OOM killer never sees a count of 0 with the pages
+        still charged (the kernel's rss counters and free pages move together)."""
+        with self.guard():
+            claimed = self.vmas()[vma.index].nr_pages          # fresh: someone may have zapped it
+            if claimed:
+                self._set_nr_pages(vma.index, 0)
+                if uncharge is not None:
+                    uncharge(claimed)                           # the zone lock, inside the guard
+        if claimed:
+            self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + vma.start * PAGE_SIZE, claimed * PAGE_SIZE)
+        return claimed
 
-    def _punch(self, vma: Vma) -> None:
-        """Give the counted pages back (pages allocated but not counted exist only in
-        the mm of a worker that died half-way: ``repair`` gives those back)."""
-        self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + vma.start * PAGE_SIZE, vma.nr_pages * PAGE_SIZE)
+    def _punch_uncounted(self, vma: Vma) -> None:
+        """Give back every page of a VMA beyond its count (allocated but not counted, or
+        claimed but not yet punched: left only by a worker that died half-way)."""
+        if vma.capacity > vma.nr_pages:
+            self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE,
+                             (vma.capacity - vma.nr_pages) * PAGE_SIZE)
 
     def real_pages(self) -> int:
         """Pages the segment really holds now, header excluded (tmpfs st_blocks)."""
@@ -356,9 +427,7 @@ class Mm:
                     self._write(HEADER_SIZE, n)
                 else:
                     v = self.vmas()[vi]
-                    if v.capacity > v.nr_pages:
-                        self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + (v.start + v.nr_pages) * PAGE_SIZE,
-                                         (v.capacity - v.nr_pages) * PAGE_SIZE)
+                    self._punch_uncounted(v)
                     n = min(pages, v.nr_pages)
                     self._write(HEADER_SIZE + (v.start + v.nr_pages - n) * PAGE_SIZE, n)
             else:
@@ -366,8 +435,9 @@ class Mm:
         elif op == J_ZAP:
             if vi < 0:
                 self.free_pgtables()
-            else:
+            else:                              # claimed (count 0) but maybe not yet punched
                 self.zap_vma(self.vmas()[vi])
+                self._punch_uncounted(self.vmas()[vi])
             charged = self.resident_pages() if charged - self.resident_pages() in (0, pages) else charged
         self.journal_end()
         if complaint is None and charged != self.resident_pages():

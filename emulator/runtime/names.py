@@ -6,8 +6,10 @@ Every object a run creates carries the run id, so that ``oomemu cleanup``
     /dev/shm/oomemu.<run>.zone              the zone (free pages, run facts)
     /dev/shm/oomemu.<run>.events            FIFO: events from workers and ``oomemu inject``
     /dev/shm/sem.oomemu.<run>.start         released once per task at time 0
-    /dev/shm/oomemu.<run>.mm.<i>            task i's mm: header, VMAs, pages
-    /dev/shm/sem.oomemu.<run>.mmap_sem.<i>  task i's mmap_sem
+    /dev/shm/oomemu.<run>.mm.<i>            task i's mm: header (with its mmap_sem's
+                                            state), VMAs, pages
+    /dev/shm/sem.oomemu.<run>.mmap_sem_readers.<i>  where readers wait for task i's mmap_sem
+    /dev/shm/sem.oomemu.<run>.mmap_sem_writers.<i>  where writers (and the exiting owner) wait
     /dev/shm/sem.oomemu.<run>.oom_reply.<i> released when the OOM killer has
                                             handled task i's failed allocation
     /dev/shm/sem.oomemu.<run>.lock.<name>   a named lock of the scenario
@@ -76,8 +78,14 @@ def mm(run_id: str, index: int) -> str:
     return f"/{PREFIX}.{run_id}.mm.{index}"
 
 
-def mmap_sem(run_id: str, index: int) -> str:
-    return f"/{PREFIX}.{run_id}.mmap_sem.{index}"
+def mmap_sem_readers(run_id: str, index: int) -> str:
+    """Readers queued on task ``index``'s mmap_sem sleep on this semaphore (emulator.runtime.rwsem)."""
+    return f"/{PREFIX}.{run_id}.mmap_sem_readers.{index}"
+
+
+def mmap_sem_writers(run_id: str, index: int) -> str:
+    """Writers queued on task ``index``'s mmap_sem sleep on this one, and so does its exiting owner."""
+    return f"/{PREFIX}.{run_id}.mmap_sem_writers.{index}"
 
 
 def events(run_id: str) -> str:

@@ -49,6 +49,10 @@ class Event(StrEnum):
     EXIT_MMAP_DONE = "exit_mmap_done"     # freed_kb
     EXITED = "exited"                 # the mm is gone; the process exits next
     LATE = "late"                     # the task woke late for something due, the worst so far: late_ms, where, lagged
+    MMAP_LOCK = "mmap_lock"           # a lock event on an mmap_sem: what ("start_locking",
+                                      # "acquire_returned", "released"), mm (its task's index),
+                                      # write, success (acquire_returned: false if the mm was gone)
+    MMPUT_WAIT = "mmput_wait"         # the exit waits for other tasks' references to its mm: users
     INJECT = "inject"                 # from ``oomemu inject``: action, what, by (its pid)
 
 

@@ -2,8 +2,12 @@
 
 The *policy* decides (whom to try, when, when to give up: see
 ``emulator.kernel.policies``); this module does: it takes the victim's
-mmap_sem with a real non-blocking acquire, frees the reapable VMAs' pages for
-real and uncharges the zone, or sets MMF_OOM_SKIP.
+mmap_sem with a real ``down_read_trylock`` (emulator.runtime.rwsem: it fails
+while a writer holds it or waits for it, not because of readers), frees the
+reapable VMAs' pages for real and uncharges the zone, or sets MMF_OOM_SKIP.
+The victim's exit_mmap may zap the same VMAs at once (under the read lock,
+from v6.1): each zap claims its pages, so each page is freed and uncharged
+once.
 
 :meth:`OomReaper.step` does one thing the policy asks for at emulated time
 ``now`` and says when to come back; it neither sleeps nor reads a clock of
@@ -14,10 +18,9 @@ waits on the run's clock and calls :meth:`step`.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable
-
-import posix_ipc
 
 from ..kernel.mm_types import MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE
 from ..kernel.policies.base import Attempt, Outcome, ReaperPolicy, SetOomSkip, Wait
@@ -32,10 +35,11 @@ class OomReaper:
     """Drives a :class:`ReaperPolicy` against real mms.
 
     ``victims`` handed to :meth:`wake_oom_reaper` are the supervisor's task
-    records (``.index``, ``.mm``, ``.mmap_sem``, ``.pid``, ``.name``,
-    ``.has_mm``, ``.victim``). ``clock`` has ``now()``, ``real_wait()``, ``frozen()``
-    and ``speed`` (the run's RunClock, or a FakeClock in tests). ``note_late(ms, where,
-    task, at)`` hears how late the thread woke for a deadline or delay of the policy's.
+    records (``.index``, ``.mm``, ``.mmap_sem`` (an ``MmapSem``), ``.pid``, ``.name``,
+    ``.has_mm``, ``.victim``). ``clock`` has ``now()``, ``real_wait()``, ``frozen()``,
+    ``due()``, ``let_go()`` and ``speed`` (the run's RunClock, or a FakeClock in tests).
+    ``note_late(ms, where, task, at)`` hears how late the thread woke for a deadline or
+    delay of the policy's. The reaper takes mmap_sem under this process's pid.
     """
 
     def __init__(self, policy: ReaperPolicy, clock, zone, oom_lock: threading.Lock,
@@ -57,6 +61,7 @@ class OomReaper:
         self._stopping = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="oom_reaper", daemon=True)
+        self.pid = os.getpid()                 # whose name the reaper takes mmap_sem in
 
     # -- what the supervisor calls ----------------------------------------------
     def start(self) -> None:
@@ -158,9 +163,7 @@ class OomReaper:
         with self.oom_lock:
             if not task.has_mm:
                 return Outcome.SKIPPED
-            try:
-                task.mmap_sem.acquire(0)             # down_read_trylock
-            except posix_ipc.BusyError:
+            if not task.mmap_sem.down_read_trylock(self.pid):   # mmgrab: no reference to the mm
                 self.trace("skip_task_reaping", task, reason="mmap_sem")
                 return Outcome.CONTENDED
             try:
@@ -179,8 +182,7 @@ class OomReaper:
                 with self.clock.frozen():             # real work: no emulated time
                     for vma in mm.vmas():
                         if self.policy.can_reap_vma(vma.kind, vma.vm_flags):
-                            freed += mm.zap_vma(vma)
-                    self.zone.uncharge(task.index, freed)
+                            freed += mm.zap_vma(vma, lambda n: self.zone.uncharge(task.index, n))
                 task.victim.reaped_kb += freed * PAGE_SIZE // 1024
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
@@ -190,7 +192,7 @@ class OomReaper:
                            left_kb=left * PAGE_SIZE // 1024)
                 return self.policy.reap_outcome(left)
             finally:
-                task.mmap_sem.release()
+                task.mmap_sem.up_read(self.pid)
 
     def set_oom_skip(self, action: SetOomSkip) -> None:
         task = action.victim

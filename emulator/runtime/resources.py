@@ -1,7 +1,8 @@
 """The one owner of a run's objects in /dev/shm: it creates them all and removes them all.
 
 A run has a zone, a start semaphore, a semaphore per named lock, and per
-task an mm, an mmap_sem and an oom_reply semaphore, plus the event FIFO
+task an mm (whose header holds its mmap_sem's state), the mmap_sem's two
+wait queues (readers', writers') and an oom_reply semaphore, plus the event FIFO
 (``names`` says what each is called). :class:`RunResources` makes each one,
 records its name *before* the call that creates it, and :meth:`remove`
 closes and unlinks everything recorded, whatever was made or not, so that
@@ -19,6 +20,7 @@ import posix_ipc
 from ..kernel.mm_types import MmLayout
 from . import names
 from .mm import Mm
+from .rwsem import MmapSem
 from .zone import Zone
 
 
@@ -29,7 +31,7 @@ class RunResources:
         self.start_sem: posix_ipc.Semaphore | None = None
         self.lock_sems: list[posix_ipc.Semaphore] = []
         self.mms: list[Mm] = []
-        self.semaphores: list[posix_ipc.Semaphore] = []    # every task's mmap_sem and oom_reply
+        self.semaphores: list[posix_ipc.Semaphore] = []    # every task's mmap_sem queues and oom_reply
         self.fifo: str | None = None
         self.events_rfd = self.events_wfd = -1
         self._created: list[tuple[str, bool]] = []          # (posix name, is a semaphore)
@@ -51,13 +53,16 @@ class RunResources:
         for lname in lock_names:
             self.lock_sems.append(self._semaphore(names.lock(self.run_id, lname), 1))
 
-    def create_task(self, index: int, layout: MmLayout) -> tuple[Mm, posix_ipc.Semaphore, posix_ipc.Semaphore]:
-        """Task ``index``'s mm, its mmap_sem (free) and its oom_reply (taken)."""
+    def create_task(self, index: int, layout: MmLayout, label: str = "") -> tuple[Mm, MmapSem, posix_ipc.Semaphore]:
+        """Task ``index``'s mm, its mmap_sem (free: both queues at 0) and its oom_reply (taken)."""
         self._created.append((names.mm(self.run_id, index), False))
         mm = Mm(names.mm(self.run_id, index), create=layout)
         self.mms.append(mm)
-        mmap_sem = self._semaphore(names.mmap_sem(self.run_id, index), 1)
-        self.semaphores.append(mmap_sem)
+        readers = self._semaphore(names.mmap_sem_readers(self.run_id, index), 0)
+        self.semaphores.append(readers)
+        writers = self._semaphore(names.mmap_sem_writers(self.run_id, index), 0)
+        self.semaphores.append(writers)
+        mmap_sem = MmapSem(mm, readers, writers, label or f"the mmap_sem of task {index}")
         oom_reply = self._semaphore(names.oom_reply(self.run_id, index), 0)
         self.semaphores.append(oom_reply)
         return mm, mmap_sem, oom_reply

@@ -59,6 +59,7 @@ from .mm import Mm
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
 from .reaper import OomReaper
 from .resources import RunResources
+from .rwsem import MmapSem
 from .trace import Tracer
 
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
@@ -95,7 +96,7 @@ class TaskRecord:
     spec: TaskSpec
     proc: subprocess.Popen | None = None
     mm: Mm | None = None
-    mmap_sem: posix_ipc.Semaphore | None = None
+    mmap_sem: MmapSem | None = None
     oom_reply: posix_ipc.Semaphore | None = None
     pidfd: int = -1
     ready: bool = False
@@ -199,6 +200,8 @@ class Run:
             Event.EXIT_MMAP_DONE: self._on_exit_mmap_done,
             Event.EXITED: lambda t, msg, at: self._on_exit(t, at),
             Event.LATE: self._on_late,
+            Event.MMAP_LOCK: self._on_mmap_lock,
+            Event.MMPUT_WAIT: self._traced,
         }
         assert set(self._handlers) == set(Event), "every event kind needs a handler"
 
@@ -223,7 +226,8 @@ class Run:
         for t in self.tasks:
             self._check_signals()
             layout, t.initial_pages, t.grow_vma = _layout(t.spec, total)
-            t.mm, t.mmap_sem, t.oom_reply = self.resources.create_task(t.index, layout)
+            t.mm, t.mmap_sem, t.oom_reply = self.resources.create_task(t.index, layout,
+                                                                        f"the mmap_sem of {t.name}")
             t.mm.oom_score_adj = t.spec.oom_score_adj
             t.mm.mmu_notifier = MMU_NOTIFIERS[t.spec.mmu_notifier]
             t.mm.memcg = self.scenario.memcg_index(t.spec.memcg)
@@ -374,6 +378,14 @@ class Run:
             t.victim.exit_freed_kb = msg["freed_kb"]
             self.log.printk("oomemu: pid %d (%s) exit_mmap freed %dkB" % (t.pid, t.name, msg["freed_kb"]), at)
 
+    def _on_mmap_lock(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """The mmap_lock tracepoints: ``pid``/``task`` the locker, ``mm`` whose mmap_sem."""
+        fields = dict(msg.fields)
+        what, index = fields.pop("what", ""), fields.pop("mm", -1)
+        if what not in ("start_locking", "acquire_returned", "released") or not 0 <= index < len(self.tasks):
+            raise RunFault(f"the run's event FIFO: mmap_lock {what!r} on task {index}")
+        self.trace(f"mmap_lock_{what}", t, at, mm=self.tasks[index].name, **fields)
+
     def _on_inject(self, t: TaskRecord | None, msg: Message, at: float) -> None:
         """A note from ``oomemu inject``: log it, trace it."""
         if t is not None and msg.get("action") == "crash":
@@ -412,6 +424,7 @@ class Run:
             self.log.printk("oomemu: task %d (%s) died without exiting (signal %d); its mm and what it "
                             "held stay" % (t.pid, t.name, -code))
             release_slot(self.zone, t.index)      # the clock neither stays frozen nor waits for it
+            self._dead_mmap_sem_holder(t)
             self._repair(t)
             self._on_exit(t, self.clock.now())
             return
@@ -429,9 +442,26 @@ class Run:
             what, env = how, False
         self.log.printk("oomemu: task %d (%s) died %s: %s" % (t.pid, t.name, when, what))
         release_slot(self.zone, t.index)
+        self._dead_mmap_sem_holder(t)
         self._repair(t)
         self._on_exit(t, self.clock.now())
         self._fail(f"task {t.name} (pid {t.pid}) died {when}: {what}", env)
+
+    def _dead_mmap_sem_holder(self, t: TaskRecord) -> None:
+        """One line for each mmap_sem the dead task holds or is queued on: it stays so
+        (a holder keeps what it held; a waiter keeps its place, and gets it in its turn)."""
+        for other in self.tasks:
+            if other.mmap_sem is None:
+                continue
+            st = other.mmap_sem.state(check_alive=False)
+            held, waits = st.holds(t.pid), st.waits(t.pid)
+            whose = "its own mmap_sem" if other is t else "the mmap_sem of %d (%s)" % (other.pid, other.name)
+            if held:
+                self.log.printk("oomemu: task %d (%s) died holding %s for %s: it stays held"
+                                % (t.pid, t.name, whose, held))
+            elif waits:
+                self.log.printk("oomemu: task %d (%s) died queued for %s on %s: it keeps its place"
+                                % (t.pid, t.name, waits, whose))
 
     def _fail(self, why: str, environment: bool) -> None:
         """End the run with verdict ERROR (the first cause wins)."""

@@ -2,11 +2,14 @@
 
 Event names follow include/trace/events/oom.h where the kernel has one
 (``mark_victim``, ``wake_reaper``, ``start_task_reaping``,
-``finish_task_reaping``, ``skip_task_reaping``, ``oom_score_adj_update``)
-and say what they are otherwise (``oom_kill``, ``oom_abort``,
+``finish_task_reaping``, ``skip_task_reaping``, ``oom_score_adj_update``),
+and include/trace/events/mmap_lock.h (``mmap_lock_start_locking``,
+``mmap_lock_acquire_returned``, ``mmap_lock_released``), and say what they
+are otherwise (``oom_kill``, ``oom_abort``,
 ``reap_deadline``, ``oom_skip_set``, ``exit_mmap_start``, ``exit_mmap_done``,
 ``alloc_stall``, ``alloc_ok``, ``panic``, ``inject``; and ``run_start``,
-``run_end``, ``task_state`` (R or D), ``handover``, ``exited``, ``lag``).
+``run_end``, ``task_state`` (R or D), ``handover``, ``exited``, ``lag``,
+``mmput_wait``).
 
 Every event carries ``t`` (emulated seconds since time 0), ``ev``, ``pid``,
 ``task`` and ``free_kb`` (the zone's free memory right then), plus fields of
@@ -21,10 +24,11 @@ import threading
 from ..errors import UsageError
 
 KERNEL_EVENTS = ("mark_victim", "wake_reaper", "start_task_reaping", "finish_task_reaping",
-                 "skip_task_reaping", "oom_score_adj_update")
+                 "skip_task_reaping", "oom_score_adj_update", "mmap_lock_start_locking",
+                 "mmap_lock_acquire_returned", "mmap_lock_released")
 OOMEMU_EVENTS = ("oom_kill", "oom_abort", "reap_deadline", "oom_skip_set", "exit_mmap_start",
                  "exit_mmap_done", "alloc_stall", "alloc_ok", "panic", "inject", "run_start",
-                 "run_end", "task_state", "handover", "exited", "run_stopped", "lag")
+                 "run_end", "task_state", "handover", "exited", "run_stopped", "lag", "mmput_wait")
 
 
 class Tracer:

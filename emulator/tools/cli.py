@@ -88,17 +88,18 @@ def cmd_run(a) -> int:
 
 
 def _hold_banner(run, scenario) -> None:
-    from ..runtime import names
     rid = run.run_id
     first = scenario.tasks[0].name
-    sem = names.mmap_sem(rid, 0)
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "examples", "hold_mmap_sem.py")
     print(f"""oomemu: run {rid} holds: its tasks stay after their steps until Ctrl-C or 'oomemu stop {rid}'.
 oomemu: try, from another terminal:
     oomemu ps {rid} --watch
     oomemu inject {rid} hold-mmap-sem {first} --seconds 5
+    oomemu inject {rid} hold-mmap-sem {first} --read --seconds 5
     oomemu inject {rid} alloc {scenario.tasks[-1].name} 50
     oomemu inject {rid} crash {first}
-    {sys.executable} -c "import posix_ipc,time; s=posix_ipc.Semaphore('{sem}'); s.acquire(); time.sleep(5); s.release()"
+    {sys.executable} {example} {rid} 0 read 5
 """, flush=True)
 
 
@@ -244,7 +245,8 @@ def cmd_inject(a) -> int:
     arg = getattr(a, "seconds", None)
     if a.action == "alloc":
         arg = a.mb
-    inject(a.run, a.action, a.target, arg, echo=lambda line: print(line, flush=True))
+    inject(a.run, a.action, a.target, arg, echo=lambda line: print(line, flush=True),
+           mode=getattr(a, "mode", None) or "write")
     return EXIT_OK
 
 
@@ -403,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("target", metavar=what)
         x.add_argument("--seconds", type=_bounded(0.001, 1e6, "--seconds"), default=None,
                        help="default: until Ctrl-C")
+        if name == "hold-mmap-sem":
+            how = x.add_mutually_exclusive_group()
+            how.add_argument("--read", dest="mode", action="store_const", const="read",
+                             help="down_read: other readers and the reaper's trylock still get in")
+            how.add_argument("--write", dest="mode", action="store_const", const="write",
+                             help="down_write (the default): nobody else gets in")
     x = acts.add_parser("alloc", help="make TASK allocate MB now (when it is idle)")
     x.add_argument("target", metavar="TASK")
     x.add_argument("mb", type=_bounded(0, 1e9, "MB"), metavar="MB",

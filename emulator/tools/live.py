@@ -1,9 +1,11 @@
 """Live runs, from any shell: ``oomemu runs``, ``ps``, ``stop`` and ``inject``.
 
 Everything here reads the run's shared memory directly (the zone and each
-task's mm header), and acts with the same real objects the run uses: the
-named semaphores (mmap_sem, locks), real signals, the mm's mailbox, and the
-run's event FIFO, through which an injection gets into the run's log.
+task's mm header), and acts with the same real objects the run uses: each
+mm's mmap_sem (its state in the mm's header, its two wait queues: see
+emulator.runtime.rwsem), the named semaphores of locks, real signals, the
+mm's mailbox, and the run's event FIFO, through which an injection gets into
+the run's log.
 
 Nothing read is trusted further than it is checked (emulator.runtime.shm_trust,
 emulator.runtime.proc_trust): a run is its zone file's owner's only if the zone says
@@ -35,7 +37,9 @@ from ..runtime.clock import emulated_now, release_slot
 from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, Mm
 from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
 from ..runtime.protocol import SIGWAKE, Event, encode
+from ..runtime.rwsem import Interrupted, MmapSem, TooManyWaiters
 from ..runtime.shm_trust import Refused, check_semaphore, open_checked, open_fifo_for_write, owner_of, user
+from ..scenario import MMAP_THRESHOLD_MB, MMAP_THRESHOLD_PAGES
 from ..runtime.zone import ZONE_HEADER, RunFacts, Zone
 from .columns import columns
 
@@ -335,23 +339,10 @@ def badness(mm: Mm, state: str, totalpages: int) -> str:
     return str(oc.chosen_points) if oc.chosen is not None else "-"
 
 
-def mmap_sem_holder(run: LiveRun, index: int, mm: Mm) -> str:
-    name = names.mmap_sem(run.run_id, index)
-    try:
-        run.check_semaphore(name)
-        sem = posix_ipc.Semaphore(name)
-    except (FileNotFoundError, posix_ipc.ExistentialError):
-        return "-"
-    except Refused as e:
-        run.ignored.append(f"{os.path.basename(e.path)} ({e.why})")
-        return "?"
-    try:
-        if sem.value > 0:
-            return "-"
-        holder = mm.mmap_sem_holder
-        return str(holder) if holder else "held"
-    finally:
-        sem.close()
+def mmap_sem_column(mm: Mm) -> str:
+    """ps's MMAP_SEM: who holds the task's mmap_sem and who waits (``w:1234``,
+    ``r:1234,1240``, ``+1w queued``), dead ones marked ``(dead)``; ``-`` if free."""
+    return MmapSem(mm, None, None).snapshot().describe()
 
 
 def ps_table(run: LiveRun) -> str:
@@ -372,7 +363,7 @@ def ps_table(run: LiveRun) -> str:
         rows.append((str(mm.pid), shown(mm.comm), state, f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
                      f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
                      badness(mm, state, total), ",".join(flags) or "-", deadline,
-                     mmap_sem_holder(run, i, mm)))
+                     mmap_sem_column(mm)))
     free_kb = run.zone.free_pages() * k
     head = (f"run {run.run_id}: {shown(run.facts.scenario)} under {shown(run.facts.policy)}, "
             f"t={run.now():.3f}s, free {free_kb}kB of {run.facts.total_pages * k}kB")
@@ -416,9 +407,17 @@ def note(run: LiveRun, index: int, action: str, what: str) -> None:
         os.close(fd)
 
 
+def _wait_out(seconds: float | None) -> None:
+    """Hold on for ``seconds``, or until Ctrl-C (KeyboardInterrupt)."""
+    if seconds is None:
+        signal.pause()
+    else:
+        time.sleep(seconds)
+
+
 def hold(run: LiveRun, sem_name: str, index: int, label: str, seconds: float | None, action: str,
-         mm: Mm | None = None, echo=print) -> None:
-    """Take a named semaphore (uninterruptibly), hold it for ``seconds`` or until Ctrl-C, let go."""
+         echo=print) -> None:
+    """Take a named semaphore (a lock), hold it for ``seconds`` or until Ctrl-C, let go."""
     try:
         run.check_semaphore(sem_name)
         sem = posix_ipc.Semaphore(sem_name)
@@ -435,24 +434,70 @@ def hold(run: LiveRun, sem_name: str, index: int, label: str, seconds: float | N
                 echo(f"oomemu inject: waiting for {label} (someone holds it) ...")
                 sem.acquire()
                 held = True
-            if mm is not None:
-                mm.mmap_sem_holder = os.getpid()
             how = f"for {seconds:g}s" if seconds is not None else "until Ctrl-C"
             note(run, index, action, f"pid {os.getpid()} took {label} {how}")
             echo(f"oomemu inject: holding {label} {how} (pid {os.getpid()})")
-            if seconds is None:
-                signal.pause()
-            else:
-                time.sleep(seconds)
+            _wait_out(seconds)
         except (KeyboardInterrupt, posix_ipc.SignalError):
             pass
         finally:
             if held:
-                if mm is not None:
-                    mm.mmap_sem_holder = 0
                 sem.release()
                 note(run, index, action, f"pid {os.getpid()} released {label}")
                 echo(f"oomemu inject: released {label}")
+    finally:
+        sem.close()
+
+
+def open_mmap_sem(run: LiveRun, index: int, mm: Mm, label: str) -> MmapSem:
+    """Task ``index``'s mmap_sem over ``mm`` (opened to write), its two semaphores checked."""
+    sems = (names.mmap_sem_readers(run.run_id, index), names.mmap_sem_writers(run.run_id, index))
+    try:
+        for name in sems:
+            run.check_semaphore(name)
+        return MmapSem.open(run.run_id, index, mm, label)
+    except (FileNotFoundError, posix_ipc.ExistentialError):
+        raise UsageError(f"run {run.run_id} has no {label}") from None
+    except Refused as e:
+        raise UsageError(f"run {run.run_id}: {label} is not the run's: {e}") from None
+
+
+def hold_mmap_sem(run: LiveRun, index: int, mm: Mm, label: str, mode: str, seconds: float | None,
+                  echo=print) -> None:
+    """down_read/down_write on a task's mmap_sem as another process would (holding a
+    reference to its mm), hold it for ``seconds`` or until Ctrl-C, let go. A wait for it
+    takes its place in the FIFO; Ctrl-C while waiting leaves the queue."""
+    sem = open_mmap_sem(run, index, mm, label)
+    me = os.getpid()
+    try:
+        def on_wait(on: bool) -> None:
+            if on:
+                echo(f"oomemu inject: waiting for {label} for {mode} ({sem.state().describe()}) ...")
+        # A handler that does not raise, so that a Ctrl-C interrupts the wait (EINTR) and
+        # the wait leaves the queue itself, instead of a KeyboardInterrupt mid-way.
+        previous = signal.signal(signal.SIGINT, lambda *_: None)
+        try:
+            got = sem.down(me, mode, foreign=True, on_wait=on_wait, killable=True)
+        except Interrupted:
+            echo(f"oomemu inject: gave up waiting for {label}")
+            return
+        except TooManyWaiters as e:
+            raise UsageError(str(e)) from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if not got:
+            raise UsageError(f"{label}: the mm is gone (its task has exited)")
+        try:
+            how = f"for {seconds:g}s" if seconds is not None else "until Ctrl-C"
+            note(run, index, "hold-mmap-sem", f"pid {me} took {label} for {mode} {how}")
+            echo(f"oomemu inject: holding {label} for {mode} {how} (pid {me})")
+            _wait_out(seconds)
+        except (KeyboardInterrupt, posix_ipc.SignalError):
+            pass
+        finally:
+            sem.up(me, mode, foreign=True)
+            note(run, index, "hold-mmap-sem", f"pid {me} released {label}")
+            echo(f"oomemu inject: released {label}")
     finally:
         sem.close()
 
@@ -492,9 +537,13 @@ def _inject_lock(run: LiveRun, target: str, seconds, echo) -> None:
     hold(run, names.lock(run.run_id, target), -1, f"lock {target}", seconds, "hold-lock", echo=echo)
 
 
-def inject(run_id: str, action: str, target: str, arg: float | None = None, echo=print) -> None:
+def inject(run_id: str, action: str, target: str, arg: float | None = None, echo=print,
+           mode: str = "write") -> None:
+    """``mode``: how ``hold-mmap-sem`` takes it, "read" or "write"."""
     if action not in ("hold-lock", "hold-mmap-sem", "alloc", "stop", "cont", "crash"):
         raise UsageError(f"unknown injection {action!r}")
+    if mode not in ("read", "write"):
+        raise UsageError(f"mmap_sem mode {mode!r}: read or write")
     run = open_run(run_id, mine="inject into")
     try:
         if action == "hold-lock":
@@ -508,8 +557,7 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
             raise UsageError(f"task {label} of run {run.run_id}: {e}") from None
         try:
             if action == "hold-mmap-sem":
-                hold(run, names.mmap_sem(run.run_id, index), index, f"the mmap_sem of {label}", arg,
-                     action, mm=mm, echo=echo)
+                hold_mmap_sem(run, index, mm, f"the mmap_sem of {label}", mode, arg, echo=echo)
                 return
             if mm.state == TaskState.TASK_DEAD:
                 raise UsageError(f"task {label} of run {run.run_id} is gone")
@@ -536,6 +584,11 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
             if pages > room:
                 raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
                                  f"{room / PAGES_PER_MB:g} MB more")
+            held = MmapSem(mm, None, None).state(check_alive=False)
+            if pages >= MMAP_THRESHOLD_PAGES and held.holds(mm.pid) == "read":
+                raise UsageError(f"alloc {arg:g} MB: task {label} holds its own mmap_sem for read, and an "
+                                 f"alloc of {MMAP_THRESHOLD_MB:g} MB or more maps memory first: "
+                                 f"down_write under its own read lock would deadlock")
             mm.post_command(CMD_ALLOC, float(arg))
             worker.send_signal(SIGWAKE)
             what = f"{label} asked to allocate {arg:g} MB"

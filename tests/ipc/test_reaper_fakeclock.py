@@ -4,7 +4,8 @@
 calls it instead, at the times it says to come back, so a policy's timing
 (v4.17's ten tries and give-up, timeout's 10 s deadline, handover's
 hand-over, v6.6's OOM_REAPER_DELAY) is checked exactly, in no real time,
-against real segments, a real zone and a real mmap_sem.
+against real segments, a real zone and a real mmap_sem (an rwsem: readers do
+not stop the reaper's down_read_trylock, a writer holding or queued does).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from emulator.result import VictimRecord
 from emulator.runtime import names
 from emulator.runtime.mm import Mm
 from emulator.runtime.reaper import OomReaper
+from emulator.runtime.rwsem import WRITE, MmapSem
 from emulator.runtime.zone import Zone
 
 pytestmark = pytest.mark.timeout(30)
@@ -37,17 +39,22 @@ class Victim:
         pages = round(mb * PAGES_PER_MB)
         self.mm = Mm(names.mm(run_id, index), create=MmLayout((("anon", VM_LOCKED if mlocked else 0, pages),)))
         self.mm.state = TaskState.TASK_RUNNING
-        self.mmap_sem = posix_ipc.Semaphore(names.mmap_sem(run_id, index), posix_ipc.O_CREX, mode=0o600,
-                                            initial_value=1)
+        self._sems = [posix_ipc.Semaphore(n, posix_ipc.O_CREX, mode=0o600, initial_value=0)
+                      for n in (names.mmap_sem_readers(run_id, index), names.mmap_sem_writers(run_id, index))]
+        self.mmap_sem = MmapSem(self.mm, *self._sems)
         self.victim = VictimRecord(name, self.pid, 0.0)
         self.has_mm = True
         self.pages = pages
 
     def close(self):
         self.mm.close()
-        self.mmap_sem.close()
         posix_ipc.unlink_shared_memory(self.mm.name)
-        posix_ipc.unlink_semaphore(names.mmap_sem(self.run_id, self.index))
+        for sem in self._sems:
+            sem.unlink()
+            sem.close()
+
+
+HOLDER = 4_000_001          # the pid of "someone" who holds a victim's mmap_sem (no wait: it is free)
 
 
 class Bench:
@@ -115,12 +122,12 @@ def reaped_lines(bench):
 def test_v417_tries_ten_times_100ms_apart_then_gives_up(bench):
     a = bench.victim("a")
     reaper = bench.reaper("v4.17")
-    a.mmap_sem.acquire()                         # someone holds the victim's mmap_sem throughout
+    a.mmap_sem.down_write(HOLDER)                # someone holds the victim's mmap_sem throughout
     try:
         reaper.wake_oom_reaper(a)
         bench.run_until(reaper, 30)
     finally:
-        a.mmap_sem.release()
+        a.mmap_sem.up_write(HOLDER)
     assert reaped_lines(bench) == [(pytest.approx(1.0), "oom_reaper: unable to reap pid:40000 (a)")]
     assert bench.skips == [(pytest.approx(1.0), "a", "oom_reaper")]
     assert a.mm.test_bit(MMF_OOM_SKIP) and a.victim.unable_to_reap
@@ -157,14 +164,14 @@ def test_timeout_retries_every_pass_until_the_mms_deadline(bench):
 def test_timeout_reaps_a_second_victim_while_the_first_is_stuck_on_its_mmap_sem(bench):
     a, b = bench.victim("a"), bench.victim("b")
     reaper = bench.reaper("timeout", reap_timeout_s=3)
-    a.mmap_sem.acquire()
+    a.mmap_sem.down_write(HOLDER)
     try:
         reaper.wake_oom_reaper(a)
         bench.run_until(reaper, 0.05)
         reaper.wake_oom_reaper(b)
         bench.run_until(reaper, 60)
     finally:
-        a.mmap_sem.release()
+        a.mmap_sem.up_write(HOLDER)
     assert [(t, line.split(" (")[0]) for t, line in reaped_lines(bench)] == [
         (pytest.approx(0.1), "oom_reaper: reaped process 40001"),        # the next pass, not after a's tries
         (pytest.approx(3.0), "oom_reaper: unable to reap pid:40000"),
@@ -215,3 +222,29 @@ def test_v66_a_victim_that_exits_within_the_delay_loses_nothing_to_the_reaper(be
     bench.run_until(reaper, 30, at={1.0: exits})
     assert bench.log == [] and bench.skips == []
     assert a.mm.resident_pages() == a.pages and not a.mm.test_bit(MMF_UNSTABLE)
+
+
+def test_v66_reaps_a_victim_whose_mmap_sem_another_task_holds_for_read(bench):
+    """The first read-hold row of the crosscheck: a reader does not stop down_read_trylock."""
+    a = bench.victim("a", mb=4)
+    assert a.mmap_sem.down_read(HOLDER, foreign=True)
+    reaper = bench.reaper("v6.6")
+    reaper.wake_oom_reaper(a)
+    bench.run_until(reaper, 30)
+    assert reaped_lines(bench) == [(pytest.approx(2.0), "oom_reaper: reaped process 40000 (a), now "
+                                                        "anon-rss:0kB, file-rss:0kB, shmem-rss:0kB")]
+    assert a.mm.resident_pages() == 0 == bench.zone.charged_by(0)
+    assert a.mmap_sem.state().readers == 1                  # the reader still holds it
+
+
+def test_v66_gives_up_on_a_read_hold_with_a_writer_queued_behind_it(bench):
+    """The second row: a queued writer blocks new readers, the reaper's trylock too."""
+    a = bench.victim("a", mb=4)
+    assert a.mmap_sem.down_read(HOLDER, foreign=True)
+    with a.mm.guard():                                      # a writer waits behind the reader
+        a.mmap_sem._enqueue(HOLDER + 1, WRITE)
+    reaper = bench.reaper("v6.6")
+    reaper.wake_oom_reaper(a)
+    bench.run_until(reaper, 30)
+    assert reaped_lines(bench) == [(pytest.approx(3.0), "oom_reaper: unable to reap pid:40000 (a)")]
+    assert a.mm.resident_pages() == a.pages

@@ -62,3 +62,45 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_scenario(path)
     with pytest.raises(ScenarioError, match="no such scenario"):
         load_scenario(str(tmp_path / "nope.toml"))
+
+
+MMAP_SEM = """
+    memory_mb = 64
+    [[task]]
+    name = "gpu"
+    [[task]]
+    name = "t"
+    step = [{steps}]
+"""
+
+
+@pytest.mark.parametrize("steps, key, message", [
+    ('{ op = "mmap_sem_down", mode = "shared" }', "task[1].step[0].mode", "must be one of read, write, not 'shared'"),
+    ('{ op = "mmap_sem_down", task = "gpu", mode = 1 }', "task[1].step[0].mode", "must be a non-empty string"),
+    ('{ op = "mmap_sem_up", mode = "read" }', "task[1].step[0].mode",
+     "mmap_sem_up takes no mode: it releases whatever the task holds on that mmap_sem"),
+    ('{ op = "mmap_sem_down", mode = "read" }, { op = "alloc", mb = 0.125 }', "task[1].step[1]",
+     "t: an alloc of 0.125 MB while it holds its own mmap_sem for read would deadlock"),
+])
+def test_mmap_sem_mistakes_are_one_line_naming_the_key(tmp_path, steps, key, message):
+    path = write_scenario(tmp_path, MMAP_SEM.format(steps=steps))
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path)
+    assert str(e.value).startswith(f"{path}: {key}: {message}") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("steps, modes", [
+    ('{ op = "mmap_sem_down" }, { op = "mmap_sem_up" }', ["write", ""]),               # today's default
+    ('{ op = "mmap_sem_down", task = "gpu", mode = "read" }', ["read"]),
+    # a small alloc only faults (no mmap): under its own read lock, as the kernel's fault does
+    ('{ op = "mmap_sem_down", mode = "read" }, { op = "alloc", mb = 0.1 }', ["read", ""]),
+    # holding it for write, the mmap is under that hold: no deadlock
+    ('{ op = "mmap_sem_down", mode = "write" }, { op = "alloc", mb = 10 }', ["write", ""]),
+    # let go first, then a big alloc maps as usual; another task's read hold does not matter
+    ('{ op = "mmap_sem_down", mode = "read" }, { op = "mmap_sem_up" }, { op = "alloc", mb = 10 }',
+     ["read", "", ""]),
+    ('{ op = "mmap_sem_down", task = "gpu", mode = "read" }, { op = "alloc", mb = 10 }', ["read", ""]),
+])
+def test_mmap_sem_steps_that_load(tmp_path, steps, modes):
+    s = load_scenario(write_scenario(tmp_path, MMAP_SEM.format(steps=steps)))
+    assert [st.mode for st in s.tasks[1].steps] == modes

@@ -4,8 +4,8 @@ v4.17 sets it before munlock and unmap_vmas; v6.6 after unmap_vmas, before
 free_pgtables; the timeout patch after free_pgtables; handover too, once it has
 taken MMF_OOM_SKIP over from the reaper. The worker records each step of its
 exit_mmap in order (unmapping and free_pgtables are D-state stretches, a
-``task_state`` D then R each), so the place of ``oom_skip_set`` among them says
-where it was set.
+``task_state`` D then R each; waits for its own mmap_sem are left out), so the
+place of ``oom_skip_set`` among them says where it was set.
 
 The victim has a blockable mmu notifier and mlocked memory, and each policy's
 patience is stretched (``--set``) far past the victim's exit (0.3 s): the reaper
@@ -80,11 +80,20 @@ def runs(tmp_path_factory):
 
 
 def exit_steps(events):
-    """The victim's own exit_mmap events, in the order its worker sent them."""
+    """The victim's own exit_mmap events, in the order its worker sent them. A wait for
+    its mmap_sem (the reaper may hold it for read a moment) is D state too: those D/R,
+    between an mmap_lock_start_locking and its mmap_lock_acquire_returned, are left out."""
     mine = [e for e in events if e["task"] == "victim" and e["ev"] in
-            ("exit_mmap_start", "handover", "task_state", "oom_skip_set", "exit_mmap_done")]
+            ("exit_mmap_start", "handover", "task_state", "oom_skip_set", "exit_mmap_done",
+             "mmap_lock_start_locking", "mmap_lock_acquire_returned")]
     start = next(i for i, e in enumerate(mine) if e["ev"] == "exit_mmap_start")
-    return mine[start:]
+    out, locking = [], False
+    for e in mine[start:]:
+        if e["ev"].startswith("mmap_lock_"):
+            locking = e["ev"] == "mmap_lock_start_locking"
+        elif not (locking and e["ev"] == "task_state"):
+            out.append(e)
+    return out
 
 
 @pytest.mark.parametrize("policy", list(EXIT_MMAP))

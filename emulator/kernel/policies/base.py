@@ -73,6 +73,13 @@ class OomSkipAt(Enum):
     AFTER_FREE_PGTABLES = "after_free_pgtables"  # the 2018 timeout patch: when the memory is gone
 
 
+class MmapLock(Enum):
+    """How exit_mmap holds mmap_sem for a part of its work."""
+    NONE = "none"            # no lock: mm_users is 0, nobody else can take it (before v6.1)
+    READ = "read"            # mmap_read_lock: the reaper (a reader too) may work on the mm at once
+    WRITE = "write"          # mmap_write_lock: waits for the reaper to let go, and keeps it out
+
+
 @dataclass(frozen=True)
 class ExitMmapRules:
     """What a victim's own exit_mmap does under a policy. It crosses to each worker
@@ -86,6 +93,10 @@ class ExitMmapRules:
     #: once it holds the VMAs, exit_mmap marks the mm MMF_OOM_HANDOVER and the
     #: reaper leaves MMF_OOM_SKIP to it (the 2018 hand-over RFC)
     handover: bool = False
+    #: how it holds mmap_sem while it unmaps the VMAs (v6.1+: for read)
+    unmap_lock: MmapLock = MmapLock.NONE
+    #: how it holds mmap_sem while it frees the page tables (v6.1+: for write)
+    free_pgtables_lock: MmapLock = MmapLock.NONE
 
     @property
     def waits_for_reaper(self) -> bool:

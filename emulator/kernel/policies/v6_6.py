@@ -9,8 +9,9 @@ Lineage, on top of v4.17:
   to give the victim a chance to exit on its own first.
 * v5.19+: mlocked memory is reaped (``__oom_reap_task_mm`` skips only
   ``VM_HUGETLB | VM_PFNMAP``).
-* v6.1: ``exit_mmap`` unmaps under the read lock, sets ``MMF_OOM_SKIP``
-  after ``unmap_vmas`` and before ``free_pgtables``.
+* v6.1: ``exit_mmap`` unmaps under the read lock (so the reaper, a reader,
+  may go on working on the same mm), sets ``MMF_OOM_SKIP`` after
+  ``unmap_vmas``, and frees the page tables under the write lock.
 
 Still a single-pointer LIFO list, ``MAX_OOM_REAP_RETRIES`` = 10 attempts
 ``HZ/10`` apart, and ``MMF_OOM_SKIP`` set unconditionally when done.
@@ -22,7 +23,7 @@ import heapq
 import itertools
 
 from ..mm_types import VM_HUGETLB, VM_PFNMAP
-from .base import DELAY, ExitMmapRules, OomSkipAt, Wait
+from .base import DELAY, ExitMmapRules, MmapLock, OomSkipAt, Wait
 from .v4_17 import V417
 
 
@@ -36,7 +37,8 @@ class V66(V417):
     }
     LIMITS = dict(V417.LIMITS, oom_reaper_delay_s=DELAY)    # 0: v5.17, no delay
     EXIT_MMAP = ExitMmapRules(oom_skip=OomSkipAt.AFTER_UNMAP, reap_first=False,
-                              unreapable_vm_flags=VM_HUGETLB | VM_PFNMAP)    # mlocked memory is reapable
+                              unreapable_vm_flags=VM_HUGETLB | VM_PFNMAP,    # mlocked memory is reapable
+                              unmap_lock=MmapLock.READ, free_pgtables_lock=MmapLock.WRITE)
     NOTIFIER_SLEEPS_THEN_GIVES_UP = False
 
     def __init__(self, overrides=None):
