@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         x = acts.add_parser(name, help=helptext)
         x.add_argument("target", metavar=what)
         x.add_argument("--seconds", type=_bounded(0.001, 1e6, "--seconds"), default=None,
-                       help="default: until Ctrl-C")
+                       help="hold for S seconds of the run's time (default: until Ctrl-C)")
         if name == "hold-mmap-sem":
             how = x.add_mutually_exclusive_group()
             how.add_argument("--read", dest="mode", action="store_const", const="read",

@@ -90,21 +90,26 @@ class LiveRun:
     def now(self) -> float:
         """Emulated seconds since the run's time 0: the run clock, read from the zone file
         now (the zone we hold is a copy of it as it was when opened)."""
+        live = self.live_now()
+        if live is not None:
+            return live
         if not self.facts.t0:
             return 0.0
-        word, min_due = self.zone.clock_word, self.zone.min_due
+        return emulated_now(self.zone.clock_word, self.facts.speed, self.zone.min_due)
+
+    def live_now(self) -> float | None:
+        """The run clock read from the zone file now; None if it cannot be (the run ended)."""
         try:
             fd = open_checked(_path(names.zone(self.run_id)), self.owner)
         except (OSError, Refused):
-            fd = -1
-        if fd >= 0:
-            try:
-                live = os.pread(fd, ZONE_HEADER.size, 0)
-                if len(live) == ZONE_HEADER.size:
-                    word, min_due = ZONE_HEADER.get(live, "clock"), ZONE_HEADER.get(live, "min_due")
-            finally:
-                os.close(fd)
-        return emulated_now(word, self.facts.speed, min_due)
+            return None
+        try:
+            head = os.pread(fd, ZONE_HEADER.size, 0)
+        finally:
+            os.close(fd)
+        if len(head) != ZONE_HEADER.size or not ZONE_HEADER.get(head, "t0"):
+            return None if len(head) != ZONE_HEADER.size else 0.0
+        return emulated_now(ZONE_HEADER.get(head, "clock"), self.facts.speed, ZONE_HEADER.get(head, "min_due"))
 
     def mm_indices(self) -> list[int]:
         """Indices of the files named as this run's mms (anyone's: open_mm checks)."""
@@ -407,12 +412,16 @@ def note(run: LiveRun, index: int, action: str, what: str) -> None:
         os.close(fd)
 
 
-def _wait_out(seconds: float | None) -> None:
-    """Hold on for ``seconds``, or until Ctrl-C (KeyboardInterrupt)."""
+def _wait_out(run: LiveRun, seconds: float | None) -> None:
+    """Hold on for ``seconds`` of the run's time, or until Ctrl-C (KeyboardInterrupt).
+    The run clock stands while tasks work and waits for late sleepers, so its seconds
+    take a little longer than real ones: a hold of 6 s is 6 s to the run."""
     if seconds is None:
         signal.pause()
-    else:
-        time.sleep(seconds)
+        return
+    end = run.now() + seconds
+    while (now := run.live_now()) is not None and (left := end - now) > 0:
+        time.sleep(min(left / run.facts.speed, 0.5) + 0.0005)      # the run's end: let go
 
 
 def hold(run: LiveRun, sem_name: str, index: int, label: str, seconds: float | None, action: str,
@@ -437,7 +446,7 @@ def hold(run: LiveRun, sem_name: str, index: int, label: str, seconds: float | N
             how = f"for {seconds:g}s" if seconds is not None else "until Ctrl-C"
             note(run, index, action, f"pid {os.getpid()} took {label} {how}")
             echo(f"oomemu inject: holding {label} {how} (pid {os.getpid()})")
-            _wait_out(seconds)
+            _wait_out(run, seconds)
         except (KeyboardInterrupt, posix_ipc.SignalError):
             pass
         finally:
@@ -491,7 +500,7 @@ def hold_mmap_sem(run: LiveRun, index: int, mm: Mm, label: str, mode: str, secon
             how = f"for {seconds:g}s" if seconds is not None else "until Ctrl-C"
             note(run, index, "hold-mmap-sem", f"pid {me} took {label} for {mode} {how}")
             echo(f"oomemu inject: holding {label} for {mode} {how} (pid {me})")
-            _wait_out(seconds)
+            _wait_out(run, seconds)
         except (KeyboardInterrupt, posix_ipc.SignalError):
             pass
         finally:
