@@ -178,6 +178,7 @@ class Run:
         self.resolved_at: float | None = None
         self.lag_ms = 0.0                              # the worst lateness seen (real ms), anyone's
         self._held = (0.0, 0.0)                        # the clock's holds for late sleepers (real s)
+        self._latest_at = 0.0                          # the time of the latest thing a task reported
         self._lag_lock = threading.Lock()
         self._events_fd = -1
         self._buf = b""
@@ -324,6 +325,8 @@ class Run:
             else:
                 raise RunFault(f"the run's event FIFO: {msg.kind} for task {msg.index}, which there is not")
             handler(t, msg, msg.at)
+            if msg.kind is not Event.INJECT:
+                self._latest_at = max(self._latest_at, msg.at)
 
     def _traced(self, t: TaskRecord, msg: Message, at: float) -> None:
         self.trace(msg.kind.value, t, at, **msg.fields)
@@ -590,7 +593,7 @@ class Run:
                 # is what holds when it is stopped.
                 resolved = self._resolved()
                 if resolved and self.resolved_at is None:
-                    self.resolved_at = now
+                    self.resolved_at = self._when_resolved(now)
                 elif not resolved:
                     self.resolved_at = None
                 if self.signals.stop_requested:
@@ -599,7 +602,7 @@ class Run:
                 timeout = 0.2
             else:
                 if self.verdict is None and self._resolved():
-                    self.verdict, self.resolved_at = Verdict.RESOLVED, now
+                    self.verdict, self.resolved_at = Verdict.RESOLVED, self._when_resolved(now)
                     linger_until = now + LINGER_S
                 if self.verdict == Verdict.RESOLVED and (self._quiet() or now >= linger_until):
                     return
@@ -643,6 +646,11 @@ class Run:
             self.log.printk("oomemu: %s did not wake up for its time in %.1f s; the clock goes on without it"
                             % (who, held))
             self.note_late(held * 1000, "hold_limit", t, due)
+
+    def _when_resolved(self, now: float) -> float:
+        """The run has just become resolved, by what a task last reported (its allocation
+        done, its steps, its exit): at that task's time, not when the news arrived here."""
+        return min(now, self._latest_at) if self._latest_at > 0 else now
 
     def _stopped_by_tstp(self) -> None:
         """Ctrl-Z: stop the workers and ourselves; on SIGCONT, go on and say so.
