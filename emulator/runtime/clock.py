@@ -254,12 +254,6 @@ class RunClock:
             if zone.clock_word == word:      # the word moves before a hold's due is raised
                 return emulated_now(word, self.speed, min_due)
 
-    @property
-    def standing(self) -> bool:
-        """Frozen, or holding for someone late: waits poll."""
-        word = self.zone.clock_word
-        return word <= 0 or _raw(word, self.speed) > self.zone.min_due
-
     def to_real(self, emulated_s: float) -> float:
         return emulated_s / self.speed
 
@@ -360,8 +354,3 @@ class RunClock:
                 with zone.lock():
                     if _due(zone, self.slot) >= due:     # not if lowered meanwhile (hold_for):
                         _clear_due(zone, self.slot)      # that one is for what woke us
-
-    def wait_until(self, due: float, sleep) -> None:
-        """Wait until emulated time ``due``, the clock holding there until we are up."""
-        with self.due(due, sleep):
-            pass

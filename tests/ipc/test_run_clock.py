@@ -107,22 +107,41 @@ def test_a_due_already_past_does_not_turn_the_clock_back(zone):
     wait_real(lambda: a.now() > 2.0)
     with a.due(1.0, time.sleep):
         assert b.now() > 2.0
+    assert a.hold(1.0) > 2.0 and b.now() > 2.0           # nor does a hold in the past
+    a.let_go()
     assert zone.min_due == math.inf
+
+
+def test_a_task_that_runs_holds_the_clock_at_its_time_until_it_waits(zone):
+    a, b, _ = started(zone)
+    at = a.hold(a.now() + 1.0)                           # a task's plan: 1 ms of real time ahead
+    time.sleep(0.02)                                     # its real work takes 20 emulated s
+    assert b.now() == at                                 # ... and takes no emulated time
+    a.sleep_until(at + 2.0, time.sleep)                  # it sleeps: the clock runs to its due ...
+    assert b.now() == at + 2.0                           # ... and holds there: it is up, acting
+    a.let_go()                                           # it blocks on another process
+    wait_real(lambda: b.now() > at + 2.0)
 
 
 def test_a_kill_holds_the_clock_for_a_killable_sleeper_only(zone):
     a, b, sup = started(zone)
+    running = a.hold(a.now())                            # task 0 runs: its own hold is all there is
     with a.frozen():                                     # the OOM call: the clock stands at the kill
         kill_at = sup.now()
-        hold_for_kill(zone, 0, kill_at)                  # task 0 is running: nothing to hold
-        assert zone.min_due == math.inf
-    with b.killable():
+        hold_for_kill(zone, 0, kill_at)
+        assert zone.min_due == running
+    a.let_go()
+    with b.killable():                                   # task 1 sleeps killably, 60 s ahead
+        b.hold(b.now() + 60.0)
         with b.frozen():
             kill_at = sup.now()
             hold_for_kill(zone, 1, kill_at)
         time.sleep(0.02)                                 # the signal takes 20 emulated s to wake it
         assert a.now() == kill_at                        # held at the kill
-    assert kill_at <= a.now() < kill_at + 15             # its exit starts at the kill
+    assert b.hold(kill_at) == kill_at                    # up: its exit starts at the kill
+    assert a.now() == kill_at
+    b.let_go()
+    wait_real(lambda: a.now() > kill_at)
 
 
 def test_a_dead_or_stopped_slot_gives_back_its_freezes_and_its_due(zone):
