@@ -4,8 +4,9 @@
 whose mmap_sem another task holds for read for 5 s is reaped 2 s after the
 kill (1 kill); with a writer queued behind the reader, "unable to reap" comes
 3 s after the kill and a second task dies. Times are the run's own records,
-in emulated seconds; at speed 4 a run that is 50 ms late in real time is
-0.2 s late, so each bound has 0.5 s of room above the kernel's figure.
+in emulated seconds. The run clock waits for the reaper's delay and tries
+however late the machine wakes it (emulator/runtime/clock.py), so they are
+the policy's to the jiffy: 50 ms of room is for floating point and a jiffy.
 """
 
 import json
@@ -37,7 +38,7 @@ def test_a_read_hold_without_a_queued_writer_lets_the_reaper_reap_2s_after_the_k
     kill = r.victims[0].killed_at_s
     reaped = at(events, "finish_task_reaping", "victim")
     assert len(reaped) == 1 and reaped[0]["freed_kb"] == 100 * 1024
-    assert 2.0 <= reaped[0]["t"] - kill <= 2.5, (kill, reaped)
+    assert reaped[0]["t"] - kill == pytest.approx(2.0, abs=0.05), (kill, reaped)
     assert any("] oom_reaper: reaped process " in line and "(victim), now anon-rss:0kB" in line
                for line in r.log), r.log
     assert not any("unable to reap" in line for line in r.log)
@@ -58,7 +59,7 @@ def test_a_read_hold_with_a_writer_queued_behind_it_makes_the_reaper_give_up_3s_
     tries = [e["t"] for e in at(events, "skip_task_reaping", "victim", reason="mmap_sem")]
     gave_up = at(events, "reap_deadline", "victim")
     assert queued < kill and len(tries) == 10 and 2.0 <= tries[0] - kill
-    assert len(gave_up) == 1 and 3.0 <= gave_up[0]["t"] - kill <= 3.5, (kill, gave_up)
+    assert len(gave_up) == 1 and gave_up[0]["t"] - kill == pytest.approx(3.0, abs=0.05), (kill, gave_up)
     assert any(line.endswith(f"] oom_reaper: unable to reap pid:{r.victims[0].pid} (victim)")
                for line in r.log), r.log
     assert r.victims[1].killed_at_s >= gave_up[0]["t"]
