@@ -42,7 +42,7 @@ class RunResult:
     error: str | None = None
     error_kind: str | None = None
     stops: int = 0                           # times the run was stopped by Ctrl-Z
-    stopped_s: float = 0.0                   # real seconds it was stopped, in all
+    stopped_s: float = 0.0                   # real seconds it was stopped, in all (its clock stood still)
     # How far the run fell behind its emulated clock: the worst lateness of anything due at
     # an emulated time that the clock did not wait for (see emulator.runtime.clock: a
     # stalled allocation's first out_of_memory call, a sleeper late past the clock's hold
@@ -87,7 +87,7 @@ class RunResult:
                     f"before it broke: {self.error}")
         ttr = "-" if self.time_to_resolve_s is None else f"{self.time_to_resolve_s:.3f}s"
         extra = f", {self.extra_kills} extra" if self.extra_kills else ""
-        stopped = (f" (stopped {self.stopped_s:.1f}s by Ctrl-Z: times include it)" if self.stops else "")
+        stopped = (f" (stopped {self.stopped_s:.1f}s by Ctrl-Z: its clock stood still)" if self.stops else "")
         lagged = (f"; LAGGED {self.lag_ms:.1f} ms behind its clock (tolerance {self.lag_tolerance_ms:g} ms): "
                   f"try a lower --speed" if self.lagged else "")
         return (f"oomemu: {self.scenario} under {self.policy}: {self.verdict}, "

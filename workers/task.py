@@ -63,6 +63,9 @@ from emulator.runtime.zone import Zone
 from emulator.scenario import MMAP_THRESHOLD_PAGES
 
 PR_SET_PDEATHSIG = 1
+#: An allocation is charged and faulted in this many pages at a time (1 MB), as page
+#: faults come: when the OOM killer is called, the allocator holds what it got so far.
+FAULT_BATCH_PAGES = PAGES_PER_MB
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
@@ -292,10 +295,26 @@ class WorkerTask:
             self.up_mmap_sem(self.mmap_sem, self.index, "read", traced=waited)
 
     def _alloc_pages(self, pages: int, vma_index: int) -> None:
-        """__alloc_pages_slowpath, simplified: charge, else OOM and retry each jiffy."""
-        stalled = retried = False
-        self.mm.journal_begin(J_CHARGE, vma_index, pages)      # for repair if we die half-way
-        while (short := self.zone.try_charge(self.index, pages)) is not None:
+        """__alloc_pages_slowpath, page by page as faults come (in FAULT_BATCH_PAGES): each
+        batch is charged, else the allocation stalls and calls the OOM killer, retrying
+        each jiffy; what was faulted in so far stays (the allocator's rss, in its own
+        badness)."""
+        stalled, done = False, 0
+        while done < pages:
+            batch = min(FAULT_BATCH_PAGES, pages - done)
+            stalled = self._charge(batch, vma_index, pages, stalled)
+            self.fault_in(vma_index, batch)
+            done += batch
+        if stalled:
+            self.mm.state = TaskState.TASK_RUNNING
+        self.send(Event.ALLOC_OK, pages=pages, stalled=stalled)
+
+    def _charge(self, batch: int, vma_index: int, pages: int, stalled: bool) -> bool:
+        """Charge one batch, stalling (out_of_memory, a jiffy, again) until it fits. Returns
+        whether the allocation has stalled so far."""
+        retried = False
+        self.mm.journal_begin(J_CHARGE, vma_index, batch)      # for repair if we die half-way
+        while (short := self.zone.try_charge(self.index, batch)) is not None:
             if self.fatal_signal_pending():
                 self.mm.journal_end()
                 raise Dying                      # a dying task leaves the allocator
@@ -308,7 +327,7 @@ class WorkerTask:
             # done. We hold the run clock meanwhile (we do not let go: the supervisor
             # answers at once, except after a panic, which ends the run), so the OOM
             # killer decides at the time we are at, however long the round trip takes.
-            self.send(Event.OOM, pages=pages, where=short, first=not retried)
+            self.send(Event.OOM, pages=batch, where=short, first=not retried)
             sem_down(self.oom_reply)
             retried = True
             try:
@@ -316,10 +335,7 @@ class WorkerTask:
             except Dying:
                 self.mm.journal_end()
                 raise
-        if stalled:
-            self.mm.state = TaskState.TASK_RUNNING
-        self.fault_in(vma_index, pages)
-        self.send(Event.ALLOC_OK, pages=pages, stalled=stalled)
+        return stalled
 
     # -- steps ------------------------------------------------------------
     def do_step(self, step) -> None:

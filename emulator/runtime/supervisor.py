@@ -653,17 +653,18 @@ class Run:
         return min(now, self._latest_at) if self._latest_at > 0 else now
 
     def _stopped_by_tstp(self) -> None:
-        """Ctrl-Z: stop the workers and ourselves; on SIGCONT, go on and say so.
-        Emulated time runs on while stopped, so timings after it include the stop."""
+        """Ctrl-Z: stop the run clock, the workers and ourselves; on SIGCONT, go on and
+        say so. Emulated time stands still while stopped: the stop is in no timing."""
         self.signals.tstp = False
         alive = [t for t in self.tasks if t.proc is not None and t.proc.poll() is None]
-        for t in alive:
-            _signal_quietly(t.proc, signal.SIGSTOP)
         began = time.monotonic()
-        self.log.printk("oomemu: run stopped (SIGTSTP): its timings from here on include the stop")
-        os.kill(os.getpid(), signal.SIGSTOP)
-        for t in alive:
-            _signal_quietly(t.proc, signal.SIGCONT)
+        with self._frozen():
+            for t in alive:
+                _signal_quietly(t.proc, signal.SIGSTOP)
+            self.log.printk("oomemu: run stopped (SIGTSTP): its clock stands still until it goes on")
+            os.kill(os.getpid(), signal.SIGSTOP)
+            for t in alive:
+                _signal_quietly(t.proc, signal.SIGCONT)
         took = time.monotonic() - began
         self.stops += 1
         self.stopped_s += took

@@ -34,7 +34,7 @@ SIMPLE = """
     name = "victim"
       [[task.vma]]
       kind = "anon"
-      mb = 60
+      mb = 70
     [[task]]
     name = "bystander"
       [[task.vma]]
@@ -42,6 +42,7 @@ SIMPLE = """
       mb = 30
     [[task]]
     name = "allocator"
+    oom_score_adj = -1000        # spared: it holds most of its request when the OOM comes
       [[task.vma]]
       kind = "anon"
       mb = 5
@@ -220,7 +221,7 @@ def test_inject_hold_mmap_sem_read_lets_the_reaper_in_but_keeps_the_exit_waiting
             assert mmap_sem_column(run.id, "victim") == f"r:{h.pid}"
             oom_now(run)
             reaped = run.wait_event(lambda e: e["ev"] == "finish_task_reaping" and e["task"] == "victim")
-            assert reaped["freed_kb"] == 60 * 1024
+            assert reaped["freed_kb"] == 70 * 1024
             assert run.wait_event(lambda e: e["ev"] == "mmput_wait")["task"] == "victim"
             h.communicate(timeout=30)
             assert h.returncode == 0
@@ -298,6 +299,7 @@ LOCKED = """
       mb = 60
     [[task]]
     name = "allocator"
+    oom_score_adj = -1000        # spared: it holds most of its request when the OOM comes
       [[task.vma]]
       kind = "anon"
       mb = 10

@@ -141,6 +141,7 @@ SIMPLE = """
       mb = 2
     [[task]]
     name = "allocator"
+    oom_score_adj = -1000        # spared: it holds most of its request when the OOM comes
       [[task.vma]]
       kind = "anon"
       mb = 5

@@ -45,6 +45,7 @@ SHORT_HOLD = """
       ms = 1500
     [[task]]
     name = "allocator"
+    oom_score_adj = -1000        # spared: it holds most of its request when the OOM comes
       [[task.vma]]
       kind = "anon"
       mb = 10

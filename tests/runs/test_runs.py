@@ -122,6 +122,7 @@ MMAP_SEM_HELD = """
       mb = {bystander}
     [[task]]
     name = "allocator"
+    oom_score_adj = -1000        # spared: it holds most of its request when the OOM comes
       [[task.vma]]
       kind = "anon"
       mb = 5
@@ -158,6 +159,7 @@ LIVELOCK = """
       mb = {bystander}
     [[task]]
     name = "allocator"
+    oom_score_adj = -1000        # spared: it holds most of its request when the OOM comes
       [[task.vma]]
       kind = "anon"
       mb = 5

@@ -68,6 +68,7 @@ VARIANTS = {
           mb = 50
         [[task]]
         name = "allocator"
+        oom_score_adj = -1000        # spared: it holds most of its request when the OOM comes
           [[task.vma]]
           kind = "anon"
           mb = 5
