@@ -27,10 +27,12 @@ task's too (holding a reference to that mm); exit_mmap as its policy's
 Time: the task keeps a *plan*, the emulated time its next action is due
 (``t_plan``). A ``sleep`` or ``busy`` step ends at its due time, not a
 duration after the previous step happened to end; an exit is planned from the
-moment of the kill. Real work (faulting pages in, zapping them) is done with
-the run clock frozen (``RunClock.frozen``), so it takes no emulated time. How
-late the task woke for anything due (real ms) goes to the supervisor as a
-``late`` event each time it is the worst so far: the run's ``lag_ms``.
+moment of the kill. Whenever the task is not waiting it holds the run clock
+at its plan (``RunClock.hold``), so its real work (faulting pages in, zapping
+them, an OOM call) takes no emulated time; it lets go only to block on
+another process or to idle. How late the task woke for anything due (real ms)
+goes to the supervisor as a ``late`` event each time it is the worst so far:
+the run's ``lag_ms``.
 
 Events go to the supervisor on the run's event FIFO, as
 ``emulator.runtime.protocol`` defines them (its ``WorkerSpec`` is what
@@ -133,11 +135,7 @@ class WorkerTask:
         with Dying), then note how late we woke (unless ``where`` is None: not a due time)."""
         if killable and self.fatal_signal_pending():
             raise Dying
-        if killable:
-            with self.clock.killable():
-                self.clock.sleep_until(due, self._sleep_killable)
-        else:
-            self.clock.sleep_until(due, time.sleep)
+        self.clock.sleep_until(due, self._sleep_killable if killable else time.sleep, killable)
         if where is not None:
             self.note_late(due, where)
 
@@ -408,9 +406,7 @@ class WorkerTask:
             if self.spec.steps:
                 self.send(Event.STEPS_DONE)
             while True:                               # idle, killable
-                self.clock.let_go()
-                with self.clock.killable():
-                    info = signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE])
+                info = self.clock.idle(lambda: signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE]))
                 if info.si_signo == SIGKILL_EMULATED:
                     self.fatal = True
                     self.killed()

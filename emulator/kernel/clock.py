@@ -50,6 +50,12 @@ class FakeClock:
     def let_go(self) -> None:
         """RunClock's: this clock never holds."""
 
+    def hold(self, at: float) -> float:
+        return max(at, self._now)
+
+    def lower_hold(self, at: float) -> None:
+        """RunClock's: this clock never holds."""
+
     def due(self, due: float, sleep):
         """RunClock's wait for a due time: here, the clock jumps there."""
         self.advance_to(due)

@@ -65,6 +65,8 @@ from .zone import DUE, ZONE_HEADER
 #: was due at: TOLERANCE_EMULATED_S of emulated time, or TOLERANCE_REAL_S of real time.
 TOLERANCE_EMULATED_S = 0.005
 TOLERANCE_REAL_S = 0.002
+#: The shortest real wait (seconds) between two looks at the clock.
+MIN_WAIT_S = 0.0002
 #: The clock waits at most this long (real seconds) for one late sleeper.
 HOLD_LIMIT_S = 2.0
 
@@ -90,12 +92,14 @@ def emulated_now(word: float, speed: float, min_due: float = math.inf) -> float:
 
 # -- changes to the shared state: each under the zone lock --------------------------------
 
-def start_clock(zone, t0: float) -> None:
-    """Time 0 at ``t0``, the clock frozen at 0 by one freeze per task (see the module)."""
+def start_clock(zone, t0: float, slots) -> None:
+    """Time 0 at ``t0``, the clock frozen at 0 by one freeze per task in ``slots`` (the
+    live ones: a task that died before time 0 would never give its back)."""
+    slots = set(slots)
     n = zone.nr_tasks
-    zone.map[zone.freezes_off:zone.freezes_off + n + 1] = b"\1" * n + b"\0"
-    ZONE_HEADER.set(zone.map, "frozen", n)
-    ZONE_HEADER.set(zone.map, "clock", -0.0 if n else t0)
+    zone.map[zone.freezes_off:zone.freezes_off + n + 1] = bytes(i in slots for i in range(n + 1))
+    ZONE_HEADER.set(zone.map, "frozen", len(slots))
+    ZONE_HEADER.set(zone.map, "clock", -0.0 if slots else t0)
 
 
 def _set_word(zone, stands: float, speed: float) -> None:
@@ -126,66 +130,77 @@ def _give_back(zone, slot: int, everything: bool) -> None:
         _set_word(zone, -ZONE_HEADER.get(zone.map, "clock"), zone.speed)
 
 
-def _clear_due(zone, slot: int) -> float:
-    """Forget ``slot``'s due; if the clock was holding there for it, it goes on from
-    there. Returns how long (real seconds) the clock had held for it."""
-    due = _due(zone, slot)
-    if due == math.inf:
-        return 0.0
+def _set_slot_due(zone, slot: int, due: float) -> float:
+    """``slot`` now waits for (or holds the clock at) ``due`` (inf: nothing). If that
+    raises the clock's cap while the clock is holding at it, the clock goes on from the
+    cap. ``min_due`` is stored once, after the clock word: a reader never sees the cap
+    lifted before the word moved (RunClock.now reads word, cap, word). Returns how long
+    (real seconds) the clock had held for this slot."""
     speed = zone.speed
-    word, min_due = zone.clock_word, zone.min_due
+    word, cap = zone.clock_word, zone.min_due
     raw = _raw(word, speed)
-    _set_due(zone, slot, math.inf)
+    old = _due(zone, slot)
+    _set_due(zone, slot, due)
+    new_cap = min(zone.dues.unpack_from(zone.map, zone.dues_off))
     held = 0.0
-    if min_due == due and raw > due:        # holding at this due: go on from it
-        held = (raw - due) / speed
-        ZONE_HEADER.set(zone.map, "held_s", ZONE_HEADER.get(zone.map, "held_s") + held)
-        ZONE_HEADER.set(zone.map, "held_max_s", max(ZONE_HEADER.get(zone.map, "held_max_s"), held))
+    if new_cap > cap and raw > cap:          # holding at the cap, which rises: go on from it
+        if old == cap:
+            held = (raw - cap) / speed
+            ZONE_HEADER.set(zone.map, "held_s", ZONE_HEADER.get(zone.map, "held_s") + held)
+            ZONE_HEADER.set(zone.map, "held_max_s", max(ZONE_HEADER.get(zone.map, "held_max_s"), held))
         if word > 0:
-            ZONE_HEADER.set(zone.map, "clock", time.monotonic() - due / speed)   # before min_due rises
-    ZONE_HEADER.set(zone.map, "min_due", min(zone.dues.unpack_from(zone.map, zone.dues_off)))
+            ZONE_HEADER.set(zone.map, "clock", time.monotonic() - cap / speed)
+    if new_cap != cap:
+        ZONE_HEADER.set(zone.map, "min_due", new_cap)
     return held
+
+
+def _now_locked(zone) -> float:
+    return emulated_now(zone.clock_word, zone.speed, zone.min_due)
+
+
+def _clear_due(zone, slot: int) -> float:
+    """Forget ``slot``'s due; if the clock was holding there for it, it goes on from there."""
+    return _set_slot_due(zone, slot, math.inf) if _due(zone, slot) != math.inf else 0.0
 
 
 def _move_due(zone, slot: int, due: float, now: float) -> float:
     """``slot`` now waits for (or holds the clock at) ``due``, no earlier than ``now``
     (a due in the past would turn the clock back). Returns the due set."""
-    _clear_due(zone, slot)
     due = max(due, now)
-    _set_due(zone, slot, due)
-    if due < zone.min_due:
-        ZONE_HEADER.set(zone.map, "min_due", due)
+    _set_slot_due(zone, slot, due)
     return due
+
+
+def _lower_due(zone, slot: int, at: float) -> None:
+    """Someone else holds the clock for ``slot`` at ``at`` (no earlier than now), unless
+    the slot holds it earlier already."""
+    at = max(at, _now_locked(zone))
+    if at < _due(zone, slot):
+        _set_slot_due(zone, slot, at)
 
 
 def release_slot(zone, slot: int) -> None:
     """Give back every freeze and the due of a slot whose process died or was stopped."""
     with zone.lock():
-        zone.map[zone.killable_off + slot] = 0
-        _give_back(zone, slot, everything=True)
-        _clear_due(zone, slot)
+        release_slot_locked(zone, slot)
+
+
+def release_slot_locked(zone, slot: int) -> None:
+    """release_slot, for a caller that holds the zone lock already."""
+    zone.map[zone.killable_off + slot] = 0
+    _give_back(zone, slot, everything=True)
+    _clear_due(zone, slot)
 
 
 def hold_for_kill(zone, slot: int, at: float) -> None:
     """The OOM killer sends ``slot``'s task the emulated SIGKILL at emulated time ``at``
-    (now, the clock frozen for the OOM call): if the task waits killably, the clock
-    holds at ``at`` until it is up, so that its exit starts at the kill, however late
-    the signal wakes it."""
+    (now: the allocator holds the clock there for its OOM call): if the task waits
+    killably, the clock holds at ``at`` until it is up, so that its exit starts at the
+    kill, however late the signal wakes it."""
     with zone.lock():
-        if zone.map[zone.killable_off + slot] and at < _due(zone, slot):
-            _set_due(zone, slot, at)
-            if at < zone.min_due:
-                ZONE_HEADER.set(zone.map, "min_due", at)
-
-
-def hold_for(zone, slot: int, at: float) -> None:
-    """The clock may not pass ``at`` until ``slot`` has acted (and let go): the OOM killer
-    wakes the oom_reaper at the kill, which acts then however late its thread runs."""
-    with zone.lock():
-        if at < _due(zone, slot):
-            _set_due(zone, slot, at)
-            if at < zone.min_due:
-                ZONE_HEADER.set(zone.map, "min_due", at)
+        if zone.map[zone.killable_off + slot]:
+            _lower_due(zone, slot, at)
 
 
 def stop_holding(zone, slot: int) -> None:
@@ -260,8 +275,9 @@ class RunClock:
     def real_wait(self, emulated_s: float) -> float:
         """Real seconds to wait before looking again whether ``emulated_s`` has passed. If
         the clock stands meanwhile, the waiter wakes early and waits again; its own due
-        holds the clock until it is up, so it is never late for it."""
-        return max(0.0, emulated_s / self.speed)
+        holds the clock until it is up, so it is never late for it, and a floor of
+        MIN_WAIT_S keeps a waiter a rounding error short of its due from spinning."""
+        return max(MIN_WAIT_S, emulated_s / self.speed)
 
     def held_since(self) -> float | None:
         """How long (real seconds) the clock has been holding for a late sleeper, or None."""
@@ -297,19 +313,6 @@ class RunClock:
         with self.zone.lock():
             _give_back(self.zone, self.slot, everything=False)
 
-    @contextmanager
-    def killable(self):
-        """A killable wait: an OOM kill during it moves our due to the kill (hold_for_kill),
-        so the clock holds there until we are up and say where we stand (:meth:`hold`)."""
-        zone = self.zone
-        with zone.lock():
-            zone.map[zone.killable_off + self.slot] = 1
-        try:
-            yield
-        finally:
-            with zone.lock():
-                zone.map[zone.killable_off + self.slot] = 0
-
     # -- a task holds the clock at its plan whenever it is not waiting ---------------
     def hold(self, at: float) -> float:
         """The clock may not pass ``at`` (no earlier than now) until we wait again: a task
@@ -323,13 +326,43 @@ class RunClock:
         with self.zone.lock():
             _clear_due(self.zone, self.slot)
 
-    def sleep_until(self, due: float, sleep) -> None:
+    def lower_hold(self, at: float) -> None:
+        """Hold the clock at ``at`` (no earlier than now) for this slot's other user, unless
+        it holds earlier already: the OOM killer, in the supervisor's main thread, holds
+        it at a kill for the oom_reaper thread it wakes."""
+        with self.zone.lock():
+            _lower_due(self.zone, self.slot, at)
+
+    def sleep_until(self, due: float, sleep, killable: bool = False) -> None:
         """Sleep until emulated time ``due``, and hold the clock there when up (the clock
         holds there for us too, however late the machine wakes us). ``sleep(real_s)`` may
-        raise to end the sleep early (then the caller says where it stands: :meth:`hold`)."""
-        self.hold(due)
-        while (left := due - self.now()) > 0:
-            sleep(self.real_wait(left))
+        raise to end the sleep early (then the caller says where it stands: :meth:`hold`).
+        ``killable``: an OOM kill meanwhile moves our due to the kill (hold_for_kill)."""
+        zone = self.zone
+        with zone.lock():
+            if killable:
+                zone.map[zone.killable_off + self.slot] = 1
+            _move_due(zone, self.slot, due, self.now())
+        try:
+            while (left := due - self.now()) > 0:
+                sleep(self.real_wait(left))
+        finally:
+            if killable:
+                with zone.lock():
+                    zone.map[zone.killable_off + self.slot] = 0
+
+    def idle(self, wait):
+        """Let go and ``wait()`` for a signal, killably (an OOM kill holds the clock at the
+        kill until we are up and say where we stand); returns what ``wait`` returns."""
+        zone = self.zone
+        with zone.lock():
+            zone.map[zone.killable_off + self.slot] = 1
+            _clear_due(zone, self.slot)
+        try:
+            return wait()
+        finally:
+            with zone.lock():
+                zone.map[zone.killable_off + self.slot] = 0
 
     @contextmanager
     def due(self, due: float, sleep):
@@ -340,10 +373,8 @@ class RunClock:
         registered = False
         if self.now() < due:
             with zone.lock():
-                if due > self.now():           # a due already past would turn the clock back
-                    _set_due(zone, self.slot, due)
-                    if due < zone.min_due:
-                        ZONE_HEADER.set(zone.map, "min_due", due)
+                if due > self.now() and due < _due(zone, self.slot):   # never back, never over a hold
+                    _set_slot_due(zone, self.slot, due)
                     registered = True
         try:
             while (left := due - self.now()) > 0:

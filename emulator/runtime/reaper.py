@@ -77,7 +77,9 @@ class OomReaper:
     def wake_oom_reaper(self, task, at: float | None = None) -> None:
         """Queue a victim killed at emulated time ``at`` (default: now)."""
         with self._cond:
-            self.policy.wake_oom_reaper(task, self.clock.now() if at is None else at)
+            at = self.clock.now() if at is None else at
+            self.clock.lower_hold(at)                  # we act at the kill, however late we run
+            self.policy.wake_oom_reaper(task, at)
             self._publish_deadline(task)
             self._kick()
 
@@ -118,33 +120,36 @@ class OomReaper:
         return now
 
     def _main(self) -> None:
+        """Step at the time the clock holds for us (a kill's: the OOM killer holds it there
+        when it wakes us, RunClock.lower_hold) or now; then, if the policy wants us back
+        later, hold the clock at that time and wait for it (the clock will not pass it
+        until we have acted); if not, let go until a wake-up. What touches this thread's
+        hold is done under ``_cond``, as the OOM killer's is, so neither undoes the other."""
         try:
             while True:
                 with self._cond:
                     if self._stopping:
                         return
                     kicks = self._kicks
-                until = self.step(self.clock.now())       # at a kill's time: it held the clock
-                self.clock.let_go()
-                while until is not None and until > self.clock.now():
-                    # The policy's delay or deadline: the run clock holds at ``until``
-                    # until we have acted (RunClock.due), however late we are woken.
-                    try:
-                        with self.clock.due(until, lambda real: self._nap(kicks, real)):
-                            late = late_ms(self.clock.now(), until, self.clock.speed)
-                            if late:
-                                self.note_late(late, "oom_reaper", None, until)
-                            until = self.step(until)
-                    except _Kicked:
-                        break
-                    with self._cond:
-                        if self._kicks != kicks or self._stopping:
-                            break
-                else:
+                until = self.step(self.clock.now())
+                with self._cond:
+                    if self._stopping:
+                        return
+                    if self._kicks != kicks or (until is not None and until <= self.clock.now()):
+                        continue                      # a new victim, or more to do now: still held
                     if until is None:
-                        with self._cond:
-                            if self._kicks == kicks and not self._stopping:
-                                self._cond.wait()     # nothing to do until a wake-up
+                        self.clock.let_go()
+                        self._cond.wait()             # nothing to do until a wake-up
+                        continue
+                    self.clock.hold(until)            # the clock may go on to ``until``, no further
+                try:
+                    while (left := until - self.clock.now()) > 0:
+                        self._nap(kicks, self.clock.real_wait(left))
+                except _Kicked:
+                    continue                          # held at the new kill: step at it
+                late = late_ms(self.clock.now(), until, self.clock.speed)
+                if late:
+                    self.note_late(late, "oom_reaper", None, until)
         except BaseException as e:            # reported by the supervisor as a fault of ours
             self.error = e
 

@@ -52,8 +52,8 @@ from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
 from . import machine, names, signals
-from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for, hold_for_kill, holding_for, late_ms,
-                    release_slot, stop_holding, tolerance_ms)
+from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_for, late_ms, release_slot,
+                    stop_holding, tolerance_ms)
 from .klog import KernelLog
 from .mm import Mm
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
@@ -555,7 +555,6 @@ class Run:
         self.trace("mark_victim", t, at)
         self.log.printk(killed_process_line(t.pid, t.name, kb), at)
         self.trace("wake_reaper", t, at)
-        hold_for(self.zone, self.zone.supervisor_slot, at)      # the reaper acts at the kill
         self.reaper.wake_oom_reaper(t, at)
 
     @property
@@ -643,8 +642,8 @@ class Run:
             stop_holding(self.zone, slot)
             t = self.tasks[slot] if slot < len(self.tasks) else None
             who = f"task {t.pid} ({t.name})" if t else "the oom_reaper"
-            self.log.printk("oomemu: %s did not wake up for its time in %.1f s; the clock goes on without it"
-                            % (who, held))
+            self.log.printk("oomemu: %s has held the clock at its time for %.1f s (late to wake, or stopped "
+                            "from outside); the clock goes on without it" % (who, held))
             self.note_late(held * 1000, "hold_limit", t, due)
 
     def _when_resolved(self, now: float) -> float:
@@ -718,7 +717,7 @@ class Run:
         for t in self.tasks:
             sel.register(t.pidfd, selectors.EVENT_READ, t)
         self._wait_ready(sel)
-        self.zone.set_t0(time.monotonic())
+        self.zone.set_t0(time.monotonic(), [t.index for t in self.tasks if not (t.crashed or t.exited)])
         self.clock = RunClock(self.zone, self.zone.supervisor_slot)
         self.tracer = Tracer(self._trace_path, self.clock.now,
                              lambda: self.zone.free_pages() * PAGE_SIZE // 1024)

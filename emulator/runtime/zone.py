@@ -201,11 +201,12 @@ class Zone:
     def speed(self) -> float:
         return ZONE_HEADER.get(self.map, "speed")
 
-    def set_t0(self, t0: float) -> None:
-        """Time 0 of the run; the run clock starts frozen at 0 (see RunClock.start)."""
+    def set_t0(self, t0: float, live: list[int] | None = None) -> None:
+        """Time 0 of the run; the run clock starts frozen at 0 until every task in ``live``
+        (default: all) has reached the start line (emulator.runtime.clock.start_clock)."""
         from .clock import start_clock
         with self.lock():
-            start_clock(self, t0)
+            start_clock(self, t0, range(self.nr_tasks) if live is None else live)
             ZONE_HEADER.set(self.map, "t0", t0)
 
     # -- where the run clock's shared state lives (emulator.runtime.clock) -----------

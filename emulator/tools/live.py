@@ -33,7 +33,7 @@ from ..kernel.mm_types import (MAX_MEMCGS, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNS
 from ..kernel.oom_kill import OomControl, TaskView, oom_evaluate_task
 from ..runtime import names
 from ..runtime.cleanup import dead_groups
-from ..runtime.clock import emulated_now, release_slot
+from ..runtime.clock import emulated_now, release_slot_locked
 from ..runtime.mm import CMD_ALLOC, HEADER_SIZE, Mm
 from ..runtime.proc_trust import NotProven, Proven, is_oomemu_run, prove, supervisor_check, worker_check
 from ..runtime.protocol import SIGWAKE, Event, encode
@@ -104,11 +104,17 @@ class LiveRun:
         except (OSError, Refused):
             return None
         try:
-            head = os.pread(fd, ZONE_HEADER.size, 0)
+            while True:                 # the word moves before a hold's cap rises: read until still
+                head = os.pread(fd, ZONE_HEADER.size, 0)
+                if len(head) != ZONE_HEADER.size:
+                    return None
+                again = os.pread(fd, 8, ZONE_HEADER.offset("clock"))
+                if again == head[ZONE_HEADER.offset("clock"):ZONE_HEADER.offset("clock") + 8]:
+                    break
         finally:
             os.close(fd)
-        if len(head) != ZONE_HEADER.size or not ZONE_HEADER.get(head, "t0"):
-            return None if len(head) != ZONE_HEADER.size else 0.0
+        if not ZONE_HEADER.get(head, "t0"):
+            return 0.0
         return emulated_now(ZONE_HEADER.get(head, "clock"), self.facts.speed, ZONE_HEADER.get(head, "min_due"))
 
     def mm_indices(self) -> list[int]:
@@ -601,10 +607,11 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
             mm.post_command(CMD_ALLOC, float(arg))
             worker.send_signal(SIGWAKE)
             what = f"{label} asked to allocate {arg:g} MB"
-        elif action in ("stop", "cont"):
-            worker.send_signal(signal.SIGSTOP if action == "stop" else signal.SIGCONT)
-            if action == "stop":
-                _thaw(run, index)
+        elif action == "stop":
+            _stop_at_a_safe_point(run, index, mm, worker)
+            what = f"SIGSTOP to {label}"
+        elif action == "cont":
+            worker.send_signal(signal.SIGCONT)
             what = f"{'SIGSTOP' if action == 'stop' else 'SIGCONT'} to {label}"
         else:                                                   # crash
             note(run, index, action, f"real SIGKILL to {label}: what it holds stays held")
@@ -617,21 +624,21 @@ def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, a
     echo(f"oomemu inject: {what}")
 
 
-def _thaw(run: LiveRun, index: int) -> None:
-    """A task stopped in the middle of real work (faulting pages in, zapping them) holds
-    the run clock frozen, and the clock waits for a task whose time has come: stopped,
-    it gives both back, so that the run's time goes on while it is stopped (see
-    emulator.runtime.clock)."""
+def _stop_at_a_safe_point(run: LiveRun, index: int, mm: Mm, worker: Proven) -> None:
+    """SIGSTOP a task, never inside its mm's guard or the zone lock (a task stopped there
+    would stop the whole run with it): both are taken first, so the task is outside them
+    (or waiting for them) when it stops. A stopped task holding the run clock (at its
+    time, or frozen) would stop the run's time too: it gives that back as it stops, so
+    the run's time goes on without it (see emulator.runtime.clock)."""
     try:
         fd = open_checked(_path(names.zone(run.run_id)), run.owner, write=True)
-    except (OSError, Refused):
-        return
-    try:
         zone = Zone(run.run_id, fd=fd)
-    except (ValueError, posix_ipc.Error, OSError):
-        return
+    except (OSError, Refused, ValueError, posix_ipc.Error):
+        raise UsageError(f"run {run.run_id} has ended") from None
     try:
-        release_slot(zone, index)
+        with mm.guard(), zone.lock():
+            worker.send_signal(signal.SIGSTOP)
+            release_slot_locked(zone, index)
     finally:
         zone.close()
 

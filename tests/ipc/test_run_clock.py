@@ -131,17 +131,59 @@ def test_a_kill_holds_the_clock_for_a_killable_sleeper_only(zone):
         hold_for_kill(zone, 0, kill_at)
         assert zone.min_due == running
     a.let_go()
-    with b.killable():                                   # task 1 sleeps killably, 60 s ahead
-        b.hold(b.now() + 60.0)
-        with b.frozen():
-            kill_at = sup.now()
-            hold_for_kill(zone, 1, kill_at)
-        time.sleep(0.02)                                 # the signal takes 20 emulated s to wake it
-        assert a.now() == kill_at                        # held at the kill
-    assert b.hold(kill_at) == kill_at                    # up: its exit starts at the kill
-    assert a.now() == kill_at
+    kill_at = []
+
+    class Killed(Exception):
+        pass
+
+    def woken_by_the_kill(real_s):              # task 1 sleeps killably, 60 s ahead; it is killed
+        with a.frozen():                        # the OOM call: the clock stands at the kill
+            kill_at.append(sup.now())
+            hold_for_kill(zone, 1, kill_at[0])
+        time.sleep(0.02)                        # the signal takes 20 emulated s to wake it
+        assert a.now() == kill_at[0]            # held at the kill
+        raise Killed
+
+    with pytest.raises(Killed):
+        b.sleep_until(b.now() + 60.0, woken_by_the_kill, killable=True)
+    assert a.now() == kill_at[0]
+    assert b.hold(kill_at[0]) == kill_at[0]     # up: its exit starts at the kill
+    assert a.now() == kill_at[0]
     b.let_go()
-    wait_real(lambda: a.now() > kill_at)
+    wait_real(lambda: a.now() > kill_at[0])
+
+
+def test_moving_a_hold_never_lets_the_clock_run_past_it(zone):
+    """A task that moves its hold (to sleep, or to say where it stands) must not lift the
+    cap for an instant: another process reading the clock then would see the future."""
+    a, b, _ = started(zone)
+    parent = os.getpid()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                 # a reader of the clock, as every task is
+        try:
+            tie_to_parent(parent, 9)
+            os.close(r)
+            reader = RunClock(Zone(zone.run_id), 1)
+            worst, end = 0.0, time.monotonic() + 1.0
+            while time.monotonic() < end:
+                cap = reader.zone.min_due
+                now = reader.now()
+                if cap != math.inf and now > cap + 1e-9 and reader.zone.min_due == cap:
+                    worst = max(worst, now - cap)
+            os.write(w, repr(worst).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    at = a.hold(a.now())
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:                # re-hold at the same time, over and over
+        at = a.hold(at)
+    worst = float(os.read(r, 64).decode())
+    os.close(r)
+    os.waitpid(pid, 0)
+    a.let_go()
+    assert worst == 0.0, f"the clock ran {worst} emulated s past a hold"
 
 
 def test_a_dead_or_stopped_slot_gives_back_its_freezes_and_its_due(zone):
