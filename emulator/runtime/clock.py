@@ -203,10 +203,14 @@ def hold_for_kill(zone, slot: int, at: float) -> None:
             _lower_due(zone, slot, at)
 
 
-def stop_holding(zone, slot: int) -> None:
-    """The clock stops waiting for ``slot`` (late past HOLD_LIMIT_S): it goes on from its due."""
+def stop_holding(zone, slot: int, due: float) -> bool:
+    """The clock stops waiting for ``slot`` at ``due`` (late past HOLD_LIMIT_S): it goes on
+    from there. Not if the slot has moved on meanwhile (it woke): returns whether it did."""
     with zone.lock():
+        if _due(zone, slot) != due:
+            return False
         _clear_due(zone, slot)
+        return True
 
 
 def holding_for(zone) -> list[int]:

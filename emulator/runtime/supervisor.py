@@ -639,7 +639,8 @@ class Run:
             return
         due = self.zone.min_due
         for slot in holding_for(self.zone):
-            stop_holding(self.zone, slot)
+            if not stop_holding(self.zone, slot, due):
+                continue                              # it woke meanwhile
             t = self.tasks[slot] if slot < len(self.tasks) else None
             who = f"task {t.pid} ({t.name})" if t else "the oom_reaper"
             self.log.printk("oomemu: %s has held the clock at its time for %.1f s (late to wake, or stopped "

@@ -217,7 +217,7 @@ def test_a_dead_or_stopped_slot_gives_back_its_freezes_and_its_due(zone):
 def test_the_clock_stops_waiting_for_a_sleeper_that_does_not_wake(zone):
     a, b, sup = started(zone)
     due = a.now() + 1.0
-    with a.due(due, lambda real_s: (time.sleep(real_s + 0.02), stop_holding(zone, 0))):
+    with a.due(due, lambda real_s: (time.sleep(real_s + 0.02), stop_holding(zone, 0, due))):
         assert b.now() > due                             # the watchdog let it go: the clock ran on
     assert zone.min_due == math.inf
 
