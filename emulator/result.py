@@ -52,8 +52,9 @@ class RunResult:
     lag_ms: float = 0.0
     lagged: bool = False
     lag_tolerance_ms: float = 0.0
-    # Real ms the run clock held (stood at a due time) for sleepers the machine woke late,
-    # in all and the longest: what a busy machine cost in real time instead of in truth.
+    # Real ms the run clock stood still for tasks at work (faulting, zapping: real work takes
+    # no emulated time) or woken late, in all and the longest: what real work and a busy
+    # machine cost in real time instead of in truth.
     held_ms: float = 0.0
     held_max_ms: float = 0.0
     oomemu_version: str = ""
