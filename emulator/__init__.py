@@ -7,7 +7,7 @@ Three layers, each importing only the ones below it (tests/test_layers.py)::
                     select_bad_process, out_of_memory's decision), clock (FakeClock),
                     verdict, policies/ (one file per reaper policy)
     runtime/        processes and IPC: supervisor, resources, protocol, mm, rwsem, zone,
-                    layout, machine, reaper, clock (ScaledClock), klog, trace,
+                    layout, machine, reaper, clock (RunClock), klog, trace,
                     names, cleanup, signals, shm_trust, proc_trust
     tools/          what a user types and sees: cli, compare, claims, live,
                     timeline, perfetto, plot, columns

@@ -1,7 +1,7 @@
 """Time as the model sees it: emulated seconds, passed in; the Clock protocol; FakeClock.
 
 All policy and deadline logic works in *emulated* seconds and takes the time
-as a parameter. A run's clock (``runtime/clock.py``'s ScaledClock) maps
+as a parameter. A run's clock (``runtime/clock.py``'s RunClock) maps
 those onto the real monotonic clock; tests of pure logic use
 :class:`FakeClock` and jump through hours in no real time (trio's
 ``MockClock`` idea). Nothing here reads the real clock.

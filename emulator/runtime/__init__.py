@@ -10,7 +10,7 @@
                     between processes (two wait queues, the kernel's hand-off)
     machine.py      what the machine can give a run (refused in one line if not)
     reaper.py       the oom_reaper executor (a policy's actions on real mms)
-    clock.py        ScaledClock: emulated seconds on the monotonic clock
+    clock.py        RunClock: the run's shared clock (held by tasks at work, frozen, waiting for the late)
     klog.py, trace.py   printk lines and trace events
     names.py        what a run's objects are called in /dev/shm
     cleanup.py      removes leftovers of runs whose supervisor died
