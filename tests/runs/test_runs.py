@@ -1,12 +1,15 @@
 """Real runs: real processes, real memory, real semaphores, at --speed 10.
 
-Times are emulated seconds. A run at speed 10 that is late by 50 ms of real
-time (a busy 2-core machine) is late by 0.5 emulated seconds. So a time is
-compared with another time the run recorded itself (trace events carry the
-time each was recorded, in the process where it happened), and a claim such
-as "after the hold ended" or "before the deadline" is checked against the
-run's own record of that moment. Where a bound on lateness is asserted, its
-margin is stated; the exact figures belong in benchmarks (make bench).
+Times are emulated seconds. The run clock waits for a task that is late
+(emulator/runtime/clock.py), so a busy machine makes a run slower, not later;
+what still follows real time (a task woken by another, the supervisor's news
+of an exit) can be a few ms of real time late, tens of emulated ms at speed 10.
+So a time is compared with another time the run recorded itself (trace events
+carry the time each was recorded, in the process where it happened), and a
+claim such as "after the hold ended" or "before the deadline" is checked
+against the run's own record of that moment. Where a bound on lateness is
+asserted, its margin is stated; the exact figures belong in benchmarks (make
+bench).
 """
 
 import json
