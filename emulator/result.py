@@ -45,8 +45,8 @@ class RunResult:
     stopped_s: float = 0.0                   # real seconds it was stopped, in all (its clock stood still)
     # How far the run fell behind its emulated clock: the worst lateness of anything due at
     # an emulated time that the clock did not wait for (see emulator.runtime.clock: a
-    # stalled allocation's first out_of_memory call, a sleeper late past the clock's hold
-    # limit), in real ms; ``lagged`` if past ``lag_tolerance_ms`` (the larger of 5 ms
+    # sleeper late past the clock's hold limit, or stopped from outside, and what it then
+    # does late), in real ms; ``lagged`` if past ``lag_tolerance_ms`` (the larger of 5 ms
     # emulated and 2 ms real): its timings, and so perhaps its outcome, may not be those
     # of the speed asked for.
     lag_ms: float = 0.0

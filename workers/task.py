@@ -57,7 +57,7 @@ from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VI
                                      PAGES_PER_MB, TaskState, can_reap_vma)
 from emulator.kernel.policies.base import MmapLock, OomSkipAt
 from emulator.runtime import names
-from emulator.runtime.clock import RunClock, late_ms, tolerance_ms
+from emulator.runtime.clock import RunClock, late_ms
 from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
 from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
 from emulator.runtime.rwsem import MmapSem
@@ -130,14 +130,13 @@ class WorkerTask:
         return self.fatal
 
     # -- time: the plan, and waits for what is due --------------------------
-    def wait_until(self, due: float, where: str | None, killable: bool) -> None:
+    def wait_until(self, due: float, where: str, killable: bool) -> None:
         """Wait until emulated time ``due`` (killable: the emulated SIGKILL ends the wait
-        with Dying), then note how late we woke (unless ``where`` is None: not a due time)."""
+        with Dying), then note how late we woke (``where``: what was due, for the trace)."""
         if killable and self.fatal_signal_pending():
             raise Dying
         self.clock.sleep_until(due, self._sleep_killable if killable else time.sleep, killable)
-        if where is not None:
-            self.note_late(due, where)
+        self.note_late(due, where)
 
     def _sleep_killable(self, real_s: float) -> None:
         if signal.sigtimedwait([SIGKILL_EMULATED], real_s) is not None:
@@ -148,8 +147,7 @@ class WorkerTask:
         late = late_ms(self.clock.now(), due, self.speed)
         if late > self.lag_ms:
             self.lag_ms = late
-            self.send(Event.LATE, at=due, late_ms=round(late, 3), where=where,
-                      lagged=late > tolerance_ms(self.speed))
+            self.send(Event.LATE, at=due, late_ms=round(late, 3), where=where)
 
     def at(self, t: float) -> None:
         """The task is at emulated time ``t`` (no earlier than now): it holds the run clock
@@ -169,19 +167,12 @@ class WorkerTask:
         finally:
             self.caught_up()
 
-    def down(self, sem) -> None:
-        """sem_down(), and if it had to wait, the task is at the time it got it."""
-        try:
-            sem.acquire(0)
-        except posix_ipc.BusyError:
-            self.blocking(sem_down, sem)
-
     def killed(self) -> None:
         """Dying: the exit is planned from the kill, or from where the task stood then
         if it was busy (D state) past it."""
         self.at(max(self.t_plan, self.mm.killed_at or self.clock.now()))
 
-    def schedule_timeout_killable(self, emulated_s: float, where: str | None = "sleep") -> None:
+    def schedule_timeout_killable(self, emulated_s: float, where: str = "sleep") -> None:
         """Sleep until ``emulated_s`` after the plan, but wake up and die if the emulated
         SIGKILL comes."""
         try:
@@ -310,7 +301,6 @@ class WorkerTask:
     def _charge(self, batch: int, vma_index: int, pages: int, stalled: bool) -> bool:
         """Charge one batch, stalling (out_of_memory, a jiffy, again) until it fits. Returns
         whether the allocation has stalled so far."""
-        retried = False
         self.mm.journal_begin(J_CHARGE, vma_index, batch)      # for repair if we die half-way
         while (short := self.zone.try_charge(self.index, batch)) is not None:
             if self.fatal_signal_pending():
@@ -325,11 +315,10 @@ class WorkerTask:
             # done. We hold the run clock meanwhile (we do not let go: the supervisor
             # answers at once, except after a panic, which ends the run), so the OOM
             # killer decides at the time we are at, however long the round trip takes.
-            self.send(Event.OOM, pages=batch, where=short, first=not retried)
+            self.send(Event.OOM, pages=batch, where=short)
             sem_down(self.oom_reply)
-            retried = True
             try:
-                self.schedule_timeout_killable(self.spec.jiffy_s, None)   # then try again
+                self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")   # then try again
             except Dying:
                 self.mm.journal_end()
                 raise

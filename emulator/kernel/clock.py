@@ -23,10 +23,10 @@ class Clock(Protocol):
 
 
 class FakeClock:
-    """A clock that moves only when told to: for pure-logic tests.
-
-    ``to_real`` is the identity, so code that turns an emulated wait into a real
-    one (the reaper's thread) can be driven with it too."""
+    """A clock that moves only when told to: for pure-logic tests. It has what the reaper
+    asks of a run's RunClock (``emulator.runtime.clock``), as no-ops where a RunClock
+    holds, freezes or waits, so the reaper can be driven with it too; a real wait is the
+    emulated one."""
 
     speed = 1.0
 
@@ -36,9 +36,6 @@ class FakeClock:
 
     def now(self) -> float:
         return self._now
-
-    def to_real(self, emulated_s: float) -> float:
-        return emulated_s
 
     def real_wait(self, emulated_s: float) -> float:
         return max(0.0, emulated_s)
@@ -55,11 +52,6 @@ class FakeClock:
 
     def lower_hold(self, at: float) -> None:
         """RunClock's: this clock never holds."""
-
-    def due(self, due: float, sleep):
-        """RunClock's wait for a due time: here, the clock jumps there."""
-        self.advance_to(due)
-        return nullcontext()
 
     def advance(self, dt: float) -> float:
         if dt < 0:

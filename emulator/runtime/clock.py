@@ -16,8 +16,8 @@ on the speed or on how busy the machine is:
   process of the run. It lets go (:meth:`RunClock.let_go`) only to block
   on another process or to idle.
 * **Time waits for whoever has something due.** A process about to sleep
-  until emulated time D holds the clock at D (:meth:`RunClock.sleep_until`,
-  :meth:`RunClock.due`): the clock will not pass D until that process has
+  until emulated time D holds the clock at D (:meth:`RunClock.sleep_until`;
+  the reaper, :meth:`RunClock.hold`): the clock will not pass D until that process has
   woken and acted. A busy machine wakes a sleeper late (a few ms with both
   cores taken: more than the 0.4 ms a jiffy is at speed 10); the clock then
   *holds* at D for everyone, and goes on from D once the sleeper is up. An
@@ -35,9 +35,9 @@ on the speed or on how busy the machine is:
 What is neither held nor frozen follows real time: a process woken by
 another (a lock, mmap_sem) acts when it wakes, and the supervisor learns of
 a task's exit when its event arrives. The run measures how late things are
-against the clock (``lag_ms``): a stalled allocation's first OOM call, and
-the hold of a slot that did not wake for ``HOLD_LIMIT_S`` (a process stopped
-from outside: the clock stops waiting for it). A run lagged if that is more than the
+against the clock (``lag_ms``): the hold of a slot that did not wake for
+``HOLD_LIMIT_S`` (a process stopped from outside: the clock stops waiting
+for it), and what that slot then does late, an OOM call among it. A run lagged if that is more than the
 larger of ``TOLERANCE_EMULATED_S`` and ``TOLERANCE_REAL_S`` (:func:`tolerance_ms`).
 
 The shared state lives in the zone: one 8-byte *clock word*, read with one
@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 from .zone import DUE, ZONE_HEADER
 
@@ -224,7 +224,7 @@ def holding_for(zone) -> list[int]:
 
 class ScaledClock:
     """Emulated time since ``t0`` (a ``time.monotonic()`` value), run ``speed`` times faster,
-    never frozen or held: the supervisor's clock before time 0, and a simple clock."""
+    never frozen or held: the supervisor's clock for its log before time 0."""
 
     def __init__(self, speed: float = 1.0, t0: float | None = None, _monotonic=time.monotonic):
         if not speed > 0:
@@ -235,19 +235,6 @@ class ScaledClock:
 
     def now(self) -> float:
         return (self._monotonic() - self.t0) * self.speed
-
-    def to_real(self, emulated_s: float) -> float:
-        return emulated_s / self.speed
-
-    def real_wait(self, emulated_s: float) -> float:
-        """Real seconds to wait for ``emulated_s`` to pass (at least; check again after)."""
-        return max(0.0, emulated_s / self.speed)
-
-    def frozen(self):
-        return nullcontext()
-
-    def let_go(self) -> None:
-        pass
 
 
 class RunClock:
@@ -272,9 +259,6 @@ class RunClock:
             word, min_due = zone.clock_word, zone.min_due
             if zone.clock_word == word:      # the word moves before a hold's due is raised
                 return emulated_now(word, self.speed, min_due)
-
-    def to_real(self, emulated_s: float) -> float:
-        return emulated_s / self.speed
 
     def real_wait(self, emulated_s: float) -> float:
         """Real seconds to wait before looking again whether ``emulated_s`` has passed. If
@@ -367,25 +351,3 @@ class RunClock:
         finally:
             with zone.lock():
                 zone.map[zone.killable_off + self.slot] = 0
-
-    @contextmanager
-    def due(self, due: float, sleep):
-        """Wait until emulated time ``due``, then run the body at it: the clock holds at
-        ``due`` until the body is done, however late this process woke. ``sleep(real_s)``
-        waits (it may raise to end the wait early: the due is forgotten)."""
-        zone = self.zone
-        registered = False
-        if self.now() < due:
-            with zone.lock():
-                if due > self.now() and due < _due(zone, self.slot):   # never back, never over a hold
-                    _set_slot_due(zone, self.slot, due)
-                    registered = True
-        try:
-            while (left := due - self.now()) > 0:
-                sleep(self.real_wait(left))
-            yield
-        finally:
-            if registered:
-                with zone.lock():
-                    if _due(zone, self.slot) >= due:     # not if lowered meanwhile (hold_for):
-                        _clear_due(zone, self.slot)      # that one is for what woke us

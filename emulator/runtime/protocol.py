@@ -48,7 +48,7 @@ class Event(StrEnum):
     EXIT_MMAP_START = "exit_mmap_start"   # victim
     EXIT_MMAP_DONE = "exit_mmap_done"     # freed_kb
     EXITED = "exited"                 # the mm is gone; the process exits next
-    LATE = "late"                     # the task woke late for something due, the worst so far: late_ms, where, lagged
+    LATE = "late"                     # the task woke late for something due, the worst so far: late_ms, where
     MMAP_LOCK = "mmap_lock"           # a lock event on an mmap_sem: what ("start_locking",
                                       # "acquire_returned", "released"), mm (its task's index),
                                       # write, success (acquire_returned: false if the mm was gone)

@@ -183,7 +183,7 @@ class Run:
         self._events_fd = -1
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
-        self._oom_requests: dict[int, tuple] = {}    # this batch's: index -> (pages, where, due at or None)
+        self._oom_requests: dict[int, tuple[int, str, float]] = {}   # this batch's: index -> (pages, where, at)
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
         self._handlers = {
             Event.READY: self._on_ready,
@@ -347,9 +347,7 @@ class Run:
             self.first_oom_at = at
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
-        # One at a time: the task waits. The first request of a stall is due when its
-        # allocation was; later ones are retries, which poll (see the worker's alloc).
-        self._oom_requests[t.index] = (msg["pages"], msg["where"], at if msg.get("first") else None)
+        self._oom_requests[t.index] = (msg["pages"], msg["where"], at)   # one at a time: the task waits
 
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
@@ -496,17 +494,15 @@ class Run:
         """The run clock stands still while the body works (after time 0; see RunClock)."""
         return self.clock.frozen() if isinstance(self.clock, RunClock) else contextlib.nullcontext()
 
-    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float | None) -> None:
-        """A failed allocation of ``requester``'s, due at emulated time ``at`` (None: a retry,
-        which polls and is not due at any time in particular): takes oom_lock like
+    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float) -> None:
+        """A failed allocation of ``requester``'s at emulated time ``at``: takes oom_lock like
         __alloc_pages_may_oom, asks ``kernel.oom_kill.out_of_memory`` and carries out what
-        it decides. out_of_memory runs in the allocating task's context, at once: the time
-        the request took to get here is lag (measured). The decision is made now, not as
-        of ``at``: it sees what the reaper did meanwhile, so it must come after it."""
+        it decides, now. The requester holds the run clock at ``at`` until the answer, so
+        now is ``at`` (out_of_memory runs in its context, at once); if its hold was taken
+        from it (``inject stop``, the watchdog), the difference is lag."""
         with self.oom_lock:
             now = self.clock.now()
-            if at is not None:
-                self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
+            self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
             memcg = None
             if where == MEMCG:
                 limit, usage, name = self.zone.memcg(requester.mm.memcg)
@@ -631,7 +627,7 @@ class Run:
                     t.oom_reply.release()
 
     def _watch_holds(self) -> None:
-        """The run clock holds for a sleeper that is late (RunClock.due); one that has not
+        """The run clock holds for a sleeper that is late (RunClock.sleep_until); one that has not
         woken for HOLD_LIMIT_S (stopped from outside the run?) is waited for no more: the
         clock goes on, and when it wakes at last its lateness is lag."""
         held = self.clock.held_since()
