@@ -22,22 +22,28 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from .errors import ScenarioError
-from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, PAGES_PER_MB, TASK_COMM_LEN,
-                              VMA_KINDS)
+from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, OBJECT_KINDS, PAGES_PER_MB,
+                              TASK_COMM_LEN, VMA_KINDS)
 from .kernel.verdict import OUTCOMES, Verdict
 
-OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit")
+OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit", "shm_unlink",
+       "shm_truncate")
 _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task", "mode"},
-            "mmap_sem_up": {"task"}, "lock": {"name"}, "unlock": {"name"}, "exit": set()}
+            "mmap_sem_up": {"task"}, "lock": {"name"}, "unlock": {"name"}, "exit": set(),
+            "shm_unlink": {"name"}, "shm_truncate": {"name"}}
+SHM_OPS = ("shm_unlink", "shm_truncate")
 MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
-             "expected"}
+             "expected", "writeback_mb_per_s"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_per_mb",
               "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step"}
 _MEMCG_KEYS = {"name", "limit_mb"}
 _EXPECTED_KEYS = {"verdict", "kills", "why"}
 VERDICTS = tuple(v.value for v in OUTCOMES)      # what [expected] may state
-_VMA_KEYS = {"kind", "mb", "mlocked"}
+_VMA_KEYS = {"kind", "mb", "mlocked", "dirty_mb", "object"}
+MAX_OBJECTS = 4096              # page-cache and shmem objects per run: each is a segment in /dev/shm
+                                # that the supervisor maps (a thousand tasks with a few files each)
+WRITEBACK_MB_PER_S = 100.0      # the default writeback rate (writeback_mb_per_s)
 
 # -- bounds: every number and size a scenario can set, and why ----------------
 MAX_FILE_BYTES = 1 << 20        # 1 MiB: a thousand tasks of ten steps each take a tenth of it
@@ -70,6 +76,21 @@ class VmaSpec:
     kind: str
     mb: float
     mlocked: bool = False
+    dirty_mb: float = 0.0   # file_shared: how much of its page cache is dirty at start
+    object: str = ""        # shmem: the named object it maps ("": anonymous, its own)
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """A file's pages in memory, apart from any mm: the page cache of a file
+    (``kind`` "file": every ``file_*`` VMA maps one of its own) or a shmem object
+    ("shmem": anonymous, for one VMA, or named, for every VMA naming it). Charged
+    to ``memcg`` (the first mapper's, in file order) from the start, all of it."""
+    kind: str               # "file" or "shmem"
+    pages: int              # its size: the largest VMA that maps it
+    dirty_pages: int = 0
+    memcg: str = ""
+    name: str = ""          # a named shmem object's name ("": anonymous)
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,7 @@ class TaskSpec:
     steps: tuple[StepSpec, ...] = ()
     pgtables_mb: float = 0.0
     memcg: str = ""
+    vma_objects: tuple[int, ...] = ()     # per VMA, the index of the object it maps (-1: none)
 
     @property
     def initial_mb(self) -> float:
@@ -128,6 +150,12 @@ class Scenario:
     source: str = "<memory>"
     expected: dict[str, Expected] = field(default_factory=dict, compare=False)
     memcgs: tuple[MemcgSpec, ...] = ()
+    objects: tuple[ObjectSpec, ...] = ()
+    writeback_mb_per_s: float = WRITEBACK_MB_PER_S
+
+    def object_index(self, name: str) -> int:
+        """The index of the named shmem object ``name`` (ValueError: none)."""
+        return [o.name for o in self.objects].index(name)
 
     def memcg_index(self, name: str) -> int:
         """0 for the root memcg, else 1 + the position in ``memcgs``."""
@@ -387,7 +415,18 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
             mlocked = v.get("mlocked", False)
             if not isinstance(mlocked, bool):
                 c.fail(vw + "mlocked", f"must be true or false, not {_show(mlocked)}")
-            vmas.append(VmaSpec(kind, float(mb), mlocked))
+            dirty = 0.0
+            if "dirty_mb" in v:
+                if kind != "file_shared":
+                    c.fail(vw + "dirty_mb", f"only a file_shared VMA has dirty page cache (a written private "
+                                            f"page is anon), not {kind}")
+                dirty = c.number(v, "dirty_mb", vw, maximum=mb, why=" (the VMA's mb)")
+            obj = ""
+            if "object" in v:
+                if kind != "shmem":
+                    c.fail(vw + "object", f"only a shmem VMA maps a named object, not {kind}")
+                obj = c.comm(v, "object", vw)
+            vmas.append(VmaSpec(kind, float(mb), mlocked, float(dirty), obj))
         if len(vmas) == MAX_VMAS and not any(v.kind == "anon" for v in vmas):
             c.fail(w + "vma", f"at most {MAX_VMAS - 1} VMAs without an anon one (the run adds an "
                               f"anon VMA for alloc, and the mm's table has {MAX_VMAS})")
@@ -412,7 +451,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                 if op == "mmap_sem_down":
                     mode = c.string(s, "mode", sw, default="write", choices=MMAP_SEM_MODES)
                 steps.append(StepSpec(op, task=other, mode=mode))
-            elif op in ("lock", "unlock"):
+            elif op in ("lock", "unlock") or op in SHM_OPS:
                 steps.append(StepSpec(op, name=c.comm(s, "name", sw)))
             else:
                 steps.append(StepSpec(op))
@@ -438,6 +477,9 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         for s in t.steps:
             if s.task and s.task not in seen:
                 c.fail("task.step.task", f"{t.name}: no task is called {_show(s.task)}")
+    tasks, objects = _objects(c, tasks, memcgs)
+    writeback = c.number(data, "writeback_mb_per_s", "", default=WRITEBACK_MB_PER_S, positive=True,
+                         maximum=MAX_MEMORY_MB, why=" (1 TiB a second)")
     locks = {s.name for t in tasks for s in t.steps if s.op in ("lock", "unlock")}
     if len(locks) > MAX_LOCKS:
         c.fail("task.step.name", f"at most {MAX_LOCKS} distinct lock names, not {len(locks)}")
@@ -461,24 +503,63 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         expected[pol] = Expected(Verdict(c.string(e, "verdict", w, choices=VERDICTS)),
                                  None if kills == -1 else kills, why)
 
-    initial = sum(_start_pages(t) for t in tasks)
+    initial = sum(_start_pages(t) for t in tasks) + sum(o.pages for o in objects)
     if initial > zone_pages:
         c.fail("memory_mb", f"the tasks need {initial} pages at start but the zone has {zone_pages} "
                             f"({memory_mb} MB)")
     for m in memcgs:
-        used = sum(_start_pages(t) for t in tasks if t.memcg == m.name)
+        used = sum(_start_pages(t) for t in tasks if t.memcg == m.name) \
+            + sum(o.pages for o in objects if o.memcg == m.name)
         if used > _pages(m.limit_mb):
             c.fail("memcg.limit_mb", f"{m.name}: its tasks need {used} pages at start, the limit is "
                                      f"{_pages(m.limit_mb)} ({_num(m.limit_mb)} MB)")
     # Every mm's segment is sparse but mapped whole, by the supervisor and by each worker
     # that touches it: its VMAs, page tables and room for the zone (supervisor._layout).
-    mapped = sum(_start_pages(t) + zone_pages + MM_HEADER_PAGES for t in tasks)
+    mapped = sum(_start_pages(t) + zone_pages + MM_HEADER_PAGES for t in tasks) + sum(o.pages for o in objects)
     if mapped > _pages(MAX_MAPPED_MB):
         c.fail("memory_mb", f"{len(tasks)} tasks, each mapping room for the whole zone ({memory_mb} MB), "
                             f"map more than the {MAX_MAPPED_MB >> 20} TiB a run may map in all: "
                             f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
-                    tuple(tasks), source, expected, tuple(memcgs))
+                    tuple(tasks), source, expected, tuple(memcgs), tuple(objects), float(writeback))
+
+
+def _objects(c: _Checker, tasks: list[TaskSpec], memcgs: list[MemcgSpec]) -> tuple[list[TaskSpec], list[ObjectSpec]]:
+    """The page-cache and shmem objects the tasks' VMAs map, in file order, and the tasks
+    with ``vma_objects`` set. Each ``file_*`` VMA and each shmem VMA without ``object``
+    has an object of its own; shmem VMAs naming one object share it: its size is the
+    largest of them, its memcg the first mapper's. Every shm step must name an object."""
+    objects: list[ObjectSpec] = []
+    named: dict[str, int] = {}
+    out = []
+    for t in tasks:
+        idx = []
+        for v in t.vmas:
+            if v.kind not in OBJECT_KINDS:
+                idx.append(-1)
+                continue
+            pages = _pages(v.mb)
+            if v.object and v.object in named:
+                k = named[v.object]
+                o = objects[k]
+                objects[k] = ObjectSpec(o.kind, max(o.pages, pages), 0, o.memcg, o.name)
+            else:
+                k = len(objects)
+                if v.object:
+                    named[v.object] = k
+                objects.append(ObjectSpec("shmem" if v.kind == "shmem" else "file", pages,
+                                          _pages(v.dirty_mb), t.memcg, v.object))
+            idx.append(k)
+        out.append(TaskSpec(t.name, t.oom_score_adj, t.mmu_notifier, t.exit_unmap_ms_per_mb,
+                            t.exit_free_pgtables_ms, t.vmas, t.steps, t.pgtables_mb, t.memcg, tuple(idx)))
+    if len(objects) > MAX_OBJECTS:
+        c.fail("task.vma", f"at most {MAX_OBJECTS} page-cache and shmem objects in all (each file or shmem VMA "
+                           f"maps one), not {len(objects)}")
+    for t in out:
+        for s in t.steps:
+            if s.op in SHM_OPS and s.name not in named:
+                c.fail("task.step.name", f"{t.name}: {s.op}: no shmem VMA maps an object called {_show(s.name)}")
+    return out, objects
 
 
 def _check_own_read_holds(c: _Checker, where: str, name: str, steps: list[StepSpec]) -> None:
@@ -498,4 +579,5 @@ def _check_own_read_holds(c: _Checker, where: str, name: str, steps: list[StepSp
 
 
 def _start_pages(t: TaskSpec) -> int:
-    return sum(_pages(v.mb) for v in t.vmas) + _pages(t.pgtables_mb)
+    """Pages charged to the task's own mm at start (its objects' are charged apart)."""
+    return sum(_pages(v.mb) for v in t.vmas if v.kind not in OBJECT_KINDS) + _pages(t.pgtables_mb)

@@ -26,14 +26,14 @@
 #include <unistd.h>
 
 /* The mm header's fields (docs/by-hand.md; a test checks them against oomemu's table) */
-#define MM_USERS        2200   /* int32: the owner's reference + one per other holder or waiter; 0: gone */
-#define SEM_WRITER      2204   /* int32: pid holding it for write, 0: none */
-#define SEM_READERS     2208   /* int32: how many hold it for read */
-#define SEM_NR_WAITERS  2212   /* int32: entries in the waiters' FIFO */
-#define SEM_MMPUT       2216   /* int32: pid of the exiting owner waiting for mm_users to reach 0 */
-#define SEM_READER_PIDS 2220   /* 16 x int32: pids of readers, 0: a free slot */
+#define MM_USERS        8   /* int32: the owner's reference + one per other holder or waiter; 0: gone */
+#define SEM_WRITER      12   /* int32: pid holding it for write, 0: none */
+#define SEM_READERS     16   /* int32: how many hold it for read */
+#define SEM_NR_WAITERS  20   /* int32: entries in the waiters' FIFO */
+#define SEM_MMPUT       24   /* int32: pid of the exiting owner waiting for mm_users to reach 0 */
+#define SEM_READER_PIDS 28   /* 16 x int32: pids of readers, 0: a free slot */
 #define READER_SLOTS    16
-#define SEM_WAITERS     2284   /* 32 x {int32 pid, uint32 mode}, in arrival order */
+#define SEM_WAITERS     92   /* 32 x {int32 pid, uint32 mode}, in arrival order */
 #define MAX_WAITERS     32
 #define READ 1
 #define WRITE 2

@@ -315,10 +315,18 @@ class WorkerTask:
             # done. We hold the run clock meanwhile (we do not let go: the supervisor
             # answers at once, except after a panic, which ends the run), so the OOM
             # killer decides at the time we are at, however long the round trip takes.
+            # The supervisor reclaims first (page cache) and calls the OOM killer only if
+            # reclaim cannot make room; its answer says when to try again: at once (reclaim
+            # made room), once writeback has made some (throttled), or a jiffy after the
+            # OOM killer's answer.
             self.send(Event.OOM, pages=batch, where=short)
             sem_down(self.oom_reply)
+            retry_at = self.mm.oom_retry_at
             try:
-                self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")   # then try again
+                if retry_at < 0:
+                    self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")   # then try again
+                elif retry_at > self.t_plan:
+                    self.schedule_timeout_killable(retry_at - self.t_plan, "reclaim_throttle")
             except Dying:
                 self.mm.journal_end()
                 raise
@@ -353,6 +361,11 @@ class WorkerTask:
                 self.locks[step.name].release()
         elif op == "exit":
             self.do_exit()
+        elif op in ("shm_unlink", "shm_truncate"):
+            # a syscall on a shmem object: the supervisor, which holds the objects, does
+            # it at our time (we hold the run clock) and answers on oom_reply
+            self.send(Event.SHM, op=op, name=step.name)
+            sem_down(self.oom_reply)
 
     def _up_other(self, name: str) -> None:
         """Let go of every hold on task ``name``'s mmap_sem, and of the references (mmput)."""
@@ -375,7 +388,9 @@ class WorkerTask:
             self.mm.journal_end()
         for vi, vma in enumerate(self.mm.vmas()):
             pages = self.spec.initial_pages[vi]
-            if pages:
+            if pages and vma.object >= 0:
+                self.mm.map_object(vi, pages)     # the object's pages, resident and charged already
+            elif pages:
                 self.mm.journal_begin(J_CHARGE, vi, pages)
                 if self.zone.try_charge(self.index, pages) is not None:
                     raise RuntimeError("the zone cannot hold the task's initial VMAs")

@@ -62,17 +62,23 @@ _LABELS = {TaskState.TASK_NEW: "new", TaskState.TASK_RUNNING: "running", TaskSta
 #: how an mm's mmu notifiers behave when the reaper invalidates them
 MMU_NOTIFIERS = {"none": 0, "nonblocking": 1, "blockable": 2}
 
-VMA_KINDS = ("anon", "file_private", "file_shared", "hugetlb", "pfnmap")
+VMA_KINDS = ("anon", "file_private", "file_shared", "hugetlb", "pfnmap", "shmem")
+#: kinds whose pages belong to a file's pages, not to the mm: page cache (``file_*``) or
+#: shmem (tmpfs, /dev/shm, memfd, SysV shm). The mm only maps them; they outlive it.
+PAGE_CACHE_KINDS = ("file_private", "file_shared")
+OBJECT_KINDS = PAGE_CACHE_KINDS + ("shmem",)
 _KIND_FLAGS = {
     "anon": 0,
     "file_private": 0,
     "file_shared": VM_SHARED,
     "hugetlb": VM_HUGETLB | VM_SHARED,
     "pfnmap": VM_PFNMAP | VM_IO | VM_SHARED,
+    "shmem": VM_SHARED,
 }
 #: the rss counter a VMA kind's pages count in (None: not in the kernel's rss)
 KIND_COUNTER = {"anon": MM_ANONPAGES, "file_private": MM_FILEPAGES,
-                "file_shared": MM_FILEPAGES, "hugetlb": None, "pfnmap": None}
+                "file_shared": MM_FILEPAGES, "hugetlb": None, "pfnmap": None,
+                "shmem": MM_SHMEMPAGES}
 
 
 def vm_flags_for(kind: str, mlocked: bool) -> int:
@@ -94,7 +100,8 @@ class Vma:
     vm_flags: int
     start: int        # first page, counted from the end of the header
     capacity: int     # pages reserved (the segment is sparse)
-    nr_pages: int     # pages resident now
+    nr_pages: int     # pages resident now (mapped, for a VMA over an object)
+    object: int = -1  # the page-cache or shmem object it maps (-1: its pages are the mm's own)
 
     @property
     def mlocked(self) -> bool:
@@ -106,8 +113,11 @@ class MmLayout:
     """What the supervisor decides before the worker starts: VMA kinds and room."""
     vmas: tuple[tuple[str, int, int], ...]   # (kind, vm_flags, capacity pages)
     pgtables: int = 0                        # pages of page tables (mm_pgtables_bytes)
+    objects: tuple[int, ...] = ()            # per VMA, the object it maps (-1: none); () all none
 
     @property
     def pages(self) -> int:
-        """Pages of the mm, its header included."""
-        return MM_HEADER_PAGES + self.pgtables + sum(cap for _, _, cap in self.vmas)
+        """Pages of the mm's segment, its header included (a VMA over an object
+        reserves no room: its pages are the object's)."""
+        objs = self.objects or (-1,) * len(self.vmas)
+        return MM_HEADER_PAGES + self.pgtables + sum(cap for (_, _, cap), o in zip(self.vmas, objs) if o < 0)

@@ -29,9 +29,9 @@ FDS_BASE = 64
 def needs(scenario: Scenario) -> dict[str, int]:
     """What a run of ``scenario`` will take from the machine, in bytes and file descriptors."""
     n = len(scenario.tasks)
-    shm = round(scenario.memory_mb * PAGES_PER_MB) * PAGE_SIZE + n * HEADER_SIZE + zone_size(n)
+    shm = round(scenario.memory_mb * PAGES_PER_MB) * PAGE_SIZE + n * HEADER_SIZE + zone_size(n, len(scenario.objects))
     return {"shm": shm, "memory": shm + ((n + 1) * WORKER_MEMORY_MB << 20),
-            "fds": FDS_BASE + FDS_PER_TASK * n}
+            "fds": FDS_BASE + FDS_PER_TASK * n + len(scenario.objects)}
 
 
 def check_room(scenario: Scenario) -> None:

@@ -50,7 +50,9 @@ from .shm_trust import Segment, unmap
 HEADER_SIZE = MM_HEADER_PAGES * PAGE_SIZE
 
 #: one VMA in the header's table (vm_area_struct, the little of it the emulator needs)
-VMA_RECORD = Record(("kind", "I"), ("vm_flags", "I"), ("start", "q"), ("capacity", "q"), ("nr_pages", "q"))
+VMA_RECORD = Record(("kind", "I"), ("vm_flags", "I"), ("start", "q"), ("capacity", "q"), ("nr_pages", "q"),
+                    ("object", "i"),         # the object it maps (runtime/objects.py; -1: none, its own pages)
+                    ("pad", "i"))
 #: one waiter in mmap_sem's queue (struct rwsem_waiter): its pid and what it wants (rwsem.READ or
 #: rwsem.WRITE, plus rwsem.GRANTED once the lock is handed to it and it has not yet woken)
 WAITER_RECORD = Record(("pid", "i"), ("mode", "I"))
@@ -60,6 +62,17 @@ MMAP_SEM_READER_SLOTS = 16       # readers whose pid is kept; the count stays ex
 MM_HEADER = Record(
     ("magic", "4s"),
     ("pid", "i"),
+    # mm_users and mmap_sem (emulator.runtime.rwsem): read and written under the guard only.
+    # First in the header, so that their offsets (documented for programs outside, in
+    # docs/by-hand.md) stay put whatever else the header gains.
+    # mm_users and mmap_sem (emulator.runtime.rwsem): read and written under the guard only
+    ("mm_users", "i"),               # the owner's reference + one per foreign holder or waiter; 0: gone
+    ("sem_writer", "i"),             # pid that holds mmap_sem for write (0: none)
+    ("sem_readers", "i"),            # how many hold it for read (exact)
+    ("sem_nr_waiters", "i"),         # entries in sem_waiters, granted ones included
+    ("sem_mmput", "i"),              # pid of the exiting owner waiting for mm_users to reach 0 (0: none)
+    ("sem_reader_pids", f"{MMAP_SEM_READER_SLOTS * 4}s"),   # int32 each, 0: a free slot
+    ("sem_waiters", f"{MMAP_SEM_WAITERS * WAITER_RECORD.size}s"),   # WAITER_RECORDs, in arrival order
     ("state", "I"),                  # TaskState
     ("oom_score_adj", "i"),
     ("mmu_notifier", "I"),           # a value of MMU_NOTIFIERS
@@ -70,6 +83,8 @@ MM_HEADER = Record(
     ("total_vm", "q"),
     ("reap_deadline", "d"),          # emulated time by which the reaper gives up (0: none known)
     ("killed_at", "d"),              # emulated time of the OOM kill (0: not killed)
+    ("oom_retry_at", "d"),           # the supervisor's answer to a stalled allocation: retry at this
+                                     # emulated time (after reclaim); < 0: after a jiffy (OOM killer)
     ("cmd_seq", "I"),                # the mailbox (oomemu inject): written last, it posts the command
     ("cmd_op", "I"),
     ("cmd_arg", "d"),
@@ -79,20 +94,12 @@ MM_HEADER = Record(
     ("flags", f"{MMF_BITS}s"),       # mm->flags, a byte per bit (see Mm.set_bit)
     ("comm", f"{TASK_COMM_LEN}s"),   # the task's name
     ("vmas", f"{MAX_VMAS * VMA_RECORD.size}s"),
-    # mm_users and mmap_sem (emulator.runtime.rwsem): read and written under the guard only
-    ("mm_users", "i"),               # the owner's reference + one per foreign holder or waiter; 0: gone
-    ("sem_writer", "i"),             # pid that holds mmap_sem for write (0: none)
-    ("sem_readers", "i"),            # how many hold it for read (exact)
-    ("sem_nr_waiters", "i"),         # entries in sem_waiters, granted ones included
-    ("sem_mmput", "i"),              # pid of the exiting owner waiting for mm_users to reach 0 (0: none)
-    ("sem_reader_pids", f"{MMAP_SEM_READER_SLOTS * 4}s"),   # int32 each, 0: a free slot
-    ("sem_waiters", f"{MMAP_SEM_WAITERS * WAITER_RECORD.size}s"),   # WAITER_RECORDs, in arrival order
 )
 _FLAGS_OFF = MM_HEADER.offset("flags")
 _COMM = MM_HEADER.fields["comm"]
 _VMAS_OFF = MM_HEADER.offset("vmas")
 assert MM_HEADER.size <= HEADER_SIZE
-MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "killed_at", "cmd_arg", "journal_pages",
+MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "killed_at", "oom_retry_at", "cmd_arg", "journal_pages",
                         "vmas", "mm_users", "sem_writer", "sem_readers", "sem_nr_waiters", "sem_mmput")
 assert MM_HEADER.offset("sem_reader_pids") % 4 == 0 and MM_HEADER.offset("sem_waiters") % 4 == 0
 VMA_RECORD.check_aligned("nr_pages")
@@ -173,11 +180,12 @@ class Mm:
         if not 0 <= pgtables <= pages:
             return "page tables out of range"
         for i in range(nr_vmas):
-            kind, start, cap, nr = (VMA_RECORD.get(self.map, f, _vma_off(i))
-                                    for f in ("kind", "start", "capacity", "nr_pages"))
-            if kind >= len(VMA_KINDS) or start != pages or cap < 0 or not 0 <= nr <= cap:
+            kind, start, cap, nr, obj = (VMA_RECORD.get(self.map, f, _vma_off(i))
+                                         for f in ("kind", "start", "capacity", "nr_pages", "object"))
+            if kind >= len(VMA_KINDS) or start != pages or cap < 0 or not 0 <= nr <= cap or obj < -1:
                 return f"VMA {i} out of range"
-            pages += cap
+            if obj < 0:
+                pages += cap
         if HEADER_SIZE + pages * PAGE_SIZE != self.size:
             return f"{self.size} bytes, but its VMA table says {HEADER_SIZE + pages * PAGE_SIZE}"
         return None
@@ -192,11 +200,13 @@ class Mm:
         MM_HEADER.set(self.map, "mm_users", 1)             # the owner's
         MM_HEADER.set(self.map, "pgtables_capacity", layout.pgtables)
         start = layout.pgtables
-        for i, (kind, flags, cap) in enumerate(layout.vmas):
+        objects = layout.objects or (-1,) * len(layout.vmas)
+        for i, ((kind, flags, cap), obj) in enumerate(zip(layout.vmas, objects)):
             for name, value in (("kind", VMA_KINDS.index(kind)), ("vm_flags", flags), ("start", start),
-                                ("capacity", cap)):
+                                ("capacity", cap), ("object", obj)):
                 VMA_RECORD.set(self.map, name, value, _vma_off(i))
-            start += cap
+            if obj < 0:
+                start += cap
 
     def close(self) -> None:
         unmap(self.map, self._shm)
@@ -227,6 +237,8 @@ class Mm:
                                             "(0: none known).")
     killed_at = _field("killed_at", "Emulated time the OOM killer chose the task (0: it did not): its exit "
                                     "is planned from then.")
+    oom_retry_at = _field("oom_retry_at", "When a stalled allocation retries, as the supervisor answered "
+                                          "(emulated time; < 0: a jiffy after the OOM killer's answer).")
     state = _field("state", "The task's TaskState, as an int (a reader of a copy may meet any value).")
 
     @property
@@ -298,18 +310,41 @@ class Mm:
             MM_HEADER.set(self.map, "pgtables_pages", 0)
         return n
 
-    def resident_pages(self) -> int:
-        """Every page this mm holds in the zone: rss, hugetlb/pfnmap pages and page tables."""
+    def mapped_pages(self) -> int:
+        """Every page the mm maps or owns: its rss, hugetlb/pfnmap pages and page tables."""
         return sum(v.nr_pages for v in self.vmas()) + self.pgtables_pages
+
+    def resident_pages(self) -> int:
+        """Every page this mm owns in the zone: anon, hugetlb/pfnmap pages and page tables
+        (not the pages it maps of page-cache and shmem objects: those are the objects')."""
+        return sum(v.nr_pages for v in self.vmas() if v.object < 0) + self.pgtables_pages
 
     # -- VMAs -------------------------------------------------------------
     def vmas(self) -> list[Vma]:
         n = min(MM_HEADER.get(self.map, "nr_vmas"), MAX_VMAS)
         out = []
         for i in range(n):
-            kind, flags, start, cap, nr = (VMA_RECORD.get(self.map, f, _vma_off(i)) for f in VMA_RECORD.fields)
-            out.append(Vma(i, VMA_KINDS[kind], flags, start, cap, nr))
+            kind, flags, start, cap, nr, obj = (VMA_RECORD.get(self.map, f, _vma_off(i))
+                                                for f in ("kind", "vm_flags", "start", "capacity", "nr_pages", "object"))
+            out.append(Vma(i, VMA_KINDS[kind], flags, start, cap, nr, obj))
         return out
+
+    def map_object(self, vma_index: int, pages: int) -> None:
+        """Map ``pages`` pages of the VMA's object (they are the object's, already charged
+        and resident): the VMA's rss. The owner at start-up only."""
+        with self.guard():
+            self._set_nr_pages(vma_index, pages)
+            MM_HEADER.set(self.map, "total_vm", self.total_vm + pages)
+
+    def shrink_mapped(self, vma_index: int, resident: int) -> int:
+        """The VMA's object has only ``resident`` pages left (reclaim, truncate): it maps
+        no more than those. Returns how many pages it stopped mapping."""
+        with self.guard():
+            nr = self.vmas()[vma_index].nr_pages
+            if nr > resident:
+                self._set_nr_pages(vma_index, resident)
+                return nr - resident
+        return 0
 
     def _set_nr_pages(self, vma_index: int, nr: int) -> None:
         VMA_RECORD.set(self.map, "nr_pages", nr, _vma_off(vma_index))      # one aligned store
@@ -372,8 +407,10 @@ class Mm:
             claimed = self.vmas()[vma.index].nr_pages          # fresh: someone may have zapped it
             if claimed:
                 self._set_nr_pages(vma.index, 0)
-                if uncharge is not None:
+                if uncharge is not None and vma.object < 0:
                     uncharge(claimed)                           # the zone lock, inside the guard
+        if vma.object >= 0:
+            return 0            # unmapped only: the pages are the object's (page cache, shmem)
         if claimed:
             self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + vma.start * PAGE_SIZE, claimed * PAGE_SIZE)
         return claimed
@@ -381,7 +418,7 @@ class Mm:
     def _punch_uncounted(self, vma: Vma) -> None:
         """Give back every page of a VMA beyond its count (allocated but not counted, or
         claimed but not yet punched: left only by a worker that died half-way)."""
-        if vma.capacity > vma.nr_pages:
+        if vma.object < 0 and vma.capacity > vma.nr_pages:
             self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE,
                              (vma.capacity - vma.nr_pages) * PAGE_SIZE)
 

@@ -97,6 +97,11 @@ def oom_reply(run_id: str, index: int) -> str:
     return f"/{PREFIX}.{run_id}.oom_reply.{index}"
 
 
+def obj(run_id: str, index: int) -> str:
+    """A page-cache or shmem object's pages (runtime/objects.py)."""
+    return f"/{PREFIX}.{run_id}.obj.{index}"
+
+
 def lock(run_id: str, name: str) -> str:
     return f"/{PREFIX}.{run_id}.lock.{name}"
 

@@ -39,7 +39,8 @@ class Event(StrEnum):
     FAULT = "fault"                   # its last words before dying of a fault: what, environment
     STATE = "state"                   # entered or left D state: state ("D" or "R")
     ALLOC_STALL = "alloc_stall"       # an allocation failed for the first time: pages, where
-    OOM = "oom"                       # out_of_memory(), please; it waits on oom_reply: pages, where
+    OOM = "oom"                       # reclaim, then out_of_memory() if it must; it waits on oom_reply
+                                      # (then retries at the mm's oom_retry_at): pages, where
     ALLOC_OK = "alloc_ok"             # the allocation succeeded: pages, stalled
     STEPS_DONE = "steps_done"         # every step of the scenario is done
     EXITING = "exiting"               # do_exit began: fatal (the emulated SIGKILL, or its own exit)
@@ -53,6 +54,7 @@ class Event(StrEnum):
                                       # "acquire_returned", "released"), mm (its task's index),
                                       # write, success (acquire_returned: false if the mm was gone)
     MMPUT_WAIT = "mmput_wait"         # the exit waits for other tasks' references to its mm: users
+    SHM = "shm"                       # shm_unlink or shm_truncate, please; it waits on oom_reply: op, name
     INJECT = "inject"                 # from ``oomemu inject``: action, what, by (its pid)
 
 

@@ -192,7 +192,7 @@ class OomReaper:
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
                             % (task.pid, task.name, kb["anon_rss"], kb["file_rss"], kb["shmem_rss"]))
-                left = mm.resident_pages()
+                left = mm.mapped_pages()
                 self.trace("finish_task_reaping", task, freed_kb=freed * PAGE_SIZE // 1024,
                            left_kb=left * PAGE_SIZE // 1024)
                 return self.policy.reap_outcome(left)

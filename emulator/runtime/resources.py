@@ -1,7 +1,7 @@
 """The one owner of a run's objects in /dev/shm: it creates them all and removes them all.
 
-A run has a zone, a start semaphore, a semaphore per named lock, and per
-task an mm (whose header holds its mmap_sem's state), the mmap_sem's two
+A run has a zone, a start semaphore, a semaphore per named lock, a segment
+per page-cache or shmem object, and per task an mm (whose header holds its mmap_sem's state), the mmap_sem's two
 wait queues (readers', writers') and an oom_reply semaphore, plus the event FIFO
 (``names`` says what each is called). :class:`RunResources` makes each one,
 records its name *before* the call that creates it, and :meth:`remove`
@@ -17,7 +17,7 @@ import os
 
 import posix_ipc
 
-from ..kernel.mm_types import MmLayout
+from ..kernel.mm_types import PAGE_SIZE, MmLayout
 from . import names
 from .mm import Mm
 from .rwsem import MmapSem
@@ -52,6 +52,12 @@ class RunResources:
         self.start_sem = self._semaphore(names.start(self.run_id), 0)
         for lname in lock_names:
             self.lock_sems.append(self._semaphore(names.lock(self.run_id, lname), 1))
+
+    def create_object(self, index: int, pages: int) -> posix_ipc.SharedMemory:
+        """Object ``index``'s segment, room for ``pages`` pages (at least one), empty."""
+        self._created.append((names.obj(self.run_id, index), False))
+        return posix_ipc.SharedMemory(names.obj(self.run_id, index), posix_ipc.O_CREX, mode=0o600,
+                                      size=max(pages, 1) * PAGE_SIZE)
 
     def create_task(self, index: int, layout: MmLayout, label: str = "") -> tuple[Mm, MmapSem, posix_ipc.Semaphore]:
         """Task ``index``'s mm, its mmap_sem (free: both queues at 0) and its oom_reply (taken)."""

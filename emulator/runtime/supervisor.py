@@ -48,6 +48,7 @@ from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE
 from ..kernel.oom_kill import (MEMCG, NO_KILLABLE, MemcgState, OomAction, OomDecision, TaskView,
                                killed_process_line, out_of_memory)
 from ..kernel.verdict import Verdict
+from ..kernel.vmscan import THROTTLE_WRITEBACK_S, Writeback, reclaimable, shrink_page_cache, throttle_until
 from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
@@ -56,6 +57,7 @@ from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_
                     stop_holding, tolerance_ms)
 from .klog import KernelLog
 from .mm import Mm
+from .objects import RunObjects
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
 from .reaper import OomReaper
 from .resources import RunResources
@@ -107,6 +109,8 @@ class TaskRecord:
     crash_expected: bool = False      # ``oomemu inject crash`` said it is coming
     fault: tuple | None = None        # (what, is the environment's) from the worker's last words
     stalled: bool = False
+    reclaimed: int = 0                # pages direct reclaim took for its allocation so far
+    throttled_s: float = 0.0          # emulated seconds it waited on writeback for it so far
     victim: VictimRecord | None = None
     initial_pages: tuple[int, ...] = ()   # pages per VMA at start
     grow_vma: int = 0                     # the VMA that ``alloc`` grows
@@ -138,11 +142,13 @@ def _layout(spec: TaskSpec, zone_pages: int) -> tuple[MmLayout, tuple[int, ...],
             grow, cap = len(vmas), pages + zone_pages
         vmas.append((v.kind, vm_flags_for(v.kind, v.mlocked), cap))
         initial.append(pages)
+    objects = list(spec.vma_objects or (-1,) * len(spec.vmas))
     if grow is None:
         grow = len(vmas)
         vmas.append(("anon", 0, zone_pages))
         initial.append(0)
-    return MmLayout(tuple(vmas), round(spec.pgtables_mb * PAGES_PER_MB)), tuple(initial), grow
+        objects.append(-1)
+    return MmLayout(tuple(vmas), round(spec.pgtables_mb * PAGES_PER_MB), tuple(objects)), tuple(initial), grow
 
 
 class Run:
@@ -169,6 +175,8 @@ class Run:
         self.resources = RunResources(self.run_id)
         self.tasks = [TaskRecord(i, t) for i, t in enumerate(scenario.tasks)]
         self.zone = None
+        self.objects: RunObjects | None = None
+        self.writeback = Writeback(scenario.writeback_mb_per_s * PAGES_PER_MB)
         self.oom_lock = threading.Lock()
         self.reaper: OomReaper | None = None
         self.kills = 0
@@ -189,6 +197,7 @@ class Run:
             Event.READY: self._on_ready,
             Event.FAULT: self._on_fault,
             Event.INJECT: self._on_inject,
+            Event.SHM: self._on_shm,
             Event.STATE: self._on_state,
             Event.ALLOC_STALL: self._on_alloc_stall,
             Event.OOM: self._on_oom_request,
@@ -222,8 +231,14 @@ class Run:
             "speed": self.speed, "total_pages": total, "scenario": self.scenario.name,
             "policy": self.policy.name,
             "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB)) for m in self.scenario.memcgs],
-            "tasks": [self.scenario.memcg_index(t.spec.memcg) for t in self.tasks]})
+            "tasks": [self.scenario.memcg_index(t.spec.memcg) for t in self.tasks],
+            "objects": [(o.kind, self.scenario.memcg_index(o.memcg), o.pages, o.dirty_pages, o.name)
+                        for o in self.scenario.objects]})
         self.resources.create_start_and_locks(self.scenario.lock_names)
+        self.objects = RunObjects(self.scenario, self.zone)
+        for k, o in enumerate(self.scenario.objects):
+            self._check_signals()
+            self.objects.attach(k, self.resources.create_object(k, o.pages))
         for t in self.tasks:
             self._check_signals()
             layout, t.initial_pages, t.grow_vma = _layout(t.spec, total)
@@ -343,8 +358,6 @@ class Run:
     def _on_alloc_stall(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = True
-        if self.first_oom_at is None:
-            self.first_oom_at = at
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._oom_requests[t.index] = (msg["pages"], msg["where"], at)   # one at a time: the task waits
@@ -352,6 +365,7 @@ class Run:
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = False
+        self._log_reclaim(t, at, "")
 
     def _on_steps_done(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.steps_done = True
@@ -408,6 +422,8 @@ class Run:
         t.exited = True
         t.stalled = False
         self.trace("exited", t, at, crashed=t.crashed)
+        if self.objects is not None:
+            self._release_objects(t, at)
         if t.victim is not None:
             t.victim.exited_at_s = round(at, 6)
 
@@ -494,6 +510,95 @@ class Run:
         """The run clock stands still while the body works (after time 0; see RunClock)."""
         return self.clock.frozen() if isinstance(self.clock, RunClock) else contextlib.nullcontext()
 
+    # -- reclaim: page cache goes before anyone is killed ---------------------------
+    def try_to_free_pages(self, t: TaskRecord, pages: int, where: str, at: float) -> float | None:
+        """Direct reclaim (try_to_free_pages, or try_to_free_mem_cgroup_pages at a memcg's
+        limit) for ``t``'s allocation of ``pages`` that did not fit, at emulated time ``at``
+        (``t`` holds the run clock there). Returns when ``t`` should try again: at once
+        (reclaim made room, or some progress), later (it waits on writeback, throttled),
+        or None: reclaim can make no room, call the OOM killer."""
+        memcg = t.mm.memcg if where == MEMCG else None
+        if memcg is None:
+            need = pages - self.zone.free_pages()
+        else:
+            limit, usage, _ = self.zone.memcg(memcg)
+            need = usage + pages - limit
+        if need <= 0:
+            return at                                 # room meanwhile: try again now
+        self._advance_writeback(at)
+        in_domain = (lambda m: True) if memcg is None else (lambda m: m == memcg)
+        views = self.objects.views(self.tasks, in_domain)
+        kind = "direct" if memcg is None else "memcg"
+        self.trace(f"mm_vmscan_{kind}_reclaim_begin", t, at, order=0, nr_to_reclaim=need)
+        got = sum(self.objects.shrink(k, n, self.tasks) for k, n in shrink_page_cache(views, need))
+        self.trace(f"mm_vmscan_{kind}_reclaim_end", t, at, nr_reclaimed=got)
+        t.reclaimed += got
+        if got > 0:
+            return at                                 # progress: the allocation tries again
+        _, dirty = reclaimable(self.objects.views(self.tasks, in_domain))
+        if dirty <= 0:
+            self._log_reclaim(t, at, "; not enough: out_of_memory")
+            return None
+        if self.writeback.wake(at):
+            total = sum(d for _, d in self.objects.dirty())
+            self.trace("writeback_start", t, at, nr_pages=total, reason="vmscan")
+            self.log.printk("oomemu: reclaim wakes the flusher threads: %dkB of dirty page cache to write "
+                            "back at %g MB/s" % (total * PAGE_SIZE // 1024, self.scenario.writeback_mb_per_s), at)
+        until = throttle_until(at, self.writeback.eta(min(need, dirty), at), JIFFY_S)
+        self.trace("mm_vmscan_throttled", t, at, usec_timeout=round(THROTTLE_WRITEBACK_S * 1e6),
+                   usec_delayed=round((until - at) * 1e6), reason="VMSCAN_THROTTLE_WRITEBACK")
+        t.throttled_s += until - at
+        return until
+
+    def _advance_writeback(self, now: float) -> None:
+        """The flusher threads' progress up to ``now``: written pages become clean."""
+        written = self.writeback.advance(self.objects.dirty(), now)
+        for k, n in written:
+            self.objects.cleaned(k, n)
+        if written:
+            self.trace("writeback_written", at=now, nr_pages=sum(n for _, n in written))
+        if written and not self.writeback.active:
+            self.log.printk("oomemu: writeback done: no dirty page cache left", now)
+
+    def _log_reclaim(self, t: TaskRecord, at: float, then: str) -> None:
+        """One line for what direct reclaim did for ``t``'s allocation (if anything)."""
+        if t.reclaimed or t.throttled_s:
+            waited = " (%.0f ms of it waiting on writeback)" % (t.throttled_s * 1000) if t.throttled_s else ""
+            self.log.printk("oomemu: pid %d (%s) direct reclaim freed %dkB of page cache%s%s"
+                            % (t.pid, t.name, t.reclaimed * PAGE_SIZE // 1024, waited, then), at)
+        t.reclaimed, t.throttled_s = 0, 0.0
+
+    def _on_shm(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """A task's shm_unlink or shm_truncate on a named shmem object (it waits for us)."""
+        op, name = msg.get("op"), msg.get("name")
+        try:
+            k = self.scenario.object_index(name)
+        except ValueError:
+            raise RunFault(f"the run's event FIFO: {op} of {name!r}, which no VMA maps") from None
+        if op == "shm_truncate":
+            freed = self.objects.free(k, self.tasks)
+        elif op == "shm_unlink":
+            self.objects.unlink(k)
+            freed = self.objects.release_if_unused(k, self.tasks)
+        else:
+            raise RunFault(f"the run's event FIFO: shm op {op!r}")
+        self.trace(op, t, at, object=name, freed_kb=freed * PAGE_SIZE // 1024)
+        self.log.printk("oomemu: pid %d (%s) %s %s: freed %dkB%s"
+                        % (t.pid, t.name, op, name, freed * PAGE_SIZE // 1024,
+                           "" if freed or op == "shm_truncate" else " (still mapped: it goes with its last mapper)"),
+                        at)
+        t.oom_reply.release()
+
+    def _release_objects(self, t: TaskRecord, at: float) -> None:
+        """``t`` is gone: shmem objects it was the last to map go with it."""
+        for k in sorted({k for k in t.spec.vma_objects if k >= 0}):
+            freed = self.objects.release_if_unused(k, self.tasks)
+            if freed:
+                name = self.scenario.objects[k].name
+                what = "shmem object %s" % name if name else "anonymous shmem of pid %d (%s)" % (t.pid, t.name)
+                self.log.printk("oomemu: %s freed %dkB with its last mapper" % (what, freed * PAGE_SIZE // 1024), at)
+                self.trace("shmem_freed", t, at, object=name, freed_kb=freed * PAGE_SIZE // 1024)
+
     def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float) -> None:
         """A failed allocation of ``requester``'s at emulated time ``at``: takes oom_lock like
         __alloc_pages_may_oom, asks ``kernel.oom_kill.out_of_memory`` and carries out what
@@ -502,6 +607,8 @@ class Run:
         from it (``inject stop``, the watchdog), the difference is lag."""
         with self.oom_lock:
             now = self.clock.now()
+            if self.first_oom_at is None:
+                self.first_oom_at = at
             self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
             memcg = None
             if where == MEMCG:
@@ -621,10 +728,18 @@ class Run:
                     self._on_death(key.data)
             for index, (pages, where, at) in self._oom_requests.items():
                 t = self.tasks[index]
+                retry_at = -1.0                            # a jiffy after the OOM killer's answer
                 if self.verdict is None:
-                    self.out_of_memory(t, pages, where, at)
+                    reclaim = self.try_to_free_pages(t, pages, where, at)
+                    if reclaim is None:
+                        self.out_of_memory(t, pages, where, at)
+                    else:
+                        retry_at = reclaim
+                t.mm.oom_retry_at = retry_at
                 if self.verdict != Verdict.PANIC:          # a panic stops the machine
                     t.oom_reply.release()
+            if self.writeback.active:
+                self._advance_writeback(self.clock.now())
 
     def _watch_holds(self) -> None:
         """The run clock holds for a sleeper that is late (RunClock.sleep_until); one that has not
@@ -749,17 +864,32 @@ class Run:
         for t in self.tasks:
             if t.proc is not None and not t.exited:
                 self._repair(t)
-        charged = rss = segment = 0
+        charged = rss = segment = pgtables = 0
         for t in self.tasks:
             c, r, g = self.zone.charged_by(t.index), t.mm.resident_pages(), t.mm.real_pages()
             charged, rss, segment = charged + c, rss + r, segment + g
+            pgtables += t.mm.pgtables_pages
             if not c == r == g:
                 self._fail(f"accounting: task {t.name}: charged {c} pages, its mm counts {r}, its segment "
                            f"holds {g} (a fault of oomemu's: please report it)", False)
+        kinds = {"file": 0, "shmem": 0}
+        for k in range(len(self.objects or ())):
+            c, g = self.zone.object_charged(k), self.objects.real_pages(k)
+            kinds[self.zone.object_kind(k)] += c
+            charged, rss, segment = charged + c, rss + c, segment + g
+            if c != g:
+                self._fail(f"accounting: object {k}: charged {c} pages, its segment holds {g} (a fault of "
+                           f"oomemu's: please report it)", False)
+            for ti, vi in self.objects.mappers[k]:
+                if (n := self.tasks[ti].mm.vmas()[vi].nr_pages) > c:
+                    self._fail(f"accounting: task {self.tasks[ti].name} maps {n} pages of object {k}, which "
+                               f"holds {c} (a fault of oomemu's: please report it)", False)
         if self.zone.charged() != charged:
-            self._fail(f"accounting: the zone says {self.zone.charged()} pages charged, the tasks {charged}",
-                       False)
-        return {"charged_pages": charged, "rss_pages": rss, "segment_pages": segment}
+            self._fail(f"accounting: the zone says {self.zone.charged()} pages charged, the tasks and objects "
+                       f"{charged}", False)
+        return {"charged_pages": charged, "rss_pages": rss, "segment_pages": segment,
+                "anon_pages": rss - pgtables - kinds["file"] - kinds["shmem"], "pgtables_pages": pgtables,
+                "page_cache_pages": kinds["file"], "shmem_pages": kinds["shmem"]}
 
     def _result(self, accounting) -> RunResult:
         ttr = None
@@ -803,6 +933,8 @@ class Run:
                 os.close(t.pidfd)
                 t.pidfd = -1
         self._events_fd = -1
+        if self.objects is not None:
+            self.objects.close()
         self.resources.remove()
 
 

@@ -11,9 +11,15 @@ A charge is all or nothing and is taken under the zone lock: ``flock()`` on
 the segment, which the kernel drops when its holder dies (a crashed worker
 cannot wedge the run), plus a thread lock for the supervisor's two threads.
 
-At any quiet moment, for every task:
+Page cache and shmem live apart from any mm, in *objects* (a segment each,
+see ``runtime/objects.py``): each object has its own charge counter here, in
+the object table after the tasks', and counts in the zone's usage and in its
+memcg's. At any quiet moment, for every task and every object:
 
-    zone charge of the task == pages its mm counts == pages its segment holds
+    zone charge of the task == pages its mm owns == pages its segment holds
+    zone charge of the object == its resident pages == pages its segment holds
+
+so that the zone's usage is anon + page tables + page cache + shmem.
 
 Memory cgroups (``[[memcg]]`` in a scenario): index 0 is the root memcg,
 which has no limit.
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 import posix_ipc
 
 from ..kernel.mm_types import MAX_MEMCGS, PAGE_SIZE, TASK_COMM_LEN
+from ..scenario import MAX_OBJECTS
 from ..kernel.oom_kill import GLOBAL, MEMCG       # why a charge failed: the zone, or a memcg's limit
 from ..kernel.policies.base import MAX_NAME_BYTES as MAX_POLICY_NAME_BYTES
 from ..scenario import MAX_NAME_BYTES
@@ -42,6 +49,20 @@ from .shm_trust import Segment, unmap
 #: one memory cgroup in the zone's table (index 0: the root memcg, no limit)
 MEMCG_RECORD = Record(("limit_pages", "q"),        # -1: none
                       ("name", f"{TASK_COMM_LEN}s"))
+#: one page-cache or shmem object in the zone's object table
+OBJECT_RECORD = Record(
+    ("charged", "q"),                # pages resident and charged (one aligned store)
+    ("size", "q"),                   # pages it holds when whole
+    ("dirty", "q"),                  # of the resident pages, dirty (page cache only)
+    ("kind", "I"),                   # OBJ_FILE or OBJ_SHMEM
+    ("memcg", "i"),                  # the memcg it is charged to
+    ("flags", "I"),                  # OBJ_UNLINKED, OBJ_FREED
+    ("pad", "I"),
+    ("name", f"{TASK_COMM_LEN}s"),   # a named shmem object's name
+)
+OBJ_FILE, OBJ_SHMEM = 0, 1
+OBJ_KINDS = {"file": OBJ_FILE, "shmem": OBJ_SHMEM}
+OBJ_UNLINKED, OBJ_FREED = 1, 2
 #: the zone's header, page 0 of its segment: the facts about the run, then the memcgs
 ZONE_HEADER = Record(
     ("magic", "4s"),
@@ -57,6 +78,7 @@ ZONE_HEADER = Record(
     ("held_max_s", "d"),               # ... and the longest hold
     ("total_pages", "q"),
     ("nr_tasks", "q"),
+    ("nr_objects", "q"),
     ("scenario", f"{MAX_NAME_BYTES}s"),
     ("policy", f"{MAX_POLICY_NAME_BYTES}s"),
     ("memcgs", f"{MAX_MEMCGS * MEMCG_RECORD.size}s"),
@@ -64,30 +86,33 @@ ZONE_HEADER = Record(
 # Then, from the next page: the charge of each task's mm (nr_tasks of CHARGE); the time
 # each clock slot waits for (nr_tasks + 1 of DUE: each task's, then the supervisor's);
 # each task's memcg (nr_tasks of MEMCG_OF); how many freezes each clock slot holds
-# (nr_tasks + 1 bytes); whether each slot waits killably (nr_tasks + 1 bytes).
+# (nr_tasks + 1 bytes); whether each slot waits killably (nr_tasks + 1 bytes); then,
+# 8-byte aligned, the object table (nr_objects of OBJECT_RECORD).
 CHARGE, DUE, MEMCG_OF = struct.Struct("=q"), struct.Struct("=d"), struct.Struct("=i")
 _TASKS_OFF = -(-ZONE_HEADER.size // PAGE_SIZE) * PAGE_SIZE
 _MEMCGS_OFF = ZONE_HEADER.offset("memcgs")
 ZONE_HEADER.check_aligned("supervisor_ctime", "t0", "speed", "clock", "min_due", "frozen", "held_s",
-                          "held_max_s", "total_pages", "nr_tasks")
+                          "held_max_s", "total_pages", "nr_tasks", "nr_objects")
+OBJECT_RECORD.check_aligned("charged", "size", "dirty")
+assert OBJECT_RECORD.size % 8 == 0
 assert _TASKS_OFF % 8 == 0                 # each task's charge: one aligned store
 MAX_TASKS = 100_000
 MAGIC = b"OOMZ"
 
 
-def zone_size(nr_tasks: int) -> int:
-    """Bytes of a zone segment for ``nr_tasks`` tasks (whole pages)."""
-    return -(-_offsets(nr_tasks)[-1] // PAGE_SIZE) * PAGE_SIZE
+def zone_size(nr_tasks: int, nr_objects: int = 0) -> int:
+    """Bytes of a zone segment for ``nr_tasks`` tasks and ``nr_objects`` objects (whole pages)."""
+    return -(-(_offsets(nr_tasks)[-1] + OBJECT_RECORD.size * nr_objects) // PAGE_SIZE) * PAGE_SIZE
 
 
 def _offsets(n: int) -> tuple[int, int, int, int, int]:
-    """Where the dues, the memcgs, the freezes and the killable flags of a zone of ``n``
-    tasks begin, and its end."""
+    """Where the dues, the memcgs, the freezes, the killable flags and the object table
+    of a zone of ``n`` tasks begin."""
     dues = _TASKS_OFF + CHARGE.size * n                   # 8-byte aligned, as the charges
     memcg_of = dues + DUE.size * (n + 1)
     freezes = memcg_of + MEMCG_OF.size * n
     killable = freezes + n + 1
-    return dues, memcg_of, freezes, killable, killable + n + 1
+    return dues, memcg_of, freezes, killable, -(-(killable + n + 1) // 8) * 8
 
 
 def _memcg_off(index: int) -> int:
@@ -117,14 +142,15 @@ class Zone:
         self._tlock = threading.Lock()
         if create is not None:
             tasks = list(create.get("tasks", ()))
-            if len(tasks) > MAX_TASKS:
-                raise ValueError(f"at most {MAX_TASKS} tasks")
+            objects = list(create.get("objects", ()))
+            if len(tasks) > MAX_TASKS or len(objects) > MAX_OBJECTS:
+                raise ValueError(f"at most {MAX_TASKS} tasks and {MAX_OBJECTS} objects")
             shm = posix_ipc.SharedMemory(names.zone(run_id), posix_ipc.O_CREX, mode=0o600,
-                                         size=zone_size(len(tasks)))
+                                         size=zone_size(len(tasks), len(objects)))
         elif fd is None:
             shm = posix_ipc.SharedMemory(names.zone(run_id))
         else:
-            shm = Segment(fd, zone_size(MAX_TASKS))
+            shm = Segment(fd, zone_size(MAX_TASKS, MAX_OBJECTS))
         self._shm = shm
         self.fd = shm.fd                       # kept open: flock() is taken on it
         self.map = mmap.mmap(shm.fd, shm.size)
@@ -132,7 +158,8 @@ class Zone:
             for name, value in (("magic", MAGIC), ("supervisor_pid", create["supervisor_pid"]),
                                 ("uid", os.getuid()), ("supervisor_ctime", create["supervisor_ctime"]),
                                 ("speed", create["speed"]), ("total_pages", create["total_pages"]),
-                                ("nr_tasks", len(tasks)), ("scenario", create["scenario"].encode()),
+                                ("nr_tasks", len(tasks)), ("nr_objects", len(objects)),
+                                ("scenario", create["scenario"].encode()),
                                 ("policy", create["policy"].encode())):
                 ZONE_HEADER.set(self.map, name, value)         # a name too long is cut to the field
             memcgs = [("", -1)] + list(create.get("memcgs", []))
@@ -140,6 +167,10 @@ class Zone:
                 MEMCG_RECORD.set(self.map, "limit_pages", limit, _memcg_off(i))
                 MEMCG_RECORD.set(self.map, "name", mname.encode(), _memcg_off(i))
             self._layout()
+            for k, (kind, memcg, size, dirty, oname) in enumerate(objects):
+                for field, value in (("kind", OBJ_KINDS[kind]), ("memcg", memcg), ("size", size),
+                                     ("dirty", dirty), ("name", oname.encode())):
+                    OBJECT_RECORD.set(self.map, field, value, self._object_off(k))
             struct.pack_into(f"={len(tasks)}i", self.map, self._memcg_of_off, *tasks)
             self.dues.pack_into(self.map, self.dues_off, *[math.inf] * (len(tasks) + 1))
             ZONE_HEADER.set(self.map, "min_due", math.inf)
@@ -160,8 +191,9 @@ class Zone:
         if ZONE_HEADER.get(self.map, "magic") != MAGIC:
             return "no magic"
         n = ZONE_HEADER.get(self.map, "nr_tasks")
-        if not 0 <= n <= MAX_TASKS or len(self.map) != zone_size(n):
-            return f"{len(self.map)} bytes, not what a table of {n} tasks takes"
+        nobj = ZONE_HEADER.get(self.map, "nr_objects")
+        if not 0 <= n <= MAX_TASKS or not 0 <= nobj <= MAX_OBJECTS or len(self.map) != zone_size(n, nobj):
+            return f"{len(self.map)} bytes, not what a table of {n} tasks and {nobj} objects takes"
         if pid != names.run_pid(self.run_id):
             return f"its supervisor pid {pid} is not the run id's"
         if uid < 0 or not (0 < speed <= 1e6 and total > 0 and math.isfinite(ctime) and math.isfinite(t0)):
@@ -169,14 +201,21 @@ class Zone:
         memcg_of = struct.unpack_from(f"={n}i", self.map, _offsets(n)[1])
         if any(not 0 <= m < MAX_MEMCGS for m in memcg_of):
             return "a task's memcg out of range"
+        objs = _offsets(n)[-1]
+        for k in range(nobj):
+            get = lambda f: OBJECT_RECORD.get(self.map, f, objs + k * OBJECT_RECORD.size)
+            if get("kind") not in OBJ_KINDS.values() or not 0 <= get("memcg") < MAX_MEMCGS \
+                    or not 0 <= get("dirty") <= get("charged") <= get("size"):
+                return f"object {k} out of range"
         return None
 
     def _layout(self) -> None:
         n = ZONE_HEADER.get(self.map, "nr_tasks")
         self.nr_tasks = n
+        self.nr_objects = ZONE_HEADER.get(self.map, "nr_objects")
         self._charged = struct.Struct(f"={n}q")
         self._memcg_of = struct.Struct(f"={n}i")
-        self.dues_off, self._memcg_of_off, self.freezes_off, self.killable_off, _ = _offsets(n)
+        self.dues_off, self._memcg_of_off, self.freezes_off, self.killable_off, self._objects_off = _offsets(n)
         self.dues = struct.Struct(f"={n + 1}d")
 
     def close(self) -> None:
@@ -239,6 +278,11 @@ class Zone:
         return MEMCG_OF.unpack_from(self.map, self._memcg_of_off + MEMCG_OF.size * task)[0]
 
     def charged(self) -> int:
+        """Pages charged in all: the tasks' (anon, page tables) and the objects' (page cache, shmem)."""
+        return sum(self._charged.unpack_from(self.map, _TASKS_OFF)) + sum(
+            self.object_charged(k) for k in range(self.nr_objects))
+
+    def tasks_charged(self) -> int:
         return sum(self._charged.unpack_from(self.map, _TASKS_OFF))
 
     def free_pages(self) -> int:
@@ -247,7 +291,42 @@ class Zone:
     def memcg_usage(self, index: int) -> int:
         charged = self._charged.unpack_from(self.map, _TASKS_OFF)
         memcg_of = self._memcg_of.unpack_from(self.map, self._memcg_of_off)
-        return sum(c for c, m in zip(charged, memcg_of) if m == index)
+        return sum(c for c, m in zip(charged, memcg_of) if m == index) + sum(
+            self.object_charged(k) for k in range(self.nr_objects) if self.object_field(k, "memcg") == index)
+
+    # -- objects: page cache and shmem, each with its own charge ---------------------
+    def _object_off(self, k: int) -> int:
+        return self._objects_off + k * OBJECT_RECORD.size
+
+    def object_field(self, k: int, field: str):
+        return OBJECT_RECORD.get(self.map, field, self._object_off(k))
+
+    def set_object_field(self, k: int, field: str, value) -> None:
+        OBJECT_RECORD.set(self.map, field, value, self._object_off(k))
+
+    def object_charged(self, k: int) -> int:
+        return OBJECT_RECORD.get(self.map, "charged", self._object_off(k))
+
+    def object_kind(self, k: int) -> str:
+        return "shmem" if self.object_field(k, "kind") == OBJ_SHMEM else "file"
+
+    def object_name(self, k: int) -> str:
+        return names.c_string(self.object_field(k, "name"))
+
+    def charge_object(self, k: int, pages: int) -> None:
+        """Charge an object's pages (set-up: the scenario made sure they fit)."""
+        with self.lock():
+            self.set_object_field(k, "charged", self.object_charged(k) + pages)
+
+    def uncharge_object(self, k: int, pages: int) -> None:
+        """Its last ``pages`` pages are gone; its dirty pages can only be among those left."""
+        if pages <= 0:
+            return
+        with self.lock():
+            left = self.object_charged(k) - pages
+            self.set_object_field(k, "charged", left)
+            if self.object_field(k, "dirty") > left:
+                self.set_object_field(k, "dirty", left)
 
     def memcg(self, index: int) -> tuple[int, int, str]:
         """(limit pages or -1, usage pages, name) of a memcg."""

@@ -99,7 +99,7 @@ def test_a_zone_must_name_the_run_ids_supervisor_and_be_the_size_of_its_task_tab
         Zone(run_id, fd=open_checked(shm(names.zone(run_id)), os.getuid())).close()
         with open(shm(names.zone(run_id)), "r+b") as f:
             f.truncate(zone_size(0) * 2)
-        with pytest.raises(ValueError, match="not what a table of 0 tasks takes"):
+        with pytest.raises(ValueError, match="not what a table of 0 tasks and 0 objects takes"):
             Zone(run_id, fd=open_checked(shm(names.zone(run_id)), os.getuid()))
     finally:
         zone.close()
