@@ -501,9 +501,12 @@ class Run:
     # -- the OOM killer: the kernel decides, the supervisor does ------------------
     def _view(self, t: TaskRecord) -> TaskView:
         mm = t.mm
+        # An exiting task has let go of its mm (exit_mm, early in do_exit): find_lock_task_mm
+        # finds none, so the scan passes it by; a victim's oom_mm still aborts the scan.
+        exiting = t.victim is None and t.exiting
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
                         rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
-                        has_mm=t.has_mm,
+                        has_mm=t.has_mm and not exiting,
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
 
     def _frozen(self):
