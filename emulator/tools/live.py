@@ -378,7 +378,18 @@ def ps_table(run: LiveRun) -> str:
     free_kb = run.zone.free_pages() * k
     head = (f"run {run.run_id}: {shown(run.facts.scenario)} under {shown(run.facts.policy)}, "
             f"t={run.now():.3f}s, free {free_kb}kB of {run.facts.total_pages * k}kB")
-    return head + "\n" + columns(rows)
+    return head + page_cache_line(run.zone) + "\n" + columns(rows)
+
+
+def page_cache_line(zone) -> str:
+    """What the page-cache and shmem objects hold, apart from any task (empty if none)."""
+    k = PAGE_SIZE // 1024
+    cache = [zone.object_charged(o) for o in range(zone.nr_objects) if zone.object_kind(o) == "file"]
+    shmem = [zone.object_charged(o) for o in range(zone.nr_objects) if zone.object_kind(o) == "shmem"]
+    if not cache and not shmem:
+        return ""
+    dirty = sum(zone.object_field(o, "dirty") for o in range(zone.nr_objects))
+    return f"; page cache {sum(cache) * k}kB ({dirty * k}kB dirty), shmem {sum(shmem) * k}kB"
 
 
 def ignored_line(run: LiveRun) -> str | None:

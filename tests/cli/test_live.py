@@ -470,3 +470,21 @@ def test_dead_holders_and_waiters_keep_what_they_had_and_show_it(tmp_path):
     assert (f"oomemu: task {pid['reader']} (reader) died queued for read on the mmap_sem of {pid['owner']} "
             f"(owner): it keeps its place") in out
     assert f"oomemu: task {pid['owner']} (owner) died holding its own mmap_sem for write: it stays held" in out
+
+
+def test_ps_shows_page_cache_and_shmem_apart_from_anon(tmp_path):
+    text = """
+        memory_mb = 256
+        [[task]]
+        name = "db"
+        vma = [{ kind = "shmem", mb = 30, object = "pool" }, { kind = "file_shared", mb = 20, dirty_mb = 5 },
+               { kind = "anon", mb = 10 }]
+    """
+    with HeldRun(write_scenario(tmp_path, text, "cache"), "v6.6", trace=str(tmp_path / "t.jsonl")) as run:
+        run.wait_event(lambda e: e["ev"] == "run_start")
+        p = oomemu("ps", run.id)
+        assert p.returncode == 0, p.stderr
+        head, _, row = p.stdout.splitlines()[:3]
+        assert head.endswith("; page cache 20480kB (5120kB dirty), shmem 30720kB"), head
+        assert row.split()[1:7] == ["db", "running", "10240k", "20480k", "30720k", "0k"], row
+        run.stop()
