@@ -105,7 +105,8 @@ ODD_STRINGS = ["", " ", "x" * 15, "x" * 16, "x" * 48, "x" * 49, "é" * 24, "é" 
 KNOWN_KEYS = sorted({"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task",
                      "memcg", "expected", "count", "oom_score_adj", "mmu_notifier",
                      "exit_unmap_ms_per_mb", "exit_free_pgtables_ms", "pgtables_mb", "vma", "step",
-                     "limit_mb", "verdict", "kills", "why", "kind", "mb", "mlocked", "op", "ms"})
+                     "limit_mb", "verdict", "kills", "why", "kind", "mb", "mlocked", "op", "ms",
+                     "dirty_mb", "object", "writeback_mb_per_s"})
 DEEP = [Raw("[" * 3000 + "]" * 3000), Raw("9" * 5000), Raw("{ a = " * 400 + "1" + " }" * 400),
         Raw("1979-05-27T07:32:00Z"), Raw("07:32:00"), Raw("1979-05-27"), Raw("0x7fffffffffffffff"),
         Raw("'''\nmulti\nline\n'''"), Raw("[[1, 2], ['a']]"), Raw("[{}, {}]")]
@@ -125,8 +126,12 @@ EDGES = {
     "min_kills": [0, 1, 4, 5, 1000],
     "kills": [-1, 0, 1, 3, 4, 5, 1000],
     "name": ["a", "x" * 15, "x" * 16, "é" * 24, "é" * 25, "a b", "a/b", "L", "holder", "task0", "é"],
-    "kind": ["anon", "file_private", "file_shared", "hugetlb", "pfnmap", "thp"],
-    "op": ["alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit", "fork"],
+    "kind": ["anon", "file_private", "file_shared", "hugetlb", "pfnmap", "shmem", "thp"],
+    "op": ["alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit", "shm_unlink",
+           "shm_truncate", "fork"],
+    "dirty_mb": [0, 5e-324, 1, 60, 100, 120, 121, -1],
+    "object": ["bufpool", "data", "x" * 15, "x" * 16, "a b"],
+    "writeback_mb_per_s": [5e-324, 0.001, 1, 100, 1 << 20, (1 << 20) + 1, 0, -1],
     "mmu_notifier": ["none", "nonblocking", "blockable", "x"],
     "verdict": ["resolved", "panic", "hung", "ok"],
     "mlocked": [True, False, 1],

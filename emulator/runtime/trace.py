@@ -25,10 +25,13 @@ from ..errors import UsageError
 
 KERNEL_EVENTS = ("mark_victim", "wake_reaper", "start_task_reaping", "finish_task_reaping",
                  "skip_task_reaping", "oom_score_adj_update", "mmap_lock_start_locking",
-                 "mmap_lock_acquire_returned", "mmap_lock_released")
+                 "mmap_lock_acquire_returned", "mmap_lock_released", "mm_vmscan_direct_reclaim_begin",
+                 "mm_vmscan_direct_reclaim_end", "mm_vmscan_memcg_reclaim_begin", "mm_vmscan_memcg_reclaim_end",
+                 "mm_vmscan_throttled", "writeback_start", "writeback_written")
 OOMEMU_EVENTS = ("oom_kill", "oom_abort", "reap_deadline", "oom_skip_set", "exit_mmap_start",
                  "exit_mmap_done", "alloc_stall", "alloc_ok", "panic", "inject", "run_start",
-                 "run_end", "task_state", "handover", "exited", "run_stopped", "lag", "mmput_wait")
+                 "run_end", "task_state", "handover", "exited", "run_stopped", "lag", "mmput_wait",
+                 "shm_unlink", "shm_truncate", "shmem_freed")
 
 
 class Tracer:

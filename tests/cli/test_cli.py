@@ -141,3 +141,15 @@ def test_a_binary_file_is_not_a_scenario(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     p = oomemu("run", str(path))
     assert p.returncode == 2 and "not UTF-8" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+@pytest.mark.parametrize("text, says", [
+    ('memory_mb = 64\n[[task]]\nstep = [{ op = "shm_unlink", name = "pool" }]\n',
+     "task.step.name: task0: shm_unlink: no shmem VMA maps an object called 'pool'"),
+    ('memory_mb = 64\nwriteback_mb_per_s = -1\n[[task]]\n', "writeback_mb_per_s: must be > 0, not -1"),
+    ('memory_mb = 64\n[[task]]\nvma = [{ kind = "anon", mb = 1, dirty_mb = 1 }]\n',
+     "task[0].vma[0].dirty_mb: only a file_shared VMA has dirty page cache"),
+])
+def test_page_cache_and_shmem_mistakes_are_one_line_and_exit_2(tmp_path, text, says):
+    p = oomemu("run", write_scenario(tmp_path, text))
+    assert p.returncode == 2 and says in p.stderr and p.stderr.count("\n") == 1, p.stderr

@@ -69,7 +69,10 @@ def test_perfetto_export_is_valid_trace_event_json(traces, tmp_path):
         # mlocked's stated outcomes: v4.17 kills all three locked tasks, timeout one
         assert len(kills) == sum(e["ev"] == "oom_kill" for e in events) == {"v4.17": 3, "timeout": 1}[policy]
         assert any(e["name"] == "MMF_OOM_SKIP" for e in ev)
-        assert {e["name"] for e in ev if e["ph"] == "X"} >= {"running", "blocked in allocation", "exiting"}
+        # the victims are in D state when killed (a slow disk write); under v4.17 the run
+        # panics before any of them gets out of it, under timeout the first one exits
+        slices = {"running", "blocked in allocation", "victim: D state"} | ({"exiting"} if policy == "timeout" else set())
+        assert {e["name"] for e in ev if e["ph"] == "X"} >= slices
 
 
 def test_trace_events_are_the_ones_the_readme_documents(traces):
