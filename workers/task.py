@@ -307,7 +307,7 @@ class WorkerTask:
                 self.mm.journal_end()
                 raise Dying                      # a dying task leaves the allocator
             if not stalled:
-                self.send(Event.ALLOC_STALL, pages=pages, where=short)
+                self.send(Event.ALLOC_STALL, pages=pages, where=short.where, memcg=short.memcg)
                 self.mm.state = TaskState.ALLOC_STALL
                 stalled = True
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
@@ -315,7 +315,7 @@ class WorkerTask:
             # done. We hold the run clock meanwhile (we do not let go: the supervisor
             # answers at once, except after a panic, which ends the run), so the OOM
             # killer decides at the time we are at, however long the round trip takes.
-            self.send(Event.OOM, pages=batch, where=short)
+            self.send(Event.OOM, pages=batch, where=short.where, memcg=short.memcg)
             sem_down(self.oom_reply)
             try:
                 self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")   # then try again

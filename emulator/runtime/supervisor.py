@@ -183,7 +183,8 @@ class Run:
         self._events_fd = -1
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
-        self._oom_requests: dict[int, tuple[int, str, float]] = {}   # this batch's: index -> (pages, where, at)
+        # this batch's: index -> (pages, where, the memcg over its limit, at)
+        self._oom_requests: dict[int, tuple[int, str, int, float]] = {}
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
         self._handlers = {
             Event.READY: self._on_ready,
@@ -221,7 +222,8 @@ class Run:
             "supervisor_pid": os.getpid(), "supervisor_ctime": psutil.Process().create_time(),
             "speed": self.speed, "total_pages": total, "scenario": self.scenario.name,
             "policy": self.policy.name,
-            "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB)) for m in self.scenario.memcgs],
+            "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB), self.scenario.memcg_index(m.parent), m.oom_group)
+                       for m in self.scenario.memcgs],
             "tasks": [self.scenario.memcg_index(t.spec.memcg) for t in self.tasks]})
         self.resources.create_start_and_locks(self.scenario.lock_names)
         for t in self.tasks:
@@ -347,7 +349,7 @@ class Run:
             self.first_oom_at = at
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
-        self._oom_requests[t.index] = (msg["pages"], msg["where"], at)   # one at a time: the task waits
+        self._oom_requests[t.index] = (msg["pages"], msg["where"], msg["memcg"], at)   # one at a time: the task waits
 
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
@@ -494,8 +496,10 @@ class Run:
         """The run clock stands still while the body works (after time 0; see RunClock)."""
         return self.clock.frozen() if isinstance(self.clock, RunClock) else contextlib.nullcontext()
 
-    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float) -> None:
-        """A failed allocation of ``requester``'s at emulated time ``at``: takes oom_lock like
+    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float,
+                      over_limit: int = 0) -> None:
+        """A failed allocation of ``requester``'s at emulated time ``at`` (for MEMCG: the charge
+        failed at memcg ``over_limit``'s limit, mem_over_limit): takes oom_lock like
         __alloc_pages_may_oom, asks ``kernel.oom_kill.out_of_memory`` and carries out what
         it decides, now. The requester holds the run clock at ``at`` until the answer, so
         now is ``at`` (out_of_memory runs in its context, at once); if its hold was taken
@@ -503,15 +507,16 @@ class Run:
         with self.oom_lock:
             now = self.clock.now()
             self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
-            memcg = None
+            tree, memcg = self.zone.memcg_tree, None
             if where == MEMCG:
-                limit, usage, name = self.zone.memcg(requester.mm.memcg)
-                memcg = MemcgState(requester.mm.memcg, name, limit, usage)
+                limit, usage, _ = self.zone.memcg(over_limit)
+                memcg = MemcgState(over_limit, tree.path(over_limit), limit, usage,
+                                   frozenset(tree.subtree(over_limit)))
             decision = out_of_memory(
                 self._view(requester), requester.exited or requester.victim is not None, where,
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
                 victims=(self._view(v) for v in self.victims), tasks=(self._view(t) for t in self.tasks),
-                total_pages=self.zone.total_pages, memcg=memcg)
+                total_pages=self.zone.total_pages, memcg=memcg, tree=tree)
             self._carry_out(requester, decision, now)
 
     def _carry_out(self, requester: TaskRecord, decision: OomDecision, at: float) -> None:
@@ -531,9 +536,15 @@ class Run:
             self.verdict = Verdict.PANIC
         elif decision.action is OomAction.KILL:
             self.oom_kill_process(self._by_pid[decision.victim.pid], decision, requester, at)
+            for line in decision.group_lines:            # mem_cgroup_print_oom_group
+                self.log.printk(line, at)
+            for member in decision.group:                # mem_cgroup_scan_tasks(oom_kill_memcg_member)
+                self.oom_kill_process(self._by_pid[member.pid], decision, requester, at, member)
 
-    def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float) -> None:
-        """Mark the chosen task a victim, send it the emulated SIGKILL, wake the reaper."""
+    def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float,
+                         member: TaskView | None = None) -> None:
+        """Mark the chosen task (or ``member``, a task of the victim's oom_group) a victim,
+        send it the emulated SIGKILL, wake the reaper."""
         kb = t.mm.rss_kb()
         # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
         # use memory reserves from user space); here the mark must come first,
@@ -543,11 +554,15 @@ class Run:
         if not t.crashed:
             hold_for_kill(self.zone, t.index, at)
             os.kill(t.pid, SIGKILL_EMULATED)
-        t.victim = VictimRecord(t.name, t.pid, round(at, 6))
+        tree = self.zone.memcg_tree
+        t.victim = VictimRecord(t.name, t.pid, round(at, 6), memcg=tree.path(t.mm.memcg),
+                                oom_memcg=None if decision.memcg is None else tree.path(decision.memcg),
+                                oom_group=None if decision.oom_group is None else tree.path(decision.oom_group))
         self.victims.append(t)
         self.kills += 1
-        self.trace("oom_kill", t, at, points=decision.points, requester=requester.name,
-                   memcg=decision.memcg, **kb)
+        self.trace("oom_kill", t, at, points=decision.points if member is None else 0, requester=requester.name,
+                   memcg=decision.memcg, **({} if decision.oom_group is None else {"oom_group": decision.oom_group}),
+                   **kb)
         self.trace("mark_victim", t, at)
         self.log.printk(killed_process_line(t.pid, t.name, kb), at)
         self.trace("wake_reaper", t, at)
@@ -619,10 +634,10 @@ class Run:
                     sel.unregister(key.fileobj)
                     self._dispatch()                  # its last words come first
                     self._on_death(key.data)
-            for index, (pages, where, at) in self._oom_requests.items():
+            for index, (pages, where, memcg, at) in self._oom_requests.items():
                 t = self.tasks[index]
                 if self.verdict is None:
-                    self.out_of_memory(t, pages, where, at)
+                    self.out_of_memory(t, pages, where, at, memcg)
                 if self.verdict != Verdict.PANIC:          # a panic stops the machine
                     t.oom_reply.release()
 
