@@ -1,6 +1,8 @@
 """Memcg trees: the loader's rules, page_counter_try_charge, a memcg OOM's domain, and
 memory.oom.group's kill (mem_cgroup_get_oom_group + mem_cgroup_scan_tasks). Pure."""
 
+from pathlib import Path
+
 import pytest
 
 from emulator import ScenarioError, load_scenario
@@ -152,3 +154,11 @@ def test_tree_mistakes_exit_in_one_line(tmp_path, memcgs, key, says):
 def test_a_childs_limit_may_exceed_its_parents(tmp_path):
     s = load_scenario(write_scenario(tmp_path, scenario(memcg("a", 10) + memcg("b", 40, parent='"a"'))))
     assert [m.limit_mb for m in s.memcgs] == [10, 40]
+
+
+def test_the_every_key_example_in_the_docs_loads_with_its_memcg_tree(tmp_path):
+    doc = (Path(__file__).parents[2] / "docs" / "scenario-format.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    s = load_scenario(write_scenario(tmp_path, example))
+    assert [(m.name, m.parent) for m in s.memcgs] == [("jobs", ""), ("batch", "jobs")]
+    assert s.memcg_path("batch") == "/jobs/batch"
