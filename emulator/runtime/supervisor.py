@@ -43,6 +43,7 @@ import psutil
 
 from ..errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, UsageError
 from ..kernel.clock import JIFFY_S
+from ..kernel.memcontrol import NO_LIMIT
 from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout,
                                TaskState, vm_flags_for)
 from ..kernel.oom_kill import (MEMCG, NO_KILLABLE, MemcgState, OomAction, OomDecision, TaskView,
@@ -774,7 +775,21 @@ class Run:
         if self.zone.charged() != charged:
             self._fail(f"accounting: the zone says {self.zone.charged()} pages charged, the tasks {charged}",
                        False)
+        self._check_memcgs()
         return {"charged_pages": charged, "rss_pages": rss, "segment_pages": segment}
+
+    def _check_memcgs(self) -> None:
+        """Each memcg's usage (hierarchical) is what the mms of its subtree's tasks count, and
+        within its limit (else verdict ERROR: a fault of ours)."""
+        tree = self.zone.memcg_tree
+        own = [0] * len(tree)
+        for t in self.tasks:
+            own[t.mm.memcg] += t.mm.resident_pages()
+        for m, (counted, usage) in enumerate(zip(tree.usage(own), self.zone.memcg_usages())):
+            limit = self.zone.memcg(m)[0]
+            if counted != usage or (limit != NO_LIMIT and usage > limit):
+                self._fail(f"accounting: memcg {tree.path(m)}: usage {usage} pages (limit {limit}), the mms "
+                           f"of its tasks count {counted} (a fault of oomemu's: please report it)", False)
 
     def _result(self, accounting) -> RunResult:
         ttr = None
