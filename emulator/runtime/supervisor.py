@@ -540,12 +540,12 @@ class Run:
             for line in decision.group_lines:            # mem_cgroup_print_oom_group
                 self.log.printk(line, at)
             for member in decision.group:                # mem_cgroup_scan_tasks(oom_kill_memcg_member)
-                self.oom_kill_process(self._by_pid[member.pid], decision, requester, at, member)
+                self.oom_kill_process(self._by_pid[member.pid], decision, requester, at, group_member=True)
 
     def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float,
-                         member: TaskView | None = None) -> None:
-        """Mark the chosen task (or ``member``, a task of the victim's oom_group) a victim,
-        send it the emulated SIGKILL, wake the reaper."""
+                         group_member: bool = False) -> None:
+        """Mark the chosen task (or a member of the victim's oom_group) a victim, send it the
+        emulated SIGKILL, wake the reaper."""
         kb = t.mm.rss_kb()
         # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
         # use memory reserves from user space); here the mark must come first,
@@ -561,7 +561,7 @@ class Run:
                                 oom_group=None if decision.oom_group is None else tree.path(decision.oom_group))
         self.victims.append(t)
         self.kills += 1
-        self.trace("oom_kill", t, at, points=decision.points if member is None else 0, requester=requester.name,
+        self.trace("oom_kill", t, at, points=0 if group_member else decision.points, requester=requester.name,
                    memcg=decision.memcg, **({} if decision.oom_group is None else {"oom_group": decision.oom_group}),
                    **kb)
         self.trace("mark_victim", t, at)

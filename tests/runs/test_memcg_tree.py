@@ -37,6 +37,7 @@ TREE = """
     [[task]]
     name = "web_a"
     memcg = "web"
+    pgtables_mb = {web_pgt}
       [[task.vma]]
       kind = "anon"
       mb = {web_a}
@@ -75,8 +76,9 @@ def run(tmp_path, text, **kw):
 
 
 def test_a_childs_limit_hit_kills_inside_the_child(tmp_path):
-    # /jobs/web: web_a 30 + grower 10 + 45 > 80; batch_big (100) in the sibling is bigger
-    r = run(tmp_path, TREE.format(web_a=30, batch_big=100, grower_memcg="web", alloc=45))
+    # /jobs/web: web_a 30 + its page tables 10 (kmem, charged to its memcg) + grower 10 + 35 > 80;
+    # batch_big (100) in the sibling is bigger. Without the page tables it would all fit.
+    r = run(tmp_path, TREE.format(web_a=30, web_pgt=10, batch_big=100, grower_memcg="web", alloc=35))
     assert [(v.name, v.memcg, v.oom_memcg) for v in r.victims] == [("web_a", "/jobs/web", "/jobs/web")]
     assert "Task in /jobs/web killed as a result of limit of /jobs/web" in messages(r)
     assert "memory: usage 81920kB, limit 81920kB" in messages(r)
@@ -86,7 +88,7 @@ def test_the_parents_limit_hit_chooses_among_both_children(tmp_path, tmp_path_fa
     # /jobs: web_a 60 + batch_big 100 + grower 10 + 60 > 200, though /jobs/batch (300) has room:
     # the biggest in /jobs is web_a, in the other child; outsider (250) is outside the domain
     trace = tmp_path_factory.mktemp("trace") / "t.jsonl"
-    r = run(tmp_path, TREE.format(web_a=60, batch_big=50, grower_memcg="batch", alloc=90), trace=str(trace))
+    r = run(tmp_path, TREE.format(web_a=60, web_pgt=0, batch_big=50, grower_memcg="batch", alloc=90), trace=str(trace))
     assert [(v.name, v.memcg, v.oom_memcg) for v in r.victims] == [("web_a", "/jobs/web", "/jobs")]
     assert "Task in /jobs/web killed as a result of limit of /jobs" in messages(r)
     assert "memory: usage 204800kB, limit 204800kB" in messages(r)
