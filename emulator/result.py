@@ -19,6 +19,9 @@ class VictimRecord:
     oom_skip_by: str | None = None          # "oom_reaper" or "exit_mmap"
     exited_at_s: float | None = None
     unable_to_reap: bool = False
+    memcg: str = "/"                        # the victim's memcg, as a cgroup path
+    oom_memcg: str | None = None            # the memcg whose limit was hit (None: a global OOM)
+    oom_group: str | None = None            # killed with the memcg it names (memory.oom.group)
 
 
 @dataclass

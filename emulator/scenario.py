@@ -37,7 +37,7 @@ _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", 
              "expected", "writeback_mb_per_s"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_per_mb",
               "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step"}
-_MEMCG_KEYS = {"name", "limit_mb"}
+_MEMCG_KEYS = {"name", "limit_mb", "parent", "oom_group"}
 _EXPECTED_KEYS = {"verdict", "kills", "why"}
 VERDICTS = tuple(v.value for v in OUTCOMES)      # what [expected] may state
 _VMA_KEYS = {"kind", "mb", "mlocked", "dirty_mb", "object"}
@@ -113,6 +113,8 @@ class StepSpec:
 class MemcgSpec:
     name: str
     limit_mb: float
+    parent: str = ""            # the parent memcg's name ("": the root memcg)
+    oom_group: bool = False     # cgroup v2's memory.oom.group: an OOM kills it whole
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Scenario:
     tasks: tuple[TaskSpec, ...]
     source: str = "<memory>"
     expected: dict[str, Expected] = field(default_factory=dict, compare=False)
-    memcgs: tuple[MemcgSpec, ...] = ()
+    memcgs: tuple[MemcgSpec, ...] = ()     # parents before their children
     objects: tuple[ObjectSpec, ...] = ()
     writeback_mb_per_s: float = WRITEBACK_MB_PER_S
 
@@ -168,6 +170,14 @@ class Scenario:
         if not name:
             return 0
         return 1 + [m.name for m in self.memcgs].index(name)
+
+    def memcg_path(self, name: str) -> str:
+        """The cgroup path of a memcg ("/" for the root, "/a/b")."""
+        by_name = {m.name: m for m in self.memcgs}
+        path = ""
+        while name:
+            path, name = "/" + name + path, by_name[name].parent
+        return path or "/"
 
     @property
     def lock_names(self) -> list[str]:
@@ -386,7 +396,12 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         if mname in [x.name for x in memcgs]:
             c.fail(w + "name", f"{_show(mname)}: another [[memcg]] has this name")
         limit = c.number(m, "limit_mb", w, integer=True, minimum=1, **mb_bound)
-        memcgs.append(MemcgSpec(mname, float(limit)))
+        parent = c.comm(m, "parent", w) if "parent" in m else ""
+        group = m.get("oom_group", False)
+        if not isinstance(group, bool):
+            c.fail(w + "oom_group", f"must be true or false, not {_show(group)}")
+        memcgs.append(MemcgSpec(mname, float(limit), parent, group))
+    memcgs = _memcg_tree_order(c, memcgs)
 
     tasks: list[TaskSpec] = []
     raw_tasks = c.tables(data, "task", "", most=MAX_TASKS, what="[[task]] tables")
@@ -515,10 +530,15 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         c.fail("memory_mb", f"the tasks need {initial} pages at start but the zone has {zone_pages} "
                             f"({memory_mb} MB)")
     for m in memcgs:
-        used = sum(_start_pages(t) for t in tasks if t.memcg == m.name) \
-            + sum(o.pages for o in objects if o.memcg == m.name)
+        below = {m.name}                 # usage is hierarchical: its tasks and its descendants'
+        for x in memcgs:                 # parents come first: one pass from m finds them all
+            if x.parent in below:
+                below.add(x.name)
+        used = sum(_start_pages(t) for t in tasks if t.memcg in below) \
+            + sum(o.pages for o in objects if o.memcg in below)
         if used > _pages(m.limit_mb):
-            c.fail("memcg.limit_mb", f"{m.name}: its tasks need {used} pages at start, the limit is "
+            whose = "its tasks" if below == {m.name} else "its tasks and its descendants'"
+            c.fail("memcg.limit_mb", f"{m.name}: {whose} need {used} pages at start, the limit is "
                                      f"{_pages(m.limit_mb)} ({_num(m.limit_mb)} MB)")
     # Every mm's segment is sparse but mapped whole, by the supervisor and by each worker
     # that touches it: its VMAs, page tables and room for the zone (supervisor._layout).
@@ -567,6 +587,36 @@ def _objects(c: _Checker, tasks: list[TaskSpec], memcgs: list[MemcgSpec]) -> tup
             if s.op in SHM_OPS and s.name not in named:
                 c.fail("task.step.name", f"{t.name}: {s.op}: no shmem VMA maps an object called {_show(s.name)}")
     return out, objects
+
+
+def _memcg_tree_order(c: _Checker, memcgs: list[MemcgSpec]) -> list[MemcgSpec]:
+    """The memcgs with every parent before its children (else in file order), after checking
+    that each parent exists and that no memcg is its own ancestor."""
+    index = {m.name: i for i, m in enumerate(memcgs)}
+    for i, m in enumerate(memcgs):
+        if not m.parent:
+            continue
+        if m.parent not in index:
+            c.fail(f"memcg[{i}].parent", f"no [[memcg]] is called {_show(m.parent)}")
+        if m.parent == m.name:
+            c.fail(f"memcg[{i}].parent", f"{m.name}: a memcg cannot be its own parent")
+        seen, up = [m.name], m.parent
+        while up:
+            if up in seen:
+                c.fail(f"memcg[{i}].parent", f"{m.name}: its parents make a cycle "
+                                             f"({' -> '.join(seen + [up])})")
+            seen.append(up)
+            up = memcgs[index[up]].parent
+    ordered: list[MemcgSpec] = []
+    def place(m: MemcgSpec) -> None:
+        if m in ordered:
+            return
+        if m.parent:
+            place(memcgs[index[m.parent]])
+        ordered.append(m)
+    for m in memcgs:
+        place(m)
+    return ordered
 
 
 def _check_own_read_holds(c: _Checker, where: str, name: str, steps: list[StepSpec]) -> None:

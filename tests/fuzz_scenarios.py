@@ -106,7 +106,7 @@ KNOWN_KEYS = sorted({"name", "description", "memory_mb", "min_kills", "run_deadl
                      "memcg", "expected", "count", "oom_score_adj", "mmu_notifier",
                      "exit_unmap_ms_per_mb", "exit_free_pgtables_ms", "pgtables_mb", "vma", "step",
                      "limit_mb", "verdict", "kills", "why", "kind", "mb", "mlocked", "op", "ms",
-                     "dirty_mb", "object", "writeback_mb_per_s"})
+                     "dirty_mb", "object", "writeback_mb_per_s", "parent", "oom_group"})
 DEEP = [Raw("[" * 3000 + "]" * 3000), Raw("9" * 5000), Raw("{ a = " * 400 + "1" + " }" * 400),
         Raw("1979-05-27T07:32:00Z"), Raw("07:32:00"), Raw("1979-05-27"), Raw("0x7fffffffffffffff"),
         Raw("'''\nmulti\nline\n'''"), Raw("[[1, 2], ['a']]"), Raw("[{}, {}]")]
@@ -136,6 +136,8 @@ EDGES = {
     "verdict": ["resolved", "panic", "hung", "ok"],
     "mlocked": [True, False, 1],
     "memcg": ["", "tight", "roomy", "a", "b", "nosuch"],
+    "parent": ["", "tight", "roomy", "a", "b", "nosuch"],
+    "oom_group": [True, False, 1],
     "task": ["", "vb", "holder", "va", "nosuch"],
     "why": ["", "x" * 4096, "x" * 4097, "a\nb"],
     "description": ["", "x" * 4096, "é" * 2049, "a\x1b[31m"],

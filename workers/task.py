@@ -307,7 +307,7 @@ class WorkerTask:
                 self.mm.journal_end()
                 raise Dying                      # a dying task leaves the allocator
             if not stalled:
-                self.send(Event.ALLOC_STALL, pages=pages, where=short)
+                self.send(Event.ALLOC_STALL, pages=pages, where=short.where, memcg=short.memcg)
                 self.mm.state = TaskState.ALLOC_STALL
                 stalled = True
             # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
@@ -319,7 +319,7 @@ class WorkerTask:
             # reclaim cannot make room; its answer says when to try again: at once (reclaim
             # made room), once writeback has made some (throttled), or a jiffy after the
             # OOM killer's answer.
-            self.send(Event.OOM, pages=batch, where=short)
+            self.send(Event.OOM, pages=batch, where=short.where, memcg=short.memcg)
             sem_down(self.oom_reply)
             retry_at = self.mm.oom_retry_at
             try:

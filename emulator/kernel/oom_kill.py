@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable
 
+from .memcontrol import MemcgTree, mem_cgroup_get_oom_group
 from .mm_types import PAGE_SIZE
 
 OOM_SCORE_ADJ_MIN = -1000
@@ -102,11 +103,18 @@ NO_KILLABLE = "Out of memory and no killable processes..."
 
 @dataclass(frozen=True)
 class MemcgState:
-    """A memory cgroup at its limit: what a memcg OOM scores against and prints."""
+    """A memory cgroup at its limit (mem_over_limit): what a memcg OOM scores against and
+    prints. ``usage_pages`` is hierarchical; ``members`` are the memcgs of its subtree
+    (itself and its descendants): only their tasks are candidates."""
     index: int
-    name: str
+    path: str                           # "/a/b", as the kernel prints a cgroup
     limit_pages: int
     usage_pages: int
+    members: frozenset[int] = frozenset()
+
+    def __post_init__(self):
+        if not self.members:
+            object.__setattr__(self, "members", frozenset({self.index}))
 
 
 class OomAction(Enum):
@@ -129,16 +137,20 @@ class OomDecision:
     points: int = 0                     # KILL: its oom_badness
     aborted_by: TaskView | None = None  # ABORT: the victim that still holds memory
     memcg: int | None = None            # the memcg the OOM is constrained to (None: global)
+    oom_group: int | None = None        # KILL: the memcg killed whole with the victim (memory.oom.group)
+    group_lines: tuple[str, ...] = ()   # KILL: printed after the victim's "Killed process" line
+    group: tuple[TaskView, ...] = ()    # KILL: the oom_group's other members to kill, in order
 
 
 def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, would_succeed: bool,
                   victims: Iterable[TaskView], tasks: Iterable[TaskView], total_pages: int,
-                  memcg: MemcgState | None = None) -> OomDecision:
+                  memcg: MemcgState | None = None, tree: MemcgTree | None = None) -> OomDecision:
     """mm/oom_kill.c out_of_memory() for a failed allocation of ``requester``. Has to be
     called with oom_lock held (the caller's), so that the views stay true while it decides.
 
     ``where`` is GLOBAL (the zone is short) or MEMCG (the requester's memcg, ``memcg``,
-    is at its limit: only that memcg's tasks are candidates). ``would_succeed``: the
+    is at its limit: only the tasks of its subtree are candidates). ``tree``: the run's
+    memcgs, for their paths and memory.oom.group (None: only the root). ``would_succeed``: the
     last-second allocation attempt would succeed now. ``victims`` are the views of the
     OOM victims so far, ``tasks`` of every task: ``tasks`` is iterated only if a scan is
     needed, so a lazy iterable keeps the common case (an abort) free of a full scan."""
@@ -147,7 +159,7 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
     if would_succeed:
         return OomDecision(OomAction.NOTHING)
     domain = memcg.index if where == MEMCG and memcg is not None else None
-    in_domain = (lambda t: True) if domain is None else (lambda t: t.memcg == domain)
+    in_domain = (lambda t: True) if domain is None else (lambda t: t.memcg in memcg.members)
     # Fast path, same answer as the full scan: a victim in the OOM domain still
     # holding its memory (no MMF_OOM_SKIP) aborts select_bad_process.
     for v in victims:
@@ -155,7 +167,8 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
             return OomDecision(OomAction.ABORT, aborted_by=v, memcg=domain)
     totalpages = total_pages if domain is None else memcg.limit_pages
     oc = OomControl(totalpages=totalpages, requester=requester.name, memcg=domain)
-    selection = select_bad_process((t for t in tasks if in_domain(t)), oc)
+    tasks = [t for t in tasks if in_domain(t)]
+    selection = select_bad_process(tasks, oc)
     if selection is Selection.ABORT:
         return OomDecision(OomAction.ABORT, aborted_by=oc.aborted_by, memcg=domain)
     invoked = "%s invoked oom-killer: %s, oom_score_adj=%d" % (requester.name, GFP, requester.oom_score_adj)
@@ -164,14 +177,38 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
             return OomDecision(OomAction.NO_VICTIM, memcg=domain)    # a memcg OOM does not panic
         return OomDecision(OomAction.PANIC, (invoked, NO_KILLABLE, "Kernel panic - not syncing: " + NO_KILLABLE))
     lines = [invoked]
-    if domain is not None:
-        lines += ["Task in /%s killed as a result of limit of /%s" % (memcg.name, memcg.name),
-                  "memory: usage %dkB, limit %dkB" % (memcg.usage_pages * PAGE_KB, memcg.limit_pages * PAGE_KB)]
     victim = oc.chosen
+    if domain is not None:                             # mem_cgroup_print_oom_info(memcg, victim)
+        task_path = tree.path(victim.memcg) if tree is not None else memcg.path
+        lines += ["Task in %s killed as a result of limit of %s" % (task_path, memcg.path),
+                  "memory: usage %dkB, limit %dkB" % (memcg.usage_pages * PAGE_KB, memcg.limit_pages * PAGE_KB)]
     reason = "Out of memory" if domain is None else "Memory cgroup out of memory"
     lines.append("%s: Kill process %d (%s) score %d or sacrifice child"
                  % (reason, victim.pid, victim.name, oc.chosen_points * 1000 // oc.totalpages))
-    return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain)
+    group = mem_cgroup_get_oom_group(tree, victim.memcg, domain) if tree is not None else None
+    if group is None:
+        return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain)
+    return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain, oom_group=group,
+                       group_lines=(oom_group_line(tree.path(group)),),
+                       group=oom_group_members(tree, group, victim, tasks))
+
+
+def oom_group_line(path: str) -> str:
+    """mem_cgroup_print_oom_group()."""
+    return "Tasks in %s are going to be killed due to memory.oom.group set" % path
+
+
+def oom_group_members(tree: MemcgTree, group: int, victim: TaskView, tasks: Iterable[TaskView]) -> tuple[TaskView, ...]:
+    """mem_cgroup_scan_tasks(group, oom_kill_memcg_member): every task of ``group``'s subtree,
+    memcg by memcg in mem_cgroup_iter()'s pre-order, that oom_kill_memcg_member kills: not
+    oom_score_adj -1000, not the victim or an earlier victim (already killed), and with an
+    mm left (__oom_kill_process's find_lock_task_mm)."""
+    by_memcg: dict[int, list[TaskView]] = {}
+    for t in tasks:
+        by_memcg.setdefault(t.memcg, []).append(t)
+    return tuple(t for m in tree.subtree(group) for t in by_memcg.get(m, ())
+                 if t.oom_score_adj != OOM_SCORE_ADJ_MIN and t.pid != victim.pid and not t.oom_victim
+                 and t.has_mm)
 
 
 def killed_process_line(pid: int, name: str, rss_kb: dict[str, int]) -> str:

@@ -38,9 +38,10 @@ class Event(StrEnum):
     READY = "ready"                   # the worker faulted in its VMAs: pid
     FAULT = "fault"                   # its last words before dying of a fault: what, environment
     STATE = "state"                   # entered or left D state: state ("D" or "R")
-    ALLOC_STALL = "alloc_stall"       # an allocation failed for the first time: pages, where
+    ALLOC_STALL = "alloc_stall"       # an allocation failed for the first time: pages, where, memcg
     OOM = "oom"                       # reclaim, then out_of_memory() if it must; it waits on oom_reply
-                                      # (then retries at the mm's oom_retry_at): pages, where
+                                      # (then retries at the mm's oom_retry_at): pages, where, memcg
+                                      # (GLOBAL or MEMCG, and the memcg over its limit: zone.Short)
     ALLOC_OK = "alloc_ok"             # the allocation succeeded: pages, stalled
     STEPS_DONE = "steps_done"         # every step of the scenario is done
     EXITING = "exiting"               # do_exit began: fatal (the emulated SIGKILL, or its own exit)

@@ -43,6 +43,7 @@ import psutil
 
 from ..errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, UsageError
 from ..kernel.clock import JIFFY_S
+from ..kernel.memcontrol import NO_LIMIT
 from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout,
                                TaskState, vm_flags_for)
 from ..kernel.oom_kill import (MEMCG, NO_KILLABLE, MemcgState, OomAction, OomDecision, TaskView,
@@ -191,7 +192,8 @@ class Run:
         self._events_fd = -1
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
-        self._oom_requests: dict[int, tuple[int, str, float]] = {}   # this batch's: index -> (pages, where, at)
+        # this batch's: index -> (pages, where, the memcg over its limit, at)
+        self._oom_requests: dict[int, tuple[int, str, int, float]] = {}
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
         self._handlers = {
             Event.READY: self._on_ready,
@@ -230,7 +232,8 @@ class Run:
             "supervisor_pid": os.getpid(), "supervisor_ctime": psutil.Process().create_time(),
             "speed": self.speed, "total_pages": total, "scenario": self.scenario.name,
             "policy": self.policy.name,
-            "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB)) for m in self.scenario.memcgs],
+            "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB), self.scenario.memcg_index(m.parent), m.oom_group)
+                       for m in self.scenario.memcgs],
             "tasks": [self.scenario.memcg_index(t.spec.memcg) for t in self.tasks],
             "objects": [(o.kind, self.scenario.memcg_index(o.memcg), o.pages, o.dirty_pages, o.name)
                         for o in self.scenario.objects]})
@@ -360,7 +363,7 @@ class Run:
         t.stalled = True
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
-        self._oom_requests[t.index] = (msg["pages"], msg["where"], at)   # one at a time: the task waits
+        self._oom_requests[t.index] = (msg["pages"], msg["where"], msg["memcg"], at)   # one at a time: the task waits
 
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
@@ -514,13 +517,15 @@ class Run:
         return self.clock.frozen() if isinstance(self.clock, RunClock) else contextlib.nullcontext()
 
     # -- reclaim: page cache goes before anyone is killed ---------------------------
-    def try_to_free_pages(self, t: TaskRecord, pages: int, where: str, at: float) -> float | None:
-        """Direct reclaim (try_to_free_pages, or try_to_free_mem_cgroup_pages at a memcg's
-        limit) for ``t``'s allocation of ``pages`` that did not fit, at emulated time ``at``
-        (``t`` holds the run clock there). Returns when ``t`` should try again: at once
-        (reclaim made room, or some progress), later (it waits on writeback, throttled),
-        or None: reclaim can make no room, call the OOM killer."""
-        memcg = t.mm.memcg if where == MEMCG else None
+    def try_to_free_pages(self, t: TaskRecord, pages: int, where: str, at: float,
+                          over_limit: int = 0) -> float | None:
+        """Direct reclaim (try_to_free_pages, or try_to_free_mem_cgroup_pages on the memcg
+        ``over_limit`` at its limit: its subtree's page cache) for ``t``'s allocation of
+        ``pages`` that did not fit, at emulated time ``at`` (``t`` holds the run clock there).
+        Returns when ``t`` should try again: at once (reclaim made room, or some progress),
+        later (it waits on writeback, throttled), or None: reclaim can make no room, call
+        the OOM killer."""
+        memcg = over_limit if where == MEMCG else None
         if memcg is None:
             need = pages - self.zone.free_pages()
         else:
@@ -529,7 +534,8 @@ class Run:
         if need <= 0:
             return at                                 # room meanwhile: try again now
         self._advance_writeback(at)
-        in_domain = (lambda m: True) if memcg is None else (lambda m: m == memcg)
+        below = None if memcg is None else frozenset(self.zone.memcg_tree.subtree(memcg))
+        in_domain = (lambda m: True) if below is None else (lambda m: m in below)
         views = self.objects.views(self.tasks, in_domain)
         kind = "direct" if memcg is None else "memcg"
         self.trace(f"mm_vmscan_{kind}_reclaim_begin", t, at, order=0, nr_to_reclaim=need)
@@ -602,8 +608,10 @@ class Run:
                 self.log.printk("oomemu: %s freed %dkB with its last mapper" % (what, freed * PAGE_SIZE // 1024), at)
                 self.trace("shmem_freed", t, at, object=name, freed_kb=freed * PAGE_SIZE // 1024)
 
-    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float) -> None:
-        """A failed allocation of ``requester``'s at emulated time ``at``: takes oom_lock like
+    def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float,
+                      over_limit: int = 0) -> None:
+        """A failed allocation of ``requester``'s at emulated time ``at`` (for MEMCG: the charge
+        failed at memcg ``over_limit``'s limit, mem_over_limit): takes oom_lock like
         __alloc_pages_may_oom, asks ``kernel.oom_kill.out_of_memory`` and carries out what
         it decides, now. The requester holds the run clock at ``at`` until the answer, so
         now is ``at`` (out_of_memory runs in its context, at once); if its hold was taken
@@ -613,15 +621,16 @@ class Run:
             if self.first_oom_at is None:
                 self.first_oom_at = at
             self.note_late(late_ms(now, at, self.speed), "out_of_memory", requester, at)
-            memcg = None
+            tree, memcg = self.zone.memcg_tree, None
             if where == MEMCG:
-                limit, usage, name = self.zone.memcg(requester.mm.memcg)
-                memcg = MemcgState(requester.mm.memcg, name, limit, usage)
+                limit, usage, _ = self.zone.memcg(over_limit)
+                memcg = MemcgState(over_limit, tree.path(over_limit), limit, usage,
+                                   frozenset(tree.subtree(over_limit)))
             decision = out_of_memory(
                 self._view(requester), requester.exited or requester.victim is not None, where,
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
                 victims=(self._view(v) for v in self.victims), tasks=(self._view(t) for t in self.tasks),
-                total_pages=self.zone.total_pages, memcg=memcg)
+                total_pages=self.zone.total_pages, memcg=memcg, tree=tree)
             self._carry_out(requester, decision, now)
 
     def _carry_out(self, requester: TaskRecord, decision: OomDecision, at: float) -> None:
@@ -641,9 +650,15 @@ class Run:
             self.verdict = Verdict.PANIC
         elif decision.action is OomAction.KILL:
             self.oom_kill_process(self._by_pid[decision.victim.pid], decision, requester, at)
+            for line in decision.group_lines:            # mem_cgroup_print_oom_group
+                self.log.printk(line, at)
+            for member in decision.group:                # mem_cgroup_scan_tasks(oom_kill_memcg_member)
+                self.oom_kill_process(self._by_pid[member.pid], decision, requester, at, group_member=True)
 
-    def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float) -> None:
-        """Mark the chosen task a victim, send it the emulated SIGKILL, wake the reaper."""
+    def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float,
+                         group_member: bool = False) -> None:
+        """Mark the chosen task (or a member of the victim's oom_group) a victim, send it the
+        emulated SIGKILL, wake the reaper."""
         kb = t.mm.rss_kb()
         # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
         # use memory reserves from user space); here the mark must come first,
@@ -653,11 +668,15 @@ class Run:
         if not t.crashed:
             hold_for_kill(self.zone, t.index, at)
             os.kill(t.pid, SIGKILL_EMULATED)
-        t.victim = VictimRecord(t.name, t.pid, round(at, 6))
+        tree = self.zone.memcg_tree
+        t.victim = VictimRecord(t.name, t.pid, round(at, 6), memcg=tree.path(t.mm.memcg),
+                                oom_memcg=None if decision.memcg is None else tree.path(decision.memcg),
+                                oom_group=None if decision.oom_group is None else tree.path(decision.oom_group))
         self.victims.append(t)
         self.kills += 1
-        self.trace("oom_kill", t, at, points=decision.points, requester=requester.name,
-                   memcg=decision.memcg, **kb)
+        self.trace("oom_kill", t, at, points=0 if group_member else decision.points, requester=requester.name,
+                   memcg=decision.memcg, **({} if decision.oom_group is None else {"oom_group": decision.oom_group}),
+                   **kb)
         self.trace("mark_victim", t, at)
         self.log.printk(killed_process_line(t.pid, t.name, kb), at)
         self.trace("wake_reaper", t, at)
@@ -729,13 +748,13 @@ class Run:
                     sel.unregister(key.fileobj)
                     self._dispatch()                  # its last words come first
                     self._on_death(key.data)
-            for index, (pages, where, at) in self._oom_requests.items():
+            for index, (pages, where, memcg, at) in self._oom_requests.items():
                 t = self.tasks[index]
                 retry_at = -1.0                            # a jiffy after the OOM killer's answer
                 if self.verdict is None:
-                    reclaim = self.try_to_free_pages(t, pages, where, at)
+                    reclaim = self.try_to_free_pages(t, pages, where, at, memcg)
                     if reclaim is None:
-                        self.out_of_memory(t, pages, where, at)
+                        self.out_of_memory(t, pages, where, at, memcg)
                     else:
                         retry_at = reclaim
                 t.mm.oom_retry_at = retry_at
@@ -890,9 +909,25 @@ class Run:
         if self.zone.charged() != charged:
             self._fail(f"accounting: the zone says {self.zone.charged()} pages charged, the tasks and objects "
                        f"{charged}", False)
+        self._check_memcgs()
         return {"charged_pages": charged, "rss_pages": rss, "segment_pages": segment,
                 "anon_pages": rss - pgtables - kinds["file"] - kinds["shmem"], "pgtables_pages": pgtables,
                 "page_cache_pages": kinds["file"], "shmem_pages": kinds["shmem"]}
+
+    def _check_memcgs(self) -> None:
+        """Each memcg's usage (hierarchical) is what the mms of its subtree's tasks count, with
+        the page-cache and shmem objects charged there, and within its limit (else verdict ERROR: a fault of ours)."""
+        tree = self.zone.memcg_tree
+        own = [0] * len(tree)
+        for t in self.tasks:
+            own[t.mm.memcg] += t.mm.resident_pages()
+        for k in range(len(self.objects or ())):          # page cache and shmem, charged apart
+            own[self.zone.object_field(k, "memcg")] += self.objects.real_pages(k)
+        for m, (counted, usage) in enumerate(zip(tree.usage(own), self.zone.memcg_usages())):
+            limit = self.zone.memcg(m)[0]
+            if counted != usage or (limit != NO_LIMIT and usage > limit):
+                self._fail(f"accounting: memcg {tree.path(m)}: usage {usage} pages (limit {limit}), the mms "
+                           f"of its tasks count {counted} (a fault of oomemu's: please report it)", False)
 
     def _result(self, accounting) -> RunResult:
         ttr = None

@@ -22,7 +22,9 @@ memcg's. At any quiet moment, for every task and every object:
 so that the zone's usage is anon + page tables + page cache + shmem.
 
 Memory cgroups (``[[memcg]]`` in a scenario): index 0 is the root memcg,
-which has no limit.
+which has no limit; each other one names its parent, which comes before it
+(``kernel.memcontrol.MemcgTree``). A memcg's usage is hierarchical, and a
+charge must fit every level from the task's memcg up to the root.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import posix_ipc
 
+from ..kernel.memcontrol import NO_LIMIT, ROOT_MEMCG, MemcgTree, page_counter_try_charge
 from ..kernel.mm_types import MAX_MEMCGS, PAGE_SIZE, TASK_COMM_LEN
 from ..scenario import MAX_OBJECTS
 from ..kernel.oom_kill import GLOBAL, MEMCG       # why a charge failed: the zone, or a memcg's limit
@@ -48,7 +52,9 @@ from .shm_trust import Segment, unmap
 
 #: one memory cgroup in the zone's table (index 0: the root memcg, no limit)
 MEMCG_RECORD = Record(("limit_pages", "q"),        # -1: none
-                      ("name", f"{TASK_COMM_LEN}s"))
+                      ("name", f"{TASK_COMM_LEN}s"),
+                      ("parent", "i"),             # index of its parent, below its own (-1: the root)
+                      ("oom_group", "i"))          # memory.oom.group: 1 or 0
 #: one page-cache or shmem object in the zone's object table
 OBJECT_RECORD = Record(
     ("charged", "q"),                # pages resident and charged (one aligned store)
@@ -119,6 +125,13 @@ def _memcg_off(index: int) -> int:
     return _MEMCGS_OFF + index * MEMCG_RECORD.size
 
 
+class Short(NamedTuple):
+    """Why a charge failed: GLOBAL (the zone is short; ``memcg`` is the root) or MEMCG
+    (``memcg`` is the first level over its limit on the way up: mem_over_limit)."""
+    where: str
+    memcg: int = ROOT_MEMCG
+
+
 @dataclass(frozen=True)
 class RunFacts:
     run_id: str
@@ -162,10 +175,14 @@ class Zone:
                                 ("scenario", create["scenario"].encode()),
                                 ("policy", create["policy"].encode())):
                 ZONE_HEADER.set(self.map, name, value)         # a name too long is cut to the field
-            memcgs = [("", -1)] + list(create.get("memcgs", []))
-            for i, (mname, limit) in enumerate(memcgs):
-                MEMCG_RECORD.set(self.map, "limit_pages", limit, _memcg_off(i))
-                MEMCG_RECORD.set(self.map, "name", mname.encode(), _memcg_off(i))
+            # (name, limit, parent index, oom_group), parents first
+            memcgs = [("", NO_LIMIT, -1, False)] + list(create.get("memcgs", []))
+            MemcgTree(tuple(m[0] for m in memcgs), tuple(m[2] for m in memcgs),
+                      tuple(m[3] for m in memcgs))                # AssertionError unless a tree
+            for i, (mname, limit, parent, group) in enumerate(memcgs):
+                for field, value in (("limit_pages", limit), ("name", mname.encode()), ("parent", parent),
+                                     ("oom_group", int(group))):
+                    MEMCG_RECORD.set(self.map, field, value, _memcg_off(i))
             self._layout()
             for k, (kind, memcg, size, dirty, oname) in enumerate(objects):
                 for field, value in (("kind", OBJ_KINDS[kind]), ("memcg", memcg), ("size", size),
@@ -201,6 +218,9 @@ class Zone:
         memcg_of = struct.unpack_from(f"={n}i", self.map, _offsets(n)[1])
         if any(not 0 <= m < MAX_MEMCGS for m in memcg_of):
             return "a task's memcg out of range"
+        parents = [MEMCG_RECORD.get(self.map, "parent", _memcg_off(i)) for i in range(MAX_MEMCGS)]
+        if parents[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parents) if i):
+            return "a memcg's parent out of order"
         objs = _offsets(n)[-1]
         for k in range(nobj):
             get = lambda f: OBJECT_RECORD.get(self.map, f, objs + k * OBJECT_RECORD.size)
@@ -217,6 +237,10 @@ class Zone:
         self._memcg_of = struct.Struct(f"={n}i")
         self.dues_off, self._memcg_of_off, self.freezes_off, self.killable_off, self._objects_off = _offsets(n)
         self.dues = struct.Struct(f"={n + 1}d")
+        rec = lambda field: tuple(MEMCG_RECORD.get(self.map, field, _memcg_off(i)) for i in range(MAX_MEMCGS))
+        self.memcg_tree = MemcgTree(tuple(names.c_string(b) for b in rec("name")), rec("parent"),
+                                    tuple(bool(g) for g in rec("oom_group")))
+        self._limits = rec("limit_pages")        # fixed for the run, as the tree
 
     def close(self) -> None:
         unmap(self.map, self._shm)
@@ -288,11 +312,19 @@ class Zone:
     def free_pages(self) -> int:
         return self.total_pages - self.charged()
 
-    def memcg_usage(self, index: int) -> int:
+    def memcg_usages(self) -> list[int]:
+        """Every memcg's usage, hierarchical: its own tasks' charges plus its descendants'."""
         charged = self._charged.unpack_from(self.map, _TASKS_OFF)
         memcg_of = self._memcg_of.unpack_from(self.map, self._memcg_of_off)
-        return sum(c for c, m in zip(charged, memcg_of) if m == index) + sum(
-            self.object_charged(k) for k in range(self.nr_objects) if self.object_field(k, "memcg") == index)
+        own = [0] * MAX_MEMCGS
+        for c, m in zip(charged, memcg_of):
+            own[m] += c
+        for k in range(self.nr_objects):             # page cache and shmem, charged apart
+            own[self.object_field(k, "memcg")] += self.object_charged(k)
+        return self.memcg_tree.usage(own)
+
+    def memcg_usage(self, index: int) -> int:
+        return self.memcg_usages()[index]
 
     # -- objects: page cache and shmem, each with its own charge ---------------------
     def _object_off(self, k: int) -> int:
@@ -329,31 +361,30 @@ class Zone:
                 self.set_object_field(k, "dirty", left)
 
     def memcg(self, index: int) -> tuple[int, int, str]:
-        """(limit pages or -1, usage pages, name) of a memcg."""
-        limit = MEMCG_RECORD.get(self.map, "limit_pages", _memcg_off(index))
-        mname = MEMCG_RECORD.get(self.map, "name", _memcg_off(index))
-        return limit, self.memcg_usage(index), names.c_string(mname)
+        """(limit pages or -1, usage pages (hierarchical), name) of a memcg."""
+        return self._limits[index], self.memcg_usage(index), self.memcg_tree.names[index]
 
-    def room(self, pages: int, memcg: int = 0) -> str | None:
-        """Would a charge of ``pages`` in ``memcg`` succeed now? None if so, else GLOBAL
-        or MEMCG (an unlocked peek)."""
+    def room(self, pages: int, memcg: int = 0) -> Short | None:
+        """Would a charge of ``pages`` in ``memcg`` succeed now? None if so, else why not
+        (an unlocked peek)."""
         if self.free_pages() < pages:
-            return GLOBAL
+            return Short(GLOBAL)
         if memcg:
-            limit, usage, _ = self.memcg(memcg)
-            if limit >= 0 and usage + pages > limit:
-                return MEMCG
+            over = page_counter_try_charge(self.memcg_tree, self.memcg_usages(), self._limits, memcg, pages)
+            if over is not None:
+                return Short(MEMCG, over)
         return None
 
     def lock(self):
         """The zone lock (a context manager): flock on the segment + a thread lock."""
         return _ZoneLock(self)
 
-    def try_charge(self, task: int, pages: int) -> str | None:
-        """Charge ``pages`` to the zone and to the task's memcg, all or nothing.
+    def try_charge(self, task: int, pages: int) -> Short | None:
+        """Charge ``pages`` to the zone and to the task's memcg and its ancestors, all or
+        nothing.
 
-        Returns None on success, else why not: GLOBAL (the zone is short: a
-        global OOM) or MEMCG (the memcg's limit: a memcg OOM)."""
+        Returns None on success, else why not: Short(GLOBAL) (the zone is short: a global
+        OOM) or Short(MEMCG, mem_over_limit) (that memcg's limit: a memcg OOM in its subtree)."""
         with self.lock():
             short = self.room(pages, self.memcg_of(task))
             if short is None:

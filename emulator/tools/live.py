@@ -358,7 +358,7 @@ def mmap_sem_column(mm: Mm) -> str:
 
 def ps_table(run: LiveRun) -> str:
     now = run.now()
-    rows = [("PID", "NAME", "STATE", "ANON", "FILE", "SHMEM", "PGTBL", "ADJ", "BADNESS", "FLAGS",
+    rows = [("PID", "NAME", "MEMCG", "STATE", "ANON", "FILE", "SHMEM", "PGTBL", "ADJ", "BADNESS", "FLAGS",
              "DEADLINE", "MMAP_SEM")]
     k = PAGE_SIZE // 1024
     for i, mm in run.each_mm():
@@ -371,8 +371,8 @@ def ps_table(run: LiveRun) -> str:
                                   (MMF_UNSTABLE, "MMF_UNSTABLE")) if mm.test_bit(bit)]
         dl = mm.reap_deadline
         deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{dl - now:.1f}s"
-        rows.append((str(mm.pid), shown(mm.comm), state, f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
-                     f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
+        rows.append((str(mm.pid), shown(mm.comm), shown(run.zone.memcg_tree.path(mm.memcg)), state,
+                     f"{kb['anon_rss']}k", f"{kb['file_rss']}k", f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
                      badness(mm, state, total), ",".join(flags) or "-", deadline,
                      mmap_sem_column(mm)))
     free_kb = run.zone.free_pages() * k

@@ -134,16 +134,38 @@ def test_a_memcg_is_charged_with_the_zone_in_one_store(world):
     rid = names.new_run_id()
     z = Zone(rid, create={"supervisor_pid": os.getpid(), "supervisor_ctime": 0.0, "speed": 1.0,
                           "total_pages": 100, "scenario": "s", "policy": "p",
-                          "memcgs": [("tight", 30)], "tasks": [0, 1]})
+                          "memcgs": [("tight", 30, 0, False)], "tasks": [0, 1]})
     try:
         assert z.try_charge(0, 60) is None
-        assert z.try_charge(0, 60) == "global"
-        assert z.try_charge(1, 31) == "memcg"            # over the memcg's limit
+        assert z.try_charge(0, 60) == ("global", 0)
+        assert z.try_charge(1, 31) == ("memcg", 1)       # over the memcg's limit
         assert z.try_charge(1, 30) is None
         assert z.charged() == 90 and z.memcg(1) == (30, 30, "tight") and z.free_pages() == 10
         z.uncharge(0, 60)
         z.set_charged(1, 0)                              # the repair of a dead task
         assert z.free_pages() == 100 and z.memcg(1)[1] == 0
+    finally:
+        z.close()
+        posix_ipc.unlink_shared_memory(names.zone(rid))
+
+
+def test_a_charge_walks_up_the_memcg_tree_and_fails_at_the_first_level_over_its_limit(world):
+    rid = names.new_run_id()
+    # /a (limit 50) holds /a/b (limit 80: above its parent's, which binds) and /a/c (limit 10)
+    z = Zone(rid, create={"supervisor_pid": os.getpid(), "supervisor_ctime": 0.0, "speed": 1.0,
+                          "total_pages": 100, "scenario": "s", "policy": "p",
+                          "memcgs": [("a", 50, 0, True), ("b", 80, 1, False), ("c", 10, 1, False)],
+                          "tasks": [2, 3, 0]})
+    try:
+        assert z.try_charge(1, 11) == ("memcg", 3)       # /a/c's own limit, before /a's
+        assert z.try_charge(0, 51) == ("memcg", 1)       # /a/b is under its 80: /a's 50 binds
+        assert z.try_charge(0, 45) is None and z.try_charge(1, 5) is None
+        assert z.memcg(1) == (50, 50, "a") and z.memcg(2)[1] == 45 and z.memcg(3)[1] == 5
+        assert z.try_charge(1, 1) == ("memcg", 1)        # /a/c has room, /a has none
+        assert z.try_charge(2, 50) is None               # the root memcg: only the zone binds
+        assert z.try_charge(2, 1) == ("global", 0)
+        tree = z.memcg_tree
+        assert [tree.path(i) for i in range(4)] == ["/", "/a", "/a/b", "/a/c"] and tree.oom_group[1]
     finally:
         z.close()
         posix_ipc.unlink_shared_memory(names.zone(rid))

@@ -97,7 +97,7 @@ def test_out_of_memory_with_nobody_to_kill_panics():
 
 
 def test_a_memcg_oom_looks_only_inside_its_memcg_scores_against_its_limit_and_never_panics():
-    cg = MemcgState(index=1, name="box", limit_pages=4096, usage_pages=4096)
+    cg = MemcgState(index=1, path="/box", limit_pages=4096, usage_pages=4096)
     alloc, inside, outside = task(1, 10, memcg=1), task(2, 2048, memcg=1), task(3, 60000)
     d = oom(alloc, [alloc, inside, outside], where=MEMCG, memcg=cg)
     assert d.action is OomAction.KILL and d.victim is inside and d.memcg == 1

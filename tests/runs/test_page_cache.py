@@ -153,3 +153,48 @@ def test_a_task_in_its_exit_is_no_candidate(tmp_path):
     r = emulator.run_scenario(write_scenario(tmp_path, SHM_STEPS.replace('ms = 200', 'ms = 110') % steps),
                               policy="v6.6", speed=10)
     assert r.victims and r.victims[0].name == "writer", r.summary()
+
+
+TREE = """
+    memory_mb = 512
+    [[memcg]]
+    name = "app"
+    limit_mb = 100
+    [[memcg]]
+    name = "db"
+    parent = "app"
+    limit_mb = 100
+    [[memcg]]
+    name = "web"
+    parent = "app"
+    limit_mb = 100
+    [[memcg]]
+    name = "other"
+    limit_mb = 200
+    [[task]]
+    name = "cache"
+    memcg = "{cache_memcg}"
+    vma = [{{ kind = "file_private", mb = 60 }}]
+    [[task]]
+    name = "db"
+    memcg = "db"
+    vma = [{{ kind = "anon", mb = {db_mb} }}]
+    [[task]]
+    name = "web"
+    memcg = "web"
+    oom_score_adj = -1000
+    step = [{{ op = "alloc", mb = 50 }}]
+"""
+
+
+@pytest.mark.parametrize("cache_memcg, db_mb, kills", [("db", 20, 0), ("other", 60, 1)])
+def test_memcg_reclaim_takes_page_cache_only_inside_the_memcg_at_its_limit(tmp_path, cache_memcg, db_mb, kills):
+    # web's 50 MB take app (limit 100) over: the charge fails at app, so reclaim works on
+    # app's subtree. 60 MB of page cache there (in db) make room; in another memcg they are
+    # not app's to reclaim, and db dies
+    text = TREE.format(cache_memcg=cache_memcg, db_mb=db_mb)
+    r = emulator.run_scenario(write_scenario(tmp_path, text), policy="v6.6", speed=10)
+    assert (r.verdict, r.kills) == ("resolved", kills), r.summary()
+    assert [v.name for v in r.victims] == ["db"] * kills
+    a = adds_up(r)
+    assert a["page_cache_pages"] == (60 - 30) * 256 if not kills else 60 * 256
