@@ -134,3 +134,16 @@ def test_task_will_free_mem_only_if_every_user_of_its_mm_is_dying():
     assert task_will_free_mem(dying, [dying, view(2, 10, mm_id=1, has_mm=False)])
     assert not task_will_free_mem(view(1, 10, mm_id=1, exiting=True, mmf_oom_skip=True), [])
     assert not task_will_free_mem(alive, [dying, alive])            # not dying itself
+
+
+def test_the_every_key_example_of_the_docs_loads_with_its_sharer_and_pin(tmp_path):
+    import os
+    import re
+    from tests.helpers import REPO
+    with open(os.path.join(REPO, "docs", "scenario-format.md")) as f:
+        doc = f.read()
+    example = re.search(r"## A file that uses every key.*?```toml\n(.*?)```", doc, re.S).group(1)
+    s = load(tmp_path, example)
+    helper = next(t for t in s.tasks if t.mm)
+    assert (helper.mm, helper.memcg) == ("gpu", "batch")
+    assert any(st.op == "mm_pin" for t in s.tasks for st in t.steps)

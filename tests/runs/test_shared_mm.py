@@ -17,7 +17,7 @@ import json
 import pytest
 
 import emulator
-from tests.helpers import write_scenario
+from tests.helpers import check_documented, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 WAKE_MARGIN_S = 0.5
@@ -51,7 +51,9 @@ def run(tmp_path, text, policy="v6.6"):
     trace = tmp_path / "t.jsonl"
     r = emulator.run_scenario(write_scenario(tmp_path, text), policy=policy, speed=1, trace=str(trace))
     assert r.verdict == "resolved", r.summary()           # the accounting check held, too
-    return r, events(trace)
+    evs = events(trace)
+    check_documented(evs)
+    return r, evs
 
 
 def test_one_kill_takes_every_process_of_the_mm_and_exit_mmap_follows_the_last(tmp_path):
