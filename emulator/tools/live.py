@@ -607,6 +607,9 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
         except (Refused, FileNotFoundError) as e:
             raise UsageError(f"task {label} of run {run.run_id}: {e}") from None
         try:
+            if action == "hold-mmap-sem" and mm.shares_mm:
+                raise UsageError(f"task {label} of run {run.run_id} shares the mm of task index "
+                                 f"{mm.shares_mm - 1} (mm = ...): its mmap_sem is that task's, hold it there")
             if action == "hold-mmap-sem":
                 hold_mmap_sem(run, index, mm, f"the mmap_sem of {label}", mode, arg, echo=echo)
                 return
@@ -624,26 +627,37 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
         run.close()
 
 
+def _check_alloc(task: Mm, mm: Mm, label: str, arg: float) -> None:
+    """An injected alloc that the task (its own segment ``task``, using ``mm``) can make."""
+    pages, room = round(arg * PAGES_PER_MB), alloc_room(mm)
+    if pages < 1:
+        raise UsageError(f"alloc {arg:g} MB: less than a page")
+    if pages > room:
+        raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
+                         f"{room / PAGES_PER_MB:g} MB more")
+    held = MmapSem(mm, None, None).state(check_alive=False)
+    if pages >= MMAP_THRESHOLD_PAGES and held.holds(task.pid) == "read":
+        raise UsageError(f"alloc {arg:g} MB: task {label} holds its own mmap_sem for read, and an "
+                         f"alloc of {MMAP_THRESHOLD_MB:g} MB or more maps memory first: "
+                         f"down_write under its own read lock would deadlock")
+
+
 def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, action: str,
                  arg, echo) -> None:
     """alloc, stop, cont, crash: the signal goes through the proven worker's pidfd."""
     try:
         if action == "alloc":
-            pages, room = round(arg * PAGES_PER_MB), alloc_room(mm)
-            if pages < 1:
-                raise UsageError(f"alloc {arg:g} MB: less than a page")
-            if pages > room:
-                raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
-                                 f"{room / PAGES_PER_MB:g} MB more")
-            held = MmapSem(mm, None, None).state(check_alive=False)
-            if pages >= MMAP_THRESHOLD_PAGES and held.holds(mm.pid) == "read":
-                raise UsageError(f"alloc {arg:g} MB: task {label} holds its own mmap_sem for read, and an "
-                                 f"alloc of {MMAP_THRESHOLD_MB:g} MB or more maps memory first: "
-                                 f"down_write under its own read lock would deadlock")
+            shared = _shared_mm(run, index, mm, run.mm_indices())    # its allocs grow that mm
+            try:
+                _check_alloc(mm, shared or mm, label, arg)
+            finally:
+                if shared is not None:
+                    shared.close()
             mm.post_command(CMD_ALLOC, float(arg))
             worker.send_signal(SIGWAKE)
             what = f"{label} asked to allocate {arg:g} MB"
         elif action == "stop":
+
             _stop_at_a_safe_point(run, index, mm, worker)
             what = f"SIGSTOP to {label}"
         elif action == "cont":
