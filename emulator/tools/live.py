@@ -607,9 +607,11 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
         except (Refused, FileNotFoundError) as e:
             raise UsageError(f"task {label} of run {run.run_id}: {e}") from None
         try:
-            if action == "hold-mmap-sem" and mm.shares_mm:
-                raise UsageError(f"task {label} of run {run.run_id} shares the mm of task index "
-                                 f"{mm.shares_mm - 1} (mm = ...): its mmap_sem is that task's, hold it there")
+            if action == "hold-mmap-sem" and (owner := _shared_mm(run, index, mm, run.mm_indices())):
+                whose = f"{shown(owner.comm)} (pid {owner.pid})"
+                owner.close()
+                raise UsageError(f"task {label} of run {run.run_id} shares the mm of {whose}: its "
+                                 f"mmap_sem is that task's, hold it there")
             if action == "hold-mmap-sem":
                 hold_mmap_sem(run, index, mm, f"the mmap_sem of {label}", mode, arg, echo=echo)
                 return
