@@ -628,7 +628,7 @@ class Run:
         if not s.crashed:
             hold_for_kill(self.zone, s.index, at)
             os.kill(s.pid, SIGKILL_EMULATED)
-        self.trace("oom_kill_mm_sharer", s, at, victim=victim.name, victim_pid=victim.pid)
+        self.trace("mm_sharer_killed", s, at, victim=victim.name, victim_pid=victim.pid)
 
     @property
     def lagged(self) -> bool:

@@ -63,7 +63,7 @@ def test_one_kill_takes_every_process_of_the_mm_and_exit_mmap_follows_the_last(t
     assert sum(" Killed process " in line for line in r.log) == 1
     kill = first(evs, "oom_kill")
     assert kill["anon_rss"] == 40 * 1024                   # the mm's: the owner's 30 MB + the sharer's 10
-    also = first(evs, "oom_kill_mm_sharer")
+    also = first(evs, "mm_sharer_killed")
     assert (also["task"], also["victim"], also["t"]) == ("owner", "sharer", kill["t"])
     owner_exit, sharer_exit = first(evs, "exited", "owner"), first(evs, "exited", "sharer")
     assert owner_exit["t"] == pytest.approx(kill["t"])     # sleeping: it dies at the kill
