@@ -13,6 +13,7 @@ fail on a number or a size that the file gave it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -26,17 +27,21 @@ from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIE
                               TASK_COMM_LEN, VMA_KINDS)
 from .kernel.verdict import OUTCOMES, Verdict
 
-OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit", "shm_unlink",
+OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit", "mm_pin", "shm_unlink",
        "shm_truncate")
 _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task", "mode"},
             "mmap_sem_up": {"task"}, "lock": {"name"}, "unlock": {"name"}, "exit": set(),
-            "shm_unlink": {"name"}, "shm_truncate": {"name"}}
+            "mm_pin": {"task", "ms"}, "shm_unlink": {"name"}, "shm_truncate": {"name"}}
 SHM_OPS = ("shm_unlink", "shm_truncate")
 MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
              "expected", "writeback_mb_per_s"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_per_mb",
-              "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step"}
+              "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step", "mm"}
+#: what belongs to the mm, not the task: a task that shares another's mm (``mm``) takes the
+#: owner's (oom_score_adj too: the kernel keeps it equal for every process sharing an mm)
+_MM_KEYS = ("vma", "pgtables_mb", "oom_score_adj", "mmu_notifier", "memcg", "exit_unmap_ms_per_mb",
+            "exit_free_pgtables_ms")
 _MEMCG_KEYS = {"name", "limit_mb", "parent", "oom_group"}
 _EXPECTED_KEYS = {"verdict", "kills", "why"}
 VERDICTS = tuple(v.value for v in OUTCOMES)      # what [expected] may state
@@ -105,7 +110,7 @@ class StepSpec:
     mb: float = 0.0
     ms: float = 0.0
     name: str = ""
-    task: str = ""          # mmap_sem_down/_up: another task's mmap_sem (default: its own)
+    task: str = ""          # mmap_sem_down/_up: another task's mmap_sem (default: its own); mm_pin: whose mm
     mode: str = ""          # mmap_sem_down: "read" or "write"
 
 
@@ -137,6 +142,7 @@ class TaskSpec:
     pgtables_mb: float = 0.0
     memcg: str = ""
     vma_objects: tuple[int, ...] = ()     # per VMA, the index of the object it maps (-1: none)
+    mm: str = ""            # the task whose mm this one shares (CLONE_VM), "": its own
 
     @property
     def initial_mb(self) -> float:
@@ -412,6 +418,14 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         w = f"task[{ti}]."
         c.keys(t, _TASK_KEYS, w)
         tname = c.comm(t, "name", w, default=f"task{ti}")
+        shares = t.get("mm", "")
+        if not isinstance(shares, str) or ("mm" in t and not shares):
+            c.fail(w + "mm", f"must be the name of the task whose mm it shares, not {_show(shares)}")
+        if shares:
+            given = [k for k in _MM_KEYS if k in t]
+            if given:
+                c.fail(w + given[0], f"{tname}: shares the mm of {_show(shares)} (mm), whose {given[0]} "
+                                     f"applies: a task sharing an mm has none of its own")
         count = c.number(t, "count", w, default=1, integer=True, minimum=1, maximum=MAX_TASKS)
         if len(tasks) + count > MAX_TASKS:
             c.fail(w + "count", f"more than {MAX_TASKS} tasks in all (each is a process)")
@@ -465,6 +479,9 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                 steps.append(StepSpec(op, mb=float(c.number(s, "mb", sw, positive=True, **mb_bound))))
             elif op in ("sleep", "busy"):
                 steps.append(StepSpec(op, ms=float(c.number(s, "ms", sw, **ms_bound))))
+            elif op == "mm_pin":
+                other = c.string(s, "task", sw)
+                steps.append(StepSpec(op, task=other, ms=float(c.number(s, "ms", sw, **ms_bound))))
             elif op in ("mmap_sem_down", "mmap_sem_up"):
                 other = s.get("task", "")
                 if not isinstance(other, str):
@@ -488,7 +505,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
             if len(full) > MAX_COMM:
                 c.fail(w + "name", f"{full!r} is longer than a comm's {MAX_COMM} characters")
             tasks.append(TaskSpec(full, adj, notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
-                                  float(pgtables_mb), memcg))
+                                  float(pgtables_mb), memcg, mm=shares))
 
     seen = set()
     for t in tasks:
@@ -499,6 +516,9 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         for s in t.steps:
             if s.task and s.task not in seen:
                 c.fail("task.step.task", f"{t.name}: no task is called {_show(s.task)}")
+            if s.op == "mm_pin" and s.task == t.name:
+                c.fail("task.step.task", f"{t.name}: mm_pin names itself (a task holds its own mm already)")
+    tasks = _share_mms(c, tasks)
     tasks, objects = _objects(c, tasks, memcgs)
     writeback = c.number(data, "writeback_mb_per_s", "", default=WRITEBACK_MB_PER_S, positive=True,
                          maximum=MAX_MEMORY_MB, why=" (1 TiB a second)")
@@ -542,7 +562,8 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                                      f"{_pages(m.limit_mb)} ({_num(m.limit_mb)} MB)")
     # Every mm's segment is sparse but mapped whole, by the supervisor and by each worker
     # that touches it: its VMAs, page tables and room for the zone (supervisor._layout).
-    mapped = sum(_start_pages(t) + zone_pages + MM_HEADER_PAGES for t in tasks) + sum(o.pages for o in objects)
+    mapped = sum(MM_HEADER_PAGES if t.mm else _start_pages(t) + zone_pages + MM_HEADER_PAGES for t in tasks) \
+        + sum(o.pages for o in objects)
     if mapped > _pages(MAX_MAPPED_MB):
         c.fail("memory_mb", f"{len(tasks)} tasks, each mapping room for the whole zone ({memory_mb} MB), "
                             f"map more than the {MAX_MAPPED_MB >> 20} TiB a run may map in all: "
@@ -577,8 +598,7 @@ def _objects(c: _Checker, tasks: list[TaskSpec], memcgs: list[MemcgSpec]) -> tup
                 objects.append(ObjectSpec("shmem" if v.kind == "shmem" else "file", pages,
                                           _pages(v.dirty_mb), t.memcg, v.object))
             idx.append(k)
-        out.append(TaskSpec(t.name, t.oom_score_adj, t.mmu_notifier, t.exit_unmap_ms_per_mb,
-                            t.exit_free_pgtables_ms, t.vmas, t.steps, t.pgtables_mb, t.memcg, tuple(idx)))
+        out.append(dataclasses.replace(t, vma_objects=tuple(idx)))
     if len(objects) > MAX_OBJECTS:
         c.fail("task.vma", f"at most {MAX_OBJECTS} page-cache and shmem objects in all (each file or shmem VMA "
                            f"maps one), not {len(objects)}")
@@ -633,6 +653,29 @@ def _check_own_read_holds(c: _Checker, where: str, name: str, steps: list[StepSp
             c.fail(f"{where}step[{si}]", f"{name}: an alloc of {_num(s.mb)} MB while it holds its own "
                                          f"mmap_sem for read would deadlock (an alloc of {MMAP_THRESHOLD_MB} MB "
                                          f"or more maps memory first: down_write under its own read lock)")
+
+
+def _share_mms(c: _Checker, tasks: list[TaskSpec]) -> list[TaskSpec]:
+    """Check each ``mm`` (a task of the file, not itself, that has an mm of its own) and give
+    the sharer its owner's mm keys, which apply to it (CLONE_VM: one mm_struct)."""
+    by_name = {t.name: t for t in tasks}
+    out = []
+    for t in tasks:
+        if t.mm:
+            owner = by_name.get(t.mm)
+            if t.mm == t.name:
+                c.fail("task.mm", f"{t.name}: mm names the task itself")
+            if owner is None:
+                c.fail("task.mm", f"{t.name}: no task is called {_show(t.mm)} (a task with count = N "
+                                  f"is called NAME-0 .. NAME-N-1)")
+            if owner.mm:
+                c.fail("task.mm", f"{t.name}: {t.mm!r} shares the mm of {owner.mm!r} itself: name the "
+                                  f"owner, {owner.mm!r}")
+            t = dataclasses.replace(t, oom_score_adj=owner.oom_score_adj, mmu_notifier=owner.mmu_notifier,
+                                    exit_unmap_ms_per_mb=owner.exit_unmap_ms_per_mb,
+                                    exit_free_pgtables_ms=owner.exit_free_pgtables_ms, memcg=owner.memcg)
+        out.append(t)
+    return out
 
 
 def _start_pages(t: TaskSpec) -> int:

@@ -101,8 +101,13 @@ class WorkerTask:
         self.t_plan = 0.0                    # emulated time the next action is due
         self.lag_ms = 0.0                    # the worst lateness so far (real ms)
         self.pid = os.getpid()
-        self.mm = Mm(names.mm(run_id, index))
-        self.mmap_sem = MmapSem.open(run_id, index, self.mm, f"the mmap_sem of task {index}")
+        # ``own``: this task's segment (its pid, state, comm, killed_at, mailbox: the
+        # task_struct's part); ``mm``: the mm it uses, the same segment unless it shares
+        # another task's (CLONE_VM), whose mmap_sem and charge are then its own too.
+        self.own = Mm(names.mm(run_id, index))
+        self.mm_index = spec.mm_index
+        self.mm = self.own if spec.mm_index == index else Mm(names.mm(run_id, spec.mm_index))
+        self.mmap_sem = MmapSem.open(run_id, spec.mm_index, self.mm, f"the mmap_sem of task {spec.mm_index}")
         self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
         self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec.locks}
         # other tasks' mms whose mmap_sem a step takes (like /proc/PID/mem readers do)
@@ -170,7 +175,7 @@ class WorkerTask:
     def killed(self) -> None:
         """Dying: the exit is planned from the kill, or from where the task stood then
         if it was busy (D state) past it."""
-        self.at(max(self.t_plan, self.mm.killed_at or self.clock.now()))
+        self.at(max(self.t_plan, self.own.killed_at or self.clock.now()))
 
     def schedule_timeout_killable(self, emulated_s: float, where: str = "sleep") -> None:
         """Sleep until ``emulated_s`` after the plan, but wake up and die if the emulated
@@ -184,10 +189,10 @@ class WorkerTask:
 
     def _d_state(self, on: bool) -> None:
         if on:
-            self.mm.state = TaskState.TASK_UNINTERRUPTIBLE
+            self.own.state = TaskState.TASK_UNINTERRUPTIBLE
             self.send(Event.STATE, state="D")
         else:
-            self.mm.state = TaskState.EXITING if self.exiting else TaskState.TASK_RUNNING
+            self.own.state = TaskState.EXITING if self.exiting else TaskState.TASK_RUNNING
             self.send(Event.STATE, state="R")
 
     def _blocked(self, on: bool) -> None:
@@ -260,7 +265,7 @@ class WorkerTask:
         (MMF_UNSTABLE: only a victim's), the fault fails as the kernel's does with
         SIGBUS: the charge goes back and the task dies."""
         if not self.mm.fault_in(vma_index, pages):
-            self.zone.uncharge(self.index, pages)
+            self.zone.uncharge(self.mm_index, pages)
             self.mm.journal_end()
             self.fatal = True
             raise Dying
@@ -291,11 +296,14 @@ class WorkerTask:
         stalled, done = False, 0
         while done < pages:
             batch = min(FAULT_BATCH_PAGES, pages - done)
-            stalled = self._charge(batch, vma_index, pages, stalled)
-            self.fault_in(vma_index, batch)
+            if self.spec.mm_shared:
+                stalled = self._shared_fault(batch, vma_index, pages, stalled)
+            else:
+                stalled = self._charge(batch, vma_index, pages, stalled)
+                self.fault_in(vma_index, batch)
             done += batch
         if stalled:
-            self.mm.state = TaskState.TASK_RUNNING
+            self.own.state = TaskState.TASK_RUNNING
         self.send(Event.ALLOC_OK, pages=pages, stalled=stalled)
 
     def _charge(self, batch: int, vma_index: int, pages: int, stalled: bool) -> bool:
@@ -306,30 +314,61 @@ class WorkerTask:
             if self.fatal_signal_pending():
                 self.mm.journal_end()
                 raise Dying                      # a dying task leaves the allocator
-            if not stalled:
-                self.send(Event.ALLOC_STALL, pages=pages, where=short.where, memcg=short.memcg)
-                self.mm.state = TaskState.ALLOC_STALL
-                stalled = True
-            # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
-            # the allocating task's context: wait until the supervisor's OOM killer is
-            # done. We hold the run clock meanwhile (we do not let go: the supervisor
-            # answers at once, except after a panic, which ends the run), so the OOM
-            # killer decides at the time we are at, however long the round trip takes.
-            # The supervisor reclaims first (page cache) and calls the OOM killer only if
-            # reclaim cannot make room; its answer says when to try again: at once (reclaim
-            # made room), once writeback has made some (throttled), or a jiffy after the
-            # OOM killer's answer.
-            self.send(Event.OOM, pages=batch, where=short.where, memcg=short.memcg)
-            sem_down(self.oom_reply)
-            retry_at = self.mm.oom_retry_at
-            try:
-                if retry_at < 0:
-                    self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")   # then try again
-                elif retry_at > self.t_plan:
-                    self.schedule_timeout_killable(retry_at - self.t_plan, "reclaim_throttle")
-            except Dying:
+            stalled = self._oom(short, batch, pages, stalled)
+        return stalled
+
+    def _shared_fault(self, batch: int, vma_index: int, pages: int, stalled: bool) -> bool:
+        """One batch into an mm that other processes use too: charge and fault in one
+        guarded section (Mm.shared_fault), stalling as :meth:`_charge` does until it fits.
+        The charge is the mm's (its owner's counter in the zone)."""
+        while True:
+            done = self.mm.shared_fault(vma_index, batch, lambda n: self.zone.try_charge(self.mm_index, n),
+                                        self._repair_dead_faulter)
+            if done is True:
+                return stalled
+            if done is False or self.fatal_signal_pending():
+                self.fatal = True                # MMF_UNSTABLE: SIGBUS, as fault_in
+                raise Dying
+            stalled = self._oom(done, batch, pages, stalled)
+
+    def _repair_dead_faulter(self) -> None:
+        """Under the mm's guard: another user of the mm died in the middle of a fault
+        (Mm.shared_fault). Finish or undo its batch, as the supervisor's repair would;
+        the mm's charge is stable under the guard, so the journal says exactly what."""
+        charged, complaint = self.mm.repair(self.zone.charged_by(self.mm_index))
+        if complaint is not None:
+            raise RuntimeError(f"a shared mm's journal: {complaint}")
+        self.zone.set_charged(self.mm_index, charged)
+
+    def _oom(self, short, batch: int, pages: int, stalled: bool) -> bool:
+        """The batch did not fit (``short``: zone.Short, where and which memcg): reclaim and,
+        if it must, out_of_memory(), then a wait as the supervisor answers (killable)."""
+        if not stalled:
+            self.send(Event.ALLOC_STALL, pages=pages, where=short.where, memcg=short.memcg)
+            self.own.state = TaskState.ALLOC_STALL
+            stalled = True
+        # __alloc_pages_may_oom / mem_cgroup_oom -> out_of_memory(), which runs in
+        # the allocating task's context: wait until the supervisor's OOM killer is
+        # done. We hold the run clock meanwhile (we do not let go: the supervisor
+        # answers at once, except after a panic, which ends the run), so the OOM
+        # killer decides at the time we are at, however long the round trip takes.
+        # The supervisor reclaims first (page cache) and calls the OOM killer only if
+        # reclaim cannot make room; its answer (in our own segment: a process sharing
+        # our mm may be waiting for its own) says when to try again: at once (reclaim
+        # made room), once writeback has made some (throttled), or a jiffy after the
+        # OOM killer's answer.
+        self.send(Event.OOM, pages=batch, where=short.where, memcg=short.memcg)
+        sem_down(self.oom_reply)
+        retry_at = self.own.oom_retry_at
+        try:
+            if retry_at < 0:
+                self.schedule_timeout_killable(self.spec.jiffy_s, "oom_retry")   # then try again
+            elif retry_at > self.t_plan:
+                self.schedule_timeout_killable(retry_at - self.t_plan, "reclaim_throttle")
+        except Dying:
+            if not self.spec.mm_shared:
                 self.mm.journal_end()
-                raise
+            raise
         return stalled
 
     # -- steps ------------------------------------------------------------
@@ -366,6 +405,23 @@ class WorkerTask:
             # it at our time (we hold the run clock) and answers on oom_reply
             self.send(Event.SHM, op=op, name=step.name)
             sem_down(self.oom_reply)
+        elif op == "mm_pin":
+            self.mm_pin(step.task, step.ms / 1000)
+
+    def mm_pin(self, name: str, emulated_s: float) -> None:
+        """mmget_not_zero() on task ``name``'s mm, held ``emulated_s`` as a /proc/PID reader
+        holds it (uninterruptible: a read of a few ms does not stop for SIGKILL), then mmput().
+        Meanwhile that mm's exit waits in mmput (D state); the reaper needs no reference."""
+        sem, mm_index = self.others[name], self.spec.others[name]
+        ok = sem.mmget_not_zero()
+        self.send(Event.MM_PIN, what="mmget_not_zero", mm=mm_index, success=ok)
+        if not ok:
+            return                               # the mm is gone: the read fails (ESRCH)
+        try:
+            self.uninterruptible(emulated_s, "mm_pin")
+        finally:
+            sem.mmput_ref()
+            self.send(Event.MM_PIN, what="mmput", mm=mm_index)
 
     def _up_other(self, name: str) -> None:
         """Let go of every hold on task ``name``'s mmap_sem, and of the references (mmput)."""
@@ -378,7 +434,7 @@ class WorkerTask:
             self.up_mmap_sem(self.mmap_sem, self.index, self.own_holds.pop())
 
     def run(self) -> None:
-        self.mm.pid = os.getpid()
+        self.own.pid = os.getpid()
         pgtables = self.spec.pgtables_pages
         if pgtables:
             self.mm.journal_begin(J_CHARGE, -1, pgtables)
@@ -386,9 +442,8 @@ class WorkerTask:
                 raise RuntimeError("the zone cannot hold the task's page tables")
             self.mm.fault_pgtables()
             self.mm.journal_end()
-        for vi, vma in enumerate(self.mm.vmas()):
-            pages = self.spec.initial_pages[vi]
-            if pages and vma.object >= 0:
+        for vi, pages in enumerate(self.spec.initial_pages):       # none if it shares an mm
+            if pages and self.mm.vmas()[vi].object >= 0:
                 self.mm.map_object(vi, pages)     # the object's pages, resident and charged already
             elif pages:
                 self.mm.journal_begin(J_CHARGE, vi, pages)
@@ -396,7 +451,7 @@ class WorkerTask:
                     raise RuntimeError("the zone cannot hold the task's initial VMAs")
                 self.mm.fault_in(vi, pages)
                 self.mm.journal_end()
-        self.mm.state = TaskState.TASK_RUNNING
+        self.own.state = TaskState.TASK_RUNNING
         self.send(Event.READY, pid=os.getpid())
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
         self.at(0.0)                              # the clock cannot pass 0 before we act ...
@@ -424,7 +479,7 @@ class WorkerTask:
 
     def do_commands(self) -> None:
         """Commands left in the mm's mailbox by ``oomemu inject`` (then SIGUSR2)."""
-        seq, op, arg = self.mm.command()
+        seq, op, arg = self.own.command()
         if seq == self.cmd_seq:
             return
         self.cmd_seq = seq
@@ -437,7 +492,7 @@ class WorkerTask:
     # -- do_exit / exit_mmap ---------------------------------------------
     def do_exit(self) -> None:
         self.exiting = True
-        self.mm.state = TaskState.EXITING
+        self.own.state = TaskState.EXITING
         self.send(Event.EXITING, fatal=self.fatal)
         self._up_own_holds()                          # unwinding drops what we hold
         for name in dict(self.held_others):
@@ -446,7 +501,7 @@ class WorkerTask:
             self.locks[name].release()
         self.held_locks.clear()
         self.exit_mmap()
-        self.mm.state = TaskState.TASK_DEAD
+        self.own.state = TaskState.TASK_DEAD
         self.send(Event.EXITED)
         self.clock.let_go()                           # gone: time goes on without us
         os._exit(0)
@@ -460,21 +515,23 @@ class WorkerTask:
         self.down_mmap_sem(self.mmap_sem, self.index, "write")
         self.up_mmap_sem(self.mmap_sem, self.index, "write")
 
-    def mmput(self) -> None:
-        """mmput(): drop our reference to the mm and wait, in D state, until no other task
-        holds or waits for our mmap_sem (each keeps a reference, as /proc/PID/mem readers
-        do); woken by the last one to let go. The reaper keeps none: it may go on."""
+    def mmput(self) -> bool:
+        """mmput(): drop our reference to the mm. False if other processes still use it
+        (CLONE_VM): the last of them tears it down. The last waits, in D state, until no
+        other task holds a reference (an mmap_sem hold or wait, an mm_pin: as /proc/PID
+        readers do); woken by the last one to let go. The reaper keeps none: it may go on."""
         def on_wait(on: bool) -> None:
             if on:
                 self.send(Event.MMPUT_WAIT, users=self.mmap_sem.state(check_alive=False).mm_users)
             self._blocked(on)
-        self.mmap_sem.mmput(self.pid, on_wait)
+        return self.mmap_sem.mmput(self.pid, on_wait) is not None
 
     def exit_mmap(self) -> None:
         """mm/mmap.c exit_mmap(), once mm_users is 0 (:meth:`mmput`), with mmap_sem taken
         and MMF_OOM_SKIP set where the policy's ExitMmapRules say."""
         rules = self.spec.exit_mmap
-        self.mmput()
+        if not self.mmput():
+            return                                # exit_mm: the mm stays with its other users
         victim = self.mm.test_bit(MMF_OOM_VICTIM)
         freed = 0
         self.send(Event.EXIT_MMAP_START, victim=victim)
@@ -517,7 +574,7 @@ class WorkerTask:
         self.uninterruptible(self.spec.exit_free_pgtables_ms / 1000, "exit_mmap")   # free_pgtables
         self.mm.journal_begin(J_ZAP, -1, self.mm.pgtables_pages)
         pgt = self.mm.free_pgtables()
-        self.zone.uncharge(self.index, pgt)
+        self.zone.uncharge(self.mm_index, pgt)
         self.mm.journal_end()
         freed += pgt
         if rules.free_pgtables_lock is not MmapLock.NONE:
@@ -530,7 +587,7 @@ class WorkerTask:
         """Zap one of our VMAs, journalled for repair if we die half-way. The zap claims
         the pages it frees: we uncharge exactly those (the reaper, the others)."""
         self.mm.journal_begin(J_ZAP, vma.index, self.mm.vmas()[vma.index].nr_pages)
-        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.index, pages))
+        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.mm_index, pages))
         self.mm.journal_end()
         return n
 

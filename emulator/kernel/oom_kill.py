@@ -34,6 +34,8 @@ class TaskView:
     oom_victim: bool = False  # tsk_is_oom_victim()
     mmf_oom_skip: bool = False
     memcg: int = 0            # the memory cgroup it is charged to (0: root)
+    mm_id: int = 0            # tasks with the same non-zero mm_id share one mm (CLONE_VM); 0: its own
+    exiting: bool = False     # SIGKILL sent or in do_exit (__task_will_free_mem: SIGNAL_GROUP_EXIT)
 
 
 @dataclass
@@ -62,6 +64,28 @@ def oom_badness(task: TaskView, totalpages: int) -> int:
     adj = task.oom_score_adj * (totalpages // 1000)
     points += adj
     return points if points > 0 else 1
+
+
+def process_shares_mm(p: TaskView, victim: TaskView) -> bool:
+    """Another process (not ``victim`` itself) using ``victim``'s mm."""
+    return bool(victim.mm_id) and p.mm_id == victim.mm_id and p.pid != victim.pid
+
+
+def task_will_free_mem(task: TaskView, tasks: Iterable[TaskView]) -> bool:
+    """mm/oom_kill.c task_will_free_mem(): ``task`` is exiting (or killed) and its mm will be
+    freed with it: MMF_OOM_SKIP is not set and every other live process sharing its mm is
+    exiting too (one that is not keeps the mm, and the OOM killer must choose)."""
+    if not (task.exiting or task.oom_victim) or task.mmf_oom_skip:
+        return False
+    return all(p.exiting or p.oom_victim for p in tasks if p.has_mm and process_shares_mm(p, task))
+
+
+def mm_sharers(victim: TaskView, tasks: Iterable[TaskView]) -> tuple[TaskView, ...]:
+    """__oom_kill_process's last loop: every other process sharing the victim's mm gets
+    SIGKILL too, "to make sure [the mm] will be freed" (no "Killed process" line, no
+    mark_oom_victim: the mm is the victim's). No init or kthread shares an mm here, so the
+    "oom killer %d (%s) has mm pinned by %d (%s)" case does not arise."""
+    return tuple(p for p in tasks if p.has_mm and process_shares_mm(p, victim))
 
 
 class Selection(Enum):
@@ -140,6 +164,7 @@ class OomDecision:
     oom_group: int | None = None        # KILL: the memcg killed whole with the victim (memory.oom.group)
     group_lines: tuple[str, ...] = ()   # KILL: printed after the victim's "Killed process" line
     group: tuple[TaskView, ...] = ()    # KILL: the oom_group's other members to kill, in order
+    sharers: tuple[TaskView, ...] = ()  # KILL: other processes sharing the victim's mm, killed with it
 
 
 def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, would_succeed: bool,
@@ -147,6 +172,7 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
                   memcg: MemcgState | None = None, tree: MemcgTree | None = None) -> OomDecision:
     """mm/oom_kill.c out_of_memory() for a failed allocation of ``requester``. Has to be
     called with oom_lock held (the caller's), so that the views stay true while it decides.
+    ``requester_exiting``: task_will_free_mem(current) (see :func:`task_will_free_mem`).
 
     ``where`` is GLOBAL (the zone is short) or MEMCG (the requester's memcg, ``memcg``,
     is at its limit: only the tasks of its subtree are candidates). ``tree``: the run's
@@ -167,8 +193,8 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
             return OomDecision(OomAction.ABORT, aborted_by=v, memcg=domain)
     totalpages = total_pages if domain is None else memcg.limit_pages
     oc = OomControl(totalpages=totalpages, requester=requester.name, memcg=domain)
-    tasks = [t for t in tasks if in_domain(t)]
-    selection = select_bad_process(tasks, oc)
+    tasks = list(tasks)
+    selection = select_bad_process((t for t in tasks if in_domain(t)), oc)
     if selection is Selection.ABORT:
         return OomDecision(OomAction.ABORT, aborted_by=oc.aborted_by, memcg=domain)
     invoked = "%s invoked oom-killer: %s, oom_score_adj=%d" % (requester.name, GFP, requester.oom_score_adj)
@@ -187,10 +213,12 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
                  % (reason, victim.pid, victim.name, oc.chosen_points * 1000 // oc.totalpages))
     group = mem_cgroup_get_oom_group(tree, victim.memcg, domain) if tree is not None else None
     if group is None:
-        return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain)
+        return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain,
+                           sharers=mm_sharers(victim, tasks))
     return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain, oom_group=group,
+                       sharers=mm_sharers(victim, tasks),
                        group_lines=(oom_group_line(tree.path(group)),),
-                       group=oom_group_members(tree, group, victim, tasks))
+                       group=oom_group_members(tree, group, victim, [t for t in tasks if in_domain(t)]))
 
 
 def oom_group_line(path: str) -> str:

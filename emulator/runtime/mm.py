@@ -94,13 +94,16 @@ MM_HEADER = Record(
     ("flags", f"{MMF_BITS}s"),       # mm->flags, a byte per bit (see Mm.set_bit)
     ("comm", f"{TASK_COMM_LEN}s"),   # the task's name
     ("vmas", f"{MAX_VMAS * VMA_RECORD.size}s"),
+    ("mm_tasks", "i"),               # of mm_users, the processes that use the mm as theirs (CLONE_VM)
+    ("shares_mm", "i"),              # this task's: 1 + the index of the task whose mm it uses; 0: its own
 )
 _FLAGS_OFF = MM_HEADER.offset("flags")
 _COMM = MM_HEADER.fields["comm"]
 _VMAS_OFF = MM_HEADER.offset("vmas")
 assert MM_HEADER.size <= HEADER_SIZE
-MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "killed_at", "oom_retry_at", "cmd_arg", "journal_pages",
-                        "vmas", "mm_users", "sem_writer", "sem_readers", "sem_nr_waiters", "sem_mmput")
+MM_HEADER.check_aligned("pgtables_pages", "total_vm", "reap_deadline", "killed_at", "oom_retry_at", "cmd_arg",
+                        "journal_pages", "vmas", "mm_users", "mm_tasks", "shares_mm", "sem_writer", "sem_readers",
+                        "sem_nr_waiters", "sem_mmput")
 assert MM_HEADER.offset("sem_reader_pids") % 4 == 0 and MM_HEADER.offset("sem_waiters") % 4 == 0
 VMA_RECORD.check_aligned("nr_pages")
 assert _VMAS_OFF % 8 == 0 and VMA_RECORD.size % 8 == 0    # every VMA's nr_pages one aligned store
@@ -173,7 +176,8 @@ class Mm:
                 or not -1000 <= head(self.map, "oom_score_adj") <= 1000 \
                 or head(self.map, "mmu_notifier") not in MMU_NOTIFIERS.values() or nr_vmas > MAX_VMAS:
             return "header fields out of range"
-        if min(head(self.map, f) for f in ("mm_users", "sem_writer", "sem_readers", "sem_mmput")) < 0 \
+        if min(head(self.map, f) for f in ("mm_users", "mm_tasks", "shares_mm", "sem_writer", "sem_readers",
+                                           "sem_mmput")) < 0 \
                 or not 0 <= head(self.map, "sem_nr_waiters") <= MMAP_SEM_WAITERS:
             return "mmap_sem fields out of range"
         pgtables, pages = head(self.map, "pgtables_pages"), head(self.map, "pgtables_capacity")
@@ -198,6 +202,7 @@ class Mm:
         MM_HEADER.set(self.map, "state", TaskState.TASK_NEW)
         MM_HEADER.set(self.map, "nr_vmas", len(layout.vmas))
         MM_HEADER.set(self.map, "mm_users", 1)             # the owner's
+        MM_HEADER.set(self.map, "mm_tasks", 1)
         MM_HEADER.set(self.map, "pgtables_capacity", layout.pgtables)
         start = layout.pgtables
         objects = layout.objects or (-1,) * len(layout.vmas)
@@ -240,6 +245,9 @@ class Mm:
     oom_retry_at = _field("oom_retry_at", "When a stalled allocation retries, as the supervisor answered "
                                           "(emulated time; < 0: a jiffy after the OOM killer's answer).")
     state = _field("state", "The task's TaskState, as an int (a reader of a copy may meet any value).")
+    shares_mm = _field("shares_mm", "1 + the index of the task whose mm this task uses (CLONE_VM), 0: its "
+                                    "own. Such a task's segment holds only its task fields (pid, state, "
+                                    "comm, killed_at, mailbox); the mm is the owner's segment.")
 
     @property
     def comm(self) -> str:
@@ -377,6 +385,34 @@ class Mm:
                 return True
         self.map.madvise(mmap.MADV_REMOVE, off, pages * PAGE_SIZE)      # a zap came first: give back
         return False
+
+    def shared_fault(self, vma_index: int, pages: int, try_charge: Callable[[int], str | None],
+                     repair: Callable[[], None]) -> str | bool:
+        """A fault in an mm that several processes use (CLONE_VM): the charge, the pages
+        and the count are taken in one guarded section, so that two faulters never
+        write the same range, and at any guarded moment at most one charge is not yet
+        counted: the journal's one slot is the faulter's, and repair can tell what to
+        undo. A slot left busy is a faulter that died in here: ``repair()`` (called under
+        the guard) finishes it first. Returns True if counted, False if the mm became
+        unstable (MMF_UNSTABLE: nothing charged), else try_charge's reason (nothing done)."""
+        with self.guard():
+            if self.journal()[0] == J_CHARGE:
+                repair()
+            if self.test_bit(MMF_UNSTABLE):
+                return False
+            vma = self.vmas()[vma_index]
+            if vma.nr_pages + pages > vma.capacity:
+                raise ValueError(f"{self.name}: VMA {vma_index} has room for {vma.capacity} pages")
+            self.journal_begin(J_CHARGE, vma_index, pages)
+            short = try_charge(pages)
+            if short is None:
+                off = HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE
+                self._allocate(off, pages)
+                self._write(off, pages)
+                self._set_nr_pages(vma_index, vma.nr_pages + pages)
+                MM_HEADER.set(self.map, "total_vm", self.total_vm + pages)
+            self.journal_end()
+            return True if short is None else short
 
     _CHUNK = b"\xa5" * (PAGE_SIZE * 256)
 

@@ -97,7 +97,7 @@ class RunObjects:
             mapped, unevictable = False, 0
             for ti, vi in self.mappers[k]:
                 t = tasks[ti]
-                if t.exited and not t.crashed:
+                if not _mm_lives(t):
                     continue
                 vma = t.mm.vmas()[vi]
                 if vma.nr_pages:
@@ -150,8 +150,9 @@ class RunObjects:
         return bool(self.zone.object_field(k, "flags") & OBJ_UNLINKED)
 
     def mapped_by_live(self, k: int, tasks) -> bool:
-        """Does a task that has not exited (or one that crashed: its mm stays) map it?"""
-        return any(not tasks[ti].exited or tasks[ti].crashed for ti, _ in self.mappers[k])
+        """Does an mm that is still there map it (a user of it has not exited, or crashed:
+        its mm stays)?"""
+        return any(_mm_lives(tasks[ti]) for ti, _ in self.mappers[k])
 
     def release_if_unused(self, k: int, tasks) -> int:
         """An anonymous shmem object whose mapper is gone, or a named one unlinked with
@@ -170,3 +171,9 @@ class RunObjects:
     def real_pages(self, k: int) -> int:
         """Pages object ``k``'s segment really holds (tmpfs st_blocks)."""
         return os.fstat(self.fds[k]).st_blocks * 512 // PAGE_SIZE
+
+
+def _mm_lives(t) -> bool:
+    """The mm of task record ``t`` is still there: one of its users (the processes sharing
+    it, ``t`` included) has not exited, or crashed (what a crashed task held stays)."""
+    return any(not u.exited or u.crashed for u in (getattr(t, "users", None) or (t,)))

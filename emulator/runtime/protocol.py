@@ -56,6 +56,8 @@ class Event(StrEnum):
                                       # write, success (acquire_returned: false if the mm was gone)
     MMPUT_WAIT = "mmput_wait"         # the exit waits for other tasks' references to its mm: users
     SHM = "shm"                       # shm_unlink or shm_truncate, please; it waits on oom_reply: op, name
+    MM_PIN = "mm_pin"                 # an mm_pin step: what ("mmget_not_zero", "mmput"), mm (the mm's
+                                      # task index), success (mmget_not_zero: false if the mm was gone)
     INJECT = "inject"                 # from ``oomemu inject``: action, what, by (its pid)
 
 
@@ -106,7 +108,12 @@ class WorkerSpec:
     initial_pages: tuple[int, ...]        # pages to fault in, per VMA, before time 0
     grow_vma: int                         # the VMA that ``alloc`` grows
     pgtables_pages: int                   # page tables to populate before time 0
-    others: dict[str, int]                # task name -> index, of tasks whose mmap_sem a step takes
+    others: dict[str, int]                # task name -> index of its mm's owner, of tasks whose mmap_sem
+                                          # (or mm: mm_pin) a step takes
+    mm_index: int                         # the task whose mm this task uses: its own index, or the
+                                          # owner's if it shares one (CLONE_VM); charges go to that task
+    mm_shared: bool                       # several processes use the mm: faults are serialised
+                                          # (Mm.shared_fault)
     exit_unmap_ms_per_mb: float
     exit_free_pgtables_ms: float
     exit_mmap: ExitMmapRules              # the policy's rules for this task's exit_mmap

@@ -35,8 +35,9 @@ class OomReaper:
     """Drives a :class:`ReaperPolicy` against real mms.
 
     ``victims`` handed to :meth:`wake_oom_reaper` are the supervisor's task
-    records (``.index``, ``.mm``, ``.mmap_sem`` (an ``MmapSem``), ``.pid``, ``.name``,
-    ``.has_mm``, ``.victim``). ``clock`` has ``now()``, ``real_wait()``, ``frozen()``,
+    records (``.mm_index``: whose zone counter the mm's pages are charged to, ``.mm``,
+    ``.mmap_sem`` (an ``MmapSem``), ``.pid``, ``.name``, ``.oom_mm_live``: some user still
+    holds the mm, ``.victim``). ``clock`` has ``now()``, ``real_wait()``, ``frozen()``,
     ``due()``, ``let_go()`` and ``speed`` (the run's RunClock, or a FakeClock in tests).
     ``note_late(ms, where, task, at)`` hears how late the thread woke for a deadline or
     delay of the policy's. The reaper takes mmap_sem under this process's pid.
@@ -166,7 +167,7 @@ class OomReaper:
         """One attempt. Returns REAPED, or why not; the policy decides what next."""
         mm = task.mm
         with self.oom_lock:
-            if not task.has_mm:
+            if not task.oom_mm_live:                      # the mm is gone (every user exited)
                 return Outcome.SKIPPED
             if not task.mmap_sem.down_read_trylock(self.pid):   # mmgrab: no reference to the mm
                 self.trace("skip_task_reaping", task, reason="mmap_sem")
@@ -187,7 +188,7 @@ class OomReaper:
                 with self.clock.frozen():             # real work: no emulated time
                     for vma in mm.vmas():
                         if self.policy.can_reap_vma(vma.kind, vma.vm_flags):
-                            freed += mm.zap_vma(vma, lambda n: self.zone.uncharge(task.index, n))
+                            freed += mm.zap_vma(vma, lambda n: self.zone.uncharge(task.mm_index, n))
                 task.victim.reaped_kb += freed * PAGE_SIZE // 1024
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"

@@ -401,13 +401,31 @@ class MmapSem:
     def down(self, pid: int, mode: str, **kw) -> bool:
         return (self.down_read if mode == "read" else self.down_write)(pid, **kw)
 
-    def mmput(self, pid: int, on_wait: Callable[[bool], None] | None = None) -> int:
-        """The owner's mmput() at exit: drop its reference and wait (uninterruptibly)
-        until every foreign holder and waiter is gone. Returns how many there were when
-        it began (0: no wait). Once it returns, mm_users is 0: the mm is gone."""
+    def mmget_not_zero(self) -> bool:
+        """A reference to the mm, as a /proc/PID reader takes it (False: the mm is gone).
+        Drop it with :meth:`mmput_ref`."""
+        with self.mm.guard():
+            return self._mmget()
+
+    def mmput_ref(self) -> None:
+        """Drop a reference taken by :meth:`mmget_not_zero`; the last one wakes the exit
+        waiting in :meth:`mmput`."""
+        with self.mm.guard():
+            self._mmput()
+
+    def mmput(self, pid: int, on_wait: Callable[[bool], None] | None = None) -> int | None:
+        """A user's mmput() at exit (exit_mm): drop its reference. None if other processes
+        still use the mm as theirs (CLONE_VM, ``mm_tasks``): the last of them tears it
+        down. The last waits (uninterruptibly) until every foreign holder and waiter is
+        gone, and returns how many there were when it began (0: no wait). Once it
+        returns, mm_users is 0: the mm is gone: exit_mmap is the caller's."""
         with self.mm.guard():
             users = self._get("mm_users") - 1
             self._set("mm_users", max(users, 0))
+            tasks = self._get("mm_tasks") - 1
+            self._set("mm_tasks", max(tasks, 0))
+            if tasks > 0:
+                return None
             if users <= 0:
                 return 0
             self._set("sem_mmput", pid)

@@ -47,7 +47,7 @@ from ..kernel.memcontrol import NO_LIMIT
 from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout,
                                TaskState, vm_flags_for)
 from ..kernel.oom_kill import (MEMCG, NO_KILLABLE, MemcgState, OomAction, OomDecision, TaskView,
-                               killed_process_line, out_of_memory)
+                               killed_process_line, out_of_memory, task_will_free_mem)
 from ..kernel.verdict import Verdict
 from ..kernel.vmscan import THROTTLE_WRITEBACK_S, Writeback, reclaimable, shrink_page_cache, throttle_until
 from ..policies import get_policy
@@ -57,7 +57,7 @@ from . import machine, names, signals
 from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_for, late_ms, release_slot,
                     stop_holding, tolerance_ms)
 from .klog import KernelLog
-from .mm import Mm
+from .mm import J_CHARGE, J_ZAP, MM_HEADER, Mm
 from .objects import RunObjects
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
 from .reaper import OomReaper
@@ -115,10 +115,20 @@ class TaskRecord:
     victim: VictimRecord | None = None
     initial_pages: tuple[int, ...] = ()   # pages per VMA at start
     grow_vma: int = 0                     # the VMA that ``alloc`` grows
+    own: Mm | None = None                 # its segment: pid, state, comm, killed_at, mailbox (the mm
+                                          # too, unless it shares another task's: then ``mm`` is that)
+    owner: TaskRecord | None = None       # the task whose mm it shares (CLONE_VM), None: its own
+    users: list | None = None             # every task using its mm (itself included), in task order
+    sigkilled: bool = False               # killed as a process sharing a victim's mm
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def mm_index(self) -> int:
+        """The task whose mm this one uses, whose counter in the zone its charges go to."""
+        return self.owner.index if self.owner is not None else self.index
 
     @property
     def has_mm(self) -> bool:
@@ -126,7 +136,12 @@ class TaskRecord:
         (SIGKILLed for real) and its mm still holds pages until reaped or the run ends."""
         if self.crashed:
             return self.mm.resident_pages() > 0
-        return not self.exited and self.mm.state != TaskState.TASK_DEAD
+        return not self.exited and self.own.state != TaskState.TASK_DEAD
+
+    @property
+    def oom_mm_live(self) -> bool:
+        """The mm is still there (signal->oom_mm of a victim: some user of it has not let go)."""
+        return any(u.has_mm for u in self.users or (self,))
 
     @property
     def pid(self) -> int:
@@ -175,6 +190,12 @@ class Run:
         self.stops, self.stopped_s = 0, 0.0            # Ctrl-Z: how often, real seconds in all
         self.resources = RunResources(self.run_id)
         self.tasks = [TaskRecord(i, t) for i, t in enumerate(scenario.tasks)]
+        by_name = {t.name: t for t in self.tasks}
+        for t in self.tasks:                  # CLONE_VM: a sharer uses its owner's mm
+            t.owner = by_name[t.spec.mm] if t.spec.mm else None
+            t.users = [t] if t.owner is None else t.owner.users
+            if t.owner is not None:
+                t.users.append(t)
         self.zone = None
         self.objects: RunObjects | None = None
         self.writeback = Writeback(scenario.writeback_mb_per_s * PAGES_PER_MB)
@@ -214,6 +235,7 @@ class Run:
             Event.LATE: self._on_late,
             Event.MMAP_LOCK: self._on_mmap_lock,
             Event.MMPUT_WAIT: self._traced,
+            Event.MM_PIN: self._on_mm_pin,
         }
         assert set(self._handlers) == set(Event), "every event kind needs a handler"
 
@@ -244,21 +266,32 @@ class Run:
             self.objects.attach(k, self.resources.create_object(k, o.pages))
         for t in self.tasks:
             self._check_signals()
-            layout, t.initial_pages, t.grow_vma = _layout(t.spec, total)
-            t.mm, t.mmap_sem, t.oom_reply = self.resources.create_task(t.index, layout,
-                                                                        f"the mmap_sem of {t.name}")
-            t.mm.oom_score_adj = t.spec.oom_score_adj
-            t.mm.mmu_notifier = MMU_NOTIFIERS[t.spec.mmu_notifier]
-            t.mm.memcg = self.scenario.memcg_index(t.spec.memcg)
-            t.mm.comm = t.name
+            if t.owner is None:
+                layout, t.initial_pages, t.grow_vma = _layout(t.spec, total)
+            else:                             # its segment holds only its task fields
+                layout, t.initial_pages, t.grow_vma = MmLayout(()), (), _layout(t.owner.spec, total)[2]
+            t.own, t.mmap_sem, t.oom_reply = self.resources.create_task(t.index, layout,
+                                                                         f"the mmap_sem of {t.name}")
+            t.mm = t.own
+            t.own.oom_score_adj = t.spec.oom_score_adj
+            t.own.mmu_notifier = MMU_NOTIFIERS[t.spec.mmu_notifier]
+            t.own.memcg = self.scenario.memcg_index(t.spec.memcg)
+            t.own.comm = t.name
+            if t.owner is not None:
+                t.own.shares_mm = 1 + t.owner.index
+                t.mm, t.mmap_sem = t.owner.mm, t.owner.mmap_sem
+                with t.mm.guard():            # copy_mm(CLONE_VM): mmget, one more user
+                    for field in ("mm_users", "mm_tasks"):
+                        MM_HEADER.set(t.mm.map, field, MM_HEADER.get(t.mm.map, field) + 1)
 
     def _worker_spec(self, t: TaskRecord) -> WorkerSpec:
         index = {task.name: task.index for task in self.tasks}
         return WorkerSpec(
             speed=self.speed, jiffy_s=JIFFY_S, locks=tuple(self.scenario.lock_names),
             initial_pages=t.initial_pages, grow_vma=t.grow_vma,
-            pgtables_pages=round(t.spec.pgtables_mb * PAGES_PER_MB),
-            others={s.task: index[s.task] for s in t.spec.steps if s.task},
+            pgtables_pages=0 if t.owner else round(t.spec.pgtables_mb * PAGES_PER_MB),
+            others={s.task: self.tasks[index[s.task]].mm_index for s in t.spec.steps if s.task},
+            mm_index=t.mm_index, mm_shared=len(t.users) > 1,
             exit_unmap_ms_per_mb=t.spec.exit_unmap_ms_per_mb,
             exit_free_pgtables_ms=t.spec.exit_free_pgtables_ms,
             exit_mmap=self.policy.EXIT_MMAP, steps=t.spec.steps)
@@ -275,7 +308,7 @@ class Run:
                 [sys.executable, "-m", "workers.task", "--run", self.run_id, "--index", str(t.index),
                  "--parent", str(os.getpid()), "--fd", str(wfd), "--spec", self._worker_spec(t).to_json()],
                 pass_fds=(wfd,), stdin=subprocess.DEVNULL, env=env, process_group=0)
-            t.mm.pid = t.proc.pid
+            t.own.pid = t.proc.pid
             self._by_pid[t.pid] = t
             t.pidfd = os.pidfd_open(t.proc.pid)
         self.resources.close_events_write_end()
@@ -390,11 +423,25 @@ class Run:
     def _on_exit_mmap_oom_skip(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._on_oom_skip(t, msg["by"], at, where=msg.get("where"))
 
+    def _mm_victim(self, t: TaskRecord) -> TaskRecord | None:
+        """The OOM victim whose mm ``t`` uses (exit_mmap runs in whichever user is last)."""
+        return next((v for v in self.victims if v.mm is t.mm), None)
+
     def _on_exit_mmap_done(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
-        if t.victim is not None:
-            t.victim.exit_freed_kb = msg["freed_kb"]
+        v = self._mm_victim(t)
+        if v is not None:
+            v.victim.exit_freed_kb = msg["freed_kb"]
             self.log.printk("oomemu: pid %d (%s) exit_mmap freed %dkB" % (t.pid, t.name, msg["freed_kb"]), at)
+
+    def _on_mm_pin(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """An mm_pin step: ``mm_pin`` (mmget_not_zero, ``success``) and ``mm_unpin`` (mmput)."""
+        what, index = msg.get("what"), msg.get("mm", -1)
+        if what not in ("mmget_not_zero", "mmput") or not 0 <= index < len(self.tasks):
+            raise RunFault(f"the run's event FIFO: mm_pin {what!r} on task {index}")
+        fields = {"success": msg.get("success")} if what == "mmget_not_zero" else {}
+        self.trace("mm_pin" if what == "mmget_not_zero" else "mm_unpin", t, at, mm=self.tasks[index].name,
+                   **fields)
 
     def _on_mmap_lock(self, t: TaskRecord, msg: Message, at: float) -> None:
         """The mmap_lock tracepoints: ``pid``/``task`` the locker, ``mm`` whose mmap_sem."""
@@ -413,6 +460,7 @@ class Run:
 
     def _on_oom_skip(self, t: TaskRecord, by: str, at: float | None = None, where: str | None = None) -> None:
         self.trace("oom_skip_set", t, at, by=by, **({"where": where} if where else {}))
+        t = self._mm_victim(t) or t            # exit_mmap's may come from a sharer of the victim's mm
         if t.victim is not None and t.victim.oom_skip_at_s is None:
             t.victim.oom_skip_at_s = round(self.clock.now() if at is None else at, 6)
             t.victim.oom_skip_by = by
@@ -471,8 +519,8 @@ class Run:
         """One line for each mmap_sem the dead task holds or is queued on: it stays so
         (a holder keeps what it held; a waiter keeps its place, and gets it in its turn)."""
         for other in self.tasks:
-            if other.mmap_sem is None:
-                continue
+            if other.mmap_sem is None or other.owner is not None:
+                continue                      # a sharer's mmap_sem is its owner's
             st = other.mmap_sem.state(check_alive=False)
             held, waits = st.holds(t.pid), st.waits(t.pid)
             whose = "its own mmap_sem" if other is t else "the mmap_sem of %d (%s)" % (other.pid, other.name)
@@ -491,10 +539,20 @@ class Run:
     def _repair(self, t: TaskRecord) -> None:
         """A worker died: finish or undo what its journal says it was doing, so that
         its charge, its mm's counts and its segment agree again."""
+        shared, op = len(t.users) > 1, t.mm.journal()[0]
         with self.oom_lock, self._frozen():      # the reaper works on mms under oom_lock
             try:
-                charged, complaint = t.mm.repair(self.zone.charged_by(t.index))
-                self.zone.set_charged(t.index, charged)
+                if shared and op == J_CHARGE:
+                    # The mm's other users fault under its guard (Mm.shared_fault): under
+                    # it, the mm's charge is stable and only a dead faulter's is not counted.
+                    with t.mm.guard():
+                        charged, complaint = t.mm.repair(self.zone.charged_by(t.mm_index))
+                        self.zone.set_charged(t.mm_index, charged)
+                elif shared and op != J_ZAP:
+                    complaint = None          # nothing to finish (J_ZAP: only the last user writes it)
+                else:
+                    charged, complaint = t.mm.repair(self.zone.charged_by(t.mm_index))
+                    self.zone.set_charged(t.mm_index, charged)
             except OSError as e:
                 complaint = f"repair failed: {e}"
         if complaint:
@@ -503,14 +561,18 @@ class Run:
 
     # -- the OOM killer: the kernel decides, the supervisor does ------------------
     def _view(self, t: TaskRecord) -> TaskView:
+        """The task as the OOM killer sees it; a process sharing an mm (CLONE_VM) has the
+        mm's badness. A victim's mm stays while any of its users holds it (oom_mm)."""
         mm = t.mm
         # An exiting task has let go of its mm (exit_mm, early in do_exit): find_lock_task_mm
         # finds none, so the scan passes it by; a victim's oom_mm still aborts the scan.
         exiting = t.victim is None and t.exiting
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
                         rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
-                        has_mm=t.has_mm and not exiting,
-                        oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
+                        has_mm=t.oom_mm_live if t.victim is not None else (t.has_mm and not exiting),
+                        oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP),
+                        mm_id=t.users[0].pid if len(t.users) > 1 else 0,
+                        exiting=t.exiting or t.sigkilled or t.exited)
 
     def _frozen(self):
         """The run clock stands still while the body works (after time 0; see RunClock)."""
@@ -600,7 +662,8 @@ class Run:
 
     def _release_objects(self, t: TaskRecord, at: float) -> None:
         """``t`` is gone: shmem objects it was the last to map go with it."""
-        for k in sorted({k for k in t.spec.vma_objects if k >= 0}):
+        mm_owner = t.owner or t                   # the objects are its mm's, which its owner maps
+        for k in sorted({k for k in mm_owner.spec.vma_objects if k >= 0}):
             freed = self.objects.release_if_unused(k, self.tasks)
             if freed:
                 name = self.scenario.objects[k].name
@@ -626,8 +689,11 @@ class Run:
                 limit, usage, _ = self.zone.memcg(over_limit)
                 memcg = MemcgState(over_limit, tree.path(over_limit), limit, usage,
                                    frozenset(tree.subtree(over_limit)))
+            exiting = requester.exited or requester.victim is not None or requester.sigkilled
+            if exiting and len(requester.users) > 1:   # a user of its mm that is not dying keeps it
+                exiting = task_will_free_mem(self._view(requester), [self._view(u) for u in requester.users])
             decision = out_of_memory(
-                self._view(requester), requester.exited or requester.victim is not None, where,
+                self._view(requester), exiting, where,
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
                 victims=(self._view(v) for v in self.victims), tasks=(self._view(t) for t in self.tasks),
                 total_pages=self.zone.total_pages, memcg=memcg, tree=tree)
@@ -663,7 +729,7 @@ class Run:
         # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
         # use memory reserves from user space); here the mark must come first,
         # or a victim quicker than us could run exit_mmap as a non-victim.
-        t.mm.killed_at = at
+        t.own.killed_at = at
         t.mm.set_bit(MMF_OOM_VICTIM)
         if not t.crashed:
             hold_for_kill(self.zone, t.index, at)
@@ -679,8 +745,20 @@ class Run:
                    **kb)
         self.trace("mark_victim", t, at)
         self.log.printk(killed_process_line(t.pid, t.name, kb), at)
+        for view in decision.sharers:
+            self._kill_mm_sharer(self._by_pid[view.pid], t, at)
         self.trace("wake_reaper", t, at)
         self.reaper.wake_oom_reaper(t, at)
+
+    def _kill_mm_sharer(self, s: TaskRecord, victim: TaskRecord, at: float) -> None:
+        """__oom_kill_process: a process sharing the victim's mm gets SIGKILL too (no line
+        of its own, no mark_oom_victim, not a kill of the count)."""
+        s.own.killed_at = at
+        s.sigkilled = True
+        if not s.crashed:
+            hold_for_kill(self.zone, s.index, at)
+            os.kill(s.pid, SIGKILL_EMULATED)
+        self.trace("mm_sharer_killed", s, at, victim=victim.name, victim_pid=victim.pid)
 
     @property
     def lagged(self) -> bool:
@@ -757,7 +835,7 @@ class Run:
                         self.out_of_memory(t, pages, where, at, memcg)
                     else:
                         retry_at = reclaim
-                t.mm.oom_retry_at = retry_at
+                t.own.oom_retry_at = retry_at
                 if self.verdict != Verdict.PANIC:          # a panic stops the machine
                     t.oom_reply.release()
             if self.writeback.active:
@@ -887,10 +965,10 @@ class Run:
             if t.proc is not None and not t.exited:
                 self._repair(t)
         charged = rss = segment = pgtables = 0
-        for t in self.tasks:
-            c, r, g = self.zone.charged_by(t.index), t.mm.resident_pages(), t.mm.real_pages()
+        for t in self.tasks:       # a sharer's own segment holds no pages, and its counter none
+            c, r, g = self.zone.charged_by(t.index), t.own.resident_pages(), t.own.real_pages()
             charged, rss, segment = charged + c, rss + r, segment + g
-            pgtables += t.mm.pgtables_pages
+            pgtables += t.own.pgtables_pages
             if not c == r == g:
                 self._fail(f"accounting: task {t.name}: charged {c} pages, its mm counts {r}, its segment "
                            f"holds {g} (a fault of oomemu's: please report it)", False)

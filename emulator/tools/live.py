@@ -304,10 +304,12 @@ def runs_table() -> str:
 
 # -- oomemu ps -------------------------------------------------------------------------
 
-def task_state(run: LiveRun, index: int, mm: Mm) -> str:
+def task_state(run: LiveRun, index: int, mm: Mm, shared: Mm | None = None) -> str:
     """What ps shows in STATE. ``crashed``: the mm is not done, but the run's worker for
-    it is gone (a pid that is no longer the run's worker counts as gone)."""
+    it is gone (a pid that is no longer the run's worker counts as gone). ``shared``: the
+    mm the task uses if it shares another task's (its flags are that mm's)."""
     s = mm.state
+    flags = shared or mm
     if s == TaskState.TASK_DEAD:
         return "exited"
     if mm.pid == 0:
@@ -321,7 +323,7 @@ def task_state(run: LiveRun, index: int, mm: Mm) -> str:
         return "stopped"
     if s == TaskState.EXITING:
         return "exiting"
-    if mm.test_bit(MMF_OOM_VICTIM):
+    if flags.test_bit(MMF_OOM_VICTIM):
         return "victim,D" if s == TaskState.TASK_UNINTERRUPTIBLE else "victim"
     return _label(s)
 
@@ -333,15 +335,17 @@ def _label(state: int) -> str:
         return "?"
 
 
-def badness(mm: Mm, state: str, totalpages: int) -> str:
+def badness(mm: Mm, state: str, totalpages: int, task: Mm | None = None) -> str:
     """What select_bad_process makes of this task, as the supervisor's _view() sees it:
     its oom_badness if it is a candidate; ``-`` if it is not (exited, no mm left,
     MMF_OOM_SKIP, oom_score_adj -1000); ``abort`` for a victim that still has its mm
-    and no MMF_OOM_SKIP: a scan that meets it stops there and kills nobody."""
+    and no MMF_OOM_SKIP: a scan that meets it stops there and kills nobody. ``task``:
+    the task's own segment if it shares ``mm`` (CLONE_VM): it has the mm's badness."""
     crashed = state == "crashed"
+    task = task or mm
     # Task.has_mm: a crashed task's mm stays, and is a candidate, while it holds pages
-    has_mm = mm.resident_pages() > 0 if crashed else mm.state != TaskState.TASK_DEAD
-    view = TaskView(mm.pid, mm.comm, mm.oom_score_adj, mm.get_mm_rss(), mm.pgtables_pages,
+    has_mm = mm.resident_pages() > 0 if crashed else task.state != TaskState.TASK_DEAD
+    view = TaskView(task.pid, task.comm, mm.oom_score_adj, mm.get_mm_rss(), mm.pgtables_pages,
                     has_mm=has_mm, oom_victim=mm.test_bit(MMF_OOM_VICTIM),
                     mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP), memcg=mm.memcg)
     oc = OomControl(totalpages=totalpages)
@@ -356,25 +360,37 @@ def mmap_sem_column(mm: Mm) -> str:
     return MmapSem(mm, None, None).snapshot().describe()
 
 
+def _shared_mm(run: LiveRun, index: int, own: Mm, indices: list[int]) -> Mm | None:
+    """The mm task ``index`` uses if it shares another task's (its header's ``shares_mm``),
+    opened and checked as its own was; None if it has its own (or that one is not there)."""
+    owner = own.shares_mm - 1
+    if owner < 0 or owner == index or owner not in indices:
+        return None
+    try:
+        return run.open_mm(owner)
+    except (FileNotFoundError, Refused):
+        return None
+
+
 def ps_table(run: LiveRun) -> str:
     now = run.now()
-    rows = [("PID", "NAME", "MEMCG", "STATE", "ANON", "FILE", "SHMEM", "PGTBL", "ADJ", "BADNESS", "FLAGS",
+    rows = [("PID", "NAME", "MEMCG", "STATE", "ANON", "FILE", "SHMEM", "PGTBL", "ADJ", "MM", "BADNESS", "FLAGS",
              "DEADLINE", "MMAP_SEM")]
     k = PAGE_SIZE // 1024
-    for i, mm in run.each_mm():
-        kb = mm.rss_kb()
-        total = run.facts.total_pages
-        if mm.memcg and run.zone.memcg(mm.memcg)[0] > 0:
-            total = run.zone.memcg(mm.memcg)[0]        # as a memcg OOM scores it
-        state = task_state(run, i, mm)
-        flags = [f for bit, f in ((MMF_OOM_VICTIM, "VICTIM"), (MMF_OOM_SKIP, "MMF_OOM_SKIP"),
-                                  (MMF_UNSTABLE, "MMF_UNSTABLE")) if mm.test_bit(bit)]
-        dl = mm.reap_deadline
-        deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{dl - now:.1f}s"
-        rows.append((str(mm.pid), shown(mm.comm), shown(run.zone.memcg_tree.path(mm.memcg)), state,
-                     f"{kb['anon_rss']}k", f"{kb['file_rss']}k", f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj),
-                     badness(mm, state, total), ",".join(flags) or "-", deadline,
-                     mmap_sem_column(mm)))
+    indices = run.mm_indices()
+    sharers = set()                    # owners of an mm that others share
+    for i, own in run.each_mm():
+        if own.shares_mm:
+            sharers.add(own.shares_mm - 1)
+    noted = len(run.ignored)           # the second pass notes the same objects again
+    for i, own in run.each_mm():
+        shared = _shared_mm(run, i, own, indices)
+        try:
+            rows.append(_ps_row(run, i, own, shared, now, k, i in sharers))
+        finally:
+            if shared is not None:
+                shared.close()
+    del run.ignored[noted:]
     free_kb = run.zone.free_pages() * k
     head = (f"run {run.run_id}: {shown(run.facts.scenario)} under {shown(run.facts.policy)}, "
             f"t={run.now():.3f}s, free {free_kb}kB of {run.facts.total_pages * k}kB")
@@ -390,6 +406,26 @@ def page_cache_line(zone) -> str:
         return ""
     dirty = sum(zone.object_field(o, "dirty") for o in range(zone.nr_objects))
     return f"; page cache {sum(cache) * k}kB ({dirty * k}kB dirty), shmem {sum(shmem) * k}kB"
+
+
+def _ps_row(run: LiveRun, i: int, own: Mm, shared: Mm | None, now: float, k: int, has_sharers: bool) -> tuple:
+    """One task's row: its pid, name and state are its own; the rest its mm's. MM: the name
+    of the task whose mm it is, for every task sharing one (CLONE_VM); ``-``: its own alone."""
+    mm = shared or own
+    kb = mm.rss_kb()
+    total = run.facts.total_pages
+    if mm.memcg and run.zone.memcg(mm.memcg)[0] > 0:
+        total = run.zone.memcg(mm.memcg)[0]        # as a memcg OOM scores it
+    state = task_state(run, i, own, shared)
+    flags = [f for bit, f in ((MMF_OOM_VICTIM, "VICTIM"), (MMF_OOM_SKIP, "MMF_OOM_SKIP"),
+                              (MMF_UNSTABLE, "MMF_UNSTABLE")) if mm.test_bit(bit)]
+    dl = mm.reap_deadline
+    deadline = "-" if not dl or mm.test_bit(MMF_OOM_SKIP) else f"{dl - now:.1f}s"
+    whose = shown(mm.comm) if shared is not None or has_sharers else "-"
+    return (str(own.pid), shown(own.comm), shown(run.zone.memcg_tree.path(mm.memcg)), state, f"{kb['anon_rss']}k", f"{kb['file_rss']}k",
+            f"{kb['shmem_rss']}k", f"{mm.pgtables_pages * k}k", str(mm.oom_score_adj), whose,
+            badness(mm, state, total, own), ",".join(flags) or "-", deadline,
+            mmap_sem_column(mm))
 
 
 def ignored_line(run: LiveRun) -> str | None:
@@ -582,6 +618,11 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
         except (Refused, FileNotFoundError) as e:
             raise UsageError(f"task {label} of run {run.run_id}: {e}") from None
         try:
+            if action == "hold-mmap-sem" and (owner := _shared_mm(run, index, mm, run.mm_indices())):
+                whose = f"{shown(owner.comm)} (pid {owner.pid})"
+                owner.close()
+                raise UsageError(f"task {label} of run {run.run_id} shares the mm of {whose}: its "
+                                 f"mmap_sem is that task's, hold it there")
             if action == "hold-mmap-sem":
                 hold_mmap_sem(run, index, mm, f"the mmap_sem of {label}", mode, arg, echo=echo)
                 return
@@ -599,26 +640,37 @@ def inject(run_id: str, action: str, target: str, arg: float | None = None, echo
         run.close()
 
 
+def _check_alloc(task: Mm, mm: Mm, label: str, arg: float) -> None:
+    """An injected alloc that the task (its own segment ``task``, using ``mm``) can make."""
+    pages, room = round(arg * PAGES_PER_MB), alloc_room(mm)
+    if pages < 1:
+        raise UsageError(f"alloc {arg:g} MB: less than a page")
+    if pages > room:
+        raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
+                         f"{room / PAGES_PER_MB:g} MB more")
+    held = MmapSem(mm, None, None).state(check_alive=False)
+    if pages >= MMAP_THRESHOLD_PAGES and held.holds(task.pid) == "read":
+        raise UsageError(f"alloc {arg:g} MB: task {label} holds its own mmap_sem for read, and an "
+                         f"alloc of {MMAP_THRESHOLD_MB:g} MB or more maps memory first: "
+                         f"down_write under its own read lock would deadlock")
+
+
 def _signal_task(run: LiveRun, index: int, mm: Mm, worker: Proven, label: str, action: str,
                  arg, echo) -> None:
     """alloc, stop, cont, crash: the signal goes through the proven worker's pidfd."""
     try:
         if action == "alloc":
-            pages, room = round(arg * PAGES_PER_MB), alloc_room(mm)
-            if pages < 1:
-                raise UsageError(f"alloc {arg:g} MB: less than a page")
-            if pages > room:
-                raise UsageError(f"alloc {arg:g} MB: task {label} can grow by at most "
-                                 f"{room / PAGES_PER_MB:g} MB more")
-            held = MmapSem(mm, None, None).state(check_alive=False)
-            if pages >= MMAP_THRESHOLD_PAGES and held.holds(mm.pid) == "read":
-                raise UsageError(f"alloc {arg:g} MB: task {label} holds its own mmap_sem for read, and an "
-                                 f"alloc of {MMAP_THRESHOLD_MB:g} MB or more maps memory first: "
-                                 f"down_write under its own read lock would deadlock")
+            shared = _shared_mm(run, index, mm, run.mm_indices())    # its allocs grow that mm
+            try:
+                _check_alloc(mm, shared or mm, label, arg)
+            finally:
+                if shared is not None:
+                    shared.close()
             mm.post_command(CMD_ALLOC, float(arg))
             worker.send_signal(SIGWAKE)
             what = f"{label} asked to allocate {arg:g} MB"
         elif action == "stop":
+
             _stop_at_a_safe_point(run, index, mm, worker)
             what = f"SIGSTOP to {label}"
         elif action == "cont":

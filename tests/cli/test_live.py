@@ -486,5 +486,5 @@ def test_ps_shows_page_cache_and_shmem_apart_from_anon(tmp_path):
         assert p.returncode == 0, p.stderr
         head, _, row = p.stdout.splitlines()[:3]
         assert head.endswith("; page cache 20480kB (5120kB dirty), shmem 30720kB"), head
-        assert row.split()[1:7] == ["db", "running", "10240k", "20480k", "30720k", "0k"], row
+        assert row.split()[1:8] == ["db", "/", "running", "10240k", "20480k", "30720k", "0k"], row
         run.stop()

@@ -43,7 +43,8 @@ class Victim:
                       for n in (names.mmap_sem_readers(run_id, index), names.mmap_sem_writers(run_id, index))]
         self.mmap_sem = MmapSem(self.mm, *self._sems)
         self.victim = VictimRecord(name, self.pid, 0.0)
-        self.has_mm = True
+        self.has_mm = self.oom_mm_live = True
+        self.mm_index = index
         self.pages = pages
 
     def close(self):
