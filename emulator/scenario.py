@@ -49,7 +49,7 @@ _VMA_KEYS = {"kind", "mb", "mlocked", "dirty_mb", "object"}
 MAX_OBJECTS = 4096              # page-cache and shmem objects per run: each is a segment in /dev/shm
                                 # that the supervisor maps (a thousand tasks with a few files each)
 WRITEBACK_MB_PER_S = 100.0      # the default writeback rate (writeback_mb_per_s)
-# exit_mmap's speed, as measured on Linux 6.18 (../shared/docs/kernel-crosscheck.md): 60 MB
+# exit_mmap's speed, as measured on Linux 6.18 (docs/kernel-crosscheck.md): 60 MB
 # of mlocked memory munlocked and unmapped in 11-16 ms; 120 MB of page tables freed in
 # about 20 ms. A scenario that needs a slow exit names a cause (a D state before it, an
 # mm another task holds), not slower rates; the keys stay, for what-ifs.

@@ -1,4 +1,4 @@
-"""Every row of ../shared/docs/kernel-crosscheck.md as a scenario, under v6.6, three runs
+"""Every row of docs/kernel-crosscheck.md as a scenario, under v6.6, three runs
 of three: the kills and the victims the running kernel (Linux 6.18) gave, by majority.
 
 Rows the model still cannot match are not here; their files say why:

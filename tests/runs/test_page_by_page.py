@@ -2,7 +2,7 @@
 
 When the OOM killer is called, the allocator holds what it got so far, and that
 counts in its own oom_badness: it is often the biggest task, and the victim.
-../shared/docs/kernel-crosscheck.md measured it on kernel 6.18 (the allocator
+docs/kernel-crosscheck.md measured it on kernel 6.18 (the allocator
 held 77-98 MB of a 100 MB request when the OOM hit).
 """
 

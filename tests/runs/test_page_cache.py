@@ -1,7 +1,7 @@
 """Page cache and shmem, with real processes: reclaim before any kill, writeback before
 dirty pages can go, and shmem that no kill frees.
 
-../shared/docs/kernel-crosscheck.md measured each on kernel 6.18: a 120 MB clean
+docs/kernel-crosscheck.md measured each on kernel 6.18: a 120 MB clean
 shared file needed no kill (reclaim took 35 MB of it); 120 MB dirty, none either,
 once written back; on tmpfs, the kernel killed the mapper and then another task,
 since killing the mapper freed no tmpfs page. Times asserted here are emulated
@@ -99,7 +99,7 @@ def test_mlocked_page_cache_is_never_reclaimed(tmp_path):
 def test_shmem_survives_its_mappers_kill_so_the_oom_killer_kills_again(tmp_path, policy):
     r, events = run(tmp_path, kind="shmem", extra='object = "pgdata"', min_kills=1, policy=policy)
     # db is chosen for its 120 MB of shmem-rss, but its death frees only its 20 MB of anon:
-    # the bystander dies too, under every policy (the kernel did the same, ../shared/docs)
+    # the bystander dies too, under every policy (the kernel did the same: docs/kernel-crosscheck.md)
     assert (r.verdict, [v.name for v in r.victims]) == ("resolved", ["db", "bystander"]), r.summary()
     assert "shmem-rss:122880kB" in next(line for line in r.log if "Killed process" in line and "(db)" in line)
     a = adds_up(r)

@@ -1,6 +1,6 @@
 """The two read-hold rows of the kernel crosscheck, as scenarios, under v6.6.
 
-../shared/docs/kernel-crosscheck.md measured them on kernel 6.18: a victim
+docs/kernel-crosscheck.md measured them on kernel 6.18: a victim
 whose mmap_sem another task holds for read for 5 s is reaped 2 s after the
 kill (1 kill); with a writer queued behind the reader, "unable to reap" comes
 3 s after the kill and a second task dies. Times are the run's own records,
