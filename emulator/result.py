@@ -62,6 +62,10 @@ class RunResult:
     held_max_ms: float = 0.0
     oomemu_version: str = ""
     scenario_sha256: str | None = None       # of the scenario file, None if built in memory
+    # Host runs (--policy host): what was approximated (a line each), and why the run is not
+    # comparable with a policy's (a task meant to be spared was killed), None if it is.
+    notes: list[str] = field(default_factory=list)
+    diverged: str | None = None
 
     @property
     def extra_kills(self) -> int:
@@ -94,6 +98,7 @@ class RunResult:
         stopped = (f" (stopped {self.stopped_s:.1f}s by Ctrl-Z: its clock stood still)" if self.stops else "")
         lagged = (f"; LAGGED {self.lag_ms:.1f} ms behind its clock (tolerance {self.lag_tolerance_ms:g} ms): "
                   f"try a lower --speed" if self.lagged else "")
+        diverged = f"; DIVERGED: {self.diverged}" if self.diverged else ""
         return (f"oomemu: {self.scenario} under {self.policy}: {self.verdict}, "
                 f"kills {self.kills} (fewest needed {self.min_kills}{extra}), time to resolve {ttr}{stopped}"
-                f"{lagged}")
+                f"{lagged}{diverged}")

@@ -69,8 +69,11 @@ def cmd_run(a) -> int:
         if a.hold:
             _hold_banner(run, scenario)
 
-    run = Run(scenario, a.policy, a.speed, _overrides(a.set), echo=None if a.quiet else _echo,
-              trace=a.trace, hold=a.hold, on_start=started)
+    if a.policy == "host":
+        run = _host_run(a, scenario, started)
+    else:
+        run = Run(scenario, a.policy, a.speed, _overrides(a.set), echo=None if a.quiet else _echo,
+                  trace=a.trace, hold=a.hold, on_start=started)
     for opt, path in (("--json", a.json), ("--trace", a.trace)):
         if path:
             try:
@@ -85,6 +88,15 @@ def cmd_run(a) -> int:
     if result.error is not None:
         print(f"oomemu: error: {result.error}", file=sys.stderr, flush=True)
     return result.exit_code
+
+
+def _host_run(a, scenario, started):
+    """``--policy host``: the scenario on this machine's kernel (emulator.host)."""
+    for given, opt in ((a.hold, "--hold"), (a.set, "--set"), (a.speed != 1, "--speed")):
+        if given:
+            raise UsageError(f"--policy host runs on the kernel's own clock and constants: {opt} does not apply")
+    from ..host.run import HostRun
+    return HostRun(scenario, echo=None if a.quiet else _echo, trace=a.trace, on_start=started)
 
 
 def _hold_banner(run, scenario) -> None:
@@ -346,6 +358,9 @@ def cmd_policies(a) -> int:
 def cmd_cleanup(a) -> int:
     from ..runtime.cleanup import cleanup
     done = cleanup()
+    if os.geteuid() == 0:                 # host runs (root only): their files, FUSE mounts, memcgs
+        from ..host.run import cleanup_leftovers
+        done += cleanup_leftovers()
     for line in done:
         print(f"oomemu cleanup: {line}")
     if not any(not line.startswith("left alone") for line in done):

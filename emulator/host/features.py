@@ -1,0 +1,83 @@
+"""What of a scenario can be made real on the running kernel, and what cannot (pure).
+
+A host run maps each scenario feature onto a real action
+(docs/kernel-crosscheck.md, "How each case was made real"): anon memory is
+written page by page; ``mlocked`` is mlock(2); page tables come from a sparse
+anonymous mapping read once per 2 MB (MADV_NOHUGEPAGE: with THP the huge zero
+page allocates none); shmem is a file on tmpfs; page cache is a file on a
+disk file system, prepared clean, read (or written, for ``dirty_mb``); a
+``busy`` step is a read of a FUSE file whose reply waits (a real D state);
+``shm_unlink`` and ``shm_truncate`` are unlink(2) and ftruncate(2).
+
+What cannot be made real is refused before anything starts, in one line
+naming it (:func:`refusals`). The zone itself becomes the limit of the run's
+memory cgroup: a global OOM runs as a memcg OOM at ``memory_mb``, where there
+is no panic; a scenario whose global OOM finds nobody to kill shows as hung
+(the allocation waits), which is what :func:`comparable_verdict` maps a
+policy's ``panic`` to.
+"""
+
+from __future__ import annotations
+
+from ..kernel.verdict import Verdict
+from ..scenario import EXIT_UNMAP_MS_PER_MB, FREE_PGTABLES_MS_PER_MB, Scenario
+
+#: steps a host task can do for real
+HOST_OPS = frozenset({"alloc", "sleep", "busy", "exit", "shm_unlink", "shm_truncate"})
+#: why each other step cannot (yet) be made real
+_OP_REFUSED = {
+    "mmap_sem_down": "an mmap_sem hold (a read hold of another task's through /proc/PID/mem over a FUSE "
+                     "page is possible, not done yet; a write hold for seconds cannot be made from user space)",
+    "mmap_sem_up": "an mmap_sem hold (see mmap_sem_down)",
+    "lock": "a named lock (an uninterruptible wait on another task: not done yet)",
+    "unlock": "a named lock (see lock)",
+    "mm_pin": "an mm pinned by another task (not done yet)",
+}
+_KIND_REFUSED = {
+    "hugetlb": "hugetlb memory (needs reserved huge pages)",
+    "pfnmap": "a VM_PFNMAP mapping (needs a driver)",
+}
+
+
+def needs_fuse(scenario: Scenario) -> bool:
+    """Does a host run of it need the FUSE file system (D states)?"""
+    return any(s.op == "busy" for t in scenario.tasks for s in t.steps)
+
+
+def refusals(scenario: Scenario, cgroup_v2: bool) -> list[str]:
+    """Every feature of ``scenario`` a host run cannot make real, one line each, naming
+    the task and the feature (empty: it can run). ``cgroup_v2``: the machine's memory
+    controller is cgroup v2 (memory.oom.group needs it)."""
+    out = []
+    for t in scenario.tasks:
+        if t.mm:
+            out.append(f"task {t.name}: mm = {t.mm!r}: processes sharing an mm (not done yet)")
+        if t.mmu_notifier == "blockable":
+            out.append(f"task {t.name}: a blockable mmu notifier (needs a driver whose non-blocking "
+                       f"invalidation fails, as GPU userptr or RDMA ODP)")
+        elif t.mmu_notifier == "nonblocking":
+            out.append(f"task {t.name}: a non-blocking mmu notifier (a KVM guest over the memory: not done yet)")
+        if t.exit_unmap_ms_per_mb != EXIT_UNMAP_MS_PER_MB \
+                or abs(t.exit_free_pgtables_ms - round(FREE_PGTABLES_MS_PER_MB * t.pgtables_mb, 6)) > 1e-9:
+            out.append(f"task {t.name}: exit timings (exit_unmap_ms_per_mb, exit_free_pgtables_ms): the "
+                       f"kernel's exit takes what it takes")
+        for v in t.vmas:
+            if v.kind in _KIND_REFUSED:
+                out.append(f"task {t.name}: {_KIND_REFUSED[v.kind]}")
+        for s in t.steps:
+            if s.op not in HOST_OPS:
+                out.append(f"task {t.name}: step {s.op}: {_OP_REFUSED.get(s.op, 'not done yet')}")
+    if not cgroup_v2:
+        for m in scenario.memcgs:
+            if m.oom_group:
+                out.append(f"memcg {m.name}: oom_group (memory.oom.group is cgroup v2's; this machine "
+                           f"has v1)")
+    return list(dict.fromkeys(out))            # each line once, in order
+
+
+def comparable_verdict(verdict: Verdict, global_oom: bool) -> Verdict:
+    """A policy's verdict as a host run can show it: a global OOM runs inside the run's
+    memcg, where finding nobody to kill makes the allocation wait instead of panicking."""
+    if verdict == Verdict.PANIC and global_oom:
+        return Verdict.HUNG
+    return verdict
