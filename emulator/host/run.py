@@ -86,7 +86,10 @@ def check_host() -> str:
     if os.geteuid() != 0:
         raise EnvironmentProblem("--policy host needs root: it makes memory cgroups, mounts a FUSE file "
                                  "system and reads /dev/kmsg (run it as root, or use an emulated policy)")
-    from .cgroup import cgroup_version
+    try:
+        from .cgroup import cgroup_version
+    except ImportError:
+        raise EnvironmentProblem("--policy host: this oomemu has no host memcg support yet") from None
     return cgroup_version()
 
 
