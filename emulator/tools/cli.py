@@ -355,6 +355,16 @@ def cmd_policies(a) -> int:
     return EXIT_OK
 
 
+def cmd_kernel_check(a) -> int:
+    from . import compare
+    from .kernel_check import kernel_check
+    agree = kernel_check(compare.load_all(a.scenarios), a.repeat, say=_echo)
+    if a.check and not agree:
+        print("oomemu kernel-check: v6.6 disagrees with this kernel (see the table)", file=sys.stderr)
+        return 3
+    return EXIT_OK
+
+
 def cmd_cleanup(a) -> int:
     from ..runtime.cleanup import cleanup
     done = cleanup()
@@ -448,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true",
                    help="exit 3 if a measured outcome differs from the one the scenario file states")
     c.set_defaults(func=cmd_compare)
+    k = sub.add_parser("kernel-check", help="each scenario on this kernel (root) beside every policy")
+    k.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")
+    k.add_argument("--repeat", type=_positive_int, default=1, help="runs per cell (default 1)")
+    k.add_argument("--check", action="store_true",
+                   help="exit 3 if v6.6 (the policy of the running kernel) disagrees with the host")
+    k.set_defaults(func=cmd_kernel_check)
     sub.add_parser("scenarios", help="list the built-in scenarios").set_defaults(func=cmd_scenarios)
     sub.add_parser("policies", help="list the reaper policies").set_defaults(func=cmd_policies)
     sub.add_parser("cleanup", help="remove leftovers of runs whose supervisor is gone").set_defaults(
