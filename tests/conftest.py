@@ -54,7 +54,7 @@ def pytest_configure(config):
 
 
 # The layers, each a folder of tests/ and a marker of the same name (pyproject.toml registers them).
-LAYERS = ("pure", "ipc", "runs", "cli", "stress")
+LAYERS = ("pure", "ipc", "runs", "host", "cli", "stress")
 _TESTS = Path(__file__).resolve().parent
 
 
