@@ -18,7 +18,8 @@
 * Every test lives in the folder of its layer, and gets the layer's marker
   (``-m pure``, ``-m "pure or ipc"``...): tests/pure (no processes, no
   /dev/shm), tests/ipc (segments, semaphores, files in /dev/shm; no run),
-  tests/runs (real runs through the Python API), tests/cli (``oomemu`` in a
+  tests/runs (real runs through the Python API), tests/host (the machine's own
+  kernel: memory cgroups, /dev/kmsg; root), tests/cli (``oomemu`` in a
   subprocess), tests/stress. A test file anywhere else is a usage error.
 """
 

@@ -64,6 +64,29 @@ def parse_raw(raw: bytes) -> tuple[int, int, int, str, str] | None:
     return pri, seq, usec, fields[3], _unescape(text)
 
 
+def assemble(raws: list[bytes], run_time, last_seq: int | None = None) -> tuple[list[Record], int | None, int]:
+    """Records from raw /dev/kmsg reads, in order: a fragment flagged ``c`` or ``+``
+    (a pr_cont() that could not join its open record) is appended to the record before it.
+    ``run_time`` maps a printk usec to the run's base. Returns the records, the last seq
+    seen, and how many seqs were skipped (records overwritten before they were read)."""
+    out: list[Record] = []
+    lost = 0
+    for raw in raws:
+        parsed = parse_raw(raw)
+        if parsed is None:
+            continue
+        pri, seq, usec, flags, text = parsed
+        if last_seq is not None and seq > last_seq + 1:
+            lost += seq - last_seq - 1
+        last_seq = seq
+        if flags[:1] in ("c", "+") and out:
+            prev = out[-1]
+            out[-1] = Record(prev.seq, prev.level, prev.facility, prev.usec, prev.time, prev.text + text)
+            continue
+        out.append(Record(seq, pri & 7, pri >> 3, usec, run_time(usec), text))
+    return out, last_seq, lost
+
+
 class KernelLog:
     """New kernel log records from the moment it is opened, on the run's time base.
 
@@ -127,14 +150,14 @@ class KernelLog:
         return usec / 1e6 - self.printk_offset_s - self.t0
 
     def _read_records(self) -> list[Record]:
-        out: list[Record] = []
+        raws: list[bytes] = []
         while True:
             try:
                 raw = os.read(self._fd, READ_SIZE)
             except BlockingIOError:
                 break
             except BrokenPipeError:
-                self.overrun = True             # overwritten; the seq gap below says how many
+                self.overrun = True             # overwritten; the seq gap says how many
                 continue
             except OSError as e:
                 if e.errno == errno.EINVAL:     # a record larger than the buffer: skip it
@@ -142,19 +165,10 @@ class KernelLog:
                 raise
             if not raw:
                 break
-            parsed = parse_raw(raw)
-            if parsed is None:
-                continue
-            pri, seq, usec, flags, text = parsed
-            if self._last_seq is not None and seq > self._last_seq + 1:
-                self.lost += seq - self._last_seq - 1
-            self._last_seq = seq
-            if flags[:1] in ("c", "+") and out:
-                prev = out[-1]
-                out[-1] = Record(prev.seq, prev.level, prev.facility, prev.usec, prev.time, prev.text + text)
-                continue
-            out.append(Record(seq, pri & 7, pri >> 3, usec, self.run_time(usec), text))
-        return out
+            raws.append(raw)
+        records, self._last_seq, gap = assemble(raws, self.run_time, self._last_seq)
+        self.lost += gap
+        return records
 
     def read(self) -> list[Record]:
         """Every record logged since the last read (or since the log was opened)."""
@@ -292,9 +306,9 @@ def parse_invoked(text: str) -> OomInvoked | None:
 
 
 def parse_summary(text: str) -> OomSummary | None:
-    """The one-line summary; its middle fields (nodemask, cpuset, mems_allowed, oom_memcg,
-    task_memcg) are split on the commas before each ``key=`` (a nodemask list such as
-    ``0-1,3`` holds commas of its own)."""
+    """The one-line summary; its middle fields (nodemask, cpuset, mems_allowed, oom_memcg or
+    global_oom, task_memcg) are split on the commas before each key (a nodemask list such
+    as ``0-1,3`` holds commas of its own)."""
     m = _SUMMARY.match(text)
     if not m:
         return None
@@ -302,8 +316,8 @@ def parse_summary(text: str) -> OomSummary | None:
     key = None
     for part in m.group("middle").split(","):
         k, eq, v = part.partition("=")
-        if eq and re.fullmatch(r"[a-z_]+", k):
-            key, fields[k] = k, v
+        if re.fullmatch(r"[a-z_]+", k):
+            key, fields[k] = k, v                   # "global_oom" is a key without a value
         elif key is not None:
             fields[key] += "," + part
     return OomSummary(m.group("constraint"), fields, fields.get("oom_memcg"), fields.get("task_memcg"),

@@ -25,7 +25,8 @@ MB = 1024 * 1024
 # memcg it started in, count in the rss the kernel prints but not against the limit.
 STARTUP_KB = 16 * 1024
 
-# Waits for a line on stdin (the test joins it to a group first), then touches N MB page by page.
+# Waits for a line on stdin (the test joins it to a group first), then touches N MB page by
+# page; if it survives, holds them until the next line.
 TOUCH = textwrap.dedent("""
     import mmap, sys
     sys.stdout.write("ready\\n"); sys.stdout.flush()
@@ -35,6 +36,7 @@ TOUCH = textwrap.dedent("""
     for i in range(0, n, 4096):
         m[i] = 1
     sys.stdout.write("survived\\n"); sys.stdout.flush()
+    sys.stdin.readline()                    # holds its memory until told
 """)
 
 
