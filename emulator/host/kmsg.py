@@ -27,6 +27,7 @@ import select
 import time
 from dataclasses import dataclass
 
+from ..errors import EnvironmentProblem
 from ..runtime import names
 
 KMSG = "/dev/kmsg"
@@ -93,7 +94,8 @@ class KernelLog:
     Opened read-only and non-blocking at the end of the log (SEEK_END): records older than
     the run are never read. One marker line is written at start (devkmsg writes are rate
     limited per open file; one is always allowed) to measure the printk clock. close() is
-    idempotent; a KernelLog holds only its file descriptor.
+    idempotent; a KernelLog holds only its file descriptor. EnvironmentProblem if the log
+    cannot be read (not root: dmesg_restrict).
     """
 
     def __init__(self, run_clock_t0_monotonic: float, *, path: str = KMSG, check_clock: bool = True):
@@ -105,7 +107,11 @@ class KernelLog:
         self.overrun = False                # a read met EPIPE: some were overwritten
         self._pending: list[Record] = []
         self._last_seq: int | None = None
-        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            why = " (host runs need root, or CAP_SYSLOG)" if e.errno in (errno.EPERM, errno.EACCES) else ""
+            raise EnvironmentProblem(f"cannot read the kernel log {path}: {e.strerror}{why}") from None
         try:
             os.lseek(self._fd, 0, os.SEEK_END)
             if check_clock:

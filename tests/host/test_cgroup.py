@@ -238,3 +238,8 @@ def test_a_line_written_to_the_log_is_read_on_the_runs_clock(kmsg_ok):
         wait_for(lambda: got.extend(r for r in log.read() if r.text.endswith(tag)) or got, timeout=2)
     assert len(got) == 1 and got[0].facility == 1 and got[0].level == 6
     assert before - 0.005 <= got[0].time <= after + 0.005
+
+
+def test_a_log_that_cannot_be_opened_is_one_line(tmp_path):
+    with pytest.raises(EnvironmentProblem, match=r"cannot read the kernel log .*/kmsg: No such file"):
+        kmsg.KernelLog(0.0, path=str(tmp_path / "kmsg"))
