@@ -156,6 +156,7 @@ class HostMemcgs:
         self._created_subtrees: set[str] = set()
         self._dirs: dict[str | None, str] = {None: self.path}
         self._parents_of_groups: set[str | None] = set()
+        self._made = False                      # the parent group is ours: remove() may empty it
         self._check()
         try:
             self._create()
@@ -185,6 +186,7 @@ class HostMemcgs:
         if self.v2:
             self._enable_memory(self.hierarchy.root)
         self._mkdir(self.path)
+        self._made = True
         if not self.v2:
             self._use_hierarchy()
         self._limit(self.path, self.total_limit_bytes)
@@ -319,8 +321,9 @@ class HostMemcgs:
     def remove(self) -> list[str]:
         """SIGKILL every task left in the run's groups, wait (bounded) for them to leave,
         then rmdir the groups deepest first. Returns the groups still there (a task stuck
-        in D state past KILL_WAIT_S): empty when all is gone. Idempotent."""
-        return remove_tree(self.path)
+        in D state past KILL_WAIT_S): empty when all is gone. Idempotent. A group of that
+        name that this object did not make (mkdir found it there) is left alone."""
+        return remove_tree(self.path) if self._made else []
 
     def __enter__(self):
         return self

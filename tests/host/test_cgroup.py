@@ -243,3 +243,17 @@ def test_a_line_written_to_the_log_is_read_on_the_runs_clock(kmsg_ok):
 def test_a_log_that_cannot_be_opened_is_one_line(tmp_path):
     with pytest.raises(EnvironmentProblem, match=r"cannot read the kernel log .*/kmsg: No such file"):
         kmsg.KernelLog(0.0, path=str(tmp_path / "kmsg"))
+
+
+def test_a_group_that_is_there_already_is_refused_and_left_alone(memcg_ok):
+    """A run id whose group exists (not made by this object): one line, and that group and
+    its task are not touched."""
+    first = HostMemcgs(names.new_run_id(), 64 * MB)
+    try:
+        task = sleeper()
+        first.join(task.pid)
+        with pytest.raises(EnvironmentProblem, match="cannot create the memory cgroup .*: File exists"):
+            HostMemcgs(first.run_id, 64 * MB)
+        assert os.path.isdir(first.path) and task.poll() is None
+    finally:
+        assert first.remove() == []
