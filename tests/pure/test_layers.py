@@ -112,3 +112,18 @@ def test_the_guard_sees_a_lazy_import_inside_a_function():
     assert found == ["emulator/kernel/policies/probe.py:2 imports emulator.runtime",
                      "emulator/kernel/policies/probe.py:2 imports emulator.runtime.mm",
                      "emulator/kernel/policies/probe.py:3 imports time"]
+
+
+# host/ (runs on the machine's own kernel) may use the model, the shared modules and
+# these runtime modules; nothing of tools/.
+HOST_RUNTIME_ALLOWED = ("emulator.runtime.names", "emulator.runtime.signals", "emulator.runtime.trace")
+
+
+def test_host_imports_no_tools_and_only_names_signals_trace_of_runtime():
+    paths = modules("host")
+    assert paths, "emulator/host has no modules"
+    bad = violations(paths, ("emulator.tools",))
+    bad += [f"{path.relative_to(ROOT)}:{line} imports {name}" for path in paths for line, name in imports_of(path)
+            if within(name, "emulator.runtime") and name != "emulator.runtime"
+            and not any(within(name, ok) for ok in HOST_RUNTIME_ALLOWED)]
+    assert bad == []
