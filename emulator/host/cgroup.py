@@ -245,6 +245,25 @@ class HostMemcgs:
                 self.notes.append(f"{group}: memory.memsw.limit_in_bytes not set ({e.strerror}): "
                                   f"swap, if any, is not limited")
 
+    def limit_bytes(self, name: str | None = None) -> int:
+        """Memcg ``name``'s limit now (None: the run's parent group)."""
+        group = self.group_path(name)
+        text = _read(os.path.join(group, "memory.max" if self.v2 else "memory.limit_in_bytes")).strip()
+        return -1 if text == "max" else int(text)
+
+    def raise_limit(self, name: str | None, extra_bytes: int) -> None:
+        """Raise memcg ``name``'s limit (None: the parent's) by ``extra_bytes`` (v1: the memsw
+        limit first, which may never be below the memory limit)."""
+        group = self.group_path(name)
+        new = self.limit_bytes(name) + int(extra_bytes)
+        memsw = os.path.join(group, "memory.memsw.limit_in_bytes")
+        if not self.v2 and os.path.exists(memsw):
+            try:
+                _write(memsw, str(new))
+            except OSError:
+                pass
+        self._set(group, "memory.max" if self.v2 else "memory.limit_in_bytes", str(new))
+
     def _enable_memory(self, group: str) -> None:
         """v2: "+memory" in ``group``'s cgroup.subtree_control, so its children have memory.* files."""
         self._created_subtrees.add(group)

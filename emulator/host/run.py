@@ -86,11 +86,8 @@ def check_host() -> str:
     if os.geteuid() != 0:
         raise EnvironmentProblem("--policy host needs root: it makes memory cgroups, mounts a FUSE file "
                                  "system and reads /dev/kmsg (run it as root, or use an emulated policy)")
-    try:
-        from .cgroup import cgroup_version
-    except ImportError:
-        raise EnvironmentProblem("--policy host: this oomemu has no host memcg support yet") from None
-    return cgroup_version()
+    from .cgroup import find_memory_hierarchy
+    return "v2" if find_memory_hierarchy().version == 2 else "v1"
 
 
 def refuse(scenario: Scenario, version: str) -> None:
@@ -113,12 +110,13 @@ class HostRun:
         self.version = check_host()
         refuse(scenario, self.version)
         if features.needs_fuse(scenario):
-            from .fuse import check_fuse
-            check_fuse()
+            from .fuse import check_environment
+            check_environment()
         self.tasks = [HostTaskRecord(i, t) for i, t in enumerate(scenario.tasks)]
         self.by_pid: dict[int, HostTaskRecord] = {}
         self.memcgs = None
         self.fs = None
+        self.fs_files: set[str] = set()
         self.klog = None
         self.tracer: Tracer | None = None
         self.dirs: list[str] = []
@@ -191,6 +189,7 @@ class HostRun:
         if self.fs is not None and any(s.op == "busy" for s in t.spec.steps):
             busy = sum(s.op == "busy" for s in t.spec.steps)
             spec["fuse_path"] = self.fs.add_file(f"busy{t.index}", (busy + 1) << 20)
+            self.fs_files.add(f"busy{t.index}")
         return spec
 
     def _oom_score_adjs(self) -> dict[int, int]:
@@ -225,11 +224,24 @@ class HostRun:
                 f.write(str(adjs[t.index]))
         # Each task's own interpreter is charged to its memcg before it maps a byte: the
         # limits make room for that, so that memory_mb is the scenario's to use.
-        self.memcgs.add_baseline()
+        self._make_room_for_interpreters()
         for t in self.tasks:                  # in file order: the first mapper is charged
             self._check_signals()
             self._send(t, "go")
             self._expect(t, "ready")
+
+    def _make_room_for_interpreters(self) -> None:
+        """Raise each memcg's limit by what its tasks' own processes hold now (their
+        interpreters), before any of them maps a byte of the scenario's."""
+        own = {None: self.memcgs.usage_bytes(None)}
+        for m in self.scenario.memcgs:
+            own[m.name] = self.memcgs.usage_bytes(m.name)
+        for name, extra in own.items():
+            if extra > 0:
+                self.memcgs.raise_limit(name, extra)
+        if own[None] > 0:
+            self.notes.append("the task processes' own memory (%d kB, their interpreters) was added to the "
+                              "limits" % (own[None] // 1024))
 
     def _send(self, t: HostTaskRecord, what: str) -> None:
         try:
@@ -282,9 +294,10 @@ class HostRun:
         return self._result()
 
     def _execute(self) -> None:
-        from .cgroup import HostMemcgs
+        from .cgroup import HostMemcgs, memcgs_of
         from .kmsg import KernelLog
-        self.memcgs = HostMemcgs.for_scenario(self.run_id, self.scenario)
+        self.memcgs = HostMemcgs(self.run_id, round(self.scenario.memory_mb) << 20, memcgs_of(self.scenario))
+        self.notes += self.memcgs.notes
         if features.needs_fuse(self.scenario):
             from .fuse import SlowFs
             self.fs = SlowFs(SHM_DIR, self.run_id)
@@ -296,12 +309,12 @@ class HostRun:
         self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=POLICY, speed=1.0,
                    run_id=self.run_id, memory_kb=round(self.scenario.memory_mb * 1024),
                    tasks=[{"name": t.name, "pid": t.pid} for t in self.tasks])
+        if self._on_start is not None:
+            self._on_start(self)
         for note in self.notes:
             self.printk("oomemu: host: " + note, 0.0)
         for t in self.tasks:
             self._send(t, "start")
-        if self._on_start is not None:
-            self._on_start(self)
         self._loop()
 
     def _loop(self) -> None:
@@ -368,33 +381,29 @@ class HostRun:
 
     def _kernel_log(self) -> bool:
         """Take in what the kernel logged about the run's tasks; True if anything came."""
-        from .kmsg import parse_invoked, parse_killed, parse_reaped, parse_unable
+        from .kmsg import OomInvoked, OomKill, OomReaped, OomReapFailed, oom_events
         got = False
-        for rec in self.klog.read():
-            killed, reaped, unable, invoked = (p(rec.text) for p in (parse_killed, parse_reaped, parse_unable,
-                                                                     parse_invoked))
-            pid = next((x.pid for x in (killed, reaped, unable, invoked) if x is not None), None)
-            if pid not in self.by_pid:
-                continue
-            t = self.by_pid[pid]
+        for ev in oom_events(self.klog.read(), self.by_pid):
+            t = self.by_pid[ev.pid]
             got = True
-            self.printk(rec.text, rec.t)
-            if invoked is not None and self.first_oom_at is None:
-                self.first_oom_at = rec.t
-            if killed is not None and t.victim is None:
+            self.printk(ev.text, ev.time)
+            line = ev.line
+            if isinstance(line, OomInvoked) and self.first_oom_at is None:
+                self.first_oom_at = ev.time
+            elif isinstance(line, OomKill) and t.victim is None:
                 self.kills += 1
-                t.victim = VictimRecord(t.name, t.pid, round(rec.t, 6),
+                t.victim = VictimRecord(t.name, t.pid, round(ev.time, 6),
                                         memcg="/" + t.spec.memcg if t.spec.memcg else "/")
                 if t.exited_at is not None:
                     t.victim.exited_at_s = round(t.exited_at, 6)
                 self.victims.append(t)
-                self.trace("oom_kill", t, rec.t, anon_rss=killed.anon_rss_kb, file_rss=killed.file_rss_kb,
-                           shmem_rss=killed.shmem_rss_kb)
-            if reaped is not None and t.victim is not None:
-                t.victim.reaped_kb = max(0, t.victim.reaped_kb)
-                self.trace("finish_task_reaping", t, rec.t, anon_rss=reaped.anon_rss_kb)
-            if unable is not None and t.victim is not None:
+                self.trace("oom_kill", t, ev.time, anon_rss=line.anon_rss_kb, file_rss=line.file_rss_kb,
+                           shmem_rss=line.shmem_rss_kb, total_vm=line.total_vm_kb)
+            elif isinstance(line, OomReaped) and t.victim is not None:
+                self.trace("finish_task_reaping", t, ev.time, anon_rss=line.anon_rss_kb)
+            elif isinstance(line, OomReapFailed) and t.victim is not None:
                 t.victim.unable_to_reap = True
+                self.trace("reap_deadline", t, ev.time, reason="MAX_OOM_REAP_RETRIES")
         return got
 
     def _resolved(self) -> bool:
@@ -415,7 +424,8 @@ class HostRun:
         """Kill and reap every task, then the FUSE mount, the memcgs and the files go.
         Runs with terminating signals deferred: it always runs to its end."""
         if self.fs is not None:
-            self.fs.open_all()                     # D-state readers can die now
+            for i in range(len(self.tasks)):       # D-state readers can die now
+                self.fs.open_gate(f"busy{i}") if f"busy{i}" in self.fs_files else None
         for t in self.tasks:
             if t.proc is not None and t.proc.poll() is None:
                 try:

@@ -201,7 +201,10 @@ def main(argv=None) -> int:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
     ctl = socket.socket(fileno=a.ctl)
-    task = HostTask(json.loads(a.spec), ctl)
+    spec = json.loads(a.spec)
+    PR_SET_NAME = 15
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(spec["name"].encode()[:15]), 0, 0, 0)   # the kernel's log names it
+    task = HostTask(spec, ctl)
     try:
         task.run()
     except BaseException as e:                     # our fault or the machine's: say it, in one line
