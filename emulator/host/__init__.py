@@ -1,0 +1,1 @@
+"""Host mode: a scenario run on the machine's own kernel, in a temporary memory cgroup."""
