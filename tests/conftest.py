@@ -18,6 +18,7 @@
 * Every test lives in the folder of its layer, and gets the layer's marker
   (``-m pure``, ``-m "pure or ipc"``...): tests/pure (no processes, no
   /dev/shm), tests/ipc (segments, semaphores, files in /dev/shm; no run),
+  tests/host (the machine's own kernel: mounts, cgroups; root, else skipped),
   tests/runs (real runs through the Python API), tests/cli (``oomemu`` in a
   subprocess), tests/stress. A test file anywhere else is a usage error.
 """
@@ -54,7 +55,7 @@ def pytest_configure(config):
 
 
 # The layers, each a folder of tests/ and a marker of the same name (pyproject.toml registers them).
-LAYERS = ("pure", "ipc", "runs", "cli", "stress")
+LAYERS = ("pure", "ipc", "host", "runs", "cli", "stress")
 _TESTS = Path(__file__).resolve().parent
 
 

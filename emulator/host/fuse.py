@@ -229,7 +229,7 @@ class SlowFs:
         self._by_node: dict[int, _File] = {}
         self._held: list[_HeldRead] = []
         self._interrupts = 0
-        self._changed = threading.Condition(self._lock)   # notified on each held READ / INTERRUPT
+        self._changed = threading.Condition(self._lock)   # notified when a READ is held or answered, on INTERRUPT
         self._fd = -1
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
@@ -404,6 +404,9 @@ class SlowFs:
             self._held = [h for h in self._held if h.file.until > now]
         for h in due:
             self._reply(h.unique, 0, bytes(h.size))
+        if due:
+            with self._lock:
+                self._changed.notify_all()
 
     # -- requests
     def _attr(self, f: _File | None) -> bytes:
