@@ -210,6 +210,9 @@ class SlowFs:
     a gate; ``close()`` leaves no mount, no directory, no waiting task, and may be
     called any number of times, also after a partial set-up."""
 
+    #: bound on each of close()'s waits (the server answering what it holds; its thread leaving)
+    stop_timeout = STOP_TIMEOUT_S
+
     def __init__(self, mountpoint_parent: str, run_id: str,
                  on_read: Callable[[str, int], None] | None = None,
                  _clock: Callable[[], float] = time.monotonic):
@@ -334,8 +337,9 @@ class SlowFs:
             return self._changed.wait_for(lambda: any(h.pid == pid for h in self._held), timeout)
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
 
     # -- the loop
     def _serve(self) -> None:
@@ -360,8 +364,8 @@ class SlowFs:
         except BaseException as e:                  # noqa: BLE001: kept for close() and the tests
             self.errors.append(e)
         finally:
-            if self._stopping and self._fd >= 0:
-                self._close_fd()
+            if self._stopping:          # close() left them to us (we outlived its wait)
+                self._close_fds()
 
     def _read_request(self) -> bool:
         """Read and handle one request; False once the connection is gone."""
@@ -515,10 +519,14 @@ class SlowFs:
     }
 
     # -- tear-down
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)            # the last fd of the connection: the kernel aborts it
+    def _close_fds(self) -> None:
+        """Close /dev/fuse (the last fd of the connection: the kernel aborts it) and the wake pipe."""
+        with self._lock:
+            fds, self._fd, self._wake_r, self._wake_w = (self._fd, self._wake_r, self._wake_w), -1, -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def close(self) -> None:
         """Open every gate, unmount (lazily), abort the connection if a task may still wait
@@ -533,24 +541,20 @@ class SlowFs:
         thread = self._thread
         if thread is not None and thread.is_alive():
             with self._lock:        # the server answers what is held on its next turn
-                self._changed.wait_for(lambda: not self._held or not thread.is_alive(), STOP_TIMEOUT_S)
+                self._changed.wait_for(lambda: not self._held or not thread.is_alive(), self.stop_timeout)
         if self._mounted:
             _umount_lazy(self.path)
             self._mounted = False
         self._stopping = True
         self._wake()
         if thread is not None:
-            thread.join(STOP_TIMEOUT_S)
+            thread.join(self.stop_timeout)
         if thread is None or not thread.is_alive():
-            self._close_fd()
-        # A copy of the fd in a forked child would keep the connection (and a task on it) alive.
+            self._close_fds()       # else the wedged thread closes them when it leaves
+        # A wedged server, or a copy of the fd in a forked child, would keep the connection
+        # (and a task waiting on it) alive: abort it if its superblock is still there.
         if self._minor is not None:
             abort_connection(self._minor, self.parent, self.run_id)
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._wake_r = self._wake_w = -1
         if self._made_dir:
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(self.path)

@@ -300,3 +300,30 @@ def test_a_user_without_root_is_told_in_one_line(tmp_path):
     """ % str(tmp_path))], capture_output=True, text=True, timeout=20, cwd=os.getcwd())
     assert out.stdout.count("\n") == 1 and "needs root" in out.stdout, out
     assert os.listdir(tmp_path) == []
+
+
+@needs_fuse
+def test_close_aborts_the_connection_when_the_server_is_wedged(parent):
+    """A server that cannot answer (here: stuck in a caller's on_read) must not leave a task
+    in D state: close() aborts the connection through fusectl, and the reader gets an error."""
+    import threading
+    release = threading.Event()
+    fs = SlowFs(parent, names.new_run_id(), on_read=lambda name, pid: release.wait(10))
+    fs.stop_timeout = 0.2
+    r = None
+    try:
+        path = fs.add_file("wedged", MiB)
+        fs.gate("wedged", None)
+        r = reader(path)
+        assert fs.wait_held(r.pid, 5) and in_d_state(r.pid)
+        fs.close()
+        out, _ = r.communicate(timeout=5)
+        assert r.returncode != 0 and out == b""     # ENOTCONN, not data
+        assert not any(m.point == fs.path for m in mounts()) and not os.path.exists(fs.path)
+    finally:
+        release.set()
+        fs._thread.join(5)
+        assert not fs._thread.is_alive()
+        fs.close()
+        if r is not None:
+            end_process(r)
