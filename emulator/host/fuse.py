@@ -198,8 +198,7 @@ class _HeldRead:
     unique: int
     file: _File
     size: int
-    pid: int
-    interrupted: bool = False
+    pid: int                   # the reading thread's id (fuse_in_header.pid is task_pid, a TID)
 
 
 class SlowFs:
@@ -221,7 +220,8 @@ class SlowFs:
         self.parent = os.path.abspath(mountpoint_parent)
         self.path = os.path.join(self.parent, mountpoint_name(run_id))
         self.on_read = on_read
-        #: True once the kernel waits on this connection killably (D state), see the module doc
+        #: True once the kernel waits on this connection killably (D state), see the module doc;
+        #: False if provoking the first INTERRUPT failed: reads then wait in S state
         self.d_state_waits = False
         #: exceptions the server met (a failing on_read included); the server goes on
         self.errors: list[BaseException] = []
@@ -475,11 +475,7 @@ class SlowFs:
     def _interrupt(self, unique, nodeid, pid, body):
         # ENOSYS: the kernel sets fc->no_interrupt and waits killably from now on (D state);
         # the interrupted READ stays held and its gate answers it
-        (target,) = abi.INTERRUPT_IN.unpack_from(body)
         with self._lock:
-            for h in self._held:
-                if h.unique == target:
-                    h.interrupted = True
             self._interrupts += 1
             self._changed.notify_all()
         self._reply(unique, -errno.ENOSYS)
