@@ -36,7 +36,6 @@ import math
 import os
 import re
 import select
-import signal
 import stat
 import struct
 import subprocess

@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import psutil
 import pytest
@@ -119,7 +121,6 @@ def test_a_reader_sits_in_d_state_until_the_gate_opens(fs):
 
 @needs_fuse
 def test_a_timed_gate_answers_at_its_time(fs):
-    import time
     path = fs.add_file("timed", 4096)
     start = time.monotonic()
     fs.gate("timed", start + 0.3)
@@ -306,7 +307,6 @@ def test_a_user_without_root_is_told_in_one_line(tmp_path):
 def test_close_aborts_the_connection_when_the_server_is_wedged(parent):
     """A server that cannot answer (here: stuck in a caller's on_read) must not leave a task
     in D state: close() aborts the connection through fusectl, and the reader gets an error."""
-    import threading
     release = threading.Event()
     fs = SlowFs(parent, names.new_run_id(), on_read=lambda name, pid: release.wait(10))
     fs.stop_timeout = 0.2
