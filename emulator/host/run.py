@@ -423,15 +423,14 @@ class HostRun:
     def _teardown(self) -> None:
         """Kill and reap every task, then the FUSE mount, the memcgs and the files go.
         Runs with terminating signals deferred: it always runs to its end."""
-        if self.fs is not None:
-            for i in range(len(self.tasks)):       # D-state readers can die now
-                self.fs.open_gate(f"busy{i}") if f"busy{i}" in self.fs_files else None
         for t in self.tasks:
             if t.proc is not None and t.proc.poll() is None:
                 try:
                     t.proc.send_signal(signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self.fs is not None:
+            self.fs.close()                        # its gates open: killed D-state readers die
         for t in self.tasks:
             if t.proc is not None:
                 try:
@@ -452,8 +451,6 @@ class HostRun:
         if self.tracer is not None:
             self.trace("run_end", verdict=self.verdict, kills=self.kills)
             self.tracer.close()
-        if self.fs is not None:
-            self.fs.close()
         if self.memcgs is not None:
             self.memcgs.remove()
         for d in self.dirs:
