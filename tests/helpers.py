@@ -255,7 +255,7 @@ def remove_all(procs, shm_entries, shm_dir: str = names.SHM_DIR) -> list[str]:
     psutil.wait_procs(alive, timeout=5)
     removed = []
     for entry in shm_entries:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):   # a mount point is not ours to unlink
             os.unlink(os.path.join(shm_dir, entry))
             removed.append(entry)
     return removed

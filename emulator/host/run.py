@@ -300,7 +300,7 @@ class HostRun:
         self.notes += self.memcgs.notes
         if features.needs_fuse(self.scenario):
             from .fuse import SlowFs
-            self.fs = SlowFs(SHM_DIR, self.run_id)
+            self.fs = SlowFs(DISK_DIR, self.run_id)    # not /dev/shm: its names are segments
         self._prepare_files()
         self._spawn()
         self.t0 = time.monotonic()
@@ -513,7 +513,7 @@ def cleanup_leftovers() -> list[str]:
                 done.append(f"removed {path}")
     try:
         from .fuse import cleanup_leftovers as fuse_leftovers
-        done += fuse_leftovers(names.PREFIX)
+        done += fuse_leftovers(names.PREFIX, parents=(DISK_DIR,))
     except ImportError:
         pass
     try:

@@ -1,0 +1,131 @@
+"""--policy host: every built-in that can be made real, run on this machine's kernel.
+
+Each host run's outcome (verdict, kills, victims by task name) is held against
+what the file states for v6.6, the policy that models this kernel, except
+slow_pgtables, where the kernel is known to disagree with the model (its file
+says why): there the kernel's own outcome (docs/kernel-crosscheck.md: 1 kill)
+is asserted. A host run is the kernel's: its times are real, so nothing here
+asserts a time. Nothing may be left: processes, the FUSE mount, memcgs, files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import emulator
+from emulator.errors import UsageError
+from emulator.host import features
+from emulator.host.run import DIR_PREFIX, DISK_DIR, SHM_DIR, HostRun
+from emulator.runtime import names
+from emulator.tools.kernel_check import outcome
+from tests.helpers import oomemu, oomemu_args, write_scenario
+
+pytestmark = pytest.mark.timeout(120)
+
+REPRODUCIBLE = ["mlocked", "shared_file", "small_rss", "slow_pgtables", "memcg_tight", "page_cache", "shmem"]
+KERNEL_DISAGREES = {"slow_pgtables": (1, ("victim",))}      # the kernel's own, against the model's 2
+
+
+def leftovers() -> list[str]:
+    out = []
+    for base in (DISK_DIR, SHM_DIR):
+        out += [os.path.join(base, e) for e in os.listdir(base) if e.startswith(DIR_PREFIX)]
+    with open("/proc/self/mountinfo") as f:
+        out += [line.split()[4] for line in f if f"{names.PREFIX}." in line.split()[4]]
+    return out
+
+
+@pytest.fixture
+def host(memcg_ok, kmsg_ok):
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    before = set(leftovers())
+    yield
+    assert set(leftovers()) - before == set()
+
+
+def test_the_reproducible_built_ins_are_the_ones_host_mode_takes():
+    for name in emulator.scenario.builtin_names():
+        s = emulator.load_scenario(name)
+        assert (not features.refusals(s, cgroup_v2=False)) == (name in REPRODUCIBLE), name
+
+
+@pytest.mark.parametrize("name", REPRODUCIBLE)
+def test_each_reproducible_built_in_gives_v66s_stated_outcome_on_this_kernel(host, name):
+    s = emulator.load_scenario(name)
+    r = HostRun(s).execute()
+    assert r.policy == "host" and r.diverged is None, r.summary()
+    got = outcome(r)
+    if name in KERNEL_DISAGREES:
+        assert (got.kills, got.victims) == KERNEL_DISAGREES[name], r.summary()
+        return
+    stated = s.expected["v6.6"]
+    assert (got.verdict, got.kills) == (stated.verdict, stated.kills), (r.summary(), r.log)
+    # the kernel's own lines name the victims
+    assert sum("Killed process" in line for line in r.log) == r.kills
+
+
+def test_what_cannot_be_made_real_is_refused_in_one_line_before_anything_starts(host):
+    p = oomemu("run", "livelock", "--policy", "host")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "--policy host cannot make real task holder: step mmap_sem_down" in p.stderr
+    with pytest.raises(UsageError, match="blockable mmu notifier"):
+        HostRun(emulator.load_scenario("mmu_notifier"))
+
+
+def test_options_of_the_emulated_clock_do_not_apply(host):
+    p = oomemu("run", "page_cache", "--policy", "host", "--speed", "10")
+    assert p.returncode == 2 and "--speed does not apply" in p.stderr, p.stderr
+
+
+def test_a_task_meant_to_be_spared_that_the_kernel_kills_marks_the_run_diverged(host, tmp_path):
+    # without CAP_SYS_RESOURCE the -1000 becomes 0 and the others go to 1000: when the spared
+    # task is all there is to kill, the kernel kills it, and the run says it diverged
+    text = """
+        memory_mb = 64
+        [[task]]
+        name = "spared"
+        oom_score_adj = -1000
+        step = [{ op = "alloc", mb = 64 }]          # all of it, and its interpreter needs a little more
+    """
+    r = HostRun(emulator.load_scenario(write_scenario(tmp_path, text))).execute()
+    if not r.notes:
+        pytest.skip("this process can set a negative oom_score_adj: nothing is approximated")
+    assert r.kills == 1 and r.diverged and "spared" in r.diverged, r.summary()
+    assert "DIVERGED" in r.summary()
+
+
+def test_ctrl_c_and_a_sigkilled_run_leave_nothing_after_cleanup(host):
+    p = subprocess.Popen(oomemu_args("run", "shared_file", "--policy", "host"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, process_group=0)
+    try:
+        assert p.stdout.readline().startswith("oomemu: run ")     # tasks started, db in D state soon
+        time.sleep(0.5)                                          # into the run: D states, a kill
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = p.stderr.read()
+    p.stdout.close(), p.stderr.close()
+    assert p.returncode == 130, err
+    assert not leftovers()
+    p = subprocess.Popen(oomemu_args("run", "shared_file", "--policy", "host"), stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, process_group=0)
+    try:
+        assert p.stdout.readline().startswith("oomemu: run ")
+        time.sleep(0.5)
+        p.kill()                                                  # no teardown at all
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stdout.close()
+    c = oomemu("cleanup", timeout=60)
+    assert c.returncode == 0, c.stderr
+    assert not leftovers(), c.stdout
