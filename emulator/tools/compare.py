@@ -45,6 +45,9 @@ from .columns import columns
 SHORT = {Verdict.RESOLVED: "ok", Verdict.PANIC: "panic", Verdict.HUNG: "hung"}
 
 
+NOT_REAL = "n/a"        # a host cell of a scenario that cannot be made real on this machine
+
+
 class CellFailed(Exception):
     """A run of a cell raised instead of reaching a verdict. ``usage``: the
     cause is the user's or the environment's (a UsageError: exit 2), else ours (exit 1).
@@ -91,10 +94,12 @@ class Cell:
 
     def errors(self) -> list[dict]:
         """Runs that ended in no normal outcome (``error``, or a verdict unknown here)."""
-        return [r for r in self.runs if r.get("verdict") not in SHORT]
+        return [r for r in self.runs if r.get("verdict") not in SHORT and r.get("verdict") != NOT_REAL]
 
     def run_matches(self, run: dict) -> bool | None:
         e = self.expected
+        if run.get("verdict") == NOT_REAL:
+            return None                   # a host cell of what cannot be made real: nothing to check
         if run.get("verdict") not in SHORT:
             return False
         if e is None:
@@ -162,6 +167,13 @@ def _run_one(scenario: Scenario, policy, speed: float, trace: str | None = None)
     try:
         if _stopping:                    # this pool process was told to end: start nothing
             raise KeyboardInterrupt
+        if policy == "host":              # the kernel's own clock: --speed does not apply
+            from ..host.run import HostRun, check_host, refuse
+            try:
+                refuse(scenario, check_host())
+            except UsageError as e:       # not reproducible here: a cell that says so, not an error
+                return {"verdict": NOT_REAL, "why": str(e), "kills": 0, "min_kills": scenario.min_kills}
+            return HostRun(scenario, trace=trace).execute().to_dict()
         return run_scenario(scenario, policy=policy, speed=speed, trace=trace).to_dict()
     except UsageError as e:
         raise CellFailed(scenario.name, policy_name(policy), str(e), True) from None
@@ -243,7 +255,11 @@ def resolve_policies(policies) -> list:
     """Names or ReaperPolicy classes, each checked (unknown names are a UsageError)."""
     out = []
     for p in policies or list(POLICIES):
-        get_policy(p)                     # raises UsageError for an unknown name
+        if p == "host":                   # this machine's kernel (emulator.host): a column like any
+            from ..host.run import check_host
+            check_host()                  # root and a memory controller, or one line and exit 2
+        else:
+            get_policy(p)                 # raises UsageError for an unknown name
         out.append(p)
     return out
 
