@@ -352,6 +352,7 @@ def cmd_policies(a) -> int:
     for name, cls in POLICIES.items():
         consts = ", ".join(f"{k}={v:g}" for k, v in cls.DEFAULTS.items())
         print(f"{name:10} {cls.summary} [{consts}]")
+    print(f"{'host':10} this machine's own kernel, in a memory cgroup (root; see docs/host.md)")
     return EXIT_OK
 
 

@@ -64,7 +64,7 @@ def test_listings():
     assert [l.split()[0] for l in p.stdout.splitlines()] == builtin_names()
     assert {"mlocked", "mmap_sem_held", "livelock"} <= set(builtin_names())
     p = oomemu("policies")
-    assert [l.split()[0] for l in p.stdout.splitlines()] == ["v4.17", "timeout", "handover", "v6.6"]
+    assert [l.split()[0] for l in p.stdout.splitlines()] == ["v4.17", "timeout", "handover", "v6.6", "host"]
     assert "[oom_reaper_delay_s=2, max_oom_reap_retries=10, reap_retry_interval_s=0.1]" in p.stdout
 
 

@@ -129,3 +129,21 @@ def test_ctrl_c_and_a_sigkilled_run_leave_nothing_after_cleanup(host):
     c = oomemu("cleanup", timeout=60)
     assert c.returncode == 0, c.stderr
     assert not leftovers(), c.stdout
+
+
+def test_kernel_check_sets_the_kernel_beside_each_policy(host):
+    p = oomemu("kernel-check", "page_cache", "shmem", "livelock", "--check", timeout=110)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {line.split()[0]: line for line in p.stdout.splitlines() if line.split() and
+            line.split()[0] in ("page_cache", "shmem")}
+    assert "= ok 2: db,bystander x1" in rows["shmem"] and rows["shmem"].count("=") == 4, p.stdout
+    assert rows["page_cache"].split()[1:4] == ["ok", "0:", "none"], p.stdout
+    assert "not reproducible here:" in p.stdout and "livelock: task holder: step mmap_sem_down" in p.stdout
+
+
+def test_compare_shows_a_host_column_and_n_a_where_it_cannot_be(host):
+    p = oomemu("compare", "shmem", "livelock", "--policies", "v6.6,host", "--check", timeout=110)
+    assert p.returncode == 0, p.stdout + p.stderr
+    table = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()[2:]}
+    assert table["shmem"][:4] == ["ok", "2/1", "+1", table["shmem"][3]] and "ok" in table["shmem"][4:], p.stdout
+    assert table["livelock"][-1] == "n/a", p.stdout
