@@ -61,6 +61,9 @@ def _echo(line: str) -> None:
 def cmd_run(a) -> int:
     from ..runtime.supervisor import Run
     from ..scenario import load_scenario
+    if a.policy == "host":                 # what the machine must give first: root, a memory controller
+        from ..host.run import check_host
+        check_host()
     scenario = load_scenario(a.scenario)
     def started(run):
         if not a.quiet:
@@ -358,7 +361,9 @@ def cmd_policies(a) -> int:
 
 def cmd_kernel_check(a) -> int:
     from . import compare
+    from ..host.run import check_host
     from .kernel_check import kernel_check
+    check_host()
     agree = kernel_check(compare.load_all(a.scenarios), a.repeat, say=_echo)
     if a.check and not agree:
         print("oomemu kernel-check: v6.6 disagrees with this kernel (see the table)", file=sys.stderr)

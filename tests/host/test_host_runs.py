@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -147,3 +148,14 @@ def test_compare_shows_a_host_column_and_n_a_where_it_cannot_be(host):
     table = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()[2:]}
     assert table["shmem"][:4] == ["ok", "2/1", "+1", table["shmem"][3]] and "ok" in table["shmem"][4:], p.stdout
     assert table["livelock"][-1] == "n/a", p.stdout
+
+
+@pytest.mark.parametrize("args", [["run", "page_cache", "--policy", "host"], ["kernel-check"]])
+def test_a_user_without_root_is_told_what_host_mode_needs_in_one_line(args):
+    if os.geteuid() != 0:
+        p = oomemu(*args)
+    else:                                  # as nobody: the modules imported first (nobody may not read them)
+        code = ("import os, sys\nfrom emulator.tools import cli, compare, kernel_check\nimport emulator.host.run, emulator.runtime.supervisor\n"
+                "cli.build_parser()\nos.setgid(65534); os.setuid(65534)\nsys.exit(cli.main(%r))" % (args,))
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "needs root" in p.stderr, p.stderr
