@@ -26,9 +26,10 @@ from ..scenario import EXIT_UNMAP_MS_PER_MB, FREE_PGTABLES_MS_PER_MB, Scenario
 HOST_OPS = frozenset({"alloc", "sleep", "busy", "exit", "shm_unlink", "shm_truncate"})
 #: why each other step cannot (yet) be made real
 _OP_REFUSED = {
-    "mmap_sem_down": "an mmap_sem hold (a read hold of another task's through /proc/PID/mem over a FUSE "
-                     "page is possible, not done yet; a write hold for seconds cannot be made from user space)",
-    "mmap_sem_up": "an mmap_sem hold (see mmap_sem_down)",
+    "mmap_sem_down": "a write hold of an mmap_sem, or a hold of a task's own (only a read hold of another "
+                     "task's is made real, through /proc/PID/mem over a FUSE page; a write hold for seconds "
+                     "cannot be made from user space, nor a queued writer but by a thread of the holder's)",
+    "mmap_sem_up": "a release of a task's own mmap_sem (see mmap_sem_down)",
     "lock": "a named lock (an uninterruptible wait on another task: not done yet)",
     "unlock": "a named lock (see lock)",
     "mm_pin": "an mm pinned by another task (not done yet)",
@@ -40,8 +41,21 @@ _KIND_REFUSED = {
 
 
 def needs_fuse(scenario: Scenario) -> bool:
-    """Does a host run of it need the FUSE file system (D states)?"""
-    return any(s.op == "busy" for t in scenario.tasks for s in t.steps)
+    """Does a host run of it need the FUSE file system (D states, mmap_sem read holds)?"""
+    return any(s.op == "busy" or (s.op == "mmap_sem_down" and s.task) for t in scenario.tasks for s in t.steps)
+
+
+def held_tasks(scenario: Scenario) -> set[str]:
+    """Tasks whose mmap_sem another task holds for read: each maps a page of a FUSE file
+    that the holder reads through /proc/PID/mem (the read holds it, until answered)."""
+    return {s.task for t in scenario.tasks for s in t.steps if s.op == "mmap_sem_down" and s.task}
+
+
+def _host_can(step) -> bool:
+    """A read hold of another task's mmap_sem (and its release) can be made real."""
+    if step.op in HOST_OPS:
+        return True
+    return step.op in ("mmap_sem_down", "mmap_sem_up") and bool(step.task) and step.mode != "write"
 
 
 def refusals(scenario: Scenario, cgroup_v2: bool) -> list[str]:
@@ -65,7 +79,7 @@ def refusals(scenario: Scenario, cgroup_v2: bool) -> list[str]:
             if v.kind in _KIND_REFUSED:
                 out.append(f"task {t.name}: {_KIND_REFUSED[v.kind]}")
         for s in t.steps:
-            if s.op not in HOST_OPS:
+            if not _host_can(s):
                 out.append(f"task {t.name}: step {s.op}: {_OP_REFUSED.get(s.op, 'not done yet')}")
     if not cgroup_v2:
         for m in scenario.memcgs:

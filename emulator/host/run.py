@@ -70,6 +70,7 @@ class HostTaskRecord:
         self.exited_at: float | None = None
         self.fault: str | None = None
         self.victim: VictimRecord | None = None
+        self.hold_address = 0                      # its FUSE hold page (features.held_tasks), 0: none
 
     @property
     def name(self) -> str:
@@ -88,6 +89,18 @@ def check_host() -> str:
                                  "system and reads /dev/kmsg (run it as root, or use an emulated policy)")
     from .cgroup import find_memory_hierarchy
     return "v2" if find_memory_hierarchy().version == 2 else "v1"
+
+
+CAP_IPC_LOCK = 14
+
+
+def _has_capability(bit: int) -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            eff = next(line for line in f if line.startswith("CapEff:"))
+        return bool(int(eff.split()[1], 16) >> bit & 1)
+    except (OSError, StopIteration, ValueError):
+        return False
 
 
 def refuse(scenario: Scenario, version: str) -> None:
@@ -112,6 +125,9 @@ class HostRun:
         if features.needs_fuse(scenario):
             from .fuse import check_environment
             check_environment()
+        if any(v.mlocked for t in scenario.tasks for v in t.vmas) and not _has_capability(CAP_IPC_LOCK):
+            raise EnvironmentProblem(f"{scenario.name}: mlocked memory on the host needs CAP_IPC_LOCK "
+                                     f"(RLIMIT_MEMLOCK is {_memlock_limit()})")
         self.tasks = [HostTaskRecord(i, t) for i, t in enumerate(scenario.tasks)]
         self.by_pid: dict[int, HostTaskRecord] = {}
         self.memcgs = None
@@ -184,12 +200,16 @@ class HostRun:
                          "dirty_pages": round(v.dirty_mb * PAGES_PER_MB),
                          "path": self.object_paths[k] if k >= 0 else None})
         spec = {"name": t.name, "vmas": vmas, "pgtables_pages": round(t.spec.pgtables_mb * PAGES_PER_MB),
-                "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name} for s in t.spec.steps],
+                "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name, "task": s.task}
+                          for s in t.spec.steps],
                 "objects": self.objects}
         if self.fs is not None and any(s.op == "busy" for s in t.spec.steps):
             busy = sum(s.op == "busy" for s in t.spec.steps)
             spec["fuse_path"] = self.fs.add_file(f"busy{t.index}", (busy + 1) << 20)
             self.fs_files.add(f"busy{t.index}")
+        if self.fs is not None and t.name in features.held_tasks(self.scenario):
+            spec["hold_path"] = self.fs.add_file(f"hold{t.index}", 1 << 20)
+            self.fs.gate(f"hold{t.index}", None)   # closed: a read of it holds until mmap_sem_up
         return spec
 
     def _oom_score_adjs(self) -> dict[int, int]:
@@ -228,7 +248,7 @@ class HostRun:
         for t in self.tasks:                  # in file order: the first mapper is charged
             self._check_signals()
             self._send(t, "go")
-            self._expect(t, "ready")
+            t.hold_address = self._expect(t, "ready").get("address", 0)
 
     def _make_room_for_interpreters(self) -> None:
         """Raise each memcg's limit by what its tasks' own processes hold now (their
@@ -243,9 +263,9 @@ class HostRun:
             self.notes.append("the task processes' own memory (%d kB, their interpreters) was added to the "
                               "limits" % (own[None] // 1024))
 
-    def _send(self, t: HostTaskRecord, what: str) -> None:
+    def _send(self, t: HostTaskRecord, what: str, **fields) -> None:
         try:
-            t.ctl.sendall((json.dumps({"ev": what}) + "\n").encode())
+            t.ctl.sendall((json.dumps({"ev": what, **fields}) + "\n").encode())
         except OSError:
             pass                                 # it died: its pidfd says so
 
@@ -362,6 +382,14 @@ class HostRun:
             self.fs.gate(f"busy{t.index}", time.monotonic() + msg["ms"] / 1000)
             self.trace("task_state", t, state="D")
             self._send(t, "ack")
+        elif ev == "hold":
+            other = next(x for x in self.tasks if x.name == msg["task"])
+            self.trace("mmap_lock_start_locking", t, mm=other.name, write=False)
+            self._send(t, "ack", pid=other.pid, address=other.hold_address)
+        elif ev == "unhold":
+            other = next(x for x in self.tasks if x.name == msg["task"])
+            self.fs.open_gate(f"hold{other.index}")
+            self.trace("mmap_lock_released", t, mm=other.name, write=False)
         elif ev == "steps_done":
             t.steps_done = True
         elif ev == "fault":
@@ -475,6 +503,12 @@ class HostRun:
 
 class _Interrupted(Exception):
     pass
+
+
+def _memlock_limit() -> str:
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} kB"
 
 
 def _can_lower_oom_score_adj() -> bool:

@@ -80,8 +80,8 @@ class HostTask:
         self.maps: list[mmap.mmap] = []     # kept: our memory stays mapped until we die
         self.busy_count = 0
 
-    def send(self, what: str, **fields) -> None:
-        self.ctl.sendall((json.dumps({"ev": what, **fields}) + "\n").encode())
+    def send(self, ev: str, **fields) -> None:
+        self.ctl.sendall((json.dumps({"ev": ev, **fields}) + "\n").encode())
 
     def expect(self, what: str) -> dict:
         line = self.rfile.readline()
@@ -157,13 +157,46 @@ class HostTask:
         self.busy_count += 1
 
     # -- the life of the task ----------------------------------------------------
+    def map_hold_page(self) -> int:
+        """A page of our FUSE hold file, mapped and never touched: another task's read of it
+        through /proc/PID/mem faults it in under our mmap_sem held for read, and waits."""
+        fd = os.open(self.spec["hold_path"], os.O_RDONLY)
+        try:
+            m = mmap.mmap(fd, PAGE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)   # COW: untouched
+        finally:
+            os.close(fd)
+        self.maps.append(m)
+        return _address(m)
+
+    def hold(self, task: str) -> None:
+        """mmap_sem_down(task, read): a thread reads that task's hold page through its
+        /proc/PID/mem; the read holds its mmap_sem for read (and a reference to its mm)
+        until the run answers it at our mmap_sem_up."""
+        self.send("hold", task=task)
+        msg = self.expect("ack")
+        import threading
+
+        def read():
+            try:
+                fd = os.open(f"/proc/{msg['pid']}/mem", os.O_RDONLY)
+            except OSError:
+                return                              # gone: mmget_not_zero failed
+            try:
+                os.pread(fd, 1, msg["address"])
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        threading.Thread(target=read, daemon=True).start()
+
     def run(self) -> None:
         self.send("spawned", pid=os.getpid())
         self.expect("go")
         self.map_pgtables(self.spec["pgtables_pages"])
         for v in self.spec["vmas"]:
             self.map_vma(v)
-        self.send("ready")
+        address = self.map_hold_page() if self.spec.get("hold_path") else 0
+        self.send("ready", address=address)
         self.expect("start")
         for step in self.spec["steps"]:
             op = step["op"]
@@ -183,6 +216,10 @@ class HostTask:
                     pass
             elif op == "shm_truncate":
                 os.truncate(self.spec["objects"][step["name"]], 0)
+            elif op == "mmap_sem_down":
+                self.hold(step["task"])
+            elif op == "mmap_sem_up":
+                self.send("unhold", task=step["task"])
             else:
                 raise RuntimeError(f"step {op} cannot be made real")
         self.send("steps_done")
