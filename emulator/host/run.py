@@ -71,6 +71,7 @@ class HostTaskRecord:
         self.fault: str | None = None
         self.victim: VictimRecord | None = None
         self.hold_address = 0                      # its FUSE hold page (features.held_tasks), 0: none
+        self.eof = False                           # its socket has said all it will
 
     @property
     def name(self) -> str:
@@ -134,6 +135,7 @@ class HostRun:
         self.fs = None
         self.fs_files: set[str] = set()
         self.klog = None
+        self._kcarry: list = []                    # kernel log records waiting for the next read
         self.tracer: Tracer | None = None
         self.dirs: list[str] = []
         self.objects: dict[str, str] = {}          # named shmem object -> its file
@@ -294,6 +296,8 @@ class HostRun:
             chunk = b""
         if chunk:
             t.rbuf += chunk
+        elif chunk == b"":
+            t.eof = True                         # the task is gone: nothing more will come
         *lines, t.rbuf = t.rbuf.split(b"\n")
         return [json.loads(x) for x in lines if x]
 
@@ -308,6 +312,9 @@ class HostRun:
                 self._execute()
             except _Interrupted:
                 pass
+            except OSError as e:                   # the machine could not give what the run needed
+                raise EnvironmentProblem(f"the host run could not be set up: {e.strerror or e}"
+                                         f"{' (' + e.filename + ')' if getattr(e, 'filename', None) else ''}") from None
             finally:
                 self._teardown()
         self.signals.raise_pending()
@@ -322,9 +329,10 @@ class HostRun:
             from .fuse import SlowFs
             self.fs = SlowFs(DISK_DIR, self.run_id)    # not /dev/shm: its names are segments
         self._prepare_files()
+        self.klog = KernelLog(time.monotonic())    # from before the tasks: a kill while they start counts
         self._spawn()
         self.t0 = time.monotonic()
-        self.klog = KernelLog(self.t0)
+        self.klog.t0 = self.t0
         self.tracer = Tracer(self._trace_path, self.now, lambda: 0)
         self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=POLICY, speed=1.0,
                    run_id=self.run_id, memory_kb=round(self.scenario.memory_mb * 1024),
@@ -355,6 +363,8 @@ class HostRun:
                     linger_until = now + LINGER_S
                 if self.verdict == Verdict.RESOLVED and (self._quiet() or now >= linger_until):
                     return
+                if self.verdict == Verdict.ERROR:
+                    return
                 if self.verdict is None and now >= self.scenario.run_deadline_s:
                     self.verdict = Verdict.HUNG
                     self.printk("oomemu: run deadline %gs passed: hung" % self.scenario.run_deadline_s)
@@ -366,6 +376,8 @@ class HostRun:
                     elif what == "ctl":
                         for msg in self._read(t):
                             self._on_message(t, msg)
+                        if t.eof:
+                            sel.unregister(key.fileobj)
                     else:
                         sel.unregister(key.fileobj)
                         self._on_death(t)
@@ -396,6 +408,11 @@ class HostRun:
             t.fault = msg.get("what")
 
     def _on_death(self, t: HostTaskRecord) -> None:
+        while not t.eof:                           # its last words first (a fault says why)
+            for msg in self._read(t, 0.05):
+                self._on_message(t, msg)
+            if not t.eof and t.ctl.fileno() < 0:
+                break
         code = t.proc.wait()
         t.exited, t.exited_at = True, self.now()
         self.trace("exited", t, crashed=False)
@@ -407,17 +424,29 @@ class HostRun:
             self.error = f"host task {t.name} failed: {t.fault}"
             self.verdict = Verdict.ERROR
 
-    def _kernel_log(self) -> bool:
+    def _kernel_log(self, final: bool = False) -> bool:
         """Take in what the kernel logged about the run's tasks; True if anything came."""
         from .kmsg import OomInvoked, OomKill, OomReaped, OomReapFailed, oom_events
         got = False
-        for ev in oom_events(self.klog.read(), self.by_pid):
+        records = self._kcarry + self.klog.read()
+        # An "invoked oom-killer" line names no pid: the dump_stack line after it does, which
+        # may come in the next read. The last two records wait for it (all of them, at the end).
+        settle = len(records) if final else max(0, len(records) - 2)
+        settled = {(r.time, r.text) for r in records[:settle]}
+        self._kcarry = records[settle:]
+        for ev in oom_events(records, self.by_pid):
+            if (ev.time, ev.text) not in settled:
+                continue
             t = self.by_pid[ev.pid]
             got = True
             self.printk(ev.text, ev.time)
             line = ev.line
             if isinstance(line, OomInvoked) and self.first_oom_at is None:
                 self.first_oom_at = ev.time
+            elif isinstance(line, OomKill) and ev.time < 0 and self.error is None:
+                self.verdict = Verdict.ERROR
+                self.error = (f"the kernel killed {t.name} before time 0: the scenario's initial memory does "
+                              f"not fit in {self.scenario.memory_mb:g} MB on this host")
             elif isinstance(line, OomKill) and t.victim is None:
                 self.kills += 1
                 t.victim = VictimRecord(t.name, t.pid, round(ev.time, 6),
@@ -472,7 +501,7 @@ class HostRun:
                 t.ctl.close()
         if self.klog is not None:
             try:
-                self._kernel_log()
+                self._kernel_log(final=True)
             except OSError:
                 pass
             self.klog.close()

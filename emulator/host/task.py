@@ -78,6 +78,7 @@ class HostTask:
         self.ctl = ctl
         self.rfile = ctl.makefile("r")
         self.maps: list[mmap.mmap] = []     # kept: our memory stays mapped until we die
+        self.shm_fds: dict[str, int] = {}    # the shmem files we map, open
         self.busy_count = 0
 
     def send(self, ev: str, **fields) -> None:
@@ -102,6 +103,8 @@ class HostTask:
             touch_write(m, 0, size)
         else:
             fd = os.open(v["path"], os.O_RDWR)
+            if kind == "shmem":
+                self.shm_fds[v["path"]] = os.dup(fd)   # its shm_truncate works after an unlink too
             try:
                 shared = kind in ("file_shared", "shmem")
                 flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
@@ -215,7 +218,11 @@ class HostTask:
                 except FileNotFoundError:
                     pass
             elif op == "shm_truncate":
-                os.truncate(self.spec["objects"][step["name"]], 0)
+                path = self.spec["objects"][step["name"]]
+                if path in self.shm_fds:
+                    os.ftruncate(self.shm_fds[path], 0)
+                else:
+                    os.truncate(path, 0)
             elif op == "mmap_sem_down":
                 self.hold(step["task"])
             elif op == "mmap_sem_up":

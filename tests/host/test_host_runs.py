@@ -171,3 +171,23 @@ def test_a_read_hold_through_proc_pid_mem_lets_the_reaper_reap_and_the_victim_go
     r = HostRun(emulator.load_scenario(here)).execute()
     assert [v.name for v in r.victims][:1] == ["victim"], r.summary()
     assert any("oom_reaper: reaped process" in line and "(victim)" in line for line in r.log), r.log
+
+
+def test_a_task_that_fails_mid_run_ends_the_run_with_an_error_in_one_line(host, tmp_path):
+    # "b" truncates an object it does not map after its name is gone: ENOENT in the task
+    text = """
+        memory_mb = 64
+        run_deadline_s = 30
+        [[task]]
+        name = "a"
+        vma = [{ kind = "shmem", mb = 1, object = "x" }]
+        step = [{ op = "shm_unlink", name = "x" }]
+        [[task]]
+        name = "b"
+        step = [{ op = "sleep", ms = 100 }, { op = "shm_truncate", name = "x" }]
+    """
+    started = time.monotonic()
+    p = oomemu("run", write_scenario(tmp_path, text), "--policy", "host", timeout=60)
+    assert time.monotonic() - started < 25              # not the 30 s deadline: the error ends it
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "host task b failed" in p.stderr, p.stderr
+    assert p.stdout.splitlines()[-1].startswith("oomemu: scenario under host: error"), p.stdout
