@@ -62,7 +62,7 @@ from .objects import RunObjects
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
 from .reaper import OomReaper
 from .resources import RunResources
-from .rwsem import MmapSem
+from .rwsem import WRITE, MmapSem
 from .trace import Tracer
 
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
@@ -120,6 +120,8 @@ class TaskRecord:
     owner: TaskRecord | None = None       # the task whose mm it shares (CLONE_VM), None: its own
     users: list | None = None             # every task using its mm (itself included), in task order
     sigkilled: bool = False               # killed as a process sharing a victim's mm
+    detached: bool = False                # done with do_exit but for its mm, which others hold (mmput):
+                                          # gone from the task list, its exit_mmap left to the last user
 
     @property
     def name(self) -> str:
@@ -234,7 +236,7 @@ class Run:
             Event.EXITED: lambda t, msg, at: self._on_exit(t, at),
             Event.LATE: self._on_late,
             Event.MMAP_LOCK: self._on_mmap_lock,
-            Event.MMPUT_WAIT: self._traced,
+            Event.MMPUT_WAIT: self._on_mmput_wait,
             Event.MM_PIN: self._on_mm_pin,
         }
         assert set(self._handlers) == set(Event), "every event kind needs a handler"
@@ -381,6 +383,21 @@ class Run:
 
     def _traced(self, t: TaskRecord, msg: Message, at: float) -> None:
         self.trace(msg.kind.value, t, at, **msg.fields)
+
+    def _on_mmput_wait(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """The task is done with do_exit but for its mm, which other tasks still hold.
+
+        Held by readers and pins only (a /proc/PID/mem reader, an mm_pin: other processes
+        with a reference), the kernel's task leaves the task list now (release_task; a
+        memcg's scan no longer finds it) and exit_mmap runs in whoever lets go of the mm
+        last: the OOM killer no longer sees it, not even as a victim to wait for (the reaper
+        still may reap its mm: it holds it by mmgrab). Linux 6.18 does this (host mode,
+        tests/scenarios/read_hold.toml). Held or awaited for write, it stays: only a
+        thread of the task's own can take its mmap_sem for write (mmap, mbind), and a
+        process does not finish exiting before its threads."""
+        self._traced(t, msg, at)
+        st = t.mmap_sem.state(check_alive=False)
+        t.detached = not st.writer and not any(m == WRITE for _, m in st.queued)
 
     def _on_ready(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.ready = True
@@ -569,7 +586,8 @@ class Run:
         exiting = t.victim is None and t.exiting
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
                         rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
-                        has_mm=t.oom_mm_live if t.victim is not None else (t.has_mm and not exiting),
+                        has_mm=(t.oom_mm_live if t.victim is not None else (t.has_mm and not exiting))
+                        and not t.detached,
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP),
                         mm_id=t.users[0].pid if len(t.users) > 1 else 0,
                         exiting=t.exiting or t.sigkilled or t.exited)

@@ -31,7 +31,7 @@ ROWS = {
     "small_rss": (2, ["sparse", "bystander"]),
     "mmap_sem_held": (1, ["holder"]),
     "read_hold_writer_queued": (2, ["victim", "bystander"]),
-    "read_hold": (1, ["victim"]),
+    "read_hold": (2, ["victim", "bystander"]),       # a separate reader, as host mode measured it
     "livelock_unprotected": (2, ["holder", "allocator"]),
     "livelock": (2, ["holder", "bystander"]),
     "mmu_notifier_kvm": (1, ["kvm"]),
