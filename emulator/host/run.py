@@ -301,6 +301,13 @@ class HostRun:
         *lines, t.rbuf = t.rbuf.split(b"\n")
         return [json.loads(x) for x in lines if x]
 
+    def _free_kb(self) -> int:
+        """What the run's memcg has left below its limit (the zone's free memory)."""
+        try:
+            return max(0, self.memcgs.limit_bytes(None) - self.memcgs.usage_bytes(None)) // 1024
+        except (OSError, ValueError):
+            return 0
+
     def _check_signals(self) -> None:
         if self.signals.pending is not None:
             raise _Interrupted
@@ -333,7 +340,7 @@ class HostRun:
         self._spawn()
         self.t0 = time.monotonic()
         self.klog.t0 = self.t0
-        self.tracer = Tracer(self._trace_path, self.now, lambda: 0)
+        self.tracer = Tracer(self._trace_path, self.now, self._free_kb)
         self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=POLICY, speed=1.0,
                    run_id=self.run_id, memory_kb=round(self.scenario.memory_mb * 1024),
                    tasks=[{"name": t.name, "pid": t.pid} for t in self.tasks])
@@ -415,9 +422,9 @@ class HostRun:
                 break
         code = t.proc.wait()
         t.exited, t.exited_at = True, self.now()
-        self.trace("exited", t, crashed=False)
-        if t.victim is None and self._kernel_log() and t.victim is not None:
-            pass                                   # its "Killed process" line just came
+        if t.victim is None:
+            self._kernel_log()                     # its "Killed process" line first, if it was killed
+        self.trace("exited", t, t.exited_at, crashed=False)
         if t.victim is not None:
             t.victim.exited_at_s = round(t.exited_at, 6)
         elif code not in (0,) and t.fault is not None:
@@ -430,8 +437,13 @@ class HostRun:
         got = False
         records = self._kcarry + self.klog.read()
         # An "invoked oom-killer" line names no pid: the dump_stack line after it does, which
-        # may come in the next read. The last two records wait for it (all of them, at the end).
-        settle = len(records) if final else max(0, len(records) - 2)
+        # may come in the next read: such a line among the last two waits for it, with what
+        # follows it (at the end, nothing waits).
+        settle = len(records)
+        if not final:
+            from .kmsg import parse_invoked
+            tail = [i for i in range(max(0, len(records) - 2), len(records)) if parse_invoked(records[i].text)]
+            settle = tail[0] if tail else len(records)
         settled = {(r.time, r.text) for r in records[:settle]}
         self._kcarry = records[settle:]
         for ev in oom_events(records, self.by_pid):
