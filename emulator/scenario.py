@@ -55,6 +55,10 @@ WRITEBACK_MB_PER_S = 100.0      # the default writeback rate (writeback_mb_per_s
 # mm another task holds), not slower rates; the keys stay, for what-ifs.
 EXIT_UNMAP_MS_PER_MB = 0.2
 FREE_PGTABLES_MS_PER_MB = 0.17
+# Faulting fresh anonymous memory in (the fault, the zeroing) takes time too: 0.32-0.37 ms
+# per MB on this machine's kernel (100 and 200 MB written 1 MB at a time, less the copy).
+# An allocation's pages come at that pace, so what a victim frees is not taken at once.
+FAULT_MS_PER_MB = 0.35
 
 # -- bounds: every number and size a scenario can set, and why ----------------
 MAX_FILE_BYTES = 1 << 20        # 1 MiB: a thousand tasks of ten steps each take a tenth of it

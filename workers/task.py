@@ -62,7 +62,7 @@ from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
 from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
 from emulator.runtime.rwsem import MmapSem
 from emulator.runtime.zone import Zone
-from emulator.scenario import MMAP_THRESHOLD_PAGES
+from emulator.scenario import FAULT_MS_PER_MB, MMAP_THRESHOLD_PAGES
 
 PR_SET_PDEATHSIG = 1
 #: An allocation is charged and faulted in this many pages at a time (1 MB), as page
@@ -302,6 +302,12 @@ class WorkerTask:
                 stalled = self._charge(batch, vma_index, pages, stalled)
                 self.fault_in(vma_index, batch)
             done += batch
+            # the faults took their time (FAULT_MS_PER_MB, measured); a fatal signal is
+            # acted on when the fault returns to user space
+            try:
+                self.schedule_timeout_killable(FAULT_MS_PER_MB * batch / PAGES_PER_MB / 1000, "fault")
+            except Dying:
+                raise
         if stalled:
             self.own.state = TaskState.TASK_RUNNING
         self.send(Event.ALLOC_OK, pages=pages, stalled=stalled)

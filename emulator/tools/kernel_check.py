@@ -12,7 +12,8 @@ runs marked ``diverged`` (a task meant to be spared was killed: see
 emulator.host.run) are shown and not compared.
 
 ``--check`` exits 3 when the policy that models the running kernel (v6.6)
-disagrees with the host on a reproducible scenario.
+disagrees with the host's majority outcome on a reproducible scenario (every
+run of v6.6 must give it; the host's runs may vary where the kernel does).
 """
 
 from __future__ import annotations
@@ -58,14 +59,18 @@ def cell(outcomes: list[Outcome], host: Outcome | None) -> str:
 
 
 def host_outcome(results: list[RunResult]) -> tuple[Outcome | None, str]:
-    """The host's outcome if every run that did not diverge gave the same, and its cell."""
+    """The host's outcome, and its cell: what most of the runs that did not diverge gave
+    (more than half of them; None if none did). The kernel is not deterministic where a
+    window is a few ms wide (small_rss: the second OOM falls in free_pgtables' window or
+    just after it), so the cell shows every outcome it gave, and how often."""
     kept = [outcome(r) for r in results if not r.diverged]
     diverged = len(results) - len(kept)
     counts = Counter(kept)
     shown = "; ".join(f"{o.show()} x{n}" for o, n in counts.most_common())
     if diverged:
         shown += ("; " if shown else "") + f"diverged x{diverged}"
-    return (kept[0] if len(counts) == 1 else None), shown
+    top = counts.most_common(1)
+    return (top[0][0] if top and top[0][1] * 2 > len(kept) else None), shown
 
 
 def global_oom(scenario: Scenario) -> bool:

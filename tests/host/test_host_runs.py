@@ -1,10 +1,7 @@
 """--policy host: every built-in that can be made real, run on this machine's kernel.
 
 Each host run's outcome (verdict, kills, victims by task name) is held against
-what the file states for v6.6, the policy that models this kernel, except
-slow_pgtables, where the kernel is known to disagree with the model (its file
-says why): there the kernel's own outcome (docs/kernel-crosscheck.md: 1 kill)
-is asserted. A host run is the kernel's: its times are real, so nothing here
+what the file states for v6.6, the policy that models this kernel. A host run is the kernel's: its times are real, so nothing here
 asserts a time. Nothing may be left: processes, the FUSE mount, memcgs, files.
 """
 
@@ -29,7 +26,7 @@ from tests.helpers import oomemu, oomemu_args, write_scenario
 pytestmark = pytest.mark.timeout(120)
 
 REPRODUCIBLE = ["mlocked", "shared_file", "small_rss", "slow_pgtables", "memcg_tight", "page_cache", "shmem"]
-KERNEL_DISAGREES = {"slow_pgtables": (1, ("victim",))}      # the kernel's own, against the model's 2
+KERNEL_DISAGREES: dict = {}           # none left: each built-in's v6.6 cell is the kernel's
 
 
 def leftovers() -> list[str]:
@@ -56,12 +53,25 @@ def test_the_reproducible_built_ins_are_the_ones_host_mode_takes():
         assert (not features.refusals(s, cgroup_v2=False)) == (name in REPRODUCIBLE), name
 
 
+def majority_run(s):
+    """Host runs until two of them agree (at most 3): the kernel is not deterministic where
+    a window is a few ms wide (small_rss gave 2, 2, 1 kills once), and its majority is what
+    v6.6 is held to, as kernel-check does."""
+    seen = {}
+    for _ in range(3):
+        r = HostRun(s).execute()
+        assert r.policy == "host" and r.diverged is None and r.error is None, r.summary()
+        got = outcome(r)
+        if got in seen:
+            return seen[got], got
+        seen[got] = r
+    raise AssertionError(f"{s.name}: three host runs, three outcomes: {list(seen)}")
+
+
 @pytest.mark.parametrize("name", REPRODUCIBLE)
 def test_each_reproducible_built_in_gives_v66s_stated_outcome_on_this_kernel(host, name):
     s = emulator.load_scenario(name)
-    r = HostRun(s).execute()
-    assert r.policy == "host" and r.diverged is None, r.summary()
-    got = outcome(r)
+    r, got = majority_run(s)
     if name in KERNEL_DISAGREES:
         assert (got.kills, got.victims) == KERNEL_DISAGREES[name], r.summary()
         return

@@ -41,3 +41,11 @@ def test_diverged_host_runs_are_shown_and_not_compared():
     assert host == Outcome("resolved", 1, ("victim",)) and shown == "ok 1: victim x1; diverged x1"
     host, shown = host_outcome(runs[:1])
     assert host is None and shown == "diverged x1"
+
+
+def test_the_hosts_outcome_is_what_most_of_its_runs_gave():
+    two, one = ["sparse", "bystander"], ["sparse"]
+    host, shown = host_outcome([result("host", "resolved", v) for v in (two, one, two)])
+    assert host == Outcome("resolved", 2, ("sparse", "bystander"))
+    assert shown == "ok 2: sparse,bystander x2; ok 1: sparse x1"
+    assert host_outcome([result("host", "resolved", v) for v in (two, one)])[0] is None     # no majority
