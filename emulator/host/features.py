@@ -58,10 +58,11 @@ def _host_can(step) -> bool:
     return step.op in ("mmap_sem_down", "mmap_sem_up") and bool(step.task) and step.mode != "write"
 
 
-def refusals(scenario: Scenario, cgroup_v2: bool) -> list[str]:
+def refusals(scenario: Scenario, cgroup_v2: bool, kvm: bool = False) -> list[str]:
     """Every feature of ``scenario`` a host run cannot make real, one line each, naming
     the task and the feature (empty: it can run). ``cgroup_v2``: the machine's memory
-    controller is cgroup v2 (memory.oom.group needs it)."""
+    controller is cgroup v2 (memory.oom.group needs it); ``kvm``: /dev/kvm can be opened
+    (a KVM guest's memory registers a non-blocking mmu notifier on the task's mm)."""
     out = []
     for t in scenario.tasks:
         if t.mm:
@@ -69,8 +70,11 @@ def refusals(scenario: Scenario, cgroup_v2: bool) -> list[str]:
         if t.mmu_notifier == "blockable":
             out.append(f"task {t.name}: a blockable mmu notifier (needs a driver whose non-blocking "
                        f"invalidation fails, as GPU userptr or RDMA ODP)")
-        elif t.mmu_notifier == "nonblocking":
-            out.append(f"task {t.name}: a non-blocking mmu notifier (a KVM guest over the memory: not done yet)")
+        elif t.mmu_notifier == "nonblocking" and not kvm:
+            out.append(f"task {t.name}: a non-blocking mmu notifier (a KVM guest over the memory, and this "
+                       f"machine has no usable /dev/kvm)")
+        elif t.mmu_notifier == "nonblocking" and not any(v.kind == "anon" for v in t.vmas):
+            out.append(f"task {t.name}: a non-blocking mmu notifier over no anon VMA (the KVM guest's memory)")
         if t.exit_unmap_ms_per_mb != EXIT_UNMAP_MS_PER_MB \
                 or abs(t.exit_free_pgtables_ms - round(FREE_PGTABLES_MS_PER_MB * t.pgtables_mb, 6)) > 1e-9:
             out.append(f"task {t.name}: exit timings (exit_unmap_ms_per_mb, exit_free_pgtables_ms): the "

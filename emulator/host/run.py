@@ -95,6 +95,15 @@ def check_host() -> str:
 CAP_IPC_LOCK = 14
 
 
+def kvm_usable() -> bool:
+    """/dev/kvm can be opened (root here: it is crw------- root)."""
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+        return True
+    except OSError:
+        return False
+
+
 def _has_capability(bit: int) -> bool:
     try:
         with open("/proc/self/status") as f:
@@ -106,7 +115,7 @@ def _has_capability(bit: int) -> bool:
 
 def refuse(scenario: Scenario, version: str) -> None:
     """UsageError, one line, if the scenario has something a host run cannot make real."""
-    lines = features.refusals(scenario, version == "v2")
+    lines = features.refusals(scenario, version == "v2", kvm=kvm_usable())
     if lines:
         more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
         raise UsageError(f"{scenario.name}: --policy host cannot make real {lines[0]}{more}")
@@ -202,6 +211,7 @@ class HostRun:
                          "dirty_pages": round(v.dirty_mb * PAGES_PER_MB),
                          "path": self.object_paths[k] if k >= 0 else None})
         spec = {"name": t.name, "vmas": vmas, "pgtables_pages": round(t.spec.pgtables_mb * PAGES_PER_MB),
+                "kvm": t.spec.mmu_notifier == "nonblocking",
                 "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name, "task": s.task}
                           for s in t.spec.steps],
                 "objects": self.objects}

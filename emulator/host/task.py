@@ -79,6 +79,7 @@ class HostTask:
         self.rfile = ctl.makefile("r")
         self.maps: list[mmap.mmap] = []     # kept: our memory stays mapped until we die
         self.shm_fds: dict[str, int] = {}    # the shmem files we map, open
+        self.vma_maps: list[mmap.mmap] = []  # the scenario's VMAs, in order (those of mb > 0)
         self.busy_count = 0
 
     def send(self, ev: str, **fields) -> None:
@@ -121,6 +122,25 @@ class HostTask:
         if v.get("mlocked"):
             _mlock(m, size)
         self.maps.append(m)
+        self.vma_maps.append(m)
+
+    def kvm_guest(self) -> None:
+        """A KVM virtual machine whose guest memory is our first anon VMA: creating the VM
+        registers KVM's mmu notifier on our mm, whose non-blocking invalidation (the
+        reaper's) succeeds. No vCPU is needed."""
+        import fcntl
+        import struct
+        KVM_CREATE_VM = 0xAE01
+        KVM_SET_USER_MEMORY_REGION = 0x4020AE46          # _IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)
+        mapped = [v for v in self.spec["vmas"] if v["pages"]]          # vma_maps holds these, in order
+        m = next((m for m, v in zip(self.vma_maps, mapped) if v["kind"] == "anon"), None)
+        if m is None:
+            raise RuntimeError("a KVM guest needs an anon VMA for its memory")
+        kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        vm = fcntl.ioctl(kvm, KVM_CREATE_VM, 0)
+        region = struct.pack("=IIQQQ", 0, 0, 0, len(m), _address(m))
+        fcntl.ioctl(vm, KVM_SET_USER_MEMORY_REGION, region)
+        self.kvm_fds = (kvm, vm)                           # kept: the guest lives as long as we do
 
     def map_pgtables(self, pages: int) -> None:
         """``pages`` page-table pages and no rss: a sparse anonymous mapping read once per
@@ -198,6 +218,8 @@ class HostTask:
         self.map_pgtables(self.spec["pgtables_pages"])
         for v in self.spec["vmas"]:
             self.map_vma(v)
+        if self.spec.get("kvm"):
+            self.kvm_guest()
         address = self.map_hold_page() if self.spec.get("hold_path") else 0
         self.send("ready", address=address)
         self.expect("start")
