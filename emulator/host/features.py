@@ -26,9 +26,9 @@ from ..scenario import EXIT_UNMAP_MS_PER_MB, FREE_PGTABLES_MS_PER_MB, Scenario
 HOST_OPS = frozenset({"alloc", "sleep", "busy", "exit", "shm_unlink", "shm_truncate"})
 #: why each other step cannot (yet) be made real
 _OP_REFUSED = {
-    "mmap_sem_down": "a write hold of an mmap_sem, or a hold of a task's own (only a read hold of another "
-                     "task's is made real, through /proc/PID/mem over a FUSE page; a write hold for seconds "
-                     "cannot be made from user space, nor a queued writer but by a thread of the holder's)",
+    "mmap_sem_down": "a hold of a task's own mmap_sem (another task's is made real: a read hold through "
+                     "/proc/PID/mem over a FUSE page, a write through a thread of that task's calling mbind; "
+                     "a task's own write hold for seconds cannot be made from user space)",
     "mmap_sem_up": "a release of a task's own mmap_sem (see mmap_sem_down)",
     "lock": "a named lock (an uninterruptible wait on another task: not done yet)",
     "unlock": "a named lock (see lock)",
@@ -51,11 +51,24 @@ def held_tasks(scenario: Scenario) -> set[str]:
     return {s.task for t in scenario.tasks for s in t.steps if s.op == "mmap_sem_down" and s.task}
 
 
+def written_tasks(scenario: Scenario) -> set[str]:
+    """Tasks whose mmap_sem another task takes for write: only a thread of their own can
+    (mbind on their own memory takes it for write, uninterruptibly), so each gets one that
+    waits for the run's word to queue (the other task's step is that word)."""
+    return {s.task for t in scenario.tasks for s in t.steps
+            if s.op == "mmap_sem_down" and s.task and s.mode == "write"}
+
+
+def _lets_go_at_once(steps, i: int) -> bool:
+    """Is write step ``i`` followed at once by the release of the same mmap_sem?"""
+    return i + 1 < len(steps) and steps[i + 1].op == "mmap_sem_up" and steps[i + 1].task == steps[i].task
+
+
 def _host_can(step) -> bool:
     """A read hold of another task's mmap_sem (and its release) can be made real."""
     if step.op in HOST_OPS:
         return True
-    return step.op in ("mmap_sem_down", "mmap_sem_up") and bool(step.task) and step.mode != "write"
+    return step.op in ("mmap_sem_down", "mmap_sem_up") and bool(step.task)
 
 
 def refusals(scenario: Scenario, cgroup_v2: bool, kvm: bool = False) -> list[str]:
@@ -82,9 +95,12 @@ def refusals(scenario: Scenario, cgroup_v2: bool, kvm: bool = False) -> list[str
         for v in t.vmas:
             if v.kind in _KIND_REFUSED:
                 out.append(f"task {t.name}: {_KIND_REFUSED[v.kind]}")
-        for s in t.steps:
+        for i, s in enumerate(t.steps):
             if not _host_can(s):
                 out.append(f"task {t.name}: step {s.op}: {_OP_REFUSED.get(s.op, 'not done yet')}")
+            elif s.op == "mmap_sem_down" and s.mode == "write" and not _lets_go_at_once(t.steps, i):
+                out.append(f"task {t.name}: step mmap_sem_down: a write hold of {s.task}'s mmap_sem (only a queued "
+                           f"writer that lets go once it has it is made real: a thread of {s.task}'s calling mbind)")
     if not cgroup_v2:
         for m in scenario.memcgs:
             if m.oom_group:

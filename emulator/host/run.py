@@ -72,6 +72,7 @@ class HostTaskRecord:
         self.victim: VictimRecord | None = None
         self.hold_address = 0                      # its FUSE hold page (features.held_tasks), 0: none
         self.eof = False                           # its socket has said all it will
+        self.writer_wfd = -1                       # features.written_tasks: the pipe to its writer thread
 
     @property
     def name(self) -> str:
@@ -212,7 +213,7 @@ class HostRun:
                          "path": self.object_paths[k] if k >= 0 else None})
         spec = {"name": t.name, "vmas": vmas, "pgtables_pages": round(t.spec.pgtables_mb * PAGES_PER_MB),
                 "kvm": t.spec.mmu_notifier == "nonblocking",
-                "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name, "task": s.task}
+                "steps": [{"op": s.op, "mb": s.mb, "ms": s.ms, "name": s.name, "task": s.task, "mode": s.mode}
                           for s in t.spec.steps],
                 "objects": self.objects}
         if self.fs is not None and any(s.op == "busy" for s in t.spec.steps):
@@ -243,11 +244,19 @@ class HostRun:
             self._check_signals()
             ours, theirs = socket.socketpair()
             t.ctl = ours
+            spec = self._task_spec(t)
+            passed = [theirs.fileno()]
+            if t.name in features.written_tasks(self.scenario):
+                rfd, t.writer_wfd = os.pipe()            # a byte: "queue your writer thread now"
+                spec["writer_fd"] = rfd
+                passed.append(rfd)
             t.proc = subprocess.Popen(
                 [sys.executable, "-m", "emulator.host.task", "--ctl", str(theirs.fileno()),
-                 "--parent", str(os.getpid()), "--spec", json.dumps(self._task_spec(t))],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, process_group=0)
+                 "--parent", str(os.getpid()), "--spec", json.dumps(spec)],
+                pass_fds=passed, stdin=subprocess.DEVNULL, env=env, process_group=0)
             theirs.close()
+            if "writer_fd" in spec:
+                os.close(spec["writer_fd"])
             t.pidfd = os.pidfd_open(t.proc.pid)
             self.by_pid[t.pid] = t
             self._expect(t, "spawned")
@@ -415,6 +424,13 @@ class HostRun:
             other = next(x for x in self.tasks if x.name == msg["task"])
             self.trace("mmap_lock_start_locking", t, mm=other.name, write=False)
             self._send(t, "ack", pid=other.pid, address=other.hold_address)
+        elif ev == "write":
+            other = next(x for x in self.tasks if x.name == msg["task"])
+            self.trace("mmap_lock_start_locking", t, mm=other.name, write=True)
+            try:
+                os.write(other.writer_wfd, b"w")      # its own thread queues (mbind), as the kernel needs
+            except OSError:
+                pass                                   # that task is gone
         elif ev == "unhold":
             other = next(x for x in self.tasks if x.name == msg["task"])
             self.fs.open_gate(f"hold{other.index}")
@@ -521,6 +537,9 @@ class HostRun:
                 t.pidfd = -1
             if t.ctl is not None:
                 t.ctl.close()
+            if t.writer_wfd >= 0:
+                os.close(t.writer_wfd)
+                t.writer_wfd = -1
         if self.klog is not None:
             try:
                 self._kernel_log(final=True)

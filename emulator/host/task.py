@@ -80,6 +80,7 @@ class HostTask:
         self.maps: list[mmap.mmap] = []     # kept: our memory stays mapped until we die
         self.shm_fds: dict[str, int] = {}    # the shmem files we map, open
         self.vma_maps: list[mmap.mmap] = []  # the scenario's VMAs, in order (those of mb > 0)
+        self.written: set[str] = set()       # tasks whose writer thread our steps set queueing
         self.busy_count = 0
 
     def send(self, ev: str, **fields) -> None:
@@ -191,6 +192,19 @@ class HostTask:
         self.maps.append(m)
         return _address(m)
 
+    def queue_writer(self, address: int) -> None:
+        """A thread of ours that, on the run's word (a byte on our control socket's twin),
+        calls mbind() on our hold page: it takes our mmap_sem for write, uninterruptibly,
+        and so queues behind a reader (and blocks new ones) until it gets it."""
+        import threading
+        SYS_mbind = 237                                  # x86-64
+        wfd = self.spec["writer_fd"]
+
+        def writer():
+            while os.read(wfd, 1):
+                _libc.syscall(SYS_mbind, ctypes.c_void_p(address), ctypes.c_size_t(PAGE), 0, None, 0, 0)
+        threading.Thread(target=writer, daemon=True).start()
+
     def hold(self, task: str) -> None:
         """mmap_sem_down(task, read): a thread reads that task's hold page through its
         /proc/PID/mem; the read holds its mmap_sem for read (and a reference to its mm)
@@ -221,6 +235,8 @@ class HostTask:
         if self.spec.get("kvm"):
             self.kvm_guest()
         address = self.map_hold_page() if self.spec.get("hold_path") else 0
+        if self.spec.get("writer_fd") is not None:
+            self.queue_writer(address)
         self.send("ready", address=address)
         self.expect("start")
         for step in self.spec["steps"]:
@@ -245,8 +261,13 @@ class HostTask:
                     os.ftruncate(self.shm_fds[path], 0)
                 else:
                     os.truncate(path, 0)
+            elif op == "mmap_sem_down" and step.get("mode") == "write":
+                self.send("write", task=step["task"])     # a thread of that task's queues for it
+                self.written.add(step["task"])
             elif op == "mmap_sem_down":
                 self.hold(step["task"])
+            elif op == "mmap_sem_up" and step["task"] in self.written:
+                self.written.discard(step["task"])        # that thread lets go once it has it
             elif op == "mmap_sem_up":
                 self.send("unhold", task=step["task"])
             else:

@@ -215,3 +215,17 @@ def test_a_kvm_guests_non_blocking_mmu_notifier_lets_the_reaper_reap(host):
     r = HostRun(emulator.load_scenario(here)).execute()
     assert [v.name for v in r.victims] == ["kvm"] and r.error is None, r.summary()
     assert any("oom_reaper: reaped process" in line and "(kvm)" in line for line in r.log), r.log
+
+
+def test_a_queued_writer_makes_the_reaper_give_up_and_keeps_the_victim_on_the_task_list(host):
+    # tests/scenarios/read_hold_writer_queued.toml on this kernel: the reader's hold as above,
+    # and "writer"'s queued write made real by a thread of the victim's calling mbind (which
+    # only a thread of its own can): the reaper's trylock fails until it gives up ("unable to
+    # reap", ~3 s after the kill under the v6.x delay), the victim cannot finish exiting (its
+    # thread waits uninterruptibly), and only then does the bystander die: v6.6's stated 2 kills
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenarios",
+                        "read_hold_writer_queued.toml")
+    r = HostRun(emulator.load_scenario(here)).execute()
+    assert [v.name for v in r.victims] == ["victim", "bystander"] and r.error is None, r.summary()
+    assert r.victims[0].unable_to_reap, r.log
+    assert r.victims[1].killed_at_s - r.victims[0].killed_at_s > 2.0, r.summary()    # the v6.x delay, and more
