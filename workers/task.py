@@ -304,10 +304,7 @@ class WorkerTask:
             done += batch
             # the faults took their time (FAULT_MS_PER_MB, measured); a fatal signal is
             # acted on when the fault returns to user space
-            try:
-                self.schedule_timeout_killable(FAULT_MS_PER_MB * batch / PAGES_PER_MB / 1000, "fault")
-            except Dying:
-                raise
+            self.schedule_timeout_killable(FAULT_MS_PER_MB * batch / PAGES_PER_MB / 1000, "fault")
         if stalled:
             self.own.state = TaskState.TASK_RUNNING
         self.send(Event.ALLOC_OK, pages=pages, stalled=stalled)

@@ -94,6 +94,7 @@ def check_host() -> str:
 
 
 CAP_IPC_LOCK = 14
+CAP_SYS_RESOURCE = 24           # a negative oom_score_adj needs it
 
 
 def kvm_usable() -> bool:
@@ -141,6 +142,7 @@ class HostRun:
                                      f"(RLIMIT_MEMLOCK is {_memlock_limit()})")
         self.tasks = [HostTaskRecord(i, t) for i, t in enumerate(scenario.tasks)]
         self.by_pid: dict[int, HostTaskRecord] = {}
+        self.by_name = {t.name: t for t in self.tasks}
         self.memcgs = None
         self.fs = None
         self.fs_files: set[str] = set()
@@ -230,7 +232,7 @@ class HostRun:
         (a negative value is refused), everyone's raised so the lowest becomes 0."""
         want = {t.index: t.spec.oom_score_adj for t in self.tasks}
         low = min(want.values())
-        if low >= 0 or _can_lower_oom_score_adj():
+        if low >= 0 or _has_capability(CAP_SYS_RESOURCE):
             return want
         self.notes.append(f"oom_score_adj below 0 needs CAP_SYS_RESOURCE: every task's was raised by {-low} "
                           f"(capped at 1000), so that {low} became 0")
@@ -421,18 +423,18 @@ class HostRun:
             self.trace("task_state", t, state="D")
             self._send(t, "ack")
         elif ev == "hold":
-            other = next(x for x in self.tasks if x.name == msg["task"])
+            other = self.by_name[msg["task"]]
             self.trace("mmap_lock_start_locking", t, mm=other.name, write=False)
             self._send(t, "ack", pid=other.pid, address=other.hold_address)
         elif ev == "write":
-            other = next(x for x in self.tasks if x.name == msg["task"])
+            other = self.by_name[msg["task"]]
             self.trace("mmap_lock_start_locking", t, mm=other.name, write=True)
             try:
                 os.write(other.writer_wfd, b"w")      # its own thread queues (mbind), as the kernel needs
             except OSError:
                 pass                                   # that task is gone
         elif ev == "unhold":
-            other = next(x for x in self.tasks if x.name == msg["task"])
+            other = self.by_name[msg["task"]]
             self.fs.open_gate(f"hold{other.index}")
             self.trace("mmap_lock_released", t, mm=other.name, write=False)
         elif ev == "steps_done":
@@ -579,21 +581,6 @@ def _memlock_limit() -> str:
     import resource
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} kB"
-
-
-def _can_lower_oom_score_adj() -> bool:
-    """Can this process set a negative oom_score_adj (CAP_SYS_RESOURCE)? Tried on a child
-    of ours, which then exits."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("-1")
-            os._exit(0)
-        except OSError:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
 
 
 def cleanup_leftovers() -> list[str]:

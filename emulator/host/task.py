@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 PAGE = mmap.PAGESIZE
@@ -196,7 +197,6 @@ class HostTask:
         """A thread of ours that, on the run's word (a byte on our control socket's twin),
         calls mbind() on our hold page: it takes our mmap_sem for write, uninterruptibly,
         and so queues behind a reader (and blocks new ones) until it gets it."""
-        import threading
         SYS_mbind = 237                                  # x86-64
         wfd = self.spec["writer_fd"]
 
@@ -211,7 +211,6 @@ class HostTask:
         until the run answers it at our mmap_sem_up."""
         self.send("hold", task=task)
         msg = self.expect("ack")
-        import threading
 
         def read():
             try:

@@ -294,15 +294,13 @@ def run_matrix(scenarios: list[Scenario], policies: list, speed: float = 10.0, r
             progress(done, len(work) + len(host), f"running {s.name} on this kernel")
         cells[(s.name, "host")].runs.append(_run_one(s, p, speed, trace_of(s, p, n)))
         done += 1
-    if not work:
-        pass
-    elif jobs == 1:
+    if work and jobs == 1:
         for s, p, n in work:
             if progress:
                 progress(done, len(work) + len(host), f"running {s.name} under {policy_name(p)}")
             cells[(s.name, policy_name(p))].runs.append(_run_one(s, p, speed, trace_of(s, p, n)))
             done += 1
-    else:
+    elif work:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                    initializer=_pool_worker_init)
         try:
