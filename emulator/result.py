@@ -60,6 +60,12 @@ class RunResult:
     # machine cost in real time instead of in truth.
     held_ms: float = 0.0
     held_max_ms: float = 0.0
+    # Real seconds from the start of the run (Run.execute) until every task's process had
+    # faulted its memory in and was ready (time 0), and until the verdict (the end of the
+    # run's loop; the teardown follows): what starting and running the tasks cost. None:
+    # the run did not get that far.
+    ready_real_s: float | None = None
+    verdict_real_s: float | None = None
     oomemu_version: str = ""
     scenario_sha256: str | None = None       # of the scenario file, None if built in memory
     # Host runs (--policy host): what was approximated (a line each), and why the run is not

@@ -346,6 +346,7 @@ class WorkerTask:
     def _oom(self, short, batch: int, pages: int, stalled: bool) -> bool:
         """The batch did not fit (``short``: zone.Short, where and which memcg): reclaim and,
         if it must, out_of_memory(), then a wait as the supervisor answers (killable)."""
+        stalled_mono = time.monotonic()          # the charge failed: the OOM round trip begins
         if not stalled:
             self.send(Event.ALLOC_STALL, pages=pages, where=short.where, memcg=short.memcg)
             self.own.state = TaskState.ALLOC_STALL
@@ -360,7 +361,7 @@ class WorkerTask:
         # our mm may be waiting for its own) says when to try again: at once (reclaim
         # made room), once writeback has made some (throttled), or a jiffy after the
         # OOM killer's answer.
-        self.send(Event.OOM, pages=batch, where=short.where, memcg=short.memcg)
+        self.send(Event.OOM, pages=batch, where=short.where, memcg=short.memcg, stall_monotonic=stalled_mono)
         sem_down(self.oom_reply)
         retry_at = self.own.oom_retry_at
         try:

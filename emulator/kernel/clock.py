@@ -40,6 +40,10 @@ class FakeClock:
     def real_wait(self, emulated_s: float) -> float:
         return max(0.0, emulated_s)
 
+    def real_since(self, t: float) -> float:
+        """RunClock's: how late (real seconds) what was due at ``t`` is now; never, here."""
+        return 0.0
+
     def frozen(self):
         """Real work takes no time here either (RunClock's freeze, a no-op)."""
         return nullcontext()

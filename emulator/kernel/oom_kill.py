@@ -5,13 +5,21 @@ from the mm headers in shared memory) and asks :func:`out_of_memory`, which
 scans them with :func:`select_bad_process` and returns an
 :class:`OomDecision` (kill this task, abort, panic, or nothing, and the
 lines to print); the supervisor carries it out.
+
+A scan visits every task, as the kernel's ``for_each_process`` does. With a
+thousand tasks, reading each in full would cost more than the rest of an OOM
+kill together, so a runtime may hand :func:`out_of_memory` a
+:class:`TaskTable` instead of views: an upper bound of every task's badness,
+read at once, and the full view of a task on demand.
+:func:`select_bad_process_bounded` then reads in full only the tasks whose
+bound could still win, and chooses as :func:`select_bad_process` would.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 from .memcontrol import MemcgTree, mem_cgroup_get_oom_group
 from .mm_types import PAGE_SIZE
@@ -118,6 +126,75 @@ def select_bad_process(tasks, oc: OomControl) -> Selection:
     return Selection.CHOSEN if oc.chosen is not None else Selection.NONE
 
 
+#: A badness bound that marks a task which cannot be chosen (see TaskTable.badness_bounds).
+#: Any bound below half of it is such a mark, so a runtime may add page counts to it.
+NOT_A_CANDIDATE = -(1 << 62)
+
+
+class TaskTable:
+    """Every task in for_each_process order, for a scan that reads in full only the tasks
+    that can win (:func:`select_bad_process_bounded`). A runtime implements it
+    (emulator.runtime.oom_scan); :func:`out_of_memory` takes it in place of views."""
+
+    #: each task's memcg and mm_id (as its TaskView has them), fixed for the table's life
+    memcgs: Sequence[int] = ()
+    mm_ids: Sequence[int] = ()
+
+    def __len__(self) -> int:
+        return len(self.memcgs)
+
+    def view(self, i: int) -> TaskView:
+        """Task ``i`` read in full, now."""
+        raise NotImplementedError
+
+    def badness_bounds(self, members: frozenset[int] | None, totalpages: int) -> Sequence[int]:
+        """For every task, a number no lower than its points before oom_badness's floor of 1
+        (rss + swapents + page tables + oom_score_adj * (totalpages // 1000)) whenever it is
+        read; below NOT_A_CANDIDATE // 2 for a task that cannot be chosen (out of
+        ``members``, the memcgs of the OOM domain, None: all; or -1000, gone, an OOM victim)."""
+        raise NotImplementedError
+
+
+def select_bad_process_bounded(bounds: Sequence[int], view: Callable[[int], TaskView],
+                               oc: OomControl) -> Selection:
+    """select_bad_process over ``view(i)`` for every task ``i``, reading only the tasks that
+    can win, highest bound first: the same choice (the highest oom_badness, the later task on
+    a tie). ``bounds`` as :meth:`TaskTable.badness_bounds` gives them. Linear in the number
+    of tasks (a max and an index), plus one view when the top bound is exact, as it is
+    when every task's memory is counted. Call it once no OOM victim in the domain holds its
+    memory (out_of_memory's fast path); one that does still aborts the scan."""
+    oc.chosen, oc.chosen_points, oc.aborted_by = None, 0, None
+    top = max(bounds, default=NOT_A_CANDIDATE)
+    if top < NOT_A_CANDIDATE // 2:
+        return Selection.NONE
+    if top >= 1:
+        i = len(bounds) - 1 - bounds[::-1].index(top)      # the later task wins a tie
+        task = view(i)
+        if not oom_evaluate_task(task, oc):
+            return Selection.ABORT
+        if oc.chosen_points == top:
+            return Selection.CHOSEN                         # nobody else's bound reaches it
+    # A bound was loose (the task was not what it seemed, or every candidate scores 1):
+    # read every task that may still win, highest (bound, position) first.
+    oc.chosen, oc.chosen_points = None, 0
+    best = (0, -1)
+    for bound, i in sorted(((max(b, 1), i) for i, b in enumerate(bounds) if b >= NOT_A_CANDIDATE // 2),
+                           reverse=True):
+        if (bound, i) < best:
+            break                                           # it cannot beat the best read
+        task = view(i)
+        if task.oom_victim:
+            if task.has_mm and not task.mmf_oom_skip:
+                oc.chosen, oc.chosen_points, oc.aborted_by = None, 0, task
+                return Selection.ABORT
+            continue
+        points = oom_badness(task, oc.totalpages)
+        if points and (points, i) > best:
+            best = (points, i)
+            oc.chosen, oc.chosen_points = task, points
+    return Selection.CHOSEN if oc.chosen is not None else Selection.NONE
+
+
 # -- out_of_memory: the decision, and the lines it prints ------------------------------
 
 GFP = "gfp_mask=0x14280ca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO), order=0"
@@ -168,7 +245,7 @@ class OomDecision:
 
 
 def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, would_succeed: bool,
-                  victims: Iterable[TaskView], tasks: Iterable[TaskView], total_pages: int,
+                  victims: Iterable[TaskView], tasks: Iterable[TaskView] | TaskTable, total_pages: int,
                   memcg: MemcgState | None = None, tree: MemcgTree | None = None) -> OomDecision:
     """mm/oom_kill.c out_of_memory() for a failed allocation of ``requester``. Has to be
     called with oom_lock held (the caller's), so that the views stay true while it decides.
@@ -178,8 +255,10 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
     is at its limit: only the tasks of its subtree are candidates). ``tree``: the run's
     memcgs, for their paths and memory.oom.group (None: only the root). ``would_succeed``: the
     last-second allocation attempt would succeed now. ``victims`` are the views of the
-    OOM victims so far, ``tasks`` of every task: ``tasks`` is iterated only if a scan is
-    needed, so a lazy iterable keeps the common case (an abort) free of a full scan."""
+    OOM victims so far (those that may still hold their memory will do), ``tasks`` of every
+    task: ``tasks`` is iterated only if a scan is needed, so a lazy iterable keeps the common
+    case (an abort) free of a full scan. A :class:`TaskTable` in place of ``tasks`` makes the
+    scan :func:`select_bad_process_bounded`, which decides the same."""
     if requester_exiting or requester.oom_victim:
         return OomDecision(OomAction.NOTHING)          # task_will_free_mem(current)
     if would_succeed:
@@ -193,8 +272,12 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
             return OomDecision(OomAction.ABORT, aborted_by=v, memcg=domain)
     totalpages = total_pages if domain is None else memcg.limit_pages
     oc = OomControl(totalpages=totalpages, requester=requester.name, memcg=domain)
-    tasks = list(tasks)
-    selection = select_bad_process((t for t in tasks if in_domain(t)), oc)
+    if isinstance(tasks, TaskTable):
+        bounds = tasks.badness_bounds(None if domain is None else memcg.members, totalpages)
+        selection = select_bad_process_bounded(bounds, tasks.view, oc)
+    else:
+        tasks = list(tasks)
+        selection = select_bad_process((t for t in tasks if in_domain(t)), oc)
     if selection is Selection.ABORT:
         return OomDecision(OomAction.ABORT, aborted_by=oc.aborted_by, memcg=domain)
     invoked = "%s invoked oom-killer: %s, oom_score_adj=%d" % (requester.name, GFP, requester.oom_score_adj)
@@ -212,6 +295,8 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
     lines.append("%s: Kill process %d (%s) score %d or sacrifice child"
                  % (reason, victim.pid, victim.name, oc.chosen_points * 1000 // oc.totalpages))
     group = mem_cgroup_get_oom_group(tree, victim.memcg, domain) if tree is not None else None
+    if isinstance(tasks, TaskTable):
+        tasks = _kill_views(tasks, victim, frozenset(tree.subtree(group)) if group is not None else frozenset())
     if group is None:
         return OomDecision(OomAction.KILL, tuple(lines), victim, oc.chosen_points, memcg=domain,
                            sharers=mm_sharers(victim, tasks))
@@ -219,6 +304,15 @@ def out_of_memory(requester: TaskView, requester_exiting: bool, where: str, woul
                        sharers=mm_sharers(victim, tasks),
                        group_lines=(oom_group_line(tree.path(group)),),
                        group=oom_group_members(tree, group, victim, [t for t in tasks if in_domain(t)]))
+
+
+def _kill_views(table: TaskTable, victim: TaskView, group_memcgs: frozenset[int]) -> list[TaskView]:
+    """The tasks of ``table`` a kill of ``victim`` concerns, read in full, in order: those
+    sharing its mm, and those in ``group_memcgs`` (its oom_group's subtree)."""
+    if not victim.mm_id and not group_memcgs:
+        return []
+    return [table.view(j) for j, (m, mm_id) in enumerate(zip(table.memcgs, table.mm_ids))
+            if m in group_memcgs or (victim.mm_id and mm_id == victim.mm_id)]
 
 
 def oom_group_line(path: str) -> str:

@@ -267,6 +267,16 @@ class RunClock:
         MIN_WAIT_S keeps a waiter a rounding error short of its due from spinning."""
         return max(MIN_WAIT_S, emulated_s / self.speed)
 
+    def real_since(self, t: float) -> float | None:
+        """Real seconds since the clock reached emulated time ``t`` (0 if it has not): how
+        late, in real time, what was due at ``t`` happens now, when the clock held at ``t``
+        for it. None while the clock stands frozen (the real time a freeze takes is nobody's
+        lateness: the clock goes on from where it stood, and says so after)."""
+        word = self.zone.clock_word
+        if word <= 0:
+            return None
+        return max(0.0, time.monotonic() - (word + t / self.speed))
+
     def held_since(self) -> float | None:
         """How long (real seconds) the clock has been holding for a late sleeper, or None."""
         word, min_due = self.zone.clock_word, self.zone.min_due

@@ -41,7 +41,8 @@ class Event(StrEnum):
     ALLOC_STALL = "alloc_stall"       # an allocation failed for the first time: pages, where, memcg
     OOM = "oom"                       # reclaim, then out_of_memory() if it must; it waits on oom_reply
                                       # (then retries at the mm's oom_retry_at): pages, where, memcg
-                                      # (GLOBAL or MEMCG, and the memcg over its limit: zone.Short)
+                                      # (GLOBAL or MEMCG, and the memcg over its limit: zone.Short),
+                                      # stall_monotonic (time.monotonic() when the charge failed)
     ALLOC_OK = "alloc_ok"             # the allocation succeeded: pages, stalled
     STEPS_DONE = "steps_done"         # every step of the scenario is done
     EXITING = "exiting"               # do_exit began: fatal (the emulated SIGKILL, or its own exit)

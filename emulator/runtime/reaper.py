@@ -63,6 +63,7 @@ class OomReaper:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="oom_reaper", daemon=True)
         self.pid = os.getpid()                 # whose name the reaper takes mmap_sem in
+        self._acting_at = 0.0                  # the emulated time step() acts at
 
     # -- what the supervisor calls ----------------------------------------------
     def start(self) -> None:
@@ -117,6 +118,7 @@ class OomReaper:
                 self.policy.attempt_done(action.victim, outcome, self.clock.now())
                 self._publish_deadline(action.victim)
         elif isinstance(action, SetOomSkip):
+            self._acting_at = now
             self.set_oom_skip(action)
         return now
 
@@ -201,12 +203,17 @@ class OomReaper:
                 task.mmap_sem.up_read(self.pid)
 
     def set_oom_skip(self, action: SetOomSkip) -> None:
+        """MMF_OOM_SKIP, as the policy said at the emulated time :meth:`step` acts at (which
+        the run clock held for the reaper: the ``reap_deadline`` event says how late, in real
+        time, the reaper acted past the moment the clock reached it)."""
         task = action.victim
         if task.mm.test_bit(MMF_OOM_SKIP):
             return
         if action.unable_to_reap:
+            late = self.clock.real_since(self._acting_at)
             self.printk("oom_reaper: unable to reap pid:%d (%s)" % (task.pid, task.name))
             task.victim.unable_to_reap = True
-            self.trace("reap_deadline", task, reason=action.reason)
+            self.trace("reap_deadline", task, reason=action.reason,
+                       **({} if late is None else {"late_real_ms": round(late * 1000, 3)}))
         task.mm.set_bit(MMF_OOM_SKIP)
         self.on_oom_skip(task, "oom_reaper")

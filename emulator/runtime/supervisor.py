@@ -59,6 +59,7 @@ from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_
 from .klog import KernelLog
 from .mm import J_CHARGE, J_ZAP, MM_HEADER, Mm
 from .objects import RunObjects
+from .oom_scan import OomScan
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
 from .reaper import OomReaper
 from .resources import RunResources
@@ -205,18 +206,26 @@ class Run:
         self.reaper: OomReaper | None = None
         self.kills = 0
         self.victims: list[TaskRecord] = []
+        self._holding: list[TaskRecord] = []           # the victims that may still hold their memory
+        # what keeps the run from being resolved: tasks with steps left, tasks stalled (indexes)
+        self._steps_left = {t.index for t in self.tasks if t.spec.steps}
+        self._stalled: set[int] = set()
+        self._scan: OomScan | None = None              # every task as the OOM killer scans it
         self.verdict: Verdict | None = None
         self.first_oom_at: float | None = None
         self.resolved_at: float | None = None
         self.lag_ms = 0.0                              # the worst lateness seen (real ms), anyone's
+        self._began = 0.0                              # time.monotonic() when execute() began
+        self.ready_real_s: float | None = None         # real s from then until every worker was ready
+        self.verdict_real_s: float | None = None       # ... until the verdict (the run loop's end)
         self._held = (0.0, 0.0)                        # the clock's holds for late sleepers (real s)
         self._latest_at = 0.0                          # the time of the latest thing a task reported
         self._lag_lock = threading.Lock()
         self._events_fd = -1
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
-        # this batch's: index -> (pages, where, the memcg over its limit, at)
-        self._oom_requests: dict[int, tuple[int, str, int, float]] = {}
+        # this batch's: index -> (pages, where, the memcg over its limit, at, the stall's time.monotonic())
+        self._oom_requests: dict[int, tuple[int, str, int, float, float | None]] = {}
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
         self._handlers = {
             Event.READY: self._on_ready,
@@ -411,17 +420,22 @@ class Run:
     def _on_alloc_stall(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = True
+        if not t.exited:
+            self._stalled.add(t.index)
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
-        self._oom_requests[t.index] = (msg["pages"], msg["where"], msg["memcg"], at)   # one at a time: the task waits
+        # one at a time: the task waits
+        self._oom_requests[t.index] = (msg["pages"], msg["where"], msg["memcg"], at, msg.get("stall_monotonic"))
 
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = False
+        self._stalled.discard(t.index)
         self._log_reclaim(t, at, "")
 
     def _on_steps_done(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.steps_done = True
+        self._steps_left.discard(t.index)
 
     def _on_exiting(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.exiting = True
@@ -489,6 +503,8 @@ class Run:
             return
         t.exited = True
         t.stalled = False
+        self._stalled.discard(t.index)
+        self._steps_left.discard(t.index)
         self.trace("exited", t, at, crashed=t.crashed)
         if self.objects is not None:
             self._release_objects(t, at)
@@ -690,13 +706,14 @@ class Run:
                 self.trace("shmem_freed", t, at, object=name, freed_kb=freed * PAGE_SIZE // 1024)
 
     def out_of_memory(self, requester: TaskRecord, pages: int, where: str, at: float,
-                      over_limit: int = 0) -> None:
+                      over_limit: int = 0, stall_monotonic: float | None = None) -> None:
         """A failed allocation of ``requester``'s at emulated time ``at`` (for MEMCG: the charge
         failed at memcg ``over_limit``'s limit, mem_over_limit): takes oom_lock like
         __alloc_pages_may_oom, asks ``kernel.oom_kill.out_of_memory`` and carries out what
         it decides, now. The requester holds the run clock at ``at`` until the answer, so
         now is ``at`` (out_of_memory runs in its context, at once); if its hold was taken
-        from it (``inject stop``, the watchdog), the difference is lag."""
+        from it (``inject stop``, the watchdog), the difference is lag. ``stall_monotonic``: the
+        time.monotonic() at which the requester's charge failed (the OOM round trip's start)."""
         with self.oom_lock:
             now = self.clock.now()
             if self.first_oom_at is None:
@@ -710,14 +727,27 @@ class Run:
             exiting = requester.exited or requester.victim is not None or requester.sigkilled
             if exiting and len(requester.users) > 1:   # a user of its mm that is not dying keeps it
                 exiting = task_will_free_mem(self._view(requester), [self._view(u) for u in requester.users])
+            if self._scan is None:                          # the tasks' pids are known by now
+                self._scan = OomScan(self.zone, self.tasks, self._view)
             decision = out_of_memory(
                 self._view(requester), exiting, where,
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
-                victims=(self._view(v) for v in self.victims), tasks=(self._view(t) for t in self.tasks),
+                victims=self._victim_views(), tasks=self._scan,
                 total_pages=self.zone.total_pages, memcg=memcg, tree=tree)
-            self._carry_out(requester, decision, now)
+            self._carry_out(requester, decision, now, stall_monotonic)
 
-    def _carry_out(self, requester: TaskRecord, decision: OomDecision, at: float) -> None:
+    def _victim_views(self):
+        """Views of the OOM victims that may still hold their memory, in the order they were
+        killed. One that no longer does (its mm gone, or MMF_OOM_SKIP: both for good) is
+        dropped as it is read, so that an OOM does not read every victim of the run."""
+        for v in list(self._holding):
+            view = self._view(v)
+            if not view.has_mm or view.mmf_oom_skip:
+                self._holding.remove(v)
+            yield view
+
+    def _carry_out(self, requester: TaskRecord, decision: OomDecision, at: float,
+                   stall_monotonic: float | None = None) -> None:
         if decision.action is OomAction.ABORT:
             v = decision.aborted_by
             if self._last_abort.get(requester.index) != v.pid:
@@ -733,34 +763,41 @@ class Run:
             self.trace("panic", requester, at, reason=NO_KILLABLE)
             self.verdict = Verdict.PANIC
         elif decision.action is OomAction.KILL:
-            self.oom_kill_process(self._by_pid[decision.victim.pid], decision, requester, at)
+            self.oom_kill_process(self._by_pid[decision.victim.pid], decision, requester, at, stall_monotonic)
             for line in decision.group_lines:            # mem_cgroup_print_oom_group
                 self.log.printk(line, at)
             for member in decision.group:                # mem_cgroup_scan_tasks(oom_kill_memcg_member)
-                self.oom_kill_process(self._by_pid[member.pid], decision, requester, at, group_member=True)
+                self.oom_kill_process(self._by_pid[member.pid], decision, requester, at, stall_monotonic,
+                                      group_member=True)
 
     def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float,
-                         group_member: bool = False) -> None:
+                         stall_monotonic: float | None = None, group_member: bool = False) -> None:
         """Mark the chosen task (or a member of the victim's oom_group) a victim, send it the
-        emulated SIGKILL, wake the reaper."""
+        emulated SIGKILL, wake the reaper. The ``oom_kill`` trace event says when, in real
+        time, the requester's charge failed (``stall_monotonic``) and the signal went."""
         kb = t.mm.rss_kb()
         # mark_oom_victim. The kernel sends SIGKILL first (so the victim cannot
         # use memory reserves from user space); here the mark must come first,
         # or a victim quicker than us could run exit_mmap as a non-victim.
         t.own.killed_at = at
         t.mm.set_bit(MMF_OOM_VICTIM)
+        signal_monotonic = None                      # a crashed task gets no signal
         if not t.crashed:
             hold_for_kill(self.zone, t.index, at)
-            os.kill(t.pid, SIGKILL_EMULATED)
+            signal_monotonic = time.monotonic()      # the signal goes now (waking the victim
+            os.kill(t.pid, SIGKILL_EMULATED)         # may give it this CPU before kill returns)
         tree = self.zone.memcg_tree
         t.victim = VictimRecord(t.name, t.pid, round(at, 6), memcg=tree.path(t.mm.memcg),
                                 oom_memcg=None if decision.memcg is None else tree.path(decision.memcg),
                                 oom_group=None if decision.oom_group is None else tree.path(decision.oom_group))
         self.victims.append(t)
+        self._holding.append(t)
+        if self._scan is not None:
+            self._scan.retire(t.index)
         self.kills += 1
         self.trace("oom_kill", t, at, points=0 if group_member else decision.points, requester=requester.name,
                    memcg=decision.memcg, **({} if decision.oom_group is None else {"oom_group": decision.oom_group}),
-                   **kb)
+                   **kb, stall_monotonic=stall_monotonic, signal_monotonic=signal_monotonic)
         self.trace("mark_victim", t, at)
         self.log.printk(killed_process_line(t.pid, t.name, kb), at)
         for view in decision.sharers:
@@ -786,12 +823,9 @@ class Run:
 
     # -- verdict --------------------------------------------------------------
     def _resolved(self) -> bool:
-        for t in self.tasks:
-            if t.spec.steps and not (t.steps_done or t.exited):
-                return False
-            if t.stalled and not t.exited:
-                return False
-        return True
+        """Every task has done its steps (or exited) and none is stalled in an allocation.
+        Asked at every turn of the loop: kept as two sets, not a scan of every task."""
+        return not self._steps_left and not self._stalled
 
     def _quiet(self) -> bool:
         return all(t.exited for t in self.victims) and all(not t.exiting or t.exited for t in self.tasks)
@@ -844,13 +878,13 @@ class Run:
                     sel.unregister(key.fileobj)
                     self._dispatch()                  # its last words come first
                     self._on_death(key.data)
-            for index, (pages, where, memcg, at) in self._oom_requests.items():
+            for index, (pages, where, memcg, at, stall_monotonic) in self._oom_requests.items():
                 t = self.tasks[index]
                 retry_at = -1.0                            # a jiffy after the OOM killer's answer
                 if self.verdict is None:
                     reclaim = self.try_to_free_pages(t, pages, where, at, memcg)
                     if reclaim is None:
-                        self.out_of_memory(t, pages, where, at, memcg)
+                        self.out_of_memory(t, pages, where, at, memcg, stall_monotonic)
                     else:
                         retry_at = reclaim
                 t.own.oom_retry_at = retry_at
@@ -908,6 +942,7 @@ class Run:
         is raised again, as KeyboardInterrupt (SIGINT) or SystemExit(128 + signum).
         ``EnvironmentProblem`` if the machine cannot hold the run."""
         self.check_room()
+        self._began = time.monotonic()
         sel = selectors.DefaultSelector()
         result = None
         # The oom_reaper thread must act when its delay or deadline is due, not when the
@@ -947,6 +982,7 @@ class Run:
         for t in self.tasks:
             sel.register(t.pidfd, selectors.EVENT_READ, t)
         self._wait_ready(sel)
+        self.ready_real_s = time.monotonic() - self._began
         self.zone.set_t0(time.monotonic(), [t.index for t in self.tasks if not (t.crashed or t.exited)])
         self.clock = RunClock(self.zone, self.zone.supervisor_slot)
         self.tracer = Tracer(self._trace_path, self.clock.now,
@@ -966,6 +1002,7 @@ class Run:
             if self._on_start is not None:
                 self._on_start(self)
             self._loop(sel)
+        self.verdict_real_s = time.monotonic() - self._began
         self.reaper.stop()
         self._held = self.zone.held()
         self.trace("run_end", verdict=self.verdict, kills=self.kills, lag_ms=round(self.lag_ms, 3),
@@ -1039,6 +1076,7 @@ class Run:
             stops=self.stops, stopped_s=round(self.stopped_s, 3), lag_ms=round(self.lag_ms, 3),
             held_ms=round(self._held[0] * 1000, 3), held_max_ms=round(self._held[1] * 1000, 3),
             lagged=self.lagged, lag_tolerance_ms=round(tolerance_ms(self.speed), 3),
+            ready_real_s=_round(self.ready_real_s), verdict_real_s=_round(self.verdict_real_s),
             oomemu_version=_oomemu_version(),
             scenario_sha256=_scenario_hash(self.scenario))
 
@@ -1077,6 +1115,10 @@ def _signal_quietly(proc: subprocess.Popen, sig: int) -> None:
         proc.send_signal(sig)
     except ProcessLookupError:
         pass
+
+
+def _round(real_s: float | None) -> float | None:
+    return None if real_s is None else round(real_s, 4)
 
 
 def _oomemu_version() -> str:

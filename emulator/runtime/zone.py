@@ -306,6 +306,10 @@ class Zone:
         return sum(self._charged.unpack_from(self.map, _TASKS_OFF)) + sum(
             self.object_charged(k) for k in range(self.nr_objects))
 
+    def task_charges(self) -> tuple[int, ...]:
+        """Every task's charge, in task order: one read of the whole table (unlocked)."""
+        return self._charged.unpack_from(self.map, _TASKS_OFF)
+
     def tasks_charged(self) -> int:
         return sum(self._charged.unpack_from(self.map, _TASKS_OFF))
 
