@@ -30,13 +30,16 @@ def oom_storm(tasks: int, kills: int) -> Scenario:
                   "step": [{"op": "alloc", "mb": free_mb + kills * IDLE_MB}]}]}, source="<bench>")
 
 
-def reaper_queue(victims: int, gap_ms: float, busy_ms: float) -> Scenario:
+def reaper_queue(victims: int, gap_ms: float, busy_ms: float, retrying: int = 0) -> Scenario:
     """``victims`` tasks the reaper cannot reap (a blockable mmu notifier, in D state for
     ``busy_ms`` from time 0), spread over as many memory cgroups as a run has (each with
     memory.oom.group set), with one allocator each. Memcg k's allocator goes over its limit
-    at k * ``gap_ms``: its OOM kills the whole group, its unreapable tasks and itself (it
-    exits at once). So every victim is queued on the reaper at once, each group's under
-    one deadline (the kill + reap_timeout_s), the groups' ``gap_ms`` apart."""
+    at k * ``gap_ms``: its OOM kills the whole group. So every victim is queued on the
+    reaper at once, each group's under one deadline (the kill + reap_timeout_s), the
+    groups' ``gap_ms`` apart. The allocators of the first ``retrying`` memcgs are at
+    oom_score_adj -1000 (the group kill spares them): they retry their charge every jiffy
+    until the group's memory is free, keeping the supervisor busy meanwhile; the others die
+    with their group."""
     groups = min(MAX_MEMCGS - 1, victims)
     memcgs, tasks = [], []
     for k in range(groups):
@@ -45,8 +48,8 @@ def reaper_queue(victims: int, gap_ms: float, busy_ms: float) -> Scenario:
         memcgs.append({"name": name, "limit_mb": hogs * 2 + 1, "oom_group": True})
         tasks.append({"name": f"hog{k}", "count": hogs, "memcg": name, "mmu_notifier": "blockable",
                       "vma": [{"kind": "anon", "mb": 2}], "step": [{"op": "busy", "ms": busy_ms}]})
-        tasks.append({"name": f"alloc{k}", "memcg": name,
+        tasks.append({"name": f"alloc{k}", "memcg": name, "oom_score_adj": -1000 if k < retrying else 0,
                       "step": [{"op": "sleep", "ms": 1 + k * gap_ms}, {"op": "alloc", "mb": 2}]})
     return parse_scenario({"name": f"reaper_queue_{victims}", "memory_mb": 64 + victims * 2 + groups * 3,
-                           "min_kills": victims + groups,
+                           "min_kills": victims + groups - min(retrying, groups),
                            "run_deadline_s": 600, "memcg": memcgs, "task": tasks}, source="<bench>")

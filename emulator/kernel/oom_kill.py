@@ -167,9 +167,10 @@ def select_bad_process_bounded(bounds: Sequence[int], view: Callable[[int], Task
     top = max(bounds, default=NOT_A_CANDIDATE)
     if top < NOT_A_CANDIDATE // 2:
         return Selection.NONE
-    if top >= 1:
+    read = {}
+    if top > 1:                         # (at 1, a task whose bound is lower scores 1 too: a tie)
         i = len(bounds) - 1 - bounds[::-1].index(top)      # the later task wins a tie
-        task = view(i)
+        task = read[i] = view(i)
         if not oom_evaluate_task(task, oc):
             return Selection.ABORT
         if oc.chosen_points == top:
@@ -182,7 +183,7 @@ def select_bad_process_bounded(bounds: Sequence[int], view: Callable[[int], Task
                            reverse=True):
         if (bound, i) < best:
             break                                           # it cannot beat the best read
-        task = view(i)
+        task = read[i] if i in read else view(i)
         if task.oom_victim:
             if task.has_mm and not task.mmf_oom_skip:
                 oc.chosen, oc.chosen_points, oc.aborted_by = None, 0, task

@@ -10,6 +10,7 @@
                     between processes (two wait queues, the kernel's hand-off)
     machine.py      what the machine can give a run (refused in one line if not)
     reaper.py       the oom_reaper executor (a policy's actions on real mms)
+    oom_scan.py     every task as the OOM killer scans it: badness bounded by one read
     clock.py        RunClock: the run's shared clock (held by tasks at work, frozen, waiting for the late)
     klog.py, trace.py   printk lines and trace events
     names.py        what a run's objects are called in /dev/shm

@@ -207,6 +207,7 @@ class Run:
         self.kills = 0
         self.victims: list[TaskRecord] = []
         self._holding: list[TaskRecord] = []           # the victims that may still hold their memory
+        self._victim_of_mm: dict[int, TaskRecord] = {}  # id(mm) -> the first victim using it
         # what keeps the run from being resolved: tasks with steps left, tasks stalled (indexes)
         self._steps_left = {t.index for t in self.tasks if t.spec.steps}
         self._stalled: set[int] = set()
@@ -455,8 +456,9 @@ class Run:
         self._on_oom_skip(t, msg["by"], at, where=msg.get("where"))
 
     def _mm_victim(self, t: TaskRecord) -> TaskRecord | None:
-        """The OOM victim whose mm ``t`` uses (exit_mmap runs in whichever user is last)."""
-        return next((v for v in self.victims if v.mm is t.mm), None)
+        """The OOM victim whose mm ``t`` uses (exit_mmap runs in whichever user is last): the
+        first killed, if more than one of its users was."""
+        return self._victim_of_mm.get(id(t.mm))
 
     def _on_exit_mmap_done(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
@@ -732,15 +734,18 @@ class Run:
             decision = out_of_memory(
                 self._view(requester), exiting, where,
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
-                victims=self._victim_views(), tasks=self._scan,
+                victims=self._victim_views(None if memcg is None else memcg.members), tasks=self._scan,
                 total_pages=self.zone.total_pages, memcg=memcg, tree=tree)
             self._carry_out(requester, decision, now, stall_monotonic)
 
-    def _victim_views(self):
+    def _victim_views(self, members: frozenset[int] | None = None):
         """Views of the OOM victims that may still hold their memory, in the order they were
-        killed. One that no longer does (its mm gone, or MMF_OOM_SKIP: both for good) is
-        dropped as it is read, so that an OOM does not read every victim of the run."""
+        killed; for a memcg OOM, of those in ``members`` (its subtree) only. One that no longer
+        holds it (its mm gone, or MMF_OOM_SKIP: both for good) is dropped as it is read, so
+        that an OOM does not read every victim of the run."""
         for v in list(self._holding):
+            if members is not None and v.mm.memcg not in members:
+                continue
             view = self._view(v)
             if not view.has_mm or view.mmf_oom_skip:
                 self._holding.remove(v)
@@ -791,6 +796,7 @@ class Run:
                                 oom_memcg=None if decision.memcg is None else tree.path(decision.memcg),
                                 oom_group=None if decision.oom_group is None else tree.path(decision.oom_group))
         self.victims.append(t)
+        self._victim_of_mm.setdefault(id(t.mm), t)
         self._holding.append(t)
         if self._scan is not None:
             self._scan.retire(t.index)
