@@ -37,7 +37,7 @@ stress: $(STAMP) ## only the repeated real-process runs
 fuzz: $(STAMP) ## 2000 mutated scenario files: load each, run what loads (N= changes the count)
 	$(BIN)/python -m bench.fuzz --n $(or $(N),2000) $(ARGS)
 
-bench: $(STAMP) ## benchmarks: how late deadlines fire, start-up cost by task count (figures)
+bench: $(STAMP) ## figures beside their floors: start-up, USS, OOM round trip, reaper lateness (ARGS=--quick: short)
 	$(BIN)/python -m bench $(ARGS)
 
 compare: $(STAMP) ## every scenario under every policy, checked against the stated outcomes

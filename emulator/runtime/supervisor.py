@@ -9,7 +9,8 @@ One process, two threads:
   ours), then waits on one FIFO (events from every worker, dispatched by
   kind through a table) and one pidfd per worker (deaths). Work per event does not depend on the number of idle tasks,
   except a real OOM kill, which scans every task as the kernel's
-  ``select_bad_process`` does.
+  ``select_bad_process`` does: every task's badness bounded by one read of
+  the zone's charge table, the tasks that can win read in full (``oom_scan``).
 * the ``oom_reaper`` thread (``emulator.runtime.reaper``).
 
 What the OOM killer decides is pure code (``kernel.oom_kill.out_of_memory``);
