@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import math
 import mmap
+import operator
 import os
 import struct
 import threading
@@ -104,6 +105,11 @@ assert OBJECT_RECORD.size % 8 == 0
 assert _TASKS_OFF % 8 == 0                 # each task's charge: one aligned store
 MAX_TASKS = 100_000
 MAGIC = b"OOMZ"
+
+
+def _one(i: int):
+    """An itemgetter of one index that, as one of several indexes does, returns a tuple."""
+    return lambda seq: (seq[i],)
 
 
 def zone_size(nr_tasks: int, nr_objects: int = 0) -> int:
@@ -191,11 +197,13 @@ class Zone:
             struct.pack_into(f"={len(tasks)}i", self.map, self._memcg_of_off, *tasks)
             self.dues.pack_into(self.map, self.dues_off, *[math.inf] * (len(tasks) + 1))
             ZONE_HEADER.set(self.map, "min_due", math.inf)
+            self._index_memcgs()
         elif (why := self._not_a_zone()) is not None:
             self.close()
             raise ValueError(f"{names.zone(run_id)}: not an oomemu zone ({why})")
         else:
             self._layout()
+            self._index_memcgs()
 
     def _not_a_zone(self) -> str | None:
         """Why an existing segment is not this run's zone as oomemu lays it out (None: it is):
@@ -241,6 +249,16 @@ class Zone:
         self.memcg_tree = MemcgTree(tuple(names.c_string(b) for b in rec("name")), rec("parent"),
                                     tuple(bool(g) for g in rec("oom_group")))
         self._limits = rec("limit_pages")        # fixed for the run, as the tree
+        self._members: list = []                 # see _index_memcgs
+
+    def _index_memcgs(self) -> None:
+        """Each memcg's tasks (fixed for the run, as the tree): a memcg's own usage is then
+        one C-level pick and sum of the charge table."""
+        members: dict[int, list[int]] = {}
+        for task, memcg in enumerate(self._memcg_of.unpack_from(self.map, self._memcg_of_off)):
+            members.setdefault(memcg, []).append(task)
+        self._members = [(m, operator.itemgetter(*tasks) if len(tasks) > 1 else _one(tasks[0]))
+                         for m, tasks in sorted(members.items())]
 
     def close(self) -> None:
         unmap(self.map, self._shm)
@@ -319,10 +337,9 @@ class Zone:
     def memcg_usages(self) -> list[int]:
         """Every memcg's usage, hierarchical: its own tasks' charges plus its descendants'."""
         charged = self._charged.unpack_from(self.map, _TASKS_OFF)
-        memcg_of = self._memcg_of.unpack_from(self.map, self._memcg_of_off)
         own = [0] * MAX_MEMCGS
-        for c, m in zip(charged, memcg_of):
-            own[m] += c
+        for m, pick in self._members:
+            own[m] = sum(pick(charged))
         for k in range(self.nr_objects):             # page cache and shmem, charged apart
             own[self.object_field(k, "memcg")] += self.object_charged(k)
         return self.memcg_tree.usage(own)
