@@ -6,9 +6,11 @@ than everything else an OOM kill does. But every task's badness is bounded
 from above by numbers the run already keeps in one place: the zone's charge
 counter of its mm (anon pages and page tables: every page the mm counts is
 charged first and uncharged last, so the charge is never below the count),
-the pages of page-cache and shmem objects its VMAs can map, and its
-oom_score_adj. :class:`OomScan` reads every charge with one struct read and
-adds the rest from tables made once; ``kernel.oom_kill.select_bad_process_bounded``
+the pages of page-cache and shmem objects its VMAs map (no more than the
+VMA's size, nor than the object holds: a VMA maps a prefix of its object,
+which shrinks its mappers before its charge), and its oom_score_adj.
+:class:`OomScan` reads every charge with one struct read and adds the rest
+from tables made once and the objects' charges; ``kernel.oom_kill.select_bad_process_bounded``
 then reads in full only the tasks whose bound could still win (one, when the
 charges are what the mms count, as they are whenever nobody is half-way
 through a fault).
@@ -41,8 +43,13 @@ class OomScan(TaskTable):
         # whose counter in the zone holds the charge of each task's mm (a sharer's: the owner's)
         self._mm_index = [t.mm_index for t in tasks]
         self._shared = any(i != k for k, i in enumerate(self._mm_index))
-        # pages of page-cache and shmem objects each task's mm can map (in its rss, not charged to it)
-        self._mapped = [sum(v.capacity for v in t.mm.vmas() if v.object >= 0) for t in tasks]
+        # the tasks whose mm maps page-cache or shmem objects (in their rss, not charged to them),
+        # grouped by what they map: ((object, pages the VMA can map), ...) -> their indexes
+        groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for i, t in enumerate(tasks):
+            if maps := tuple((v.object, v.capacity) for v in t.mm.vmas() if v.object >= 0):
+                groups.setdefault(maps, []).append(i)
+        self._mapping = list(groups.items())
         self._retired = [adj == OOM_SCORE_ADJ_MIN for adj in self._adj]
         # (members, totalpages // 1000) -> what each task adds to its charge (NOT_A_CANDIDATE: retired
         # or out of the domain); kept up to date by retire()
@@ -64,15 +71,23 @@ class OomScan(TaskTable):
 
     def badness_bounds(self, members: frozenset[int] | None, totalpages: int) -> list[int]:
         """TaskTable.badness_bounds: the zone's charge of each task's mm (one read of the
-        whole table), plus what its mm can map of objects, plus its oom_score_adj's share."""
+        whole table), plus what its mm can map of objects, plus its oom_score_adj's share.
+        Call it from the supervisor's main thread, which alone shrinks objects."""
         key = (members, totalpages // 1000)
         static = self._static.get(key)
         if static is None:
             static = self._static[key] = [
-                NOT_A_CANDIDATE if retired or (members is not None and memcg not in members)
-                else mapped + adj * key[1]
-                for retired, memcg, mapped, adj in zip(self._retired, self.memcgs, self._mapped, self._adj)]
+                NOT_A_CANDIDATE if retired or (members is not None and memcg not in members) else adj * key[1]
+                for retired, memcg, adj in zip(self._retired, self.memcgs, self._adj)]
         charges = self._zone.task_charges()
         if self._shared:
             charges = [charges[k] for k in self._mm_index]
-        return list(map(operator.add, charges, static))
+        bounds = list(map(operator.add, charges, static))
+        if self._mapping:
+            mapped = [0] * len(bounds)
+            for maps, group in self._mapping:
+                pages = sum(min(cap, self._zone.object_charged(k)) for k, cap in maps)
+                for i in group:
+                    mapped[i] = pages
+            bounds = list(map(operator.add, bounds, mapped))
+        return bounds

@@ -106,3 +106,19 @@ def test_a_retired_victim_is_never_read_again(run):
     d = decide(r, scan)
     assert d.victim.name == "sharer" and "db" not in read
     assert read == ["sharer", "owner", "sharer"]        # the winner; then its mm's users, for the kill
+
+
+def test_a_mapped_file_counts_as_much_as_is_left_of_it_after_reclaim(run):
+    r = run
+    read = []
+    scan = OomScan(r.zone, r.tasks, lambda t: read.append(t.name) or r._view(t))
+    total = r.zone.total_pages
+    db = by_name(r, "db")
+    assert decide(r, scan).victim.name == "db" and read == ["db"]
+    r.objects.shrink(0, 7 * MB, r.tasks)           # reclaim takes 7 of its 8 MB of page cache
+    check_bounds(r, scan, total)
+    assert db.mm.get_mm_rss() == 5 * MB
+    read.clear()
+    d = decide(r, scan)
+    assert d == decide(r, [r._view(t) for t in r.tasks]) and d.victim.name == "db"
+    assert read == ["db"]                          # its bound is what it maps now: exact, one read
