@@ -71,6 +71,9 @@ def startup(counts: tuple[int, ...]) -> None:
         wall = time.monotonic() - began
         floor = n * few.median
         ready, done = r.ready_real_s, r.verdict_real_s
+        if ready is None or done is None:
+            print(f"   {n:5}  the run broke: {r.error}")
+            continue
         target = ""
         if n == 1000:
             target = f"ready < 2 s {verdict(ready < 2)}, verdict < 4 s {verdict(done < 4)}"
