@@ -38,7 +38,7 @@ How, and the invariants:
 
 The protocol: every request, ``INDEX SPEC\\n`` (SPEC: ``WorkerSpec.to_line()``),
 in on REQ until EOF; then one ``INDEX PID\\n`` out on REP for each worker, as it
-is made; then the template exits.
+is made, or ``! ERRNO STRERROR\\n`` if a clone fails; then the template exits.
 """
 
 from __future__ import annotations
@@ -124,7 +124,11 @@ def serve(run_id: str, requests: int, replies: int, prepare, become_worker) -> i
     try:
         for index, arg in work:
             slot.write(str(index))
-            pid = clone_parent()
+            try:
+                pid = clone_parent()
+            except OSError as e:                      # EAGAIN, ENOMEM: the machine's limits
+                os.write(replies, b"! %d %s\n" % (e.errno, e.strerror.encode()[:200]))
+                return 2
             if pid == 0:
                 os.close(replies)
                 become_worker(index, arg)

@@ -115,7 +115,8 @@ class ForkServer:
     def spawn(self, requests: list[tuple[int, bytes]], made, check=None) -> None:
         """Have a worker cloned for each (task index, ``WorkerSpec.to_line()``); ``made(index, Worker)``
         is called for each as it is made. ``check()`` is called between batches (a safe point:
-        it may raise). ForkServerDied if the template dies or takes longer than SPAWN_TIMEOUT_S."""
+        it may raise). ForkServerDied if the template dies or takes longer than SPAWN_TIMEOUT_S;
+        OSError if it could not clone (EAGAIN: a limit on processes; ENOMEM)."""
         n = 0
         data = b"".join(b"%d %s\n" % (i, spec) for i, spec in requests)
         os.set_blocking(self._req_w, False)
@@ -148,6 +149,9 @@ class ForkServer:
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
+                        if line.startswith(b"!"):     # clone(2) failed: errno, strerror
+                            _, err, why = line.split(b" ", 2)
+                            raise OSError(int(err), why.decode(errors="replace"))
                         index, pid = (int(x) for x in line.split())
                         made(index, Worker(pid))
                         n += 1
