@@ -62,17 +62,25 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+def _clone_args() -> tuple | None:
+    number = SYS_CLONE.get(platform.machine())
+    if number is None:
+        return None
+    zero = ctypes.c_long(0)
+    return ctypes.c_long(number), ctypes.c_long(CLONE_PARENT | signal.SIGCHLD), zero, zero, zero, zero
+
+
+_CLONE_ARGS = _clone_args()     # made once: each object the template makes per clone is a page to copy
+
+
 def clone_parent() -> int:
     """fork(), but the child's parent is our parent (CLONE_PARENT). Returns 0 in the
     child, the child's pid in the caller; OSError if the kernel refuses."""
-    number = SYS_CLONE.get(platform.machine())
-    if number is None:
+    if _CLONE_ARGS is None:
         raise OSError(0, f"the fork server does not know clone(2) on {platform.machine()}")
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    zero = ctypes.c_long(0)
-    pid = _libc.syscall(ctypes.c_long(number), ctypes.c_long(CLONE_PARENT | signal.SIGCHLD),
-                        zero, zero, zero, zero)
+    pid = _libc.syscall(*_CLONE_ARGS)
     if pid == 0:
         api.PyOS_AfterFork_Child()
         return 0
