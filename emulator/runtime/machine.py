@@ -21,7 +21,8 @@ from . import names
 from .mm import HEADER_SIZE
 from .zone import zone_size
 
-WORKER_MEMORY_MB = 16           # a worker's own memory (an interpreter), beside the emulated pages
+WORKER_MEMORY_MB = 4            # a worker's own memory beside the emulated pages: a clone of the fork
+                                # server's template writes (copies) about 2.5 MiB of it (make bench)
 FDS_PER_TASK = 2                # the supervisor keeps a pidfd and the mm's fd per task
 FDS_BASE = 64
 
