@@ -1,7 +1,9 @@
 """One emulated task: a real process that owns an mm and does its steps.
 
-Started by the supervisor as ``python -m workers.task --run ID --index I
---parent PID --fd FD --spec JSON``. The life of a task:
+Made by the run's fork server (``workers.forkserver``: a clone of a template
+started as ``python -m workers.task --run ID --index template --parent PID
+--fd FD --serve REQ,REP``), as the supervisor's child; it becomes task I's
+worker in :func:`become_worker`. The life of a task:
 
 1. ``PR_SET_PDEATHSIG``: if the supervisor dies, so does this process.
 2. Block SIGUSR1, the emulated SIGKILL: it stays *pending* until the task
@@ -56,13 +58,14 @@ from emulator.errors import ENVIRONMENT_ERRNOS
 from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE,
                                      PAGES_PER_MB, TaskState, can_reap_vma)
 from emulator.kernel.policies.base import MmapLock, OomSkipAt
-from emulator.runtime import names
+from emulator.runtime import names, protocol
 from emulator.runtime.clock import RunClock, late_ms
 from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
 from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
 from emulator.runtime.rwsem import MmapSem
 from emulator.runtime.zone import Zone
 from emulator.scenario import FAULT_MS_PER_MB, MMAP_THRESHOLD_PAGES
+from workers.forkserver import serve
 
 PR_SET_PDEATHSIG = 1
 #: An allocation is charged and faulted in this many pages at a time (1 MB), as page
@@ -70,8 +73,11 @@ PR_SET_PDEATHSIG = 1
 FAULT_BATCH_PAGES = PAGES_PER_MB
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
     if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
@@ -437,6 +443,12 @@ class WorkerTask:
             self.up_mmap_sem(self.mmap_sem, self.index, self.own_holds.pop())
 
     def run(self) -> None:
+        self.setup()
+        self.send(Event.READY, pid=os.getpid())
+        self.start()
+
+    def setup(self) -> None:
+        """Fault in the task's page tables and VMAs, charged to the zone."""
         self.own.pid = os.getpid()
         pgtables = self.spec.pgtables_pages
         if pgtables:
@@ -455,7 +467,9 @@ class WorkerTask:
                 self.mm.fault_in(vi, pages)
                 self.mm.journal_end()
         self.own.state = TaskState.TASK_RUNNING
-        self.send(Event.READY, pid=os.getpid())
+
+    def start(self) -> None:
+        """Wait for time 0 of the run, then do the steps; idle (killable) after them."""
         sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
         self.at(0.0)                              # the clock cannot pass 0 before we act ...
         self.clock.thaw_start()                   # ... and starts when every task is here
@@ -629,29 +643,41 @@ def report_fault(fd: int, index: int, e: BaseException) -> int:
     return 2 if env else 1
 
 
+def become_worker(run_id: str, index: int, parent: int, fd: int, spec_json: str) -> None:
+    """What a clone of the fork server does (workers.forkserver): be task ``index``'s worker.
+    Never returns: the emulated exit, or a fault reported, ends in os._exit."""
+    try:
+        set_pdeathsig()                           # not inherited: armed again, tied to our new parent
+        if os.getppid() != parent:                # the supervisor died before prctl
+            os._exit(1)
+        task = WorkerTask(run_id, index, WorkerSpec.from_json(spec_json), fd)
+        task.run()
+    except BaseException as e:                    # anything but the emulated exit (os._exit)
+        os._exit(report_fault(fd, index, e))
+    os._exit(0)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="workers.task")
     p.add_argument("--run", required=True)
-    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--index", required=True)
     p.add_argument("--parent", type=int, required=True)
     p.add_argument("--fd", type=int, required=True)
-    p.add_argument("--spec", required=True)
+    p.add_argument("--serve", metavar="REQ,REP", required=True,
+                   help="the fork server's request and reply pipes: clone a worker per request")
     a = p.parse_args(argv)
     set_pdeathsig()
     if os.getppid() != a.parent:                  # the supervisor died before prctl
         return 1
-    signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED, SIGWAKE])
-    # The supervisor puts workers in a process group of their own, so a terminal's
+    # The supervisor puts its workers in a process group of their own, so a terminal's
     # Ctrl-C, Ctrl-\, Ctrl-Z and hangup reach only the supervisor; ignore them anyway.
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
+    # Inherited by every worker: the emulated SIGKILL stays pending until a killable point.
+    signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED, SIGWAKE])
     raise_oom_score_adj()
-    try:
-        task = WorkerTask(a.run, a.index, WorkerSpec.from_json(a.spec), a.fd)
-        task.run()
-    except BaseException as e:                    # anything but the emulated exit (os._exit)
-        os._exit(report_fault(a.fd, a.index, e))
-    return 0
+    requests, replies = (int(x) for x in a.serve.split(","))
+    return serve(a.run, a.parent, a.fd, requests, replies, become_worker, protocol.warm)
 
 
 if __name__ == "__main__":

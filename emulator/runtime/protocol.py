@@ -19,6 +19,7 @@ Both sides import this module and nothing else to talk:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import types
@@ -155,8 +156,7 @@ def from_wire(kind: Any, data: Any) -> Any:
         return {k: from_wire(item, v) for k, v in _expect(data, dict, kind).items()}
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         data = _expect(data, dict, kind)
-        hints = typing.get_type_hints(kind)
-        names = {f.name for f in dataclasses.fields(kind)}
+        hints, names = _fields_of(kind)
         if set(data) - names:
             raise ProtocolError(f"{kind.__name__}: unknown fields {sorted(set(data) - names)}")
         return kind(**{n: from_wire(hints[n], v) for n, v in data.items()})
@@ -168,6 +168,25 @@ def from_wire(kind: Any, data: Any) -> Any:
     if kind is float and isinstance(data, int) and not isinstance(data, bool):
         return float(data)
     return _expect(data, kind, kind)
+
+
+@functools.cache
+def _fields_of(kind: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A dataclass's type hints (evaluated once: evaluating a string annotation compiles it,
+    some 20 ms for a WorkerSpec, which the fork server's template pays once for every
+    worker: ``warm()``) and field names."""
+    return typing.get_type_hints(kind), frozenset(f.name for f in dataclasses.fields(kind))
+
+
+def warm(kind: Any = None) -> None:
+    """Evaluate the type hints decoding ``kind`` (a WorkerSpec) needs, every dataclass in it
+    too, so that processes forked afterwards need not."""
+    kind = WorkerSpec if kind is None else kind
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        for hint in _fields_of(kind)[0].values():
+            warm(hint)
+    for arg in typing.get_args(kind):
+        warm(arg)
 
 
 def _expect(data: Any, python_type: type, kind: Any) -> Any:

@@ -2,11 +2,12 @@
 
 One process, two threads:
 
-* the main thread owns the run: it has the run's objects made
-  (``resources``), spawns one worker per task (``workers/task.py``, started
-  with a ``protocol.WorkerSpec``), then waits on one FIFO (events from every
-  worker, dispatched by kind through a table) and one pidfd per worker
-  (deaths). Work per event does not depend on the number of idle tasks,
+* the main thread owns the run: it starts the run's fork server
+  (``forkserver``), has the run's objects made (``resources``) meanwhile, has
+  one worker per task cloned from the fork server's template
+  (``workers/task.py``, given a ``protocol.WorkerSpec``; each a child of
+  ours), then waits on one FIFO (events from every worker, dispatched by
+  kind through a table) and one pidfd per worker (deaths). Work per event does not depend on the number of idle tasks,
   except a real OOM kill, which scans every task as the kernel's
   ``select_bad_process`` does.
 * the ``oom_reaper`` thread (``emulator.runtime.reaper``).
@@ -32,7 +33,6 @@ import errno
 import os
 import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -54,6 +54,7 @@ from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
 from . import machine, names, signals
+from .forkserver import ForkServer, ForkServerDied, Worker, kill_unreported
 from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_for, late_ms, release_slot,
                     stop_holding, tolerance_ms)
 from .klog import KernelLog
@@ -65,9 +66,9 @@ from .resources import RunResources
 from .rwsem import WRITE, MmapSem
 from .trace import Tracer
 
+KILL_WAIT_S = 10.0              # real seconds the teardown waits for killed workers, in all
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
 LINGER_S = 30.0                 # emulated seconds a resolved run waits for dying victims
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Slower than 0.1 would stretch a day-long run_deadline_s past what a wait can take.
 MIN_SPEED, MAX_SPEED = 0.1, 1e6
 
@@ -97,11 +98,10 @@ class TaskRecord:
     """The supervisor's record of one task (also the reaper's victim handle)."""
     index: int
     spec: TaskSpec
-    proc: subprocess.Popen | None = None
+    proc: Worker | None = None
     mm: Mm | None = None
     mmap_sem: MmapSem | None = None
     oom_reply: posix_ipc.Semaphore | None = None
-    pidfd: int = -1
     ready: bool = False
     steps_done: bool = False
     exiting: bool = False
@@ -213,6 +213,8 @@ class Run:
         self._latest_at = 0.0                          # the time of the latest thing a task reported
         self._lag_lock = threading.Lock()
         self._events_fd = -1
+        self._forkserver: ForkServer | None = None
+        self._forkserver_done = False                  # every worker made and reported
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
         # this batch's: index -> (pages, where, the memcg over its limit, at)
@@ -286,8 +288,7 @@ class Run:
                     for field in ("mm_users", "mm_tasks"):
                         MM_HEADER.set(t.mm.map, field, MM_HEADER.get(t.mm.map, field) + 1)
 
-    def _worker_spec(self, t: TaskRecord) -> WorkerSpec:
-        index = {task.name: task.index for task in self.tasks}
+    def _worker_spec(self, t: TaskRecord, index: dict[str, int]) -> WorkerSpec:
         return WorkerSpec(
             speed=self.speed, jiffy_s=JIFFY_S, locks=tuple(self.scenario.lock_names),
             initial_pages=t.initial_pages, grow_vma=t.grow_vma,
@@ -298,21 +299,28 @@ class Run:
             exit_free_pgtables_ms=t.spec.exit_free_pgtables_ms,
             exit_mmap=self.policy.EXIT_MMAP, steps=t.spec.steps)
 
-    def _spawn(self) -> None:
+    def _start_forkserver(self) -> None:
+        """The run's event FIFO, then the fork server's template (its interpreter starts
+        while the run's objects are made)."""
         self._events_fd, wfd = self.resources.open_events()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        for t in self.tasks:
-            self._check_signals()
-            # A process group of its own: a terminal's Ctrl-C, Ctrl-\, Ctrl-Z and hangup
-            # go to the supervisor alone, which decides what the workers see.
-            t.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.task", "--run", self.run_id, "--index", str(t.index),
-                 "--parent", str(os.getpid()), "--fd", str(wfd), "--spec", self._worker_spec(t).to_json()],
-                pass_fds=(wfd,), stdin=subprocess.DEVNULL, env=env, process_group=0)
-            t.own.pid = t.proc.pid
-            self._by_pid[t.pid] = t
-            t.pidfd = os.pidfd_open(t.proc.pid)
+        self._forkserver = ForkServer(self.run_id, wfd)
+
+    def _spawn(self) -> None:
+        """One worker per task, cloned by the fork server; each a child of ours."""
+        index = {t.name: t.index for t in self.tasks}
+        requests = [(t.index, self._worker_spec(t, index).to_json()) for t in self.tasks]
+
+        def made(i: int, w: Worker) -> None:
+            t = self.tasks[i]
+            t.proc = w
+            t.own.pid = w.pid
+            self._by_pid[w.pid] = t
+        try:
+            self._forkserver.spawn(requests, made, self._check_signals)
+        except ForkServerDied as e:
+            raise RunFault(str(e)) from None
+        self._forkserver.close()
+        self._forkserver_done = True
         self.resources.close_events_write_end()
 
     def _check_signals(self, starting: bool = True) -> None:
@@ -499,6 +507,8 @@ class Run:
         """The pidfd says the process is gone; reap the zombie, and say why it died
         if that was not its emulated exit."""
         code = t.proc.wait()
+        if code is None:                           # the pidfd said so: it cannot be running
+            raise RunFault(f"task {t.name} (pid {t.pid}): its pidfd says it exited, waitid says not")
         if t.exited:
             return
         how = f"signal {signals.name(-code)}" if code < 0 else f"exit code {code}"
@@ -889,11 +899,11 @@ class Run:
         began = time.monotonic()
         with self._frozen():
             for t in alive:
-                _signal_quietly(t.proc, signal.SIGSTOP)
+                t.proc.send_signal(signal.SIGSTOP)
             self.log.printk("oomemu: run stopped (SIGTSTP): its clock stands still until it goes on")
             os.kill(os.getpid(), signal.SIGSTOP)
             for t in alive:
-                _signal_quietly(t.proc, signal.SIGCONT)
+                t.proc.send_signal(signal.SIGCONT)
         took = time.monotonic() - began
         self.stops += 1
         self.stopped_s += took
@@ -939,13 +949,14 @@ class Run:
         return result
 
     def _execute(self, sel) -> RunResult:
+        self._start_forkserver()
         self._create()
         self._spawn()
         if self.signals.active:
             sel.register(self.signals.rfd, selectors.EVENT_READ, "signal")
         sel.register(self._events_fd, selectors.EVENT_READ, "events")
         for t in self.tasks:
-            sel.register(t.pidfd, selectors.EVENT_READ, t)
+            sel.register(t.proc.pidfd, selectors.EVENT_READ, t)
         self._wait_ready(sel)
         self.zone.set_t0(time.monotonic(), [t.index for t in self.tasks if not (t.crashed or t.exited)])
         self.clock = RunClock(self.zone, self.zone.supervisor_slot)
@@ -1043,16 +1054,14 @@ class Run:
             scenario_sha256=_scenario_hash(self.scenario))
 
     def _kill_workers(self) -> None:
-        """The real SIGKILL to every worker still there, and wait for each (bounded)."""
+        """The real SIGKILL to every worker still there, then reap each (10 s at most in all)."""
         for t in self.tasks:
             if t.proc is not None and t.proc.poll() is None:
-                _signal_quietly(t.proc, signal.SIGKILL)     # SIGKILL works on a stopped process too
+                t.proc.send_signal(signal.SIGKILL)     # SIGKILL works on a stopped process too
+        deadline = time.monotonic() + KILL_WAIT_S
         for t in self.tasks:
             if t.proc is not None:
-                try:
-                    t.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
+                t.proc.wait(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self) -> None:
         """Kill and reap every worker, remove every object of the run. Runs with
@@ -1062,21 +1071,18 @@ class Run:
         if self.tracer is not None:
             self.tracer.close()
         self._kill_workers()
+        if self._forkserver is not None:
+            self._forkserver.close()
+            if not self._forkserver_done:         # it may have made workers it did not report
+                kill_unreported(self.run_id, {t.pid for t in self.tasks if t.proc is not None})
         for t in self.tasks:
-            if t.pidfd >= 0:
-                os.close(t.pidfd)
-                t.pidfd = -1
+            if t.proc is not None:
+                t.proc.close()
         self._events_fd = -1
         if self.objects is not None:
             self.objects.close()
         self.resources.remove()
 
-
-def _signal_quietly(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        proc.send_signal(sig)
-    except ProcessLookupError:
-        pass
 
 
 def _oomemu_version() -> str:

@@ -1,0 +1,200 @@
+"""The supervisor's side of the fork server (``workers.forkserver``): start the
+template, have it clone one worker per task, and hold each worker as a child.
+
+The template is started first thing in a run, so that its interpreter start and
+imports overlap the making of the run's objects; it is a fresh interpreter (not a
+fork of the supervisor, which may have threads: a library caller's, the FUSE
+server's, the reaper's), so it is single-threaded whatever the caller is. Each
+worker it clones is the supervisor's child (CLONE_PARENT): a :class:`Worker`
+here holds it by a pidfd, from which the supervisor learns of its death at once
+(the pidfd turns readable) and reaps it (``waitid(P_PIDFD)``). The template exits
+once every worker is made; a template that dies before that ends the run
+(:class:`ForkServerDied`), and the clones it made and did not report are found
+as children of ours with the run's command line and killed too
+(:func:`kill_unreported`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from .proc_trust import is_worker
+
+#: Real seconds the template may take to start and clone every worker before the
+#: run gives up on it; generous: a loaded 2-core machine starts 1,000 in about a second.
+SPAWN_TIMEOUT_S = 120.0
+#: The return code of a worker reaped by someone else (a waitpid(-1) in the caller's
+#: process): how it ended is not known.
+UNKNOWN_EXIT = 255
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ForkServerDied(RuntimeError):
+    """The template died or stalled before every worker was made (one line: how)."""
+
+
+class Worker:
+    """A worker process, a child of ours, held by a pidfd (what ``subprocess.Popen``
+    gave before, for the part the supervisor uses). ``returncode``: None while it
+    runs, then its exit code, or minus the signal that killed it."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)       # a child: its pid is ours until we reap it
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Reap it if it has exited; its return code, or None while it runs."""
+        if self.returncode is None and self.pidfd >= 0:
+            try:
+                info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:         # reaped by someone else's waitpid(-1): how, unknown
+                self.returncode = UNKNOWN_EXIT
+                return self.returncode
+            if info is not None:
+                self.returncode = (info.si_status if info.si_code == os.CLD_EXITED
+                                   else -info.si_status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait (at most ``timeout`` real seconds) for it to exit and reap it; its return
+        code, or None if it still runs."""
+        if self.poll() is not None or self.pidfd < 0:
+            return self.returncode
+        p = select.poll()                     # not select(): with 1,000 workers, fds pass 1,024
+        p.register(self.pidfd, select.POLLIN)
+        ready = p.poll(None if timeout is None else max(0, timeout) * 1000)
+        return self.poll() if ready else None
+
+    def send_signal(self, sig: int) -> None:
+        """pidfd_send_signal; nothing if it has exited (even if not yet reaped)."""
+        if self.returncode is None and self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+class ForkServer:
+    """The run's template process. :meth:`spawn` once, then :meth:`close` (always)."""
+
+    def __init__(self, run_id: str, events_fd: int):
+        self.run_id = run_id
+        req_r, self._req_w = os.pipe()
+        self._rep_r, rep_w = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            # A process group of its own, which its clones share: a terminal's Ctrl-C,
+            # Ctrl-\, Ctrl-Z and hangup go to the supervisor alone.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.task", "--run", run_id, "--index", "template",
+                 "--parent", str(os.getpid()), "--fd", str(events_fd), "--serve", f"{req_r},{rep_w}"],
+                pass_fds=(events_fd, req_r, rep_w), stdin=subprocess.DEVNULL, env=env, process_group=0)
+        except BaseException:
+            for fd in (self._req_w, self._rep_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(req_r)
+            os.close(rep_w)
+
+    def spawn(self, requests: list[tuple[int, str]], made, check=None) -> None:
+        """Have a worker cloned for each (task index, WorkerSpec JSON); ``made(index, Worker)``
+        is called for each as it is made. ``check()`` is called between batches (a safe point:
+        it may raise). ForkServerDied if the template dies or takes longer than SPAWN_TIMEOUT_S."""
+        n = 0
+        data = b"".join(b"%d %s\n" % (i, spec.encode()) for i, spec in requests)
+        os.set_blocking(self._req_w, False)
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._rep_r, selectors.EVENT_READ)
+            sel.register(self._req_w, selectors.EVENT_WRITE)
+            writing = True
+            while n < len(requests):
+                if check is not None:
+                    check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ForkServerDied(f"the fork server made {n} of {len(requests)} workers in "
+                                         f"{SPAWN_TIMEOUT_S:g} s")
+                for key, _ in sel.select(min(left, 0.25)):
+                    if key.fd == self._req_w:
+                        try:
+                            data = data[os.write(self._req_w, data[:1 << 16]):]
+                        except BrokenPipeError:
+                            data = b""
+                        if not data:
+                            sel.unregister(self._req_w)
+                            writing = False
+                        continue
+                    chunk = os.read(self._rep_r, 1 << 16)
+                    if not chunk:
+                        raise ForkServerDied(self._how_it_died(n, len(requests)))
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        index, pid = (int(x) for x in line.split())
+                        made(index, Worker(pid))
+                        n += 1
+            if writing:
+                sel.unregister(self._req_w)
+        os.close(self._req_w)                 # EOF: the template exits
+        self._req_w = -1
+
+    def _how_it_died(self, made: int, wanted: int) -> str:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = ("still running" if code is None else f"signal {signal.Signals(-code).name}" if code < 0
+               else f"exit code {code}")
+        return f"the fork server ({how}) stopped after making {made} of {wanted} workers"
+
+    def close(self) -> None:
+        """Make sure the template is gone and reaped; close our pipe ends. Idempotent."""
+        for attr in ("_req_w", "_rep_r"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=5)     # it exits at EOF on its requests
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def kill_unreported(run_id: str, known: set[int]) -> list[int]:
+    """Children of ours that are workers of ``run_id`` but not in ``known`` (the template
+    cloned them and died before saying so): SIGKILL and reap each; their pids."""
+    out = []
+    for child in psutil.Process().children():
+        if child.pid in known:
+            continue
+        try:
+            if not is_worker(child.cmdline(), run_id):
+                continue
+            w = Worker(child.pid)
+        except (psutil.Error, ProcessLookupError):
+            continue
+        w.send_signal(signal.SIGKILL)
+        w.wait(10)
+        w.close()
+        out.append(child.pid)
+    return out
