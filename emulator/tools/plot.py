@@ -157,9 +157,10 @@ def _draw_run(mem, lanes, tl: Timeline, fold: LaneFold, lo: float, hi: float) ->
                    va="center", fontsize=7, clip_on=True)
         row += 1
     if fold.hidden:
-        lanes.text(lo, row, f"  {len(fold.hidden)} more tasks had something happen; not drawn "
-                   "(oomemu trace FILE lists every one; --perfetto draws them)", va="center", fontsize=7,
-                   color="#7a1f1f")
+        lanes.text(lo, row, "  " + folded_line(fold.hidden, "more task", "something traced, not drawn",
+                                                most=FOLDED_RUNS)
+                   + " (oomemu trace FILE lists each; --perfetto draws them)", va="center", fontsize=7,
+                   color="#7a1f1f", clip_on=True)
     _draw_reaper(lanes, tl.reaper)
     for e in tl.events:
         if e["ev"] == "panic":

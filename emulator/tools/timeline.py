@@ -197,7 +197,8 @@ def is_idle(lane: Lane) -> bool:
 def fold_lanes(lanes: list[Lane], max_lanes: int | None = MAX_LANES, fold_at: int | None = None) -> LaneFold:
     """Every lane, if there are at most ``fold_at`` (default: ``max_lanes``); else the
     idle lanes fold into one row, and if the rest still do not fit in ``max_lanes`` rows
-    (None: no limit), victims are kept first and the others are counted in a last row.
+    (None: no limit), those :func:`keep_first` puts first are drawn and the others are
+    counted in a last row.
     Invariant: every lane is in exactly one of the three lists, in the run's order, and
     ``len(shown) + bool(idle) + bool(hidden) <= max_lanes``."""
     fold_at = max_lanes if fold_at is None else fold_at
@@ -210,8 +211,16 @@ def fold_lanes(lanes: list[Lane], max_lanes: int | None = MAX_LANES, fold_at: in
     if len(busy) <= room:
         return LaneFold([lanes[n] for n in busy], idle, [])
     room -= 1
-    keep = set(sorted(busy, key=lambda n: (not lanes[n].kills, n))[:max(room, 0)])
+    keep = set(sorted(busy, key=lambda n: keep_first(lanes[n]) + (n,))[:max(room, 0)])
     return LaneFold([lanes[n] for n in busy if n in keep], idle, [lanes[n] for n in busy if n not in keep])
+
+
+def keep_first(lane: Lane) -> tuple:
+    """Which busy lanes a full picture keeps, smallest first: a task blocked in allocation
+    or in D state (why anyone dies, or why a victim does not go), then the victims in the
+    order they were killed (the start of the story), then the rest."""
+    blocked = any(sp.state.removeprefix("victim: ") in (STALLED, D_STATE) for sp in lane.spans)
+    return (0 if blocked else 1 if lane.kills else 2, min(lane.kills, default=0.0))
 
 
 def folded_line(lanes: list[Lane], what: str, note: str = "", most: int = MAX_RUNS) -> str:
