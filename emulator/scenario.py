@@ -14,13 +14,10 @@ fail on a number or a size that the file gave it.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 
 from .errors import ScenarioError
 from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, OBJECT_KINDS, PAGES_PER_MB,
@@ -63,10 +60,9 @@ FAULT_MS_PER_MB = 0.35
 # -- bounds: every number and size a scenario can set, and why ----------------
 MAX_FILE_BYTES = 1 << 20        # 1 MiB: a thousand tasks of ten steps each take a tenth of it
 MAX_MEMORY_MB = 1 << 20         # 1 TiB: the zone is real memory (/dev/shm) and must fit the machine
-MAX_TASKS = 1000                # each a Python process (~10 MB, and 200 start in 8 s on 2 cores):
-                                # 1000 take about 40 s, near the supervisor's 60 s READY_TIMEOUT_S
-MAX_STEPS = 256                 # a worker gets its steps on its command line, and Linux caps one
-                                # argument at 128 KB (MAX_ARG_STRLEN); 256 steps stay under 32 KB
+MAX_TASKS = 1000                # each a process cloned by the run's fork server (about 3 MiB of its
+                                # own): 1,000 start in about 2 s on 2 cores (make bench)
+MAX_STEPS = 256                 # steps per task: a worker's spec travels in one line to the fork server
 MAX_LOCKS = 64                  # distinct lock names: each a semaphore that every worker opens
 MAX_SCENARIO_MEMCGS = MAX_MEMCGS - 1   # the zone's memcg table, less the root memcg
 MAX_NAME_BYTES = 48             # the run's name in UTF-8: the zone's scenario field holds this many bytes
@@ -199,7 +195,13 @@ CASE_ORDER = ("mlocked", "mmu_notifier", "shared_file", "small_rss", "slow_pgtab
               "mmap_sem_held", "parallel_victims", "livelock", "memcg_tight", "page_cache", "shmem")
 
 
+# tomllib, datetime and importlib.resources are imported where used: a worker process (which
+# imports this module for its constants) is a clone of a template that imports only what
+# workers need, and every module more is memory each clone maps and the template copies.
+
+
 def builtin_names() -> list[str]:
+    from importlib import resources
     files = resources.files("emulator.scenarios")
     names = [p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml")]
     rank = {n: i for i, n in enumerate(CASE_ORDER)}
@@ -207,6 +209,7 @@ def builtin_names() -> list[str]:
 
 
 def builtin_path(name: str) -> str:
+    from importlib import resources
     return str(resources.files("emulator.scenarios") / f"{name}.toml")
 
 
@@ -236,6 +239,7 @@ def _show(v) -> str:
         return "a table"
     if isinstance(v, list):
         return "an array"
+    import datetime
     if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
         return f"a date/time ({v.isoformat()})"
     return f"a {type(v).__name__}"
@@ -262,6 +266,7 @@ def load_scenario(name_or_path: str | os.PathLike) -> Scenario:
         raise ScenarioError(shown, "", e.strerror or str(e)) from None
     if len(raw) > MAX_FILE_BYTES:
         raise ScenarioError(shown, "", f"larger than {MAX_FILE_BYTES >> 20} MiB: not a scenario file")
+    import tomllib
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -48,6 +48,8 @@ from .names import c_string
 from .shm_trust import Segment, unmap
 
 HEADER_SIZE = MM_HEADER_PAGES * PAGE_SIZE
+#: madvise(2): map a range writable, as writing each page would (Linux 5.14; not in Python 3.11's mmap)
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 #: one VMA in the header's table (vm_area_struct, the little of it the emulator needs)
 VMA_RECORD = Record(("kind", "I"), ("vm_flags", "I"), ("start", "q"), ("capacity", "q"), ("nr_pages", "q"),
@@ -423,9 +425,15 @@ class Mm:
             os.posix_fallocate(self.fd, off, pages * PAGE_SIZE)
 
     def _write(self, off: int, pages: int) -> None:
-        """Touch allocated pages, as a program uses its memory."""
+        """Touch allocated pages, as a program uses its memory. They are mapped first in one
+        call (MADV_POPULATE_WRITE, Linux 5.14), not by a page fault each: on a VM a fault
+        costs some microseconds, a quarter of a millisecond per MB."""
         if pages <= 0:
             return
+        try:
+            self.map.madvise(MADV_POPULATE_WRITE, off, pages * PAGE_SIZE)
+        except OSError:
+            pass                                  # EINVAL before 5.14: the writes fault them in
         end = off + pages * PAGE_SIZE
         while off < end:
             n = min(len(self._CHUNK), end - off)

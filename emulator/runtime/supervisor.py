@@ -217,6 +217,11 @@ class Run:
         self._forkserver_done = False                  # every worker made and reported
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
+        self._unready = len(self.tasks)                # tasks not yet faulted in (READY)
+        self._unresolved: set[int] = set()             # see _track
+        self._in_exit: set[int] = set()
+        for t in self.tasks:
+            self._track(t)
         # this batch's: index -> (pages, where, the memcg over its limit, at)
         self._oom_requests: dict[int, tuple[int, str, int, float]] = {}
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
@@ -308,7 +313,7 @@ class Run:
     def _spawn(self) -> None:
         """One worker per task, cloned by the fork server; each a child of ours."""
         index = {t.name: t.index for t in self.tasks}
-        requests = [(t.index, self._worker_spec(t, index).to_json()) for t in self.tasks]
+        requests = [(t.index, self._worker_spec(t, index).to_line()) for t in self.tasks]
 
         def made(i: int, w: Worker) -> None:
             t = self.tasks[i]
@@ -338,7 +343,7 @@ class Run:
     def _wait_ready(self, sel) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         starting = {Event.READY: self._on_ready, Event.FAULT: self._on_fault}
-        while not all(t.ready for t in self.tasks):
+        while self._unready:
             self._check_signals()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -408,7 +413,22 @@ class Run:
         t.detached = not st.writer and not any(m == WRITE for _, m in st.queued)
 
     def _on_ready(self, t: TaskRecord, msg: Message, at: float) -> None:
-        t.ready = True
+        if not t.ready:
+            t.ready = True
+            self._unready -= 1
+
+    def _track(self, t: TaskRecord) -> None:
+        """Keep the sets the verdict reads up to date with ``t``'s flags (so that no check of
+        the verdict scans every task): the tasks that keep the run from being resolved
+        (steps not done, or an allocation stalled), and those exiting, not yet exited."""
+        if (t.spec.steps and not (t.steps_done or t.exited)) or (t.stalled and not t.exited):
+            self._unresolved.add(t.index)
+        else:
+            self._unresolved.discard(t.index)
+        if t.exiting and not t.exited:
+            self._in_exit.add(t.index)
+        else:
+            self._in_exit.discard(t.index)
 
     def _on_fault(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.fault = (msg["what"], msg["environment"])
@@ -419,6 +439,7 @@ class Run:
     def _on_alloc_stall(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = True
+        self._track(t)
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._oom_requests[t.index] = (msg["pages"], msg["where"], msg["memcg"], at)   # one at a time: the task waits
@@ -426,13 +447,16 @@ class Run:
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = False
+        self._track(t)
         self._log_reclaim(t, at, "")
 
     def _on_steps_done(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.steps_done = True
+        self._track(t)
 
     def _on_exiting(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.exiting = True
+        self._track(t)
 
     def _on_late(self, t: TaskRecord, msg: Message, at: float) -> None:
         self.note_late(msg["late_ms"], msg["where"], t, at)
@@ -497,6 +521,7 @@ class Run:
             return
         t.exited = True
         t.stalled = False
+        self._track(t)
         self.trace("exited", t, at, crashed=t.crashed)
         if self.objects is not None:
             self._release_objects(t, at)
@@ -796,15 +821,12 @@ class Run:
 
     # -- verdict --------------------------------------------------------------
     def _resolved(self) -> bool:
-        for t in self.tasks:
-            if t.spec.steps and not (t.steps_done or t.exited):
-                return False
-            if t.stalled and not t.exited:
-                return False
-        return True
+        """Every task's steps done (or it exited) and no allocation stalled."""
+        return not self._unresolved
 
     def _quiet(self) -> bool:
-        return all(t.exited for t in self.victims) and all(not t.exiting or t.exited for t in self.tasks)
+        """Every victim exited, and no task is half-way through its exit."""
+        return not self._in_exit and all(t.exited for t in self.victims)
 
     def _loop(self, sel) -> None:
         deadline = self.scenario.run_deadline_s

@@ -152,6 +152,7 @@ class Zone:
         opened and checked by emulator.runtime.shm_trust (which it takes over; read-only: a private
         copy). An existing zone not laid out as oomemu lays it out is closed: ValueError."""
         self.run_id = run_id
+        self._own_fd = -1
         self._tlock = threading.Lock()
         if create is not None:
             tasks = list(create.get("tasks", ()))
@@ -245,8 +246,23 @@ class Zone:
                                     tuple(bool(g) for g in rec("oom_group")))
         self._limits = rec("limit_pages")        # fixed for the run, as the tree
 
+    def own_lock(self) -> None:
+        """An open file of our own for the zone's flock, in a process that inherited this Zone
+        (a fork server's clone): flock locks an open file, which a fork shares, so clones
+        locking the inherited one would not exclude each other."""
+        fd = os.open(names.shm_path(names.zone(self.run_id), False), os.O_RDWR | os.O_CLOEXEC)
+        mine, theirs = os.fstat(fd), os.fstat(self.fd)
+        if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+            os.close(fd)
+            raise ValueError(f"{names.zone(self.run_id)}: not the zone this process maps (replaced?)")
+        self._shm.close_fd()
+        self._own_fd = self.fd = fd
+
     def close(self) -> None:
         unmap(self.map, self._shm)
+        if self._own_fd >= 0:
+            os.close(self._own_fd)
+            self._own_fd = -1
 
     def facts(self) -> RunFacts:
         get = lambda name: ZONE_HEADER.get(self.map, name)
