@@ -33,11 +33,11 @@ SHM_OPS = ("shm_unlink", "shm_truncate")
 MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
              "expected", "writeback_mb_per_s"}
-_TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_per_mb",
+_TASK_KEYS = {"name", "count", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "exit_unmap_ms_per_mb",
               "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step", "mm"}
 #: what belongs to the mm, not the task: a task that shares another's mm (``mm``) takes the
 #: owner's (oom_score_adj too: the kernel keeps it equal for every process sharing an mm)
-_MM_KEYS = ("vma", "pgtables_mb", "oom_score_adj", "mmu_notifier", "memcg", "exit_unmap_ms_per_mb",
+_MM_KEYS = ("vma", "pgtables_mb", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "memcg", "exit_unmap_ms_per_mb",
             "exit_free_pgtables_ms")
 _MEMCG_KEYS = {"name", "limit_mb", "parent", "oom_group"}
 _EXPECTED_KEYS = {"verdict", "kills", "why"}
@@ -439,6 +439,12 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         if len(tasks) + count > MAX_TASKS:
             c.fail(w + "count", f"more than {MAX_TASKS} tasks in all (each is a process)")
         adj = c.number(t, "oom_score_adj", w, default=0, integer=True, minimum=-1000, maximum=1000)
+        adj_last = adj
+        if "oom_score_adj_last" in t:
+            if count < 2:
+                c.fail(w + "oom_score_adj_last", f"{tname}: a ladder needs count >= 2 (with one copy, "
+                                                 f"oom_score_adj says it all)")
+            adj_last = c.number(t, "oom_score_adj_last", w, integer=True, minimum=-1000, maximum=1000)
         notifier = c.string(t, "mmu_notifier", w, default="none", choices=tuple(MMU_NOTIFIERS))
         # exit_mmap unmaps at most the whole zone: that must take at most a day too
         unmap = c.number(t, "exit_unmap_ms_per_mb", w, default=EXIT_UNMAP_MS_PER_MB,
@@ -513,7 +519,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
             full = tname if count == 1 else f"{tname}-{k}"
             if len(full) > MAX_COMM:
                 c.fail(w + "name", f"{full!r} is longer than a comm's {MAX_COMM} characters")
-            tasks.append(TaskSpec(full, adj, notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
+            tasks.append(TaskSpec(full, ladder_adj(adj, adj_last, k, count), notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
                                   float(pgtables_mb), memcg, mm=shares))
 
     seen = set()
@@ -579,6 +585,16 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                             f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
                     tuple(tasks), source, expected, tuple(memcgs), tuple(objects), float(writeback))
+
+
+def ladder_adj(first: int, last: int, k: int, count: int) -> int:
+    """The oom_score_adj of copy ``k`` of ``count`` on a ladder from ``first`` (copy 0) to
+    ``last`` (copy count-1): spread evenly, rounded down, so every value lies between the
+    two ends and each end is taken by its copy (as Android spreads its cached apps over
+    CACHED_APP_MIN_ADJ..CACHED_APP_MAX_ADJ in LRU order)."""
+    if count < 2:
+        return first
+    return first + (last - first) * k // (count - 1)
 
 
 def _objects(c: _Checker, tasks: list[TaskSpec], memcgs: list[MemcgSpec]) -> tuple[list[TaskSpec], list[ObjectSpec]]:

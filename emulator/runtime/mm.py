@@ -332,12 +332,13 @@ class Mm:
     # -- VMAs -------------------------------------------------------------
     def vmas(self) -> list[Vma]:
         n = min(MM_HEADER.get(self.map, "nr_vmas"), MAX_VMAS)
-        out = []
-        for i in range(n):
-            kind, flags, start, cap, nr, obj = (VMA_RECORD.get(self.map, f, _vma_off(i))
-                                                for f in ("kind", "vm_flags", "start", "capacity", "nr_pages", "object"))
-            out.append(Vma(i, VMA_KINDS[kind], flags, start, cap, nr, obj))
-        return out
+        return [self.vma(i) for i in range(n)]
+
+    def vma(self, i: int) -> Vma:
+        """VMA ``i`` alone (reclaim asks each mapper of an object for one VMA, not all)."""
+        kind, flags, start, cap, nr, obj = (VMA_RECORD.get(self.map, f, _vma_off(i))
+                                            for f in ("kind", "vm_flags", "start", "capacity", "nr_pages", "object"))
+        return Vma(i, VMA_KINDS[kind], flags, start, cap, nr, obj)
 
     def map_object(self, vma_index: int, pages: int) -> None:
         """Map ``pages`` pages of the VMA's object (they are the object's, already charged

@@ -238,6 +238,9 @@ class Zone:
         self._memcg_of = struct.Struct(f"={n}i")
         self.dues_off, self._memcg_of_off, self.freezes_off, self.killable_off, self._objects_off = _offsets(n)
         self.dues = struct.Struct(f"={n + 1}d")
+        # every object's charge and memcg in one read: free_pages() is called on every
+        # charge and every trace event, and a run may have thousands of objects
+        self._object_columns = OBJECT_RECORD.columns(self.nr_objects, "charged", "memcg")
         rec = lambda field: tuple(MEMCG_RECORD.get(self.map, field, _memcg_off(i)) for i in range(MAX_MEMCGS))
         self.memcg_tree = MemcgTree(tuple(names.c_string(b) for b in rec("name")), rec("parent"),
                                     tuple(bool(g) for g in rec("oom_group")))
@@ -319,8 +322,11 @@ class Zone:
 
     def charged(self) -> int:
         """Pages charged in all: the tasks' (anon, page tables) and the objects' (page cache, shmem)."""
-        return sum(self._charged.unpack_from(self.map, _TASKS_OFF)) + sum(
-            self.object_charged(k) for k in range(self.nr_objects))
+        return sum(self._charged.unpack_from(self.map, _TASKS_OFF)) + sum(self._objects_charged()[0::2])
+
+    def _objects_charged(self) -> tuple[int, ...]:
+        """(charged, memcg) of every object, flat: charged pages at even indices."""
+        return self._object_columns.unpack_from(self.map, self._objects_off)
 
     def tasks_charged(self) -> int:
         return sum(self._charged.unpack_from(self.map, _TASKS_OFF))
@@ -335,8 +341,9 @@ class Zone:
         own = [0] * MAX_MEMCGS
         for c, m in zip(charged, memcg_of):
             own[m] += c
-        for k in range(self.nr_objects):             # page cache and shmem, charged apart
-            own[self.object_field(k, "memcg")] += self.object_charged(k)
+        objects = self._objects_charged()             # page cache and shmem, charged apart
+        for c, m in zip(objects[0::2], objects[1::2]):
+            own[m] += c
         return self.memcg_tree.usage(own)
 
     def memcg_usage(self, index: int) -> int:
