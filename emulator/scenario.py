@@ -14,13 +14,10 @@ fail on a number or a size that the file gave it.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 
 from .errors import ScenarioError
 from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, OBJECT_KINDS, PAGES_PER_MB,
@@ -36,11 +33,11 @@ SHM_OPS = ("shm_unlink", "shm_truncate")
 MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
              "expected", "writeback_mb_per_s"}
-_TASK_KEYS = {"name", "count", "oom_score_adj", "mmu_notifier", "exit_unmap_ms_per_mb",
+_TASK_KEYS = {"name", "count", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "exit_unmap_ms_per_mb",
               "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step", "mm"}
 #: what belongs to the mm, not the task: a task that shares another's mm (``mm``) takes the
 #: owner's (oom_score_adj too: the kernel keeps it equal for every process sharing an mm)
-_MM_KEYS = ("vma", "pgtables_mb", "oom_score_adj", "mmu_notifier", "memcg", "exit_unmap_ms_per_mb",
+_MM_KEYS = ("vma", "pgtables_mb", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "memcg", "exit_unmap_ms_per_mb",
             "exit_free_pgtables_ms")
 _MEMCG_KEYS = {"name", "limit_mb", "parent", "oom_group"}
 _EXPECTED_KEYS = {"verdict", "kills", "why"}
@@ -63,10 +60,9 @@ FAULT_MS_PER_MB = 0.35
 # -- bounds: every number and size a scenario can set, and why ----------------
 MAX_FILE_BYTES = 1 << 20        # 1 MiB: a thousand tasks of ten steps each take a tenth of it
 MAX_MEMORY_MB = 1 << 20         # 1 TiB: the zone is real memory (/dev/shm) and must fit the machine
-MAX_TASKS = 1000                # each a Python process (~10 MB, and 200 start in 8 s on 2 cores):
-                                # 1000 take about 40 s, near the supervisor's 60 s READY_TIMEOUT_S
-MAX_STEPS = 256                 # a worker gets its steps on its command line, and Linux caps one
-                                # argument at 128 KB (MAX_ARG_STRLEN); 256 steps stay under 32 KB
+MAX_TASKS = 1000                # each a process cloned by the run's fork server (about 3 MiB of its
+                                # own): 1,000 start in about 2 s on 2 cores (make bench)
+MAX_STEPS = 256                 # steps per task: a worker's spec travels in one line to the fork server
 MAX_LOCKS = 64                  # distinct lock names: each a semaphore that every worker opens
 MAX_SCENARIO_MEMCGS = MAX_MEMCGS - 1   # the zone's memcg table, less the root memcg
 MAX_NAME_BYTES = 48             # the run's name in UTF-8: the zone's scenario field holds this many bytes
@@ -199,7 +195,13 @@ CASE_ORDER = ("mlocked", "mmu_notifier", "shared_file", "small_rss", "slow_pgtab
               "mmap_sem_held", "parallel_victims", "livelock", "memcg_tight", "page_cache", "shmem")
 
 
+# tomllib, datetime and importlib.resources are imported where used: a worker process (which
+# imports this module for its constants) is a clone of a template that imports only what
+# workers need, and every module more is memory each clone maps and the template copies.
+
+
 def builtin_names() -> list[str]:
+    from importlib import resources
     files = resources.files("emulator.scenarios")
     names = [p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml")]
     rank = {n: i for i, n in enumerate(CASE_ORDER)}
@@ -207,6 +209,7 @@ def builtin_names() -> list[str]:
 
 
 def builtin_path(name: str) -> str:
+    from importlib import resources
     return str(resources.files("emulator.scenarios") / f"{name}.toml")
 
 
@@ -236,6 +239,7 @@ def _show(v) -> str:
         return "a table"
     if isinstance(v, list):
         return "an array"
+    import datetime
     if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
         return f"a date/time ({v.isoformat()})"
     return f"a {type(v).__name__}"
@@ -262,6 +266,7 @@ def load_scenario(name_or_path: str | os.PathLike) -> Scenario:
         raise ScenarioError(shown, "", e.strerror or str(e)) from None
     if len(raw) > MAX_FILE_BYTES:
         raise ScenarioError(shown, "", f"larger than {MAX_FILE_BYTES >> 20} MiB: not a scenario file")
+    import tomllib
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -434,6 +439,12 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
         if len(tasks) + count > MAX_TASKS:
             c.fail(w + "count", f"more than {MAX_TASKS} tasks in all (each is a process)")
         adj = c.number(t, "oom_score_adj", w, default=0, integer=True, minimum=-1000, maximum=1000)
+        adj_last = adj
+        if "oom_score_adj_last" in t:
+            if count < 2:
+                c.fail(w + "oom_score_adj_last", f"{tname}: a ladder needs count >= 2 (with one copy, "
+                                                 f"oom_score_adj says it all)")
+            adj_last = c.number(t, "oom_score_adj_last", w, integer=True, minimum=-1000, maximum=1000)
         notifier = c.string(t, "mmu_notifier", w, default="none", choices=tuple(MMU_NOTIFIERS))
         # exit_mmap unmaps at most the whole zone: that must take at most a day too
         unmap = c.number(t, "exit_unmap_ms_per_mb", w, default=EXIT_UNMAP_MS_PER_MB,
@@ -508,7 +519,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
             full = tname if count == 1 else f"{tname}-{k}"
             if len(full) > MAX_COMM:
                 c.fail(w + "name", f"{full!r} is longer than a comm's {MAX_COMM} characters")
-            tasks.append(TaskSpec(full, adj, notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
+            tasks.append(TaskSpec(full, ladder_adj(adj, adj_last, k, count), notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
                                   float(pgtables_mb), memcg, mm=shares))
 
     seen = set()
@@ -574,6 +585,16 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                             f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
                     tuple(tasks), source, expected, tuple(memcgs), tuple(objects), float(writeback))
+
+
+def ladder_adj(first: int, last: int, k: int, count: int) -> int:
+    """The oom_score_adj of copy ``k`` of ``count`` on a ladder from ``first`` (copy 0) to
+    ``last`` (copy count-1): spread evenly, rounded down, so every value lies between the
+    two ends and each end is taken by its copy (as Android spreads its cached apps over
+    CACHED_APP_MIN_ADJ..CACHED_APP_MAX_ADJ in LRU order)."""
+    if count < 2:
+        return first
+    return first + (last - first) * k // (count - 1)
 
 
 def _objects(c: _Checker, tasks: list[TaskSpec], memcgs: list[MemcgSpec]) -> tuple[list[TaskSpec], list[ObjectSpec]]:

@@ -103,7 +103,7 @@ ODD_STRINGS = ["", " ", "x" * 15, "x" * 16, "x" * 48, "x" * 49, "é" * 24, "é" 
                "🙂" * 13, "a" * 5000, "v4.17", "anon", "alloc", "lock", "resolved", "task0",
                "L", "none", "blockable", "hugetlb", "mmap_sem_down", "exit"]
 KNOWN_KEYS = sorted({"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task",
-                     "memcg", "expected", "count", "oom_score_adj", "mmu_notifier",
+                     "memcg", "expected", "count", "oom_score_adj", "oom_score_adj_last", "mmu_notifier",
                      "exit_unmap_ms_per_mb", "exit_free_pgtables_ms", "pgtables_mb", "vma", "step",
                      "limit_mb", "verdict", "kills", "why", "kind", "mb", "mlocked", "op", "ms",
                      "dirty_mb", "object", "writeback_mb_per_s", "parent", "oom_group"})
@@ -123,6 +123,7 @@ EDGES = {
     "run_deadline_s": [1e-9, 0.001, 1, 86_400, 86_400.001],
     "count": [1, 2, 15, 16, 200, 1000, 1001],
     "oom_score_adj": [-1000, -999, 999, 1000, 1001, -1001],
+    "oom_score_adj_last": [-1000, 0, 900, 999, 1000, 1001, -1001, 999.5],
     "min_kills": [0, 1, 4, 5, 1000],
     "kills": [-1, 0, 1, 3, 4, 5, 1000],
     "name": ["a", "x" * 15, "x" * 16, "é" * 24, "é" * 25, "a b", "a/b", "L", "holder", "task0", "é"],

@@ -32,11 +32,13 @@ How, and the invariants:
   --index N``, as before.
 * **The clone does as little as it can.** Every page a clone writes is a
   copy-on-write fault (a few microseconds each on a VM); what every worker
-  would do alike is done once in the template: the hints for decoding a
-  WorkerSpec, the signal mask, the oom_score_adj, all inherited.
+  would do alike is done once in the template before the first clone: the
+  signal mask and the oom_score_adj (inherited), every WorkerSpec decoded,
+  the run's zone and run-wide semaphores opened (``workers.task.prepare``).
 
-The protocol, one line each way: ``INDEX SPEC_JSON\\n`` in on REQ, ``INDEX PID\\n``
-out on REP; EOF on REQ: the template exits.
+The protocol: every request, ``INDEX SPEC\\n`` (SPEC: ``WorkerSpec.to_line()``),
+in on REQ until EOF; then one ``INDEX PID\\n`` out on REP for each worker, as it
+is made, or ``! ERRNO STRERROR\\n`` if a clone fails; then the template exits.
 """
 
 from __future__ import annotations
@@ -60,17 +62,25 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+def _clone_args() -> tuple | None:
+    number = SYS_CLONE.get(platform.machine())
+    if number is None:
+        return None
+    zero = ctypes.c_long(0)
+    return ctypes.c_long(number), ctypes.c_long(CLONE_PARENT | signal.SIGCHLD), zero, zero, zero, zero
+
+
+_CLONE_ARGS = _clone_args()     # made once: each object the template makes per clone is a page to copy
+
+
 def clone_parent() -> int:
     """fork(), but the child's parent is our parent (CLONE_PARENT). Returns 0 in the
     child, the child's pid in the caller; OSError if the kernel refuses."""
-    number = SYS_CLONE.get(platform.machine())
-    if number is None:
+    if _CLONE_ARGS is None:
         raise OSError(0, f"the fork server does not know clone(2) on {platform.machine()}")
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    zero = ctypes.c_long(0)
-    pid = _libc.syscall(ctypes.c_long(number), ctypes.c_long(CLONE_PARENT | signal.SIGCHLD),
-                        zero, zero, zero, zero)
+    pid = _libc.syscall(*_CLONE_ARGS)
     if pid == 0:
         api.PyOS_AfterFork_Child()
         return 0
@@ -103,41 +113,39 @@ class IndexSlot:
             ctypes.memmove(self.address, data.ljust(len(PLACEHOLDER), b"\0"), len(PLACEHOLDER))
 
 
-def serve(run_id: str, parent: int, fd: int, requests: int, replies: int, become_worker, warm=None) -> int:
-    """The template's life: clone a worker per request until EOF. ``become_worker(run_id,
-    index, parent, fd, spec_json)`` is what a clone does; it never returns (os._exit).
-    ``warm()`` first: whatever every worker would compute alike, computed once here."""
-    if warm is not None:
-        warm()
+def serve(run_id: str, requests: int, replies: int, prepare, become_worker) -> int:
+    """The template's life. Read every request (until EOF), ``prepare(run_id, [(index,
+    spec_line)])`` once, which returns ``(index, arg)`` pairs (what needs computing or opening
+    for every worker alike is done there, before the first clone, in memory of the template's
+    own), then for each pair clone a worker and tell its pid. A clone calls
+    ``become_worker(index, arg)``, which never returns (os._exit)."""
+    data = bytearray()
+    while chunk := os.read(requests, 1 << 16):
+        data += chunk
+    os.close(requests)
+    lines = [line.partition(b" ") for line in bytes(data).split(b"\n") if line]
+    work = prepare(run_id, [(int(index), spec) for index, _, spec in lines])
+    del data, lines
     slot = IndexSlot()
     gc.collect()
     gc.freeze()
     try:
-        return _serve(run_id, parent, fd, requests, replies, become_worker, slot)
+        for index, arg in work:
+            slot.write(str(index))
+            try:
+                pid = clone_parent()
+            except OSError as e:                      # EAGAIN, ENOMEM: the machine's limits
+                os.write(replies, b"! %d %s\n" % (e.errno, e.strerror.encode()[:200]))
+                return 2
+            if pid == 0:
+                os.close(replies)
+                become_worker(index, arg)
+                os._exit(1)                           # not reached
+            reply = b"%d %d\n" % (index, pid)
+            while reply:
+                reply = reply[os.write(replies, reply):]
+    except BrokenPipeError:
+        return 1                                      # the supervisor gave up on us: it kills the clones
     finally:
         slot.write(PLACEHOLDER)
-
-
-def _serve(run_id, parent, fd, requests, replies, become_worker, slot: IndexSlot) -> int:
-    buf = b""
-    while True:
-        chunk = os.read(requests, 1 << 16)
-        if not chunk:
-            return 0
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        out = []
-        for line in lines:
-            index_s, _, spec = line.partition(b" ")
-            index = int(index_s)
-            slot.write(str(index))
-            pid = clone_parent()
-            if pid == 0:
-                os.close(requests)
-                os.close(replies)
-                become_worker(run_id, index, parent, fd, spec.decode())
-                os._exit(1)                           # not reached
-            out.append(b"%d %d\n" % (index, pid))
-        data = b"".join(out)
-        while data:
-            data = data[os.write(replies, data):]
+    return 0

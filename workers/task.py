@@ -58,7 +58,7 @@ from emulator.errors import ENVIRONMENT_ERRNOS
 from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VICTIM, MMF_UNSTABLE, PAGE_SIZE,
                                      PAGES_PER_MB, TaskState, can_reap_vma)
 from emulator.kernel.policies.base import MmapLock, OomSkipAt
-from emulator.runtime import names, protocol
+from emulator.runtime import names
 from emulator.runtime.clock import RunClock, late_ms
 from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
 from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
@@ -99,10 +99,12 @@ class Dying(Exception):
 class WorkerTask:
     """The task this process plays: its mm, its semaphores, its steps, its exit."""
 
-    def __init__(self, run_id: str, index: int, spec: WorkerSpec, fd: int):
-        self.run_id, self.index, self.spec, self.fd = run_id, index, spec, fd
+    def __init__(self, shared: RunShared, index: int, spec: WorkerSpec):
+        run_id = shared.run_id
+        self.run_id, self.index, self.spec, self.fd = run_id, index, spec, shared.fd
         self.speed = spec.speed
-        self.zone = Zone(run_id)
+        self.zone = shared.zone
+        self.start_sem = shared.start
         self.clock = RunClock(self.zone, index)
         self.t_plan = 0.0                    # emulated time the next action is due
         self.lag_ms = 0.0                    # the worst lateness so far (real ms)
@@ -115,7 +117,7 @@ class WorkerTask:
         self.mm = self.own if spec.mm_index == index else Mm(names.mm(run_id, spec.mm_index))
         self.mmap_sem = MmapSem.open(run_id, spec.mm_index, self.mm, f"the mmap_sem of task {spec.mm_index}")
         self.oom_reply = posix_ipc.Semaphore(names.oom_reply(run_id, index))
-        self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in spec.locks}
+        self.locks = shared.locks
         # other tasks' mms whose mmap_sem a step takes (like /proc/PID/mem readers do)
         self.others = {name: MmapSem.open(run_id, i, Mm(names.mm(run_id, i)), f"the mmap_sem of {name}")
                        for name, i in spec.others.items()}
@@ -471,7 +473,7 @@ class WorkerTask:
 
     def start(self) -> None:
         """Wait for time 0 of the run, then do the steps; idle (killable) after them."""
-        sem_down(posix_ipc.Semaphore(names.start(self.run_id)))
+        sem_down(self.start_sem)
         self.at(0.0)                              # the clock cannot pass 0 before we act ...
         self.clock.thaw_start()                   # ... and starts when every task is here
         try:
@@ -644,17 +646,39 @@ def report_fault(fd: int, index: int, e: BaseException) -> int:
     return 2 if env else 1
 
 
-def become_worker(run_id: str, index: int, parent: int, fd: int, spec_json: str) -> None:
+class RunShared:
+    """What every worker of a run opens alike, opened once in the fork server's template
+    (before its first clone) and inherited: the zone, the start semaphore, the named
+    locks; and who the supervisor is, and the event FIFO's fd."""
+
+    def __init__(self, run_id: str, parent: int, fd: int, locks: tuple[str, ...]):
+        self.run_id, self.parent, self.fd = run_id, parent, fd
+        self.zone = Zone(run_id)
+        self.start = posix_ipc.Semaphore(names.start(run_id))
+        self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in locks}
+
+
+def prepare(run_id: str, parent: int, fd: int, requests: list[tuple[int, bytes]]) -> list:
+    """The template's work before its first clone: decode every WorkerSpec, open the run's
+    shared objects. Returns (index, (spec, shared)) for each request."""
+    specs = [(index, WorkerSpec.from_line(line)) for index, line in requests]
+    shared = RunShared(run_id, parent, fd, specs[0][1].locks if specs else ())
+    return [(index, (spec, shared)) for index, spec in specs]
+
+
+def become_worker(index: int, arg: tuple[WorkerSpec, RunShared]) -> None:
     """What a clone of the fork server does (workers.forkserver): be task ``index``'s worker.
     Never returns: the emulated exit, or a fault reported, ends in os._exit."""
+    spec, shared = arg
     try:
         set_pdeathsig()                           # not inherited: armed again, tied to our new parent
-        if os.getppid() != parent:                # the supervisor died before prctl
+        if os.getppid() != shared.parent:         # the supervisor died before prctl
             os._exit(1)
-        task = WorkerTask(run_id, index, WorkerSpec.from_json(spec_json), fd)
+        shared.zone.own_lock()                    # flock is per open file: one of our own
+        task = WorkerTask(shared, index, spec)
         task.run()
     except BaseException as e:                    # anything but the emulated exit (os._exit)
-        os._exit(report_fault(fd, index, e))
+        os._exit(report_fault(shared.fd, index, e))
     os._exit(0)
 
 
@@ -678,7 +702,8 @@ def main(argv=None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED, SIGWAKE])
     raise_oom_score_adj()
     requests, replies = (int(x) for x in a.serve.split(","))
-    return serve(a.run, a.parent, a.fd, requests, replies, become_worker, protocol.warm)
+    return serve(a.run, requests, replies, lambda run_id, reqs: prepare(run_id, a.parent, a.fd, reqs),
+                 become_worker)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ _OP_REFUSED = {
     "unlock": "a named lock (see lock)",
     "mm_pin": "an mm pinned by another task (not done yet)",
 }
+#: a host task is a Python interpreter of its own: ~10 MB the kernel counts in its badness
+#: and frees with it, which the scenario does not describe. A few beside tasks of tens of MB
+#: change nothing; hundreds of small tasks (phone's 1 MB apps) would die for their
+#: interpreters, not their scenario memory, and take minutes and gigabytes to start.
+HOST_MAX_TASKS = 64
 _KIND_REFUSED = {
     "hugetlb": "hugetlb memory (needs reserved huge pages)",
     "pfnmap": "a VM_PFNMAP mapping (needs a driver)",
@@ -77,6 +82,9 @@ def refusals(scenario: Scenario, cgroup_v2: bool, kvm: bool = False) -> list[str
     controller is cgroup v2 (memory.oom.group needs it); ``kvm``: /dev/kvm can be opened
     (a KVM guest's memory registers a non-blocking mmu notifier on the task's mm)."""
     out = []
+    if len(scenario.tasks) > HOST_MAX_TASKS:
+        out.append(f"{len(scenario.tasks)} tasks: at most {HOST_MAX_TASKS} (each is an interpreter of its own, "
+                   f"~10 MB the kernel counts and frees with it, beside the scenario's memory)")
     for t in scenario.tasks:
         if t.mm:
             out.append(f"task {t.name}: mm = {t.mm!r}: processes sharing an mm (not done yet)")

@@ -30,8 +30,8 @@ class CacheView:
     kind: str               # "file" (page cache) or "shmem"
     resident: int           # pages in memory (charged)
     dirty: int              # of them, dirty (the first ``dirty`` pages)
-    unevictable: int        # of them, mlocked by a mapper (the first ``unevictable`` pages)
-    mapped: bool            # some VMA maps it now
+    unevictable: int        # of them, mlocked by a mapper (the first ``unevictable`` pages); page cache only
+    mapped: bool            # some VMA maps it now; page cache only (shmem: never reclaimed, not looked at)
     in_domain: bool         # charged inside the OOM domain (the zone, or the memcg at its limit)
 
     @property

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import posix_ipc
 import psutil
 
-from . import names
+from . import machine, names
+from .machine import FDS_BASE
 from .proc_trust import CTIME_SLACK_S, NotProven, Proven, holds_any, is_worker, prove, worker_check
 from .shm_trust import Refused, open_checked, user
 from .zone import Zone
@@ -96,6 +98,7 @@ def dead_groups(shm_dir: str = names.SHM_DIR) -> list[tuple[str, int, list[str]]
 def stray_workers(run_id: str, owner: int) -> list[Proven]:
     """Workers of ``run_id`` still alive (their supervisor is dead), held by pidfds."""
     found = []
+    machine.raise_nofile(FDS_BASE + len(psutil.pids()))     # a pidfd per stray: 1,000 pass 1,024
     for p in psutil.process_iter(["cmdline", "uids"]):
         cmd, uids = p.info["cmdline"] or [], p.info["uids"]
         if uids is None or uids.real != owner or not is_worker(cmd, run_id):
@@ -125,16 +128,24 @@ def _remove(run_id: str, owner: int, entries: list[str], shm_dir: str) -> list[s
     """Kill the run's stray workers, then unlink the caller's objects. In sticky /dev/shm
     nobody but their owner (or root) can swap them between the lstat and the unlink."""
     done = []
-    for w in stray_workers(run_id, owner):
-        with w:
+    strays = stray_workers(run_id, owner)
+    try:
+        signalled = []                        # all killed first, then waited for: 10 or 1,000 alike
+        for w in strays:
             try:
                 w.send_signal(signal.SIGKILL)
+                signalled.append(w)
             except ProcessLookupError:
-                continue
-            if w.wait_exit(KILL_WAIT_S):
+                pass
+        deadline = time.monotonic() + KILL_WAIT_S
+        for w in signalled:
+            if w.wait_exit(max(0.0, deadline - time.monotonic())):
                 done.append(f"killed worker {w.pid} of run {run_id}")
             else:
                 done.append(f"sent SIGKILL to worker {w.pid} of run {run_id}; it has not exited yet")
+    finally:
+        for w in strays:
+            w.close()
     for entry in entries:
         path = os.path.join(shm_dir, entry)
         try:

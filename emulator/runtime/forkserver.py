@@ -112,19 +112,19 @@ class ForkServer:
             os.close(req_r)
             os.close(rep_w)
 
-    def spawn(self, requests: list[tuple[int, str]], made, check=None) -> None:
-        """Have a worker cloned for each (task index, WorkerSpec JSON); ``made(index, Worker)``
+    def spawn(self, requests: list[tuple[int, bytes]], made, check=None) -> None:
+        """Have a worker cloned for each (task index, ``WorkerSpec.to_line()``); ``made(index, Worker)``
         is called for each as it is made. ``check()`` is called between batches (a safe point:
-        it may raise). ForkServerDied if the template dies or takes longer than SPAWN_TIMEOUT_S."""
+        it may raise). ForkServerDied if the template dies or takes longer than SPAWN_TIMEOUT_S;
+        OSError if it could not clone (EAGAIN: a limit on processes; ENOMEM)."""
         n = 0
-        data = b"".join(b"%d %s\n" % (i, spec.encode()) for i, spec in requests)
+        data = b"".join(b"%d %s\n" % (i, spec) for i, spec in requests)
         os.set_blocking(self._req_w, False)
         deadline = time.monotonic() + SPAWN_TIMEOUT_S
         buf = b""
         with selectors.DefaultSelector() as sel:
             sel.register(self._rep_r, selectors.EVENT_READ)
             sel.register(self._req_w, selectors.EVENT_WRITE)
-            writing = True
             while n < len(requests):
                 if check is not None:
                     check()
@@ -138,9 +138,10 @@ class ForkServer:
                             data = data[os.write(self._req_w, data[:1 << 16]):]
                         except BrokenPipeError:
                             data = b""
-                        if not data:
+                        if not data:              # EOF: the template starts cloning
                             sel.unregister(self._req_w)
-                            writing = False
+                            os.close(self._req_w)
+                            self._req_w = -1
                         continue
                     chunk = os.read(self._rep_r, 1 << 16)
                     if not chunk:
@@ -148,13 +149,12 @@ class ForkServer:
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
+                        if line.startswith(b"!"):     # clone(2) failed: errno, strerror
+                            _, err, why = line.split(b" ", 2)
+                            raise OSError(int(err), why.decode(errors="replace"))
                         index, pid = (int(x) for x in line.split())
                         made(index, Worker(pid))
                         n += 1
-            if writing:
-                sel.unregister(self._req_w)
-        os.close(self._req_w)                 # EOF: the template exits
-        self._req_w = -1
 
     def _how_it_died(self, made: int, wanted: int) -> str:
         try:

@@ -21,7 +21,8 @@ from . import names
 from .mm import HEADER_SIZE
 from .zone import zone_size
 
-WORKER_MEMORY_MB = 16           # a worker's own memory (an interpreter), beside the emulated pages
+WORKER_MEMORY_MB = 4            # a worker's own memory beside the emulated pages: a clone of the fork
+                                # server's template writes (copies) about 2.5 MiB of it (make bench)
 FDS_PER_TASK = 2                # the supervisor keeps a pidfd and the mm's fd per task
 FDS_BASE = 64
 
@@ -60,14 +61,23 @@ def check_room(scenario: Scenario) -> None:
             f"memory cgroup {room[1]} has {mb(room[0])} left under its limit, this run needs about "
             f"{mb(need['memory'])} ({what}, and about {WORKER_MEMORY_MB} MB per process)")
     _check_nproc(len(scenario.tasks))
+    if not raise_nofile(need["fds"]):
+        raise EnvironmentProblem(
+            f"this run needs about {need['fds']} open files ({len(scenario.tasks)} tasks), the limit is "
+            f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]} (ulimit -n): raise it or run fewer tasks")
+
+
+def raise_nofile(fds: int) -> bool:
+    """Make room for ``fds`` open files: the soft RLIMIT_NOFILE is raised to the hard one if
+    it is lower (a supervisor holds a pidfd per task: 1,000 tasks pass the usual 1,024).
+    False if even the hard limit is too low."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need["fds"]:
-        if hard == resource.RLIM_INFINITY or hard >= need["fds"]:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))     # as far as we may
-        else:
-            raise EnvironmentProblem(
-                f"this run needs about {need['fds']} open files ({len(scenario.tasks)} tasks), the limit is "
-                f"{hard} (ulimit -n): raise it or run fewer tasks")
+    if soft == resource.RLIM_INFINITY or soft >= fds:
+        return True
+    if hard != resource.RLIM_INFINITY and hard < fds:
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))          # as far as we may
+    return True
 
 
 def _check_nproc(tasks: int) -> None:

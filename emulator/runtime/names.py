@@ -23,7 +23,6 @@ from __future__ import annotations
 import codecs
 import os
 import re
-import secrets
 
 from ..kernel.mm_types import TASK_COMM_LEN
 
@@ -40,7 +39,7 @@ _ENTRY = re.compile(r"^(sem\.)?" + re.escape(PREFIX) + r"\.([1-9]\d{0,6}-[0-9a-f
 
 
 def new_run_id(pid: int | None = None) -> str:
-    return f"{os.getpid() if pid is None else pid}-{secrets.token_hex(2)}"
+    return f"{os.getpid() if pid is None else pid}-{os.urandom(2).hex()}"
 
 
 def run_pid(run_id: str) -> int | None:

@@ -89,17 +89,19 @@ class RunObjects:
     # -- what reclaim sees --------------------------------------------------------
     def views(self, tasks, in_domain) -> list[CacheView]:
         """A CacheView of every object; ``in_domain(memcg index)`` says whether an object
-        charged there is in the OOM domain; ``tasks`` are the supervisor's TaskRecords."""
+        charged there is in the OOM domain; ``tasks`` are the supervisor's TaskRecords.
+        A shmem object's mappers are not looked at: reclaim never takes shmem (no swap), and
+        one cache mapped by hundreds of tasks would cost a VMA read each, at every retry."""
         out = []
         for k in range(len(self)):
             if self.zone.object_field(k, "flags") & OBJ_FREED:
                 continue
             mapped, unevictable = False, 0
-            for ti, vi in self.mappers[k]:
+            for ti, vi in self.mappers[k] if self.scenario.objects[k].kind == "file" else ():
                 t = tasks[ti]
                 if not _mm_lives(t):
                     continue
-                vma = t.mm.vmas()[vi]
+                vma = t.mm.vma(vi)
                 if vma.nr_pages:
                     mapped = True
                     if vma.mlocked:

@@ -175,6 +175,36 @@ def worker_check(owner: int, run_id: str, index: int | None, supervisor: int | N
     return check
 
 
+def child_status(pid: int, owner: int, parent: int) -> str | None:
+    """What ``oomemu ps`` needs of a worker, without a pidfd or psutil (a few µs, not
+    ~0.4 ms: a thousand tasks are read in well under a second): its state letter from
+    /proc/PID/stat (``R``, ``S``, ``D``, ``T``, ``t``) if it is ``owner``'s, alive, and
+    a child of ``parent`` (a run's supervisor, held by its pidfd: while held, its pid
+    is its own, and so is the parent of its children). None otherwise (gone, a zombie,
+    another's or another's child). For reading only: a signal needs :func:`prove`."""
+    if not isinstance(pid, int) or not 0 < pid <= names.PID_MAX_LIMIT:
+        return None
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        uid = os.fstat(fd).st_uid
+        stat = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # pid (comm) state ppid ...: comm may hold ") ", so split after the last ")"
+    fields = stat[stat.rfind(b")") + 2:].split(None, 2)
+    if len(fields) < 2 or uid != owner:
+        return None
+    state, ppid = fields[0].decode("ascii", "replace"), fields[1]
+    if state in ("Z", "X") or not ppid.isdigit() or int(ppid) != parent:
+        return None
+    return state
+
+
 def holds_any(pid: int, files: set[tuple[int, int]]) -> bool | None:
     """Does process ``pid`` have one of ``files`` ((st_dev, st_ino) pairs) open or mapped?
     None if we may not look (another user's process). A supervisor holds the run's

@@ -18,14 +18,12 @@ Both sides import this module and nothing else to talk:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import base64
 import json
+import pickle
 import signal
-import types
-import typing
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Any
 
 from ..kernel.policies.base import ExitMmapRules
@@ -121,76 +119,16 @@ class WorkerSpec:
     exit_mmap: ExitMmapRules              # the policy's rules for this task's exit_mmap
     steps: tuple[StepSpec, ...]
 
-    def to_json(self) -> str:
-        return json.dumps(to_wire(self), separators=(",", ":"))
+    def to_line(self) -> bytes:
+        """For the fork server's request pipe (private to the run: only the supervisor
+        writes it): a pickle, in base64. Unpickling runs in C, where decoding the JSON
+        form runs Python code and so writes (copy-on-write) some 500 kB of the template's
+        memory in each worker."""
+        return base64.b64encode(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
 
     @classmethod
-    def from_json(cls, text: str) -> WorkerSpec:
-        return from_wire(cls, json.loads(text))
-
-
-def to_wire(value: Any) -> Any:
-    """A dataclass as a dict of its fields, an enum as its value, a tuple as a list (deeply)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [to_wire(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_wire(v) for k, v in value.items()}
-    return value
-
-
-def from_wire(kind: Any, data: Any) -> Any:
-    """The inverse of :func:`to_wire`, guided by the type ``kind`` (a dataclass, an enum,
-    ``tuple[X, ...]``, ``dict[str, X]``, or a plain type); ProtocolError on a mismatch."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(kind) if a is not type(None)]
-        return None if data is None else from_wire(options[0], data)
-    if origin is tuple:
-        (item, *_) = typing.get_args(kind)
-        return tuple(from_wire(item, v) for v in _expect(data, list, kind))
-    if origin is dict:
-        _, item = typing.get_args(kind)
-        return {k: from_wire(item, v) for k, v in _expect(data, dict, kind).items()}
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        data = _expect(data, dict, kind)
-        hints, names = _fields_of(kind)
-        if set(data) - names:
-            raise ProtocolError(f"{kind.__name__}: unknown fields {sorted(set(data) - names)}")
-        return kind(**{n: from_wire(hints[n], v) for n, v in data.items()})
-    if isinstance(kind, type) and issubclass(kind, Enum):
-        try:
-            return kind(data)
-        except ValueError:
-            raise ProtocolError(f"{kind.__name__}: no member {data!r}") from None
-    if kind is float and isinstance(data, int) and not isinstance(data, bool):
-        return float(data)
-    return _expect(data, kind, kind)
-
-
-@functools.cache
-def _fields_of(kind: type) -> tuple[dict[str, Any], frozenset[str]]:
-    """A dataclass's type hints (evaluated once: evaluating a string annotation compiles it,
-    some 20 ms for a WorkerSpec, which the fork server's template pays once for every
-    worker: ``warm()``) and field names."""
-    return typing.get_type_hints(kind), frozenset(f.name for f in dataclasses.fields(kind))
-
-
-def warm(kind: Any = None) -> None:
-    """Evaluate the type hints decoding ``kind`` (a WorkerSpec) needs, every dataclass in it
-    too, so that processes forked afterwards need not."""
-    kind = WorkerSpec if kind is None else kind
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        for hint in _fields_of(kind)[0].values():
-            warm(hint)
-    for arg in typing.get_args(kind):
-        warm(arg)
-
-
-def _expect(data: Any, python_type: type, kind: Any) -> Any:
-    if not isinstance(data, python_type) or (isinstance(data, bool) and python_type is not bool):
-        raise ProtocolError(f"expected {kind}, got {data!r}")
-    return data
+    def from_line(cls, line: bytes) -> WorkerSpec:
+        spec = pickle.loads(base64.b64decode(line))
+        if not isinstance(spec, cls):
+            raise ProtocolError(f"expected a {cls.__name__}, got {type(spec).__name__}")
+        return spec

@@ -209,9 +209,6 @@ class Run:
         self.victims: list[TaskRecord] = []
         self._holding: list[TaskRecord] = []           # the victims that may still hold their memory
         self._victim_of_mm: dict[int, TaskRecord] = {}  # id(mm) -> the first victim using it
-        # what keeps the run from being resolved: tasks with steps left, tasks stalled (indexes)
-        self._steps_left = {t.index for t in self.tasks if t.spec.steps}
-        self._stalled: set[int] = set()
         self._scan: OomScan | None = None              # every task as the OOM killer scans it
         self.verdict: Verdict | None = None
         self.first_oom_at: float | None = None
@@ -228,6 +225,11 @@ class Run:
         self._forkserver_done = False                  # every worker made and reported
         self._buf = b""
         self._by_pid: dict[int, TaskRecord] = {}
+        self._unready = len(self.tasks)                # tasks not yet faulted in (READY)
+        self._unresolved: set[int] = set()             # see _track
+        self._in_exit: set[int] = set()
+        for t in self.tasks:
+            self._track(t)
         # this batch's: index -> (pages, where, the memcg over its limit, at, the stall's time.monotonic())
         self._oom_requests: dict[int, tuple[int, str, int, float, float | None]] = {}
         # What each event kind does: a new kind is one entry here (and one in protocol.Event).
@@ -319,7 +321,7 @@ class Run:
     def _spawn(self) -> None:
         """One worker per task, cloned by the fork server; each a child of ours."""
         index = {t.name: t.index for t in self.tasks}
-        requests = [(t.index, self._worker_spec(t, index).to_json()) for t in self.tasks]
+        requests = [(t.index, self._worker_spec(t, index).to_line()) for t in self.tasks]
 
         def made(i: int, w: Worker) -> None:
             t = self.tasks[i]
@@ -349,7 +351,7 @@ class Run:
     def _wait_ready(self, sel) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         starting = {Event.READY: self._on_ready, Event.FAULT: self._on_fault}
-        while not all(t.ready for t in self.tasks):
+        while self._unready:
             self._check_signals()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -419,7 +421,22 @@ class Run:
         t.detached = not st.writer and not any(m == WRITE for _, m in st.queued)
 
     def _on_ready(self, t: TaskRecord, msg: Message, at: float) -> None:
-        t.ready = True
+        if not t.ready:
+            t.ready = True
+            self._unready -= 1
+
+    def _track(self, t: TaskRecord) -> None:
+        """Keep the sets the verdict reads up to date with ``t``'s flags (so that no check of
+        the verdict scans every task): the tasks that keep the run from being resolved
+        (steps not done, or an allocation stalled), and those exiting, not yet exited."""
+        if (t.spec.steps and not (t.steps_done or t.exited)) or (t.stalled and not t.exited):
+            self._unresolved.add(t.index)
+        else:
+            self._unresolved.discard(t.index)
+        if t.exiting and not t.exited:
+            self._in_exit.add(t.index)
+        else:
+            self._in_exit.discard(t.index)
 
     def _on_fault(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.fault = (msg["what"], msg["environment"])
@@ -430,8 +447,7 @@ class Run:
     def _on_alloc_stall(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = True
-        if not t.exited:
-            self._stalled.add(t.index)
+        self._track(t)
 
     def _on_oom_request(self, t: TaskRecord, msg: Message, at: float) -> None:
         # one at a time: the task waits
@@ -440,15 +456,16 @@ class Run:
     def _on_alloc_ok(self, t: TaskRecord, msg: Message, at: float) -> None:
         self._traced(t, msg, at)
         t.stalled = False
-        self._stalled.discard(t.index)
+        self._track(t)
         self._log_reclaim(t, at, "")
 
     def _on_steps_done(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.steps_done = True
-        self._steps_left.discard(t.index)
+        self._track(t)
 
     def _on_exiting(self, t: TaskRecord, msg: Message, at: float) -> None:
         t.exiting = True
+        self._track(t)
 
     def _on_late(self, t: TaskRecord, msg: Message, at: float) -> None:
         self.note_late(msg["late_ms"], msg["where"], t, at)
@@ -514,8 +531,7 @@ class Run:
             return
         t.exited = True
         t.stalled = False
-        self._stalled.discard(t.index)
-        self._steps_left.discard(t.index)
+        self._track(t)
         self.trace("exited", t, at, crashed=t.crashed)
         if self.objects is not None:
             self._release_objects(t, at)
@@ -840,12 +856,12 @@ class Run:
 
     # -- verdict --------------------------------------------------------------
     def _resolved(self) -> bool:
-        """Every task has done its steps (or exited) and none is stalled in an allocation.
-        Asked at every turn of the loop: kept as two sets, not a scan of every task."""
-        return not self._steps_left and not self._stalled
+        """Every task's steps done (or it exited) and no allocation stalled."""
+        return not self._unresolved
 
     def _quiet(self) -> bool:
-        return all(t.exited for t in self.victims) and all(not t.exiting or t.exited for t in self.tasks)
+        """Every victim exited, and no task is half-way through its exit."""
+        return not self._in_exit and all(t.exited for t in self.victims)
 
     def _loop(self, sel) -> None:
         deadline = self.scenario.run_deadline_s

@@ -158,6 +158,7 @@ class Zone:
         opened and checked by emulator.runtime.shm_trust (which it takes over; read-only: a private
         copy). An existing zone not laid out as oomemu lays it out is closed: ValueError."""
         self.run_id = run_id
+        self._own_fd = -1
         self._tlock = threading.Lock()
         if create is not None:
             tasks = list(create.get("tasks", ()))
@@ -245,6 +246,9 @@ class Zone:
         self._memcg_of = struct.Struct(f"={n}i")
         self.dues_off, self._memcg_of_off, self.freezes_off, self.killable_off, self._objects_off = _offsets(n)
         self.dues = struct.Struct(f"={n + 1}d")
+        # every object's charge and memcg in one read: free_pages() is called on every
+        # charge and every trace event, and a run may have thousands of objects
+        self._object_columns = OBJECT_RECORD.columns(self.nr_objects, "charged", "memcg")
         rec = lambda field: tuple(MEMCG_RECORD.get(self.map, field, _memcg_off(i)) for i in range(MAX_MEMCGS))
         self.memcg_tree = MemcgTree(tuple(names.c_string(b) for b in rec("name")), rec("parent"),
                                     tuple(bool(g) for g in rec("oom_group")))
@@ -260,8 +264,23 @@ class Zone:
         self._members = [(m, operator.itemgetter(*tasks) if len(tasks) > 1 else _one(tasks[0]))
                          for m, tasks in sorted(members.items())]
 
+    def own_lock(self) -> None:
+        """An open file of our own for the zone's flock, in a process that inherited this Zone
+        (a fork server's clone): flock locks an open file, which a fork shares, so clones
+        locking the inherited one would not exclude each other."""
+        fd = os.open(names.shm_path(names.zone(self.run_id), False), os.O_RDWR | os.O_CLOEXEC)
+        mine, theirs = os.fstat(fd), os.fstat(self.fd)
+        if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+            os.close(fd)
+            raise ValueError(f"{names.zone(self.run_id)}: not the zone this process maps (replaced?)")
+        self._shm.close_fd()
+        self._own_fd = self.fd = fd
+
     def close(self) -> None:
         unmap(self.map, self._shm)
+        if self._own_fd >= 0:
+            os.close(self._own_fd)
+            self._own_fd = -1
 
     def facts(self) -> RunFacts:
         get = lambda name: ZONE_HEADER.get(self.map, name)
@@ -321,8 +340,11 @@ class Zone:
 
     def charged(self) -> int:
         """Pages charged in all: the tasks' (anon, page tables) and the objects' (page cache, shmem)."""
-        return sum(self._charged.unpack_from(self.map, _TASKS_OFF)) + sum(
-            self.object_charged(k) for k in range(self.nr_objects))
+        return sum(self._charged.unpack_from(self.map, _TASKS_OFF)) + sum(self._objects_charged()[0::2])
+
+    def _objects_charged(self) -> tuple[int, ...]:
+        """(charged, memcg) of every object, flat: charged pages at even indices."""
+        return self._object_columns.unpack_from(self.map, self._objects_off)
 
     def task_charges(self) -> tuple[int, ...]:
         """Every task's charge, in task order: one read of the whole table (unlocked)."""
@@ -340,8 +362,9 @@ class Zone:
         own = [0] * MAX_MEMCGS
         for m, pick in self._members:
             own[m] = sum(pick(charged))
-        for k in range(self.nr_objects):             # page cache and shmem, charged apart
-            own[self.object_field(k, "memcg")] += self.object_charged(k)
+        objects = self._objects_charged()             # page cache and shmem, charged apart
+        for c, m in zip(objects[0::2], objects[1::2]):
+            own[m] += c
         return self.memcg_tree.usage(own)
 
     def memcg_usage(self, index: int) -> int:

@@ -190,11 +190,13 @@ def cmd_trace(a) -> int:
     if not a.perfetto and not a.plot:
         from collections import Counter
         from ..runtime.trace import load_trace
+        from .timeline import build, text
         for path in a.files:
             events = load_trace(path)
             counts = Counter(e["ev"] for e in events)
             print(f"{path}: {len(events)} events over {max(e['t'] for e in events):.3f}s: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+            print("\n".join(text(build(events))))
         return EXIT_OK
     if a.perfetto:
         _write_perfetto(a.files, a.perfetto)
@@ -219,7 +221,7 @@ def cmd_ps(a) -> int:
     warned = set()
 
     def show():
-        text = ps_table(run)
+        text = ps_table(run, show_all=a.all)
         if a.watch and sys.stdout.isatty():
             print("\033[H\033[J", end="")
         print(text, flush=True)
@@ -412,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=_run_speed, default=1.0)
     d.add_argument("--out", metavar="DIR", help="write traces, Perfetto timelines and a picture here")
     d.set_defaults(func=cmd_demo)
-    t = sub.add_parser("trace", help="turn trace files into a Perfetto timeline or a picture")
+    t = sub.add_parser("trace", help="a text timeline of trace files, or a Perfetto timeline or a picture")
     t.add_argument("files", nargs="+", metavar="FILE", help="trace files from 'run --trace' (several: stacked)")
     t.add_argument("--perfetto", metavar="OUT.json", help="Chrome trace-event JSON (ui.perfetto.dev)")
     t.add_argument("--plot", metavar="OUT.png", help="a picture (needs matplotlib: oomemu[plot])")
@@ -420,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("runs", help="the live runs on this machine").set_defaults(func=cmd_runs)
     ps = sub.add_parser("ps", help="the tasks of a live run, read from shared memory")
     ps.add_argument("run")
+    ps.add_argument("--all", action="store_true",
+                    help="a row for every task (past 40 tasks, ps shows the ones in a state worth a row and "
+                         "the next in line by badness, and names the others in one line)")
     ps.add_argument("--watch", action="store_true", help="refresh until Ctrl-C or the run ends")
     ps.add_argument("--interval", type=_bounded(0.1, 3600, "--interval"), default=0.5,
                     help="seconds between refreshes (0.1 to 3600; default 0.5)")

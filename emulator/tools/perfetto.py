@@ -10,7 +10,7 @@ run's emulated microseconds.
 
 from __future__ import annotations
 
-from .timeline import Timeline
+from .timeline import Timeline, is_idle
 
 REAPER_TID = 0
 
@@ -29,7 +29,9 @@ def to_trace_events(timelines: list[Timeline]) -> dict:
                     "args": {"sort_index": n}})
         out.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": REAPER_TID,
                     "args": {"name": "oom_reaper"}})
-        for i, lane in enumerate(tl.lanes, 1):
+        # hundreds of tracks: the tasks that did something first, the idle ones after them
+        ordered = sorted(tl.lanes, key=is_idle)
+        for i, lane in enumerate(ordered, 1):
             out.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": lane.pid,
                         "args": {"name": f"{lane.name} ({lane.pid})"}})
             out.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": lane.pid,

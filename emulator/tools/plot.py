@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .timeline import (D_STATE, EXITING, RUNNING, STALLED, LaneFold, ReaperMark, Timeline, fold_lanes,
-                       story_window)
+                       folded_line, story_window)
 
 COLOURS = {RUNNING: "#d9d9d9", STALLED: "#f4a442", D_STATE: "#8e6cc2", EXITING: "#7a1f1f"}
 VICTIM_EDGE = "#d62728"
@@ -37,6 +37,7 @@ REAPER_STYLES = {
 }
 MEM_IN = 1.1                 # inches for a run's free-memory panel
 MAX_REAP_LABELS = 8          # per run: more "reaped N kB" texts than this would overlap
+FOLDED_RUNS = 3              # task names in the idle row: what fits across the picture at 7 pt
 
 
 def reaper_category(mark: ReaperMark) -> str | None:
@@ -151,12 +152,15 @@ def _draw_run(mem, lanes, tl: Timeline, fold: LaneFold, lo: float, hi: float) ->
     if fold.idle:
         lanes.broken_barh([(0, tl.end)], (row - 0.35, 0.7), facecolors=COLOURS[RUNNING], hatch="//",
                           edgecolors="white")
-        lanes.text(lo, row, "  running throughout, no kill: " + ", ".join(l.name for l in fold.idle[:6])
-                   + (", ..." if len(fold.idle) > 6 else ""), va="center", fontsize=7, clip_on=True)
+        lanes.text(lo, row, "  " + folded_line(fold.idle, "idle task", "running throughout with nothing traced",
+                                                most=FOLDED_RUNS),
+                   va="center", fontsize=7, clip_on=True)
         row += 1
     if fold.hidden:
-        lanes.text(lo, row, f"  {len(fold.hidden)} more tasks had something happen; not drawn "
-                   "(oomemu trace --perfetto shows every task)", va="center", fontsize=7, color="#7a1f1f")
+        lanes.text(lo, row, "  " + folded_line(fold.hidden, "more task", "something traced, not drawn",
+                                                most=FOLDED_RUNS)
+                   + " (oomemu trace FILE lists each; --perfetto draws them)", va="center", fontsize=7,
+                   color="#7a1f1f", clip_on=True)
     _draw_reaper(lanes, tl.reaper)
     for e in tl.events:
         if e["ev"] == "panic":

@@ -33,6 +33,26 @@ count = 50
   mb = 1
 """
 
+SLOW_START = """
+name = "idle400"
+memory_mb = 512
+
+[[task]]
+name = "idle"
+count = 400
+
+  [[task.vma]]
+  kind = "anon"
+  mb = 1
+
+[[task]]
+name = "sleeper"
+
+  [[task.step]]
+  op = "sleep"
+  ms = 30000
+"""
+
 
 def start(*args, session=False):
     return spawn([sys.executable, "-m", "emulator", "run", *args], start_new_session=session)
@@ -111,8 +131,10 @@ def test_a_terminating_signal_tears_everything_down_and_exits_128_plus_n(sig):
 @pytest.mark.parametrize("sig,hold", [(signal.SIGINT, False), (signal.SIGINT, True),
                                       (signal.SIGTERM, True), (signal.SIGHUP, False)])
 def test_a_signal_during_start_up_is_deferred_not_lost(tmp_path, sig, hold):
-    """Ctrl-C while 50 workers start: the run must not go on (it did, and exited 0)."""
-    path = write_scenario(tmp_path, IDLE_50)
+    """Ctrl-C while 400 workers start: the run must not go on (it did, and exited 0).
+    400, since the fork server starts 50 in well under the 0.4 s window; the sleeper keeps
+    a run that started anyway from ending before the signal (it must end at 128 + n too)."""
+    path = write_scenario(tmp_path, SLOW_START)
     rng = random.Random(sig)
     for _ in range(2):
         p = start(path, *(["--hold"] if hold else []))
@@ -125,7 +147,7 @@ def test_a_signal_during_start_up_is_deferred_not_lost(tmp_path, sig, hold):
         finally:
             end_process(p)
         assert p.returncode == 128 + sig, (p.returncode, out, err)
-        assert "oomemu: idle50 under" not in out          # no verdict: the run never ran
+        assert "oomemu: idle400 under" not in out         # no verdict: the run never ran
         assert not workers_of(p.pid) and not objects_of(p.pid)
 
 

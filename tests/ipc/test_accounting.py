@@ -169,3 +169,27 @@ def test_a_charge_walks_up_the_memcg_tree_and_fails_at_the_first_level_over_its_
     finally:
         z.close()
         posix_ipc.unlink_shared_memory(names.zone(rid))
+
+
+def test_the_zones_usage_counts_every_object_in_its_memcg_read_in_one_pass():
+    """free_pages and memcg_usages read all the objects' charges in one struct call (they
+    run at every charge and every trace event): the same sums as object by object."""
+    import random
+    rid = names.new_run_id()
+    rnd = random.Random(13)
+    objects = [("shmem" if k % 3 else "file", k % 3, 64, 0, "") for k in range(500)]
+    zone = Zone(rid, create={"supervisor_pid": os.getpid(), "supervisor_ctime": 0.0, "speed": 1.0,
+                             "total_pages": 64 * PAGES_PER_MB, "scenario": "s", "policy": "p", "tasks": [0, 1, 2],
+                             "memcgs": [("a", -1, 0, False), ("b", -1, 1, False)], "objects": objects})
+    try:
+        for k in range(len(objects)):
+            zone.charge_object(k, rnd.randrange(0, 65))
+        zone.uncharge_object(7, zone.object_charged(7))
+        assert zone.try_charge(1, 100) is None and zone.try_charge(2, 30) is None
+        by_object = [zone.object_charged(k) for k in range(len(objects))]
+        assert zone.free_pages() == 64 * PAGES_PER_MB - 130 - sum(by_object)
+        own = [sum(c for k, c in enumerate(by_object) if k % 3 == m) for m in range(3)]
+        assert zone.memcg_usages()[:3] == [own[0] + own[1] + own[2] + 130, own[1] + own[2] + 130, own[2] + 30]
+    finally:
+        zone.close()
+        posix_ipc.unlink_shared_memory(names.zone(rid))

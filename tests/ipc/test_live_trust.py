@@ -121,3 +121,30 @@ def test_a_read_only_open_copies_the_header_so_truncation_cannot_sigbus(dead_pid
     finally:
         mm.close()
         posix_ipc.unlink_shared_memory(names.mm(run_id, 0))
+
+
+def test_child_status_reads_a_childs_state_and_nothing_of_anyone_elses():
+    """What ps reads of a worker: its state letter while it is a live child of the given
+    parent and the owner's; None once it is a zombie, or for another parent or owner."""
+    import signal
+    import subprocess
+    import sys
+    from emulator.runtime.proc_trust import child_status
+    from tests.helpers import wait_for
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        me, uid = os.getpid(), os.getuid()
+        assert wait_for(lambda: child_status(child.pid, uid, me) == "S", 10)
+        assert child_status(child.pid, uid, me + 1) is None          # not that parent's child
+        assert child_status(child.pid, uid + 1, me) is None          # not that owner's
+        assert child_status(me, uid, os.getppid()) == "R"            # ourselves, reading
+        child.send_signal(signal.SIGSTOP)
+        assert wait_for(lambda: child_status(child.pid, uid, me) == "T", 10)
+        child.send_signal(signal.SIGKILL)
+        assert wait_for(lambda: child_status(child.pid, uid, me) is None, 10)   # a zombie, not reaped
+        assert os.path.exists(f"/proc/{child.pid}")
+    finally:
+        child.kill()
+        child.wait()
+    assert child_status(child.pid, os.getuid(), os.getpid()) is None          # gone
+    assert child_status(0, 0, 1) is None and child_status(-5, 0, 1) is None

@@ -49,3 +49,14 @@ def test_the_hosts_outcome_is_what_most_of_its_runs_gave():
     assert host == Outcome("resolved", 2, ("sparse", "bystander"))
     assert shown == "ok 2: sparse,bystander x2; ok 1: sparse x1"
     assert host_outcome([result("host", "resolved", v) for v in (two, one)])[0] is None     # no majority
+
+
+def test_host_mode_refuses_hundreds_of_tasks_whose_interpreters_would_decide(tmp_path):
+    from emulator import load_scenario
+    from emulator.host.features import HOST_MAX_TASKS, refusals
+    from tests.helpers import write_scenario
+    phone = load_scenario("phone")
+    (why,) = refusals(phone, cgroup_v2=True)
+    assert why.startswith(f"{len(phone.tasks)} tasks: at most {HOST_MAX_TASKS}")
+    text = f'memory_mb = 256\n[[task]]\nname = "t"\ncount = {HOST_MAX_TASKS}\nvma = [{{ kind = "anon", mb = 1 }}]\n'
+    assert refusals(load_scenario(write_scenario(tmp_path, text)), cgroup_v2=True) == []

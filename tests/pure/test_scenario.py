@@ -104,3 +104,66 @@ def test_mmap_sem_mistakes_are_one_line_naming_the_key(tmp_path, steps, key, mes
 def test_mmap_sem_steps_that_load(tmp_path, steps, modes):
     s = load_scenario(write_scenario(tmp_path, MMAP_SEM.format(steps=steps)))
     assert [st.mode for st in s.tasks[1].steps] == modes
+
+
+LADDER = """
+    memory_mb = 512
+    [[task]]
+    name = "cached"
+    count = {count}
+    oom_score_adj = {first}
+    {last}
+    vma = [{{ kind = "anon", mb = 1 }}]
+"""
+
+
+@pytest.mark.parametrize("count, first, last, adjs", [
+    (4, 900, 999, [900, 933, 966, 999]),
+    (3, 700, 700, [700, 700, 700]),
+    (5, 0, -1000, [0, -250, -500, -750, -1000]),       # a ladder may go down
+    (2, -1000, 1000, [-1000, 1000]),
+])
+def test_an_oom_score_adj_ladder_spreads_the_copies_from_first_to_last(tmp_path, count, first, last, adjs):
+    text = LADDER.format(count=count, first=first, last=f"oom_score_adj_last = {last}")
+    s = load_scenario(write_scenario(tmp_path, text))
+    assert [t.oom_score_adj for t in s.tasks] == adjs
+
+
+def test_a_ladder_of_300_cached_apps_takes_every_value_between_its_ends_in_order(tmp_path):
+    s = load_scenario(write_scenario(tmp_path, LADDER.format(count=300, first=900, last="oom_score_adj_last = 999")))
+    adjs = [t.oom_score_adj for t in s.tasks]
+    assert adjs == sorted(adjs) and adjs[0] == 900 and adjs[-1] == 999
+    assert set(adjs) == set(range(900, 1000))          # no rung skipped: 3 apps to a rung, or 4
+
+
+def test_without_a_ladder_every_copy_has_oom_score_adj(tmp_path):
+    s = load_scenario(write_scenario(tmp_path, LADDER.format(count=3, first=500, last="")))
+    assert [t.oom_score_adj for t in s.tasks] == [500, 500, 500]
+
+
+@pytest.mark.parametrize("count, last, says", [
+    (1, "999", "task[0].oom_score_adj_last: cached: a ladder needs count >= 2"),
+    (3, "1001", "task[0].oom_score_adj_last: must be <= 1000, not 1001"),
+    (3, "-1001", "task[0].oom_score_adj_last: must be >= -1000, not -1001"),
+    (3, "999.5", "task[0].oom_score_adj_last: must be a whole number, not 999.5"),
+    (3, '"999"', "task[0].oom_score_adj_last: must be a whole number, not '999'"),
+])
+def test_ladder_mistakes_are_one_line_naming_the_key(tmp_path, count, last, says):
+    path = write_scenario(tmp_path, LADDER.format(count=count, first=900, last=f"oom_score_adj_last = {last}"))
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path)
+    assert str(e.value).startswith(f"{path}: {says}")
+    assert "\n" not in str(e.value)
+
+
+def test_a_task_sharing_an_mm_has_no_ladder_of_its_own(tmp_path):
+    text = LADDER.format(count=2, first=900, last="") + """
+    [[task]]
+    name = "helper"
+    count = 2
+    mm = "cached-1"
+    oom_score_adj_last = 999
+    """
+    path = write_scenario(tmp_path, text)
+    with pytest.raises(ScenarioError, match=r"task\[1\]\.oom_score_adj_last: helper: shares the mm"):
+        load_scenario(path)
