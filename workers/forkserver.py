@@ -46,24 +46,23 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import platform
 import signal
+import time
+
+from emulator.runtime.forkserver import CLONE_PARENT, clone_syscall
 
 #: What the template's ``--index`` says; a worker writes its index over it (so at most
 #: this many digits).
 PLACEHOLDER = "template"
 
-CLONE_PARENT = 0x00008000
-# clone(2)'s number; its first argument is the flags everywhere, and the others
-# (stack, tid pointers, tls) are all 0 here, so their order does not matter.
-SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+# Called through PyDLL, which keeps the GIL (a CDLL call lets go of it): between
+# PyOS_BeforeFork and PyOS_AfterFork_* the interpreter stays as os.fork() leaves it.
+_syscall = ctypes.PyDLL(None, use_errno=True).syscall
+_syscall.restype = ctypes.c_long
 
 
 def _clone_args() -> tuple | None:
-    number = SYS_CLONE.get(platform.machine())
+    number = clone_syscall()
     if number is None:
         return None
     zero = ctypes.c_long(0)
@@ -75,12 +74,16 @@ _CLONE_ARGS = _clone_args()     # made once: each object the template makes per 
 
 def clone_parent() -> int:
     """fork(), but the child's parent is our parent (CLONE_PARENT). Returns 0 in the
-    child, the child's pid in the caller; OSError if the kernel refuses."""
-    if _CLONE_ARGS is None:
-        raise OSError(0, f"the fork server does not know clone(2) on {platform.machine()}")
+    child, the child's pid in the caller; OSError if the kernel refuses.
+
+    The raw syscall skips glibc's fork bookkeeping in the child: its cached thread id
+    is still the template's (``pthread_getcpuclockid(pthread_self())`` fails) and no
+    robust-futex list is registered. Nothing a worker uses depends on either (no
+    thread-id-addressed pthread call, no robust, PI or error-checking mutex); a worker
+    that needed one would have to be made by :func:`fork_reparented` instead."""
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    pid = _libc.syscall(*_CLONE_ARGS)
+    pid = _syscall(*_CLONE_ARGS)
     if pid == 0:
         api.PyOS_AfterFork_Child()
         return 0
@@ -88,6 +91,37 @@ def clone_parent() -> int:
     api.PyOS_AfterFork_Parent()
     if pid < 0:
         raise OSError(err, f"clone(CLONE_PARENT): {os.strerror(err)}")
+    return pid
+
+
+def fork_reparented() -> int:
+    """Where clone(CLONE_PARENT) is not known (another architecture, a 32-bit userland):
+    fork twice and let the middle process exit, so that the worker is reparented to the
+    supervisor, which made itself a child subreaper for the spawning. Returns as
+    clone_parent does; the worker returns once it is no longer the middle's child (its
+    new parent is checked by the caller, after PR_SET_PDEATHSIG: were the supervisor gone,
+    it would be init or another subreaper)."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        os.close(r)
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            while os.getppid() == me:                 # the middle exits at once
+                time.sleep(0.0001)
+            return 0
+        os.write(w, b"%d" % pid)
+        os._exit(0)
+    os.close(w)
+    try:
+        pid = int(os.read(r, 32) or b"-1")
+    finally:
+        os.close(r)
+        os.waitpid(middle, 0)
+    if pid < 0:
+        raise OSError(0, "fork: the middle process died")
     return pid
 
 
@@ -113,19 +147,30 @@ class IndexSlot:
             ctypes.memmove(self.address, data.ljust(len(PLACEHOLDER), b"\0"), len(PLACEHOLDER))
 
 
-def serve(run_id: str, requests: int, replies: int, prepare, become_worker) -> int:
+def serve(run_id: str, requests: int, replies: int, prepare, become_worker, mode: str = "clone") -> int:
     """The template's life. Read every request (until EOF), ``prepare(run_id, [(index,
     spec_line)])`` once, which returns ``(index, arg)`` pairs (what needs computing or opening
     for every worker alike is done there, before the first clone, in memory of the template's
-    own), then for each pair clone a worker and tell its pid. A clone calls
-    ``become_worker(index, arg)``, which never returns (os._exit)."""
+    own), then for each pair make a worker (``mode``: "clone", or "fork" for
+    :func:`fork_reparented`) and tell its pid. A worker calls ``become_worker(index, arg)``,
+    which never returns (os._exit). A request stream cut short (the supervisor was
+    interrupted) makes no worker; a failure is one line on REP (``! ERRNO WHAT``), never a
+    traceback on the user's terminal."""
     data = bytearray()
     while chunk := os.read(requests, 1 << 16):
         data += chunk
     os.close(requests)
-    lines = [line.partition(b" ") for line in bytes(data).split(b"\n") if line]
-    work = prepare(run_id, [(int(index), spec) for index, _, spec in lines])
+    if not data.endswith(b"\n"):
+        return 1                                      # none, or cut short: the run is ending
+    try:
+        lines = [line.partition(b" ") for line in bytes(data).split(b"\n") if line]
+        work = prepare(run_id, [(int(index), spec) for index, _, spec in lines])
+    except Exception as e:                            # the run's objects went away, or garbage
+        _tell(replies, b"! %d %s\n" % (getattr(e, "errno", None) or 0,
+                                       f"{type(e).__name__}: {e}".encode(errors="replace")[:300]))
+        return 2
     del data, lines
+    make = clone_parent if mode == "clone" else fork_reparented
     slot = IndexSlot()
     gc.collect()
     gc.freeze()
@@ -133,19 +178,26 @@ def serve(run_id: str, requests: int, replies: int, prepare, become_worker) -> i
         for index, arg in work:
             slot.write(str(index))
             try:
-                pid = clone_parent()
+                pid = make()
             except OSError as e:                      # EAGAIN, ENOMEM: the machine's limits
-                os.write(replies, b"! %d %s\n" % (e.errno, e.strerror.encode()[:200]))
+                _tell(replies, b"! %d %s\n" % (e.errno or 0, (e.strerror or str(e)).encode()[:200]))
                 return 2
             if pid == 0:
                 os.close(replies)
                 become_worker(index, arg)
                 os._exit(1)                           # not reached
-            reply = b"%d %d\n" % (index, pid)
-            while reply:
-                reply = reply[os.write(replies, reply):]
-    except BrokenPipeError:
-        return 1                                      # the supervisor gave up on us: it kills the clones
+            if not _tell(replies, b"%d %d\n" % (index, pid)):
+                return 1                              # the supervisor gave up on us: it kills the clones
     finally:
         slot.write(PLACEHOLDER)
     return 0
+
+
+def _tell(fd: int, data: bytes) -> bool:
+    """Write it all; False if the supervisor no longer reads (it was interrupted)."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except BrokenPipeError:
+        return False
+    return True

@@ -133,7 +133,10 @@ class WorkerTask:
         """An event at emulated time ``at`` (default: the plan, the time the task is at)."""
         data = encode(kind, self.index, self.t_plan if at is None else at, **fields)
         while data:
-            n = os.write(self.fd, data)
+            try:
+                n = os.write(self.fd, data)
+            except BrokenPipeError:           # the supervisor is gone (its death signal is on its way)
+                os._exit(1)
             data = data[n:]
 
     # -- signals ----------------------------------------------------------
@@ -690,6 +693,8 @@ def main(argv=None) -> int:
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--serve", metavar="REQ,REP", required=True,
                    help="the fork server's request and reply pipes: clone a worker per request")
+    p.add_argument("--mode", choices=("clone", "fork"), default="clone",
+                   help="clone(CLONE_PARENT), or fork twice to be reparented to a subreaper supervisor")
     a = p.parse_args(argv)
     set_pdeathsig()
     if os.getppid() != a.parent:                  # the supervisor died before prctl
@@ -703,7 +708,7 @@ def main(argv=None) -> int:
     raise_oom_score_adj()
     requests, replies = (int(x) for x in a.serve.split(","))
     return serve(a.run, requests, replies, lambda run_id, reqs: prepare(run_id, a.parent, a.fd, reqs),
-                 become_worker)
+                 become_worker, a.mode)
 
 
 if __name__ == "__main__":

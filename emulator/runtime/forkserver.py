@@ -16,17 +16,32 @@ as children of ours with the run's command line and killed too
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import select
 import selectors
 import signal
 import subprocess
 import sys
+import struct
 import time
 
 import psutil
 
-from .proc_trust import is_worker
+#: How the template makes a worker: clone(CLONE_PARENT), which this architecture's
+#: syscall number is known for (its first argument is the flags everywhere, and the
+#: others, all 0 here, are in the same places but on s390), on a 64-bit userland.
+CLONE_PARENT = 0x00008000
+SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def clone_syscall() -> int | None:
+    """clone(2)'s number here, or None: then workers are forked twice and reparented."""
+    if struct.calcsize("P") != 8:
+        return None                   # a 32-bit userland on a 64-bit kernel: another table
+    return SYS_CLONE.get(platform.machine())
 
 #: Real seconds the template may take to start and clone every worker before the
 #: run gives up on it; generous: a loaded 2-core machine starts 1,000 in about a second.
@@ -91,8 +106,14 @@ class Worker:
 class ForkServer:
     """The run's template process. :meth:`spawn` once, then :meth:`close` (always)."""
 
-    def __init__(self, run_id: str, events_fd: int):
+    def __init__(self, run_id: str, events_fd: int, mode: str | None = None):
         self.run_id = run_id
+        # "clone": each worker a clone (CLONE_PARENT) of the template, our child at once.
+        # "fork": forked twice and reparented to us, a child subreaper while spawning.
+        self.mode = mode or ("clone" if clone_syscall() is not None else "fork")
+        self._subreaper_was = None
+        if self.mode == "fork":
+            self._subreaper_was = _subreaper(True)
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
         env = dict(os.environ)
@@ -102,11 +123,13 @@ class ForkServer:
             # Ctrl-\, Ctrl-Z and hangup go to the supervisor alone.
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.task", "--run", run_id, "--index", "template",
-                 "--parent", str(os.getpid()), "--fd", str(events_fd), "--serve", f"{req_r},{rep_w}"],
+                 "--parent", str(os.getpid()), "--fd", str(events_fd), "--serve", f"{req_r},{rep_w}",
+                 "--mode", self.mode],
                 pass_fds=(events_fd, req_r, rep_w), stdin=subprocess.DEVNULL, env=env, process_group=0)
         except BaseException:
             for fd in (self._req_w, self._rep_r):
                 os.close(fd)
+            self._restore_subreaper()
             raise
         finally:
             os.close(req_r)
@@ -149,9 +172,11 @@ class ForkServer:
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
-                        if line.startswith(b"!"):     # clone(2) failed: errno, strerror
+                        if line.startswith(b"!"):     # it failed: errno (0: not the machine's), what
                             _, err, why = line.split(b" ", 2)
-                            raise OSError(int(err), why.decode(errors="replace"))
+                            if int(err):
+                                raise OSError(int(err), why.decode(errors="replace"))
+                            raise ForkServerDied(f"the fork server failed: {why.decode(errors='replace')}")
                         index, pid = (int(x) for x in line.split())
                         made(index, Worker(pid))
                         n += 1
@@ -165,36 +190,67 @@ class ForkServer:
                else f"exit code {code}")
         return f"the fork server ({how}) stopped after making {made} of {wanted} workers"
 
-    def close(self) -> None:
-        """Make sure the template is gone and reaped; close our pipe ends. Idempotent."""
+    def close(self, kill: bool = False) -> None:
+        """Make sure the template is gone and reaped (``kill``: at once, mid-spawn; else
+        it is waited for, as it exits once every worker is made); close our pipe ends.
+        Idempotent."""
         for attr in ("_req_w", "_rep_r"):
             fd = getattr(self, attr)
             if fd >= 0:
                 os.close(fd)
                 setattr(self, attr, -1)
         if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
             try:
-                self.proc.wait(timeout=5)     # it exits at EOF on its requests
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._restore_subreaper()
+
+    def _restore_subreaper(self) -> None:
+        if self._subreaper_was is not None:
+            _subreaper(self._subreaper_was)
+            self._subreaper_was = None
 
 
-def kill_unreported(run_id: str, known: set[int]) -> list[int]:
-    """Children of ours that are workers of ``run_id`` but not in ``known`` (the template
-    cloned them and died before saying so): SIGKILL and reap each; their pids."""
+def _subreaper(on: bool) -> bool:
+    """PR_SET_CHILD_SUBREAPER; returns what it was."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    was = ctypes.c_int(0)
+    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+    return bool(was.value)
+
+
+def kill_unreported(pgid: int, known: set[int]) -> list[int]:
+    """Children of ours in process group ``pgid`` (the template's, which its clones share:
+    zombies show theirs too, where a command line cannot be read) but not in ``known``
+    (made, and not reported before the template died or the run was interrupted): SIGKILL
+    and reap each; their pids."""
     out = []
-    for child in psutil.Process().children():
-        if child.pid in known:
+    for pid in _children():
+        if pid in known:
             continue
         try:
-            if not is_worker(child.cmdline(), run_id):
+            if os.getpgid(pid) != pgid:
                 continue
-            w = Worker(child.pid)
-        except (psutil.Error, ProcessLookupError):
+            w = Worker(pid)
+        except (ProcessLookupError, OSError):
             continue
         w.send_signal(signal.SIGKILL)
         w.wait(10)
         w.close()
-        out.append(child.pid)
+        out.append(pid)
     return out
+
+
+def _children() -> list[int]:
+    """Our children's pids, zombies included."""
+    try:
+        return [c.pid for c in psutil.Process().children()]
+    except psutil.Error:
+        return []

@@ -23,7 +23,7 @@ from .zone import zone_size
 
 WORKER_MEMORY_MB = 4            # a worker's own memory beside the emulated pages: a clone of the fork
                                 # server's template writes (copies) about 2.5 MiB of it (make bench)
-FDS_PER_TASK = 2                # the supervisor keeps a pidfd and the mm's fd per task
+FDS_PER_TASK = 3                # the supervisor keeps a pidfd, the mm's fd and mmap's own dup of it per task
 FDS_BASE = 64
 
 
@@ -32,7 +32,7 @@ def needs(scenario: Scenario) -> dict[str, int]:
     n = len(scenario.tasks)
     shm = round(scenario.memory_mb * PAGES_PER_MB) * PAGE_SIZE + n * HEADER_SIZE + zone_size(n, len(scenario.objects))
     return {"shm": shm, "memory": shm + ((n + 1) * WORKER_MEMORY_MB << 20),
-            "fds": FDS_BASE + FDS_PER_TASK * n + len(scenario.objects)}
+            "fds": FDS_BASE + FDS_PER_TASK * n + 2 * len(scenario.objects)}
 
 
 def check_room(scenario: Scenario) -> None:

@@ -1131,11 +1131,11 @@ class Run:
             self.reaper.stop()
         if self.tracer is not None:
             self.tracer.close()
-        self._kill_workers()
-        if self._forkserver is not None:
-            self._forkserver.close()
+        if self._forkserver is not None:          # first: it makes no more workers
+            self._forkserver.close(kill=not self._forkserver_done)
             if not self._forkserver_done:         # it may have made workers it did not report
-                kill_unreported(self.run_id, {t.pid for t in self.tasks if t.proc is not None})
+                kill_unreported(self._forkserver.proc.pid, {t.pid for t in self.tasks if t.proc is not None})
+        self._kill_workers()
         for t in self.tasks:
             if t.proc is not None:
                 t.proc.close()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import psutil
 import pytest
 
 from emulator.runtime import forkserver, names
+from tests.helpers import end_process, spawn, wait_for, workers_of
 from emulator.runtime.supervisor import Run, RunFault
 from emulator.scenario import parse_scenario
 
@@ -28,6 +30,7 @@ def idle(n: int, name: str = "idle"):
 
 
 def children_of_run(run_id: str) -> list[psutil.Process]:
+    """Live children of ours that are workers (or the template) of ``run_id``."""
     out = []
     for c in psutil.Process().children():
         try:
@@ -39,12 +42,21 @@ def children_of_run(run_id: str) -> list[psutil.Process]:
     return out
 
 
+@pytest.fixture
+def no_child_left():
+    """Every child process the test made is gone and reaped (a zombie is one left unreaped)."""
+    before = {c.pid for c in psutil.Process().children()}
+    yield
+    left = [c for c in psutil.Process().children() if c.pid not in before]
+    assert not left, [(c.pid, c.status()) for c in left]
+
+
 def oom_score_adj(pid: int) -> int:
     with open(f"/proc/{pid}/oom_score_adj") as f:
         return int(f.read())
 
 
-def test_every_worker_is_a_child_of_the_supervisor_named_by_its_index():
+def test_every_worker_is_a_child_of_the_supervisor_named_by_its_index(no_child_left):
     seen = {}
 
     def at_time_0(run):
@@ -69,15 +81,42 @@ def test_every_worker_is_a_child_of_the_supervisor_named_by_its_index():
     assert not children_of_run(run.run_id)
 
 
-def test_workers_of_two_runs_at_once_keep_their_own_indexes():
-    """Each run has its own template; the index written into argv is per clone."""
-    a, b = Run(idle(5, "a"), policy="v6.6", speed=10), Run(idle(7, "b"), policy="v6.6", speed=10)
-    assert a.execute().verdict == "resolved"
-    assert b.execute().verdict == "resolved"
-    assert {t.pid for t in a.tasks}.isdisjoint({t.pid for t in b.tasks})
+def test_workers_of_two_runs_at_once_keep_their_own_indexes(tmp_path):
+    """Two held runs side by side: each template writes its own workers' indexes."""
+    path = tmp_path / "two.toml"
+    path.write_text('name = "two"\nmemory_mb = 64\n[[task]]\nname = "t"\ncount = 30\n'
+                    '  [[task.vma]]\n  kind = "anon"\n  mb = 1\n')
+    runs = [spawn([sys.executable, "-m", "emulator", "run", str(path), "--hold"]) for _ in range(2)]
+    try:
+        for p in runs:
+            assert wait_for(lambda: len(workers_of(p.pid)) == 30, timeout=60), "the run did not start"
+        for p in runs:
+            cmds = [w.cmdline() for w in workers_of(p.pid)]
+            assert sorted(int(c[c.index("--index") + 1]) for c in cmds) == list(range(30))
+            (run_id,) = {c[c.index("--run") + 1] for c in cmds}          # one run's, and its own
+            assert run_id.startswith(f"{p.pid}-")
+    finally:
+        for p in runs:
+            end_process(p)
+    for p in runs:
+        assert not workers_of(p.pid)
 
 
-def test_a_template_that_dies_half_way_ends_the_run_and_leaves_nothing(monkeypatch):
+def test_workers_forked_twice_and_reparented_where_clone_is_unknown(monkeypatch, no_child_left):
+    """On an architecture whose clone(2) the fork server does not know, workers are forked
+    twice and reparented to the supervisor (a child subreaper while spawning): the same run,
+    the same children, and the subreaper flag as it was."""
+    monkeypatch.setattr(forkserver, "clone_syscall", lambda: None)
+    run = Run(idle(20), policy="v6.6", speed=10,
+              on_start=lambda run: parents.update({t.index: psutil.Process(t.pid).ppid() for t in run.tasks}))
+    parents: dict[int, int] = {}
+    assert run.execute().verdict == "resolved"
+    assert run._forkserver.mode == "fork"
+    assert sorted(parents) == list(range(21)) and set(parents.values()) == {os.getpid()}
+    assert forkserver._subreaper(False) is False
+
+
+def test_a_template_that_dies_half_way_ends_the_run_and_leaves_nothing(monkeypatch, no_child_left):
     """SIGKILL to the template once it has made 3 workers: the run ends with the cause, and
     the workers it made (reported or not) are killed and reaped; no object stays."""
     real_spawn = forkserver.ForkServer.spawn
