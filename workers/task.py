@@ -657,6 +657,7 @@ class RunShared:
     def __init__(self, run_id: str, parent: int, fd: int, locks: tuple[str, ...]):
         self.run_id, self.parent, self.fd = run_id, parent, fd
         self.zone = Zone(run_id)
+        self.nice = os.getpriority(os.PRIO_PROCESS, parent)      # the template's may be higher
         self.start = posix_ipc.Semaphore(names.start(run_id))
         self.locks = {n: posix_ipc.Semaphore(names.lock(run_id, n)) for n in locks}
 
@@ -677,6 +678,7 @@ def become_worker(index: int, arg: tuple[WorkerSpec, RunShared]) -> None:
         set_pdeathsig()                           # not inherited: armed again, tied to our new parent
         if os.getppid() != shared.parent:         # the supervisor died before prctl
             os._exit(1)
+        os.setpriority(os.PRIO_PROCESS, 0, shared.nice)
         shared.zone.own_lock()                    # flock is per open file: one of our own
         task = WorkerTask(shared, index, spec)
         task.run()

@@ -64,7 +64,7 @@ def test_every_worker_is_a_child_of_the_supervisor_named_by_its_index(no_child_l
             p = psutil.Process(t.pid)
             cmd = p.cmdline()
             seen[t.index] = (p.ppid(), cmd[cmd.index("--index") + 1], cmd[cmd.index("--run") + 1],
-                             oom_score_adj(t.pid))
+                             oom_score_adj(t.pid), os.getpriority(os.PRIO_PROCESS, t.pid))
         seen["template"] = [c.pid for c in children_of_run(run.run_id)
                             if "template" in c.cmdline()]
 
@@ -73,11 +73,12 @@ def test_every_worker_is_a_child_of_the_supervisor_named_by_its_index(no_child_l
     assert result.verdict == "resolved", result.error
     assert seen.pop("template") == [], "the template outlived the spawning"
     assert sorted(seen) == list(range(41))
-    for index, (ppid, shown, run_id, adj) in seen.items():
+    for index, (ppid, shown, run_id, adj, nice) in seen.items():
         assert ppid == os.getpid()
         assert shown == str(index)
         assert run_id == run.run_id
         assert adj == 1000           # the real OOM killer takes emulator workers first
+        assert nice == os.getpriority(os.PRIO_PROCESS, 0)    # not the template's boost
     assert not children_of_run(run.run_id)
 
 
