@@ -5,7 +5,7 @@ and 11 MiB of its own each. The template is that interpreter, started once per
 run with everything a worker needs imported; for each request it clones itself,
 and the clone becomes the worker at once (``workers.task.become_worker``).
 
-    python -m workers.task --run RUN --index template --parent PID --fd FD --serve REQ,REP
+    python -m workers.task --run RUN --index template --parent PID --fd FD --serve REQ,REP --mode clone
 
 How, and the invariants:
 
@@ -15,7 +15,10 @@ How, and the invariants:
 * **The supervisor's children.** The clone is made with ``CLONE_PARENT``: its
   parent is the template's parent, the supervisor, which thus holds a pidfd
   on it, reaps it with ``waitid`` and learns its exit status, exactly as for a
-  child it forked itself. The template need not outlive the spawning.
+  child it forked itself. The template need not outlive the spawning. Where
+  clone(2)'s number is not known (``--mode fork``), a worker is forked twice
+  and reparented to the supervisor, a child subreaper while spawning
+  (:func:`fork_reparented`).
 * **Dies with the run.** ``PR_SET_PDEATHSIG`` is not inherited across a
   clone and is tied to the parent *thread*: each worker arms it again (its
   parent is now the supervisor's thread that started the template) and then
@@ -35,10 +38,15 @@ How, and the invariants:
   would do alike is done once in the template before the first clone: the
   signal mask and the oom_score_adj (inherited), every WorkerSpec decoded,
   the run's zone and run-wide semaphores opened (``workers.task.prepare``).
+  The supervisor gives the template a higher priority where it may (the
+  template is the start-up's serial part); each clone takes back the
+  supervisor's first thing.
 
 The protocol: every request, ``INDEX SPEC\\n`` (SPEC: ``WorkerSpec.to_line()``),
 in on REQ until EOF; then one ``INDEX PID\\n`` out on REP for each worker, as it
-is made, or ``! ERRNO STRERROR\\n`` if a clone fails; then the template exits.
+is made, or ``! ERRNO WHAT\\n`` if it fails (ERRNO 0: not the machine's doing); then
+the template exits. A request stream not ending in a newline (the supervisor was
+interrupted) makes no worker.
 """
 
 from __future__ import annotations
