@@ -77,8 +77,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    libc = _libc
-    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+    if _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 

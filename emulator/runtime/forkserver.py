@@ -10,7 +10,7 @@ here holds it by a pidfd, from which the supervisor learns of its death at once
 (the pidfd turns readable) and reaps it (``waitid(P_PIDFD)``). The template exits
 once every worker is made; a template that dies before that ends the run
 (:class:`ForkServerDied`), and the clones it made and did not report are found
-as children of ours with the run's command line and killed too
+as children of ours in its process group and killed too
 (:func:`kill_unreported`).
 """
 
@@ -23,8 +23,8 @@ import select
 import selectors
 import signal
 import subprocess
-import sys
 import struct
+import sys
 import time
 
 import psutil
@@ -43,6 +43,7 @@ def clone_syscall() -> int | None:
     if struct.calcsize("P") != 8:
         return None                   # a 32-bit userland on a 64-bit kernel: another table
     return SYS_CLONE.get(platform.machine())
+
 
 #: Real seconds the template may take to start and clone every worker before the
 #: run gives up on it; generous: a loaded 2-core machine starts 1,000 in about a second.

@@ -7,8 +7,8 @@ One process, two threads:
   one worker per task cloned from the fork server's template
   (``workers/task.py``, given a ``protocol.WorkerSpec``; each a child of
   ours), then waits on one FIFO (events from every worker, dispatched by
-  kind through a table) and one pidfd per worker (deaths). Work per event does not depend on the number of idle tasks,
-  except a real OOM kill, which scans every task as the kernel's
+  kind through a table) and one pidfd per worker (deaths). Work per event
+  does not depend on the number of idle tasks, except a real OOM kill, which scans every task as the kernel's
   ``select_bad_process`` does: every task's badness bounded by one read of
   the zone's charge table, the tasks that can win read in full (``oom_scan``).
 * the ``oom_reaper`` thread (``emulator.runtime.reaper``).
@@ -55,9 +55,9 @@ from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
 from . import machine, names, signals
-from .forkserver import ForkServer, ForkServerDied, Worker, kill_unreported
 from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_for, late_ms, release_slot,
                     stop_holding, tolerance_ms)
+from .forkserver import ForkServer, ForkServerDied, Worker, kill_unreported
 from .klog import KernelLog
 from .mm import J_CHARGE, J_ZAP, MM_HEADER, Mm
 from .objects import RunObjects
@@ -1143,7 +1143,6 @@ class Run:
         if self.objects is not None:
             self.objects.close()
         self.resources.remove()
-
 
 
 def _round(real_s: float | None) -> float | None:
