@@ -97,7 +97,7 @@ def start_clock(zone, t0: float, slots) -> None:
     live ones: a task that died before time 0 would never give its back)."""
     slots = set(slots)
     n = zone.nr_tasks
-    zone.map[zone.freezes_off:zone.freezes_off + n + 1] = bytes(i in slots for i in range(n + 1))
+    zone.map[zone.freezes_off:zone.freezes_off + zone.nr_slots] = bytes(i in slots for i in range(zone.nr_slots))
     ZONE_HEADER.set(zone.map, "frozen", len(slots))
     ZONE_HEADER.set(zone.map, "clock", -0.0 if slots else t0)
 

@@ -84,6 +84,13 @@ ZONE_HEADER = Record(
     ("held_s", "d"),                   # real seconds the clock held for late sleepers, in all
     ("held_max_s", "d"),               # ... and the longest hold
     ("total_pages", "q"),
+    ("swap_pages", "q"),               # the swap device's size (0: no swap)
+    ("swap_used", "q"),                # pages on it
+    # /proc/pressure/memory as the run's PSI (emulator.kernel.psi) last showed it: the averages in
+    # the kernel's fixed point (FSHIFT 11), the totals in us; written by the supervisor only
+    ("psi_some_avg10", "q"), ("psi_some_avg60", "q"), ("psi_some_avg300", "q"), ("psi_some_total_us", "q"),
+    ("psi_full_avg10", "q"), ("psi_full_avg60", "q"), ("psi_full_avg300", "q"), ("psi_full_total_us", "q"),
+    ("psi_at", "d"),                   # the emulated time of those figures
     ("nr_tasks", "q"),
     ("nr_objects", "q"),
     ("scenario", f"{MAX_NAME_BYTES}s"),
@@ -91,15 +98,21 @@ ZONE_HEADER = Record(
     ("memcgs", f"{MAX_MEMCGS * MEMCG_RECORD.size}s"),
 )
 # Then, from the next page: the charge of each task's mm (nr_tasks of CHARGE); the time
-# each clock slot waits for (nr_tasks + 1 of DUE: each task's, then the supervisor's);
-# each task's memcg (nr_tasks of MEMCG_OF); how many freezes each clock slot holds
-# (nr_tasks + 1 bytes); whether each slot waits killably (nr_tasks + 1 bytes); then,
-# 8-byte aligned, the object table (nr_objects of OBJECT_RECORD).
+# each clock slot waits for (nr_tasks + 2 of DUE: each task's, then the supervisor's, then
+# the user-space daemon's); each task's memcg (nr_tasks of MEMCG_OF); how many freezes each
+# clock slot holds (nr_tasks + 2 bytes); whether each slot waits killably (nr_tasks + 2
+# bytes); then, 8-byte aligned, the object table (nr_objects of OBJECT_RECORD).
 CHARGE, DUE, MEMCG_OF = struct.Struct("=q"), struct.Struct("=d"), struct.Struct("=i")
 _TASKS_OFF = -(-ZONE_HEADER.size // PAGE_SIZE) * PAGE_SIZE
 _MEMCGS_OFF = ZONE_HEADER.offset("memcgs")
 ZONE_HEADER.check_aligned("supervisor_ctime", "t0", "speed", "clock", "min_due", "frozen", "held_s",
-                          "held_max_s", "total_pages", "nr_tasks", "nr_objects")
+                          "held_max_s", "total_pages", "swap_pages", "swap_used", "psi_some_avg10",
+                          "psi_some_total_us", "psi_full_avg10", "psi_full_total_us", "psi_at", "nr_tasks",
+                          "nr_objects")
+#: the zone's PSI fields, in the order PsiGroup.pressure's figures come
+PSI_FIELDS = ("psi_some_avg10", "psi_some_avg60", "psi_some_avg300", "psi_some_total_us",
+              "psi_full_avg10", "psi_full_avg60", "psi_full_avg300", "psi_full_total_us")
+SLOTS_AFTER_TASKS = 2                      # the supervisor's clock slot, then the daemon's
 OBJECT_RECORD.check_aligned("charged", "size", "dirty")
 assert OBJECT_RECORD.size % 8 == 0
 assert _TASKS_OFF % 8 == 0                 # each task's charge: one aligned store
@@ -120,11 +133,12 @@ def zone_size(nr_tasks: int, nr_objects: int = 0) -> int:
 def _offsets(n: int) -> tuple[int, int, int, int, int]:
     """Where the dues, the memcgs, the freezes, the killable flags and the object table
     of a zone of ``n`` tasks begin."""
+    slots = n + SLOTS_AFTER_TASKS
     dues = _TASKS_OFF + CHARGE.size * n                   # 8-byte aligned, as the charges
-    memcg_of = dues + DUE.size * (n + 1)
+    memcg_of = dues + DUE.size * slots
     freezes = memcg_of + MEMCG_OF.size * n
-    killable = freezes + n + 1
-    return dues, memcg_of, freezes, killable, -(-(killable + n + 1) // 8) * 8
+    killable = freezes + slots
+    return dues, memcg_of, freezes, killable, -(-(killable + slots) // 8) * 8
 
 
 def _memcg_off(index: int) -> int:
@@ -178,6 +192,7 @@ class Zone:
             for name, value in (("magic", MAGIC), ("supervisor_pid", create["supervisor_pid"]),
                                 ("uid", os.getuid()), ("supervisor_ctime", create["supervisor_ctime"]),
                                 ("speed", create["speed"]), ("total_pages", create["total_pages"]),
+                                ("swap_pages", create.get("swap_pages", 0)),
                                 ("nr_tasks", len(tasks)), ("nr_objects", len(objects)),
                                 ("scenario", create["scenario"].encode()),
                                 ("policy", create["policy"].encode())):
@@ -196,7 +211,7 @@ class Zone:
                                      ("dirty", dirty), ("name", oname.encode())):
                     OBJECT_RECORD.set(self.map, field, value, self._object_off(k))
             struct.pack_into(f"={len(tasks)}i", self.map, self._memcg_of_off, *tasks)
-            self.dues.pack_into(self.map, self.dues_off, *[math.inf] * (len(tasks) + 1))
+            self.dues.pack_into(self.map, self.dues_off, *[math.inf] * (len(tasks) + SLOTS_AFTER_TASKS))
             ZONE_HEADER.set(self.map, "min_due", math.inf)
             self._index_memcgs()
         elif (why := self._not_a_zone()) is not None:
@@ -245,7 +260,7 @@ class Zone:
         self._charged = struct.Struct(f"={n}q")
         self._memcg_of = struct.Struct(f"={n}i")
         self.dues_off, self._memcg_of_off, self.freezes_off, self.killable_off, self._objects_off = _offsets(n)
-        self.dues = struct.Struct(f"={n + 1}d")
+        self.dues = struct.Struct(f"={n + SLOTS_AFTER_TASKS}d")
         # every object's charge and memcg in one read: free_pages() is called on every
         # charge and every trace event, and a run may have thousands of objects
         self._object_columns = OBJECT_RECORD.columns(self.nr_objects, "charged", "memcg")
@@ -314,6 +329,30 @@ class Zone:
     def supervisor_slot(self) -> int:
         """The clock slot of the supervisor (the tasks' are their indexes)."""
         return self.nr_tasks
+
+    @property
+    def daemon_slot(self) -> int:
+        """The clock slot of the run's user-space process (workers/userspace.py)."""
+        return self.nr_tasks + 1
+
+    @property
+    def nr_slots(self) -> int:
+        return self.nr_tasks + SLOTS_AFTER_TASKS
+
+    # -- memory pressure and swap, as the supervisor publishes them ------------------
+    def publish_psi(self, figures: tuple[int, ...], at: float) -> None:
+        """The PSI figures (PSI_FIELDS' order) as the run's PsiGroup showed them at ``at``."""
+        for name, value in zip(PSI_FIELDS, figures):
+            ZONE_HEADER.set(self.map, name, value)
+        ZONE_HEADER.set(self.map, "psi_at", at)
+
+    def psi(self) -> tuple[tuple[int, ...], float]:
+        """(the PSI figures in PSI_FIELDS' order, the emulated time they are of)."""
+        return tuple(ZONE_HEADER.get(self.map, n) for n in PSI_FIELDS), ZONE_HEADER.get(self.map, "psi_at")
+
+    def swap(self) -> tuple[int, int]:
+        """(the swap device's pages, pages on it)."""
+        return ZONE_HEADER.get(self.map, "swap_pages"), ZONE_HEADER.get(self.map, "swap_used")
 
     @property
     def clock_word(self) -> float:

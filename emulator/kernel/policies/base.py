@@ -168,6 +168,8 @@ class ReaperPolicy:
     EXIT_MMAP: ClassVar[ExitMmapRules] = ExitMmapRules()
     #: after a reap, this much left (rss, unreapable VMAs, page tables) is "substantial"
     SUBSTANTIAL_PAGES = 256                 # 1 MB
+    #: the user-space OOM daemon running on top (``emulator.userspace``), if the run names one
+    daemon = None
 
     def __init__(self, overrides: dict[str, float | str] | None = None):
         #: the policy's constants (``DEFAULTS``, changed by ``--set``)
