@@ -96,7 +96,6 @@ def start_clock(zone, t0: float, slots) -> None:
     """Time 0 at ``t0``, the clock frozen at 0 by one freeze per task in ``slots`` (the
     live ones: a task that died before time 0 would never give its back)."""
     slots = set(slots)
-    n = zone.nr_tasks
     zone.map[zone.freezes_off:zone.freezes_off + zone.nr_slots] = bytes(i in slots for i in range(zone.nr_slots))
     ZONE_HEADER.set(zone.map, "frozen", len(slots))
     ZONE_HEADER.set(zone.map, "clock", -0.0 if slots else t0)
