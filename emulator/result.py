@@ -22,6 +22,10 @@ class VictimRecord:
     memcg: str = "/"                        # the victim's memcg, as a cgroup path
     oom_memcg: str | None = None            # the memcg whose limit was hit (None: a global OOM)
     oom_group: str | None = None            # killed with the memcg it names (memory.oom.group)
+    killed_by: str = "oom_killer"           # or the user-space killer that sent the signal: "earlyoom[PID]"
+    signal: str = "SIGKILL"                 # what it was sent ("SIGTERM": a user-space killer's first step)
+    mreleased_kb: int = 0                   # freed by process_mrelease() calls, in their callers' context
+    oom_victim: bool = True                 # marked an OOM victim (MMF_OOM_VICTIM), by its kill or later
 
 
 @dataclass

@@ -338,3 +338,19 @@ def killed_process_line(pid: int, name: str, rss_kb: dict[str, int]) -> str:
     """The line oom_kill_process prints once the victim is killed (its rss before the kill)."""
     return ("Killed process %d (%s) total-vm:%dkB, anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"
             % (pid, name, rss_kb["total_vm"], rss_kb["anon_rss"], rss_kb["file_rss"], rss_kb["shmem_rss"]))
+
+
+def _c_div(a: int, b: int) -> int:
+    """C's integer division: truncates toward zero."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def proc_oom_score(task: TaskView, totalpages: int) -> int:
+    """/proc/PID/oom_score (fs/proc/base.c proc_oom_score, Linux 5.9+): oom_badness scaled
+    into 0..2000, ``totalpages`` being RAM plus swap; 0 for a task the OOM killer never picks
+    (oom_badness's LONG_MIN: no mm, OOM_SCORE_ADJ_MIN, MMF_OOM_SKIP)."""
+    if not task.has_mm or task.oom_score_adj == OOM_SCORE_ADJ_MIN or task.mmf_oom_skip:
+        return 0
+    badness = task.rss_pages + task.swapents + task.pgtables_pages + task.oom_score_adj * (totalpages // 1000)
+    return _c_div((1000 + _c_div(badness * 1000, max(totalpages, 1))) * 2, 3)

@@ -38,6 +38,23 @@ _RUN_ID = re.compile(r"^([1-9]\d{0,6})-([0-9a-f]{4})$")
 _ENTRY = re.compile(r"^(sem\.)?" + re.escape(PREFIX) + r"\.([1-9]\d{0,6}-[0-9a-f]{4})\.(.+)$")
 
 
+def door_base() -> str:
+    """Where runs' doors (their /proc as files) go: $OOMEMU_DOOR_DIR, else /run/oomemu for
+    root, else $XDG_RUNTIME_DIR/oomemu, else /tmp/oomemu-UID."""
+    if os.environ.get("OOMEMU_DOOR_DIR"):
+        return os.environ["OOMEMU_DOOR_DIR"]
+    if os.geteuid() == 0:
+        return "/run/oomemu"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "oomemu")
+    return f"/tmp/oomemu-{os.getuid()}"
+
+
+def door(run_id: str, base: str | None = None) -> str:
+    """A run's door directory."""
+    return os.path.join(base or door_base(), f"{PREFIX}.{run_id}")
+
+
 def new_run_id(pid: int | None = None) -> str:
     return f"{os.getpid() if pid is None else pid}-{os.urandom(2).hex()}"
 

@@ -59,6 +59,11 @@ class Event(StrEnum):
     MM_PIN = "mm_pin"                 # an mm_pin step: what ("mmget_not_zero", "mmput"), mm (the mm's
                                       # task index), success (mmget_not_zero: false if the mm was gone)
     INJECT = "inject"                 # from ``oomemu inject``: action, what, by (its pid)
+    KILL = "kill"                     # from a user-space killer (``oomemu kill``, a daemon), written
+                                      # before its signal goes: sig ("SIGKILL", "SIGTERM"), by, comm
+    MRELEASE = "mrelease"             # a process_mrelease() done in its caller's context: by, comm,
+                                      # result ("" or the errno's name), freed_kb
+    DAEMON = "daemon"                 # a line of the run's user-space daemon's log (index -1): line, by, comm
 
 
 @dataclass(frozen=True)

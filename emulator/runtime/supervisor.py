@@ -67,6 +67,7 @@ from .reaper import OomReaper
 from .resources import RunResources
 from .rwsem import WRITE, MmapSem
 from .trace import Tracer
+from .userspace import UserSpaceFailed, UserSpaceProcess
 
 KILL_WAIT_S = 10.0              # real seconds the teardown waits for killed workers, in all
 READY_TIMEOUT_S = 60.0          # real seconds for every worker to fault in its VMAs
@@ -114,7 +115,8 @@ class TaskRecord:
     stalled: bool = False
     reclaimed: int = 0                # pages direct reclaim took for its allocation so far
     throttled_s: float = 0.0          # emulated seconds it waited on writeback for it so far
-    victim: VictimRecord | None = None
+    victim: VictimRecord | None = None   # an OOM victim's record (MMF_OOM_VICTIM)
+    killed: VictimRecord | None = None   # a user-space killer's kill (the same record if it became one)
     initial_pages: tuple[int, ...] = ()   # pages per VMA at start
     grow_vma: int = 0                     # the VMA that ``alloc`` grows
     own: Mm | None = None                 # its segment: pid, state, comm, killed_at, mailbox (the mm
@@ -174,11 +176,14 @@ def _layout(spec: TaskSpec, zone_pages: int) -> tuple[MmLayout, tuple[int, ...],
 class Run:
     def __init__(self, scenario: Scenario, policy="v4.17", speed: float = 1.0,
                  overrides: dict | None = None, echo=None, trace: str | None = None,
-                 hold: bool = False, on_start=None):
+                 hold: bool = False, on_start=None, door: str | None = None):
         if isinstance(speed, bool) or not (isinstance(speed, (int, float)) and MIN_SPEED <= speed <= MAX_SPEED):
             raise UsageError(f"--speed {speed}: must be a number from {MIN_SPEED:g} to {MAX_SPEED:g}")
         self.scenario = scenario
         self.policy = get_policy(policy, overrides)
+        self._overrides = dict(overrides or {})
+        self.door = door                               # a directory to write the run's /proc into
+        self.userspace: UserSpaceProcess | None = None  # the daemon's and the door's process
         self.speed = float(speed)
         self.run_id = names.new_run_id()
         self.clock = ScaledClock(self.speed)          # re-based at time 0
@@ -207,6 +212,8 @@ class Run:
         self.reaper: OomReaper | None = None
         self.kills = 0
         self.victims: list[TaskRecord] = []
+        self.user_killed: list[TaskRecord] = []        # killed by a user-space killer, in order
+        self._records: list[VictimRecord] = []         # every kill's record, in order (the result's)
         self._holding: list[TaskRecord] = []           # the victims that may still hold their memory
         self._victim_of_mm: dict[int, TaskRecord] = {}  # id(mm) -> the first victim using it
         self._scan: OomScan | None = None              # every task as the OOM killer scans it
@@ -253,6 +260,9 @@ class Run:
             Event.MMAP_LOCK: self._on_mmap_lock,
             Event.MMPUT_WAIT: self._on_mmput_wait,
             Event.MM_PIN: self._on_mm_pin,
+            Event.KILL: self._on_user_kill,
+            Event.MRELEASE: self._on_mrelease,
+            Event.DAEMON: self._on_daemon_log,
         }
         assert set(self._handlers) == set(Event), "every event kind needs a handler"
 
@@ -392,14 +402,14 @@ class Run:
             handler = handlers.get(msg.kind)
             if handler is None:
                 continue
-            if msg.kind is Event.INJECT:
+            if msg.kind in (Event.INJECT, Event.DAEMON):
                 t = self.tasks[msg.index] if 0 <= msg.index < len(self.tasks) else None
             elif 0 <= msg.index < len(self.tasks):
                 t = self.tasks[msg.index]
             else:
                 raise RunFault(f"the run's event FIFO: {msg.kind} for task {msg.index}, which there is not")
             handler(t, msg, msg.at)
-            if msg.kind is not Event.INJECT:
+            if msg.kind not in (Event.INJECT, Event.DAEMON, Event.KILL, Event.MRELEASE):
                 self._latest_at = max(self._latest_at, msg.at)
 
     def _traced(self, t: TaskRecord, msg: Message, at: float) -> None:
@@ -517,6 +527,62 @@ class Run:
         self.log.printk("oomemu: inject: %s" % msg["what"], at)
         self.trace("inject", t, at, what=msg["what"], by=msg.get("by", 0), action=msg.get("action", ""))
 
+    # -- user space: a daemon's (or ``oomemu kill``'s) kills, process_mrelease, log -------
+    def _on_user_kill(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """A user-space killer is about to signal ``t`` (runtime/door.send_kill): the kill
+        counts if it is the task's first; it is no OOM victim for that (no MMF_OOM_VICTIM),
+        but it is dying now (a fatal signal pending)."""
+        sig, who = _printable(msg.get("sig")), "%s[%s]" % (_printable(msg.get("comm")), msg.get("by"))
+        first = not (t.sigkilled or t.victim is not None or t.killed is not None or t.exited or t.crashed)
+        t.sigkilled = True
+        self.trace("user_kill", t, at, sig=sig, by=msg.get("by"), comm=_printable(msg.get("comm")))
+        self.log.printk("oomemu: %s sent %s to pid %d (%s)%s" % (who, sig, t.pid, t.name,
+                                                               "" if first else " (dying already)"), at)
+        if first:
+            self.kills += 1
+            t.killed = VictimRecord(t.name, t.pid, round(at, 6), memcg=self.zone.memcg_tree.path(t.mm.memcg),
+                                    killed_by=who, signal=sig, oom_victim=False)
+            self.user_killed.append(t)
+            self._records.append(t.killed)
+
+    def _on_mrelease(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """A process_mrelease() of ``t``'s mm, done in its caller's context."""
+        who = "%s[%s]" % (_printable(msg.get("comm")), msg.get("by"))
+        result, kb = _printable(msg.get("result")), msg.get("freed_kb", 0)
+        if not isinstance(kb, int) or kb < 0:
+            raise RunFault(f"the run's event FIFO: mrelease freed_kb {kb!r}")
+        self.trace("process_mrelease", t, at, by=msg.get("by"), comm=_printable(msg.get("comm")),
+                   result=result or "0", freed_kb=kb)
+        self.log.printk("oomemu: %s process_mrelease(pid %d (%s)): %s" % (
+            who, t.pid, t.name, "-%s" % result if result else "reaped %dkB" % kb), at)
+        record = t.killed or t.victim
+        if record is not None:
+            record.mreleased_kb += kb
+
+    def _on_daemon_log(self, t: TaskRecord | None, msg: Message, at: float) -> None:
+        """A line of the user-space daemon's log, as its journal would show it."""
+        who = "%s[%s]" % (_printable(msg.get("comm")), msg.get("by"))
+        line = _printable(msg.get("line"), keep_spaces=True)
+        self.log.printk("%s: %s" % (who, line), at)
+        self.trace("daemon_log", t, at, comm=_printable(msg.get("comm")), line=line)
+
+    def _mark_dying_victim(self, t: TaskRecord, at: float) -> None:
+        """oom_kill_process() chose a task that is dying already (task_will_free_mem: a
+        user-space killer's signal is pending): mark_oom_victim and queue_oom_reaper,
+        quietly; no new kill, no report (the kernel prints nothing either)."""
+        t.mm.set_bit(MMF_OOM_VICTIM)
+        t.victim = t.killed or VictimRecord(t.name, t.pid, round(at, 6),
+                                            memcg=self.zone.memcg_tree.path(t.mm.memcg))
+        t.victim.oom_victim = True
+        self.victims.append(t)
+        self._victim_of_mm.setdefault(id(t.mm), t)
+        self._holding.append(t)
+        if self._scan is not None:
+            self._scan.retire(t.index)
+        self.trace("mark_victim", t, at, dying=True)
+        self.trace("wake_reaper", t, at)
+        self.reaper.wake_oom_reaper(t, at)
+
     def _on_oom_skip(self, t: TaskRecord, by: str, at: float | None = None, where: str | None = None) -> None:
         self.trace("oom_skip_set", t, at, by=by, **({"where": where} if where else {}))
         t = self._mm_victim(t) or t            # exit_mmap's may come from a sharer of the victim's mm
@@ -535,8 +601,8 @@ class Run:
         self.trace("exited", t, at, crashed=t.crashed)
         if self.objects is not None:
             self._release_objects(t, at)
-        if t.victim is not None:
-            t.victim.exited_at_s = round(at, 6)
+        if (record := t.victim or t.killed) is not None:
+            record.exited_at_s = round(at, 6)
 
     def _on_death(self, t: TaskRecord, starting: bool = False) -> None:
         """The pidfd says the process is gone; reap the zombie, and say why it died
@@ -789,11 +855,14 @@ class Run:
         if decision.action is OomAction.NOTHING:
             return
         self._last_abort.pop(requester.index, None)
-        for line in decision.lines:
+        dying = decision.action is OomAction.KILL and self._dying(self._by_pid[decision.victim.pid])
+        for line in () if dying else decision.lines:     # oom_kill_process: no dump_header for the dying
             self.log.printk(line, at)
         if decision.action is OomAction.PANIC:
             self.trace("panic", requester, at, reason=NO_KILLABLE)
             self.verdict = Verdict.PANIC
+        elif decision.action is OomAction.KILL and self._dying(self._by_pid[decision.victim.pid]):
+            self._mark_dying_victim(self._by_pid[decision.victim.pid], at)
         elif decision.action is OomAction.KILL:
             self.oom_kill_process(self._by_pid[decision.victim.pid], decision, requester, at, stall_monotonic)
             for line in decision.group_lines:            # mem_cgroup_print_oom_group
@@ -801,6 +870,13 @@ class Run:
             for member in decision.group:                # mem_cgroup_scan_tasks(oom_kill_memcg_member)
                 self.oom_kill_process(self._by_pid[member.pid], decision, requester, at, stall_monotonic,
                                       group_member=True)
+
+    def _dying(self, t: TaskRecord) -> bool:
+        """task_will_free_mem(victim): a user-space killer's signal is pending for it (and for
+        every other user of its mm), so it will free its memory without a kill of ours."""
+        if not t.sigkilled or t.victim is not None:
+            return False
+        return task_will_free_mem(self._view(t), [self._view(u) for u in t.users])
 
     def oom_kill_process(self, t: TaskRecord, decision: OomDecision, requester: TaskRecord, at: float,
                          stall_monotonic: float | None = None, group_member: bool = False) -> None:
@@ -823,6 +899,7 @@ class Run:
                                 oom_memcg=None if decision.memcg is None else tree.path(decision.memcg),
                                 oom_group=None if decision.oom_group is None else tree.path(decision.oom_group))
         self.victims.append(t)
+        self._records.append(t.victim)
         self._victim_of_mm.setdefault(id(t.mm), t)
         self._holding.append(t)
         if self._scan is not None:
@@ -861,7 +938,8 @@ class Run:
 
     def _quiet(self) -> bool:
         """Every victim exited, and no task is half-way through its exit."""
-        return not self._in_exit and all(t.exited for t in self.victims)
+        return (not self._in_exit and all(t.exited for t in self.victims)
+                and all(t.exited for t in self.user_killed))
 
     def _loop(self, sel) -> None:
         deadline = self.scenario.run_deadline_s
@@ -907,6 +985,10 @@ class Run:
                     self.signals.drain()
                 elif key.data == "events":
                     self._dispatch()
+                elif key.data == "userspace":
+                    sel.unregister(key.fileobj)
+                    self._dispatch()                  # its last words come first
+                    self._fail(self.userspace.last_words(), False)
                 else:
                     sel.unregister(key.fileobj)
                     self._dispatch()                  # its last words come first
@@ -1009,6 +1091,8 @@ class Run:
     def _execute(self, sel) -> RunResult:
         self._start_forkserver()
         self._create()
+        if self.policy.daemon is not None or self.door:
+            self.userspace = UserSpaceProcess(self.run_id, self.policy, self._overrides, self.door)
         self._spawn()
         if self.signals.active:
             sel.register(self.signals.rfd, selectors.EVENT_READ, "signal")
@@ -1016,6 +1100,11 @@ class Run:
         for t in self.tasks:
             sel.register(t.proc.pidfd, selectors.EVENT_READ, t)
         self._wait_ready(sel)
+        if self.userspace is not None and self.verdict != Verdict.ERROR:
+            try:
+                self.userspace.wait_ready(READY_TIMEOUT_S)
+            except UserSpaceFailed as e:
+                raise RunFault(str(e)) from None
         self.ready_real_s = time.monotonic() - self._began
         self.zone.set_t0(time.monotonic(), [t.index for t in self.tasks if not (t.crashed or t.exited)])
         self.clock = RunClock(self.zone, self.zone.supervisor_slot)
@@ -1033,11 +1122,15 @@ class Run:
             self.reaper.start()
             for _ in self.tasks:
                 self.resources.start_sem.release()
+            if self.userspace is not None:
+                self.userspace.go()
+                sel.register(self.userspace.pidfd, selectors.EVENT_READ, "userspace")
             if self._on_start is not None:
                 self._on_start(self)
             self._loop(sel)
         self.verdict_real_s = time.monotonic() - self._began
         self.reaper.stop()
+        self._stop_userspace()
         self._held = self.zone.held()
         self.trace("run_end", verdict=self.verdict, kills=self.kills, lag_ms=round(self.lag_ms, 3),
                    lagged=self.lagged, held_ms=round(self._held[0] * 1000, 3))
@@ -1102,7 +1195,7 @@ class Run:
             ttr = round(self.resolved_at - self.first_oom_at, 6)
         return RunResult(
             self.scenario.name, self.policy.name, self.speed, self.verdict, self.kills,
-            self.scenario.min_kills, ttr, [t.victim for t in self.victims], list(self.log.lines),
+            self.scenario.min_kills, ttr, list(self._records), list(self.log.lines),
             self.run_id, None if self.first_oom_at is None else round(self.first_oom_at, 6),
             None if self.resolved_at is None else round(self.resolved_at, 6), accounting,
             error=self.error, error_kind=None if self.error is None else
@@ -1124,11 +1217,18 @@ class Run:
             if t.proc is not None:
                 t.proc.wait(max(0.0, deadline - time.monotonic()))
 
+    def _stop_userspace(self) -> None:
+        """End the user-space process (the daemon stops acting, the door is removed)."""
+        if self.userspace is not None:
+            self.userspace.stop(self.zone)
+            self.userspace = None
+
     def _teardown(self) -> None:
         """Kill and reap every worker, remove every object of the run. Runs with
         terminating signals deferred (see ``execute``), so it always runs to its end."""
         if self.reaper is not None:
             self.reaper.stop()
+        self._stop_userspace()
         if self.tracer is not None:
             self.tracer.close()
         if self._forkserver is not None:          # first: it makes no more workers
@@ -1143,6 +1243,13 @@ class Run:
         if self.objects is not None:
             self.objects.close()
         self.resources.remove()
+
+
+def _printable(value, keep_spaces: bool = False) -> str:
+    """A string from the event FIFO (written by a process outside the run, perhaps), fit
+    for the log: no control characters, at most 1000 of them."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    return "".join(c if c.isprintable() and (keep_spaces or not c.isspace()) else "?" for c in text[:1000])
 
 
 def _round(real_s: float | None) -> float | None:
