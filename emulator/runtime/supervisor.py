@@ -1027,7 +1027,8 @@ class Run:
             if not stop_holding(self.zone, slot, due):
                 continue                              # it woke meanwhile
             t = self.tasks[slot] if slot < len(self.tasks) else None
-            who = f"task {t.pid} ({t.name})" if t else "the oom_reaper"
+            who = (f"task {t.pid} ({t.name})" if t else "the oom_reaper" if slot == self.zone.supervisor_slot
+                   else "the user-space daemon")
             self.log.printk("oomemu: %s has held the clock at its time for %.1f s (late to wake, or stopped "
                             "from outside); the clock goes on without it" % (who, held))
             self.note_late(held * 1000, "hold_limit", t, due)
