@@ -103,7 +103,10 @@ def process_mrelease(zone, own: Mm, mm: Mm, mm_index: int, users: list[Mm], mmap
     using that mm), reaped by the rules of ``policy`` (the run's kernel policy), under
     ``mmap_sem`` taken for read in the name of pid ``me`` (``on_wait(True/False)`` around
     a wait for it: a caller holding the run clock lets go meanwhile). Returns the pages
-    freed; raises DoorError (EINVAL, ESRCH, EINTR, EAGAIN) as the system call fails."""
+    freed; raises DoorError (EINVAL, ESRCH, EINTR, EAGAIN) as the system call fails, ENOSYS
+    if the run's kernel predates it (Linux 5.15)."""
+    if not policy.HAS_PROCESS_MRELEASE:
+        raise DoorError(errno.ENOSYS, f"the run's kernel ({policy.name}) has no process_mrelease (Linux 5.15+)")
     if own.state == TaskState.TASK_DEAD or not own.pid:     # find_lock_task_mm() finds no mm
         raise DoorError(errno.ESRCH, f"task {own.comm} has no mm")
     # task_will_free_mem(): the task and every other user of its mm are dying, and the

@@ -105,3 +105,14 @@ def test_a_daemon_that_fails_ends_the_run_with_its_line():
     r = run("d_state_exit", "v6.6+broken")
     assert r.verdict == "error" and r.error_kind == "fault", r.summary()
     assert "the user-space daemon broken" in r.error and "ZeroDivisionError: the model divided by zero" in r.error
+
+
+def test_process_mrelease_is_enosys_on_a_kernel_older_than_5_15():
+    """v4.17 has no process_mrelease: the call fails with ENOSYS and frees nothing; the
+    kill stands, and the v4.17 OOM killer (no reaper delay) marks the dying client its
+    victim and reaps it at once."""
+    r = run("d_state_exit", "v4.17+scripted", overrides={"mrelease": 1})
+    assert r.verdict == "resolved" and r.kills == 1, r.log
+    (v,) = r.victims
+    assert v.mreleased_kb == 0 and v.oom_victim and v.reaped_kb == 100 * 1024, v
+    assert any("process_mrelease(pid %d (nfs-client)): -ENOSYS" % v.pid in line for line in r.log), r.log
