@@ -99,9 +99,9 @@ class Earlyoom(Daemon):
         self.victim: TaskInfo | None = None     # the task kill_wait waits for
         self.sig = ""                           # the signal sent to it last
         self.kill_at = 0.0                      # when kill_wait started
-        self.kill_sleep = 0.0                   # the sleep poll_loop takes after kill_process returns
+        self.kill_sleep_ms = 0                  # the sleep poll_loop takes after kill_process returns
         self.rounds = 0                         # kill_wait rounds done
-        self.report_countdown = 0.0             # s until the next memory report (0: report now)
+        self.report_countdown_ms = 0            # until the next memory report (0: report now)
         self.started = False
 
     # -- what earlyoom reads ------------------------------------------------------
@@ -123,13 +123,13 @@ class Earlyoom(Daemon):
             return "SIGTERM"
         return ""
 
-    def sleep_time(self, snap: Snapshot) -> float:
-        """sleep_time_ms, in seconds: the headroom to the SIGTERM levels at the fill rates."""
+    def sleep_time_ms(self, snap: Snapshot) -> int:
+        """sleep_time_ms: the headroom to the SIGTERM levels at the fill rates, 100 to 1000 ms."""
         c, m = self.consts, snap.meminfo
         mem_headroom = max(0, int((self.mem_percent(snap) - c["mem_term_percent"]) * self.user_mem_total(snap) / 100))
         swap_headroom = max(0, int((m.swap_free_percent - c["swap_term_percent"]) * m.SwapTotal / 100))
         ms = mem_headroom // MEM_FILL_RATE + swap_headroom // SWAP_FILL_RATE
-        return min(max(ms, MIN_SLEEP_MS), MAX_SLEEP_MS) / 1000.0
+        return min(max(ms, MIN_SLEEP_MS), MAX_SLEEP_MS)
 
     def mem_stats(self, snap: Snapshot) -> str:
         """print_mem_stats."""
@@ -144,9 +144,15 @@ class Earlyoom(Daemon):
             return False
         if victim is None:
             return True
-        if self.consts["sort_by_rss"] and cur.rss_kb > 0 and victim.rss_kb > 0:
-            return (cur.rss_kb, cur.oom_score) > (victim.rss_kb, victim.oom_score)
-        return (cur.oom_score, cur.rss_kb) > (victim.oom_score, victim.rss_kb)   # rss 0: a zombie main thread
+        cur_key, victim_key = self.score_rss(cur), self.score_rss(victim)
+        if self.consts["sort_by_rss"] and cur_key[1] > 0 and victim_key[1] > 0:
+            return cur_key[::-1] > victim_key[::-1]
+        return cur_key > victim_key                    # also when rss is 0: "Zombie main thread?"
+
+    @staticmethod
+    def score_rss(t: TaskInfo) -> tuple[int, int]:
+        """(oom_score, VmRSS) as /proc shows them: a zombie has no mm, so 0 and 0."""
+        return (0, 0) if t.gone else (t.oom_score, t.rss_kb)
 
     def find_largest_process(self, snap: Snapshot) -> TaskInfo | None:
         """find_largest_process: is_larger over /proc in pid order (on equal keys the first stays)."""
@@ -183,13 +189,13 @@ class Earlyoom(Daemon):
         """One turn of poll_loop: look, perhaps kill (kill_wait then runs from the next poll)."""
         c = self.consts
         sig = self.lowmem_sig(snap)
-        sleep = self.sleep_time(snap)
+        sleep_ms = self.sleep_time_ms(snap)
         if not sig:
-            if c["report_interval"] and self.report_countdown <= 0:
+            if c["report_interval"] and self.report_countdown_ms <= 0:
                 out.append(Log(self.mem_stats(snap)))
-                self.report_countdown = c["report_interval"]
-            self.report_countdown -= sleep
-            return Decision(tuple(out), snap.now + sleep)
+                self.report_countdown_ms = round(c["report_interval"] * 1000)
+            self.report_countdown_ms -= sleep_ms
+            return Decision(tuple(out), snap.now + sleep_ms / 1000)
         level = "SIGKILL" if sig == "SIGKILL" else "SIGTERM"
         out += [Log(self.mem_stats(snap)),
                 Log("low memory! at or below %s limits: mem %s, swap %s" % (
@@ -197,15 +203,15 @@ class Earlyoom(Daemon):
         victim = self.find_largest_process(snap)
         if victim is None:
             out.append(Log("Could not find a process to kill. Sleeping 1 second."))
-            self.report_countdown -= sleep
-            return Decision(tuple(out), snap.now + NO_VICTIM_SLEEP_S + sleep)
+            self.report_countdown_ms -= sleep_ms
+            return Decision(tuple(out), snap.now + NO_VICTIM_SLEEP_S + sleep_ms / 1000)
         out.append(Log('sending %s to process %d uid 0 "%s": oom_score %d, oom_score_adj %d, VmRSS %d MiB, '
                        'cmdline "%s"' % (sig, victim.pid, victim.comm, victim.oom_score, victim.oom_score_adj,
                                          victim.rss_kb // 1024, victim.comm)))
         out.append(Kill(victim.pid, sig, mrelease=True, reason=f"earlyoom: {sig} at {self.mem_percent(snap):.2f}% "
                                                                  f"mem avail"))
         self.victim, self.sig, self.kill_at, self.rounds = victim, sig, snap.now, 0
-        self.kill_sleep = sleep
+        self.kill_sleep_ms = sleep_ms
         return Decision(tuple(out), snap.now)           # kill round 0 right away: the kill's results
 
     def kill_wait(self, snap: Snapshot, results: Results, out: list) -> Decision:
@@ -239,5 +245,5 @@ class Earlyoom(Daemon):
     def kill_done(self, snap: Snapshot, out: list, extra: float = 0.0) -> Decision:
         """kill_process returned: poll_loop sleeps as it computed before the kill (plus 1 s after EPERM)."""
         self.victim = None
-        self.report_countdown -= self.kill_sleep
-        return Decision(tuple(out), snap.now + extra + self.kill_sleep)
+        self.report_countdown_ms -= self.kill_sleep_ms
+        return Decision(tuple(out), snap.now + extra + self.kill_sleep_ms / 1000)

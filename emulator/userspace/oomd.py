@@ -52,6 +52,7 @@ from .cgroups import Cgroup, candidates
 AVERAGE_SIZE_DECAY = 4.0          # OomdContext.h: average_size_decay
 KILL_TRIES = 10                   # tryToKillCgroup: tries
 KILL_ROUND_PAUSE_S = 1.0          # "Give it a breather before killing again"
+USEC = 1e-6                       # steady_clock resolution enough to call two emulated times equal
 
 
 class Oomd(Daemon):
@@ -103,7 +104,7 @@ class Oomd(Daemon):
         if full.avg10 > c["threshold"]:
             if self.hit_thres_at is None:
                 self.hit_thres_at = snap.now
-            if int(snap.now - self.hit_thres_at + 1e-9) >= c["duration"]:
+            if int(snap.now - self.hit_thres_at + USEC) >= c["duration"]:
                 usage = sum(m.current_kb for m in snap.memcgs if m.path == "/") or (
                     snap.meminfo.MemTotal - snap.meminfo.MemAvailable)
                 return [Log("10s pressure %.2f is over the threshold of %g for %d seconds , total usage is %dMB"
@@ -117,7 +118,7 @@ class Oomd(Daemon):
         if stall > self.last_stall:
             self.last_reclaim_at = snap.now
         self.last_stall = stall
-        return int(snap.now - self.last_reclaim_at + 1e-9) <= self.consts["reclaim_duration"] \
+        return int(snap.now - self.last_reclaim_at + USEC) <= self.consts["reclaim_duration"] \
             if self.last_reclaim_at > -math.inf else False
 
     def swap_free(self, snap: Snapshot) -> list[Log] | None:
@@ -184,14 +185,14 @@ class Oomd(Daemon):
         reclaim = self.memory_reclaim(snap)            # every detector runs every tick (DetectorGroup::check)
         if fired is not None and reclaim:
             out += fired
-            if snap.now >= self.pause_until["user session protection"]:
+            if snap.now + USEC >= self.pause_until["user session protection"]:
                 started = self.try_to_kill(snap, "user session protection", self.rank_by_size_or_growth(cgs), out)
                 if started is not None:
                     return started
         fired = self.swap_free(snap)
         if fired is not None:
             out += fired
-            if snap.now >= self.pause_until["protection against low swap"]:
+            if snap.now + USEC >= self.pause_until["protection against low swap"]:
                 started = self.try_to_kill(snap, "protection against low swap", self.rank_by_swap(cgs), out)
                 if started is not None:
                     return started

@@ -55,6 +55,7 @@ THRESHOLD_SWAP_USED_PERCENT = 5   # "Only tackle candidates with large swap usag
 RECLAIM_DURATION_S = 30.0
 POST_ACTION_DELAY_S = 15.0
 DUMP_ON_KILL_COUNT = 10
+USEC = 1e-6                       # the daemon's clock resolution, for comparing emulated times
 
 
 def format_timespan(seconds: float) -> str:
@@ -104,12 +105,12 @@ class SystemdOomd(Daemon):
     def poll(self, snap: Snapshot, results: Results) -> Decision:
         now, out = snap.now, []
         cgs = None
-        if now >= self.next_swap - 1e-9:
+        if now >= self.next_swap - USEC:
             self.next_swap = now + SWAP_INTERVAL_S
             cgs = candidates(snap) if self.swap_used_above(snap) else None
             if cgs is not None:
                 out += self.kill_by_swap_usage(snap, cgs)
-        if now >= self.next_pressure - 1e-9:
+        if now >= self.next_pressure - USEC:
             self.next_pressure = now + MEM_PRESSURE_INTERVAL_S
             out += self.monitor_memory_pressure(snap, cgs)
         return Decision(tuple(out), min(self.next_swap, self.next_pressure))
@@ -152,7 +153,7 @@ class SystemdOomd(Daemon):
         self.last_stall = stall
         in_delay = False
         if self.delay_start is not None:
-            if self.delay_start + POST_ACTION_DELAY_S > now:
+            if self.delay_start + POST_ACTION_DELAY_S > now + USEC:     # usec_t: equal times are equal
                 in_delay = True
             else:
                 self.delay_start = None
@@ -161,7 +162,7 @@ class SystemdOomd(Daemon):
         if avg10 > limit:                                  # oomd_pressure_above
             if self.hit_start is None:
                 self.hit_start = now
-            above = now - self.hit_start >= c["DefaultMemoryPressureDurationSec"] - 1e-9
+            above = now - self.hit_start >= c["DefaultMemoryPressureDurationSec"] - USEC
         else:
             self.hit_start = None
         if not above or in_delay or now - self.last_had_mem_reclaim > RECLAIM_DURATION_S:
