@@ -275,9 +275,11 @@ def test_lmkd_looks_again_as_soon_as_the_victim_dies():
 
 def test_lmkd_partial_stall_with_low_swap_spares_perceptible_apps_until_the_min_watermark():
     tasks = lambda t: (task(24, "visible", adj=100, rss_mb=200), task(20, "launcher", adj=0))   # noqa: E731
-    d = Driver(Lmkd(), lmkd_world(some_rate=0.1, free_mb=lambda t: 5.5, tasks_at=tasks, swap=(1000, 50)))
+    d = Driver(Lmkd(), lmkd_world(some_rate=0.1, free_mb=lambda t: 4.5, tasks_at=tasks, swap=(1000, 50)))
     d.run(2.0)
-    assert d.kills == []                                      # low watermark, swap low: only adj >= 201
+    assert d.kills == []                                      # under the low watermark, swap low: only adj >= 201
+    event = d.looks.index(pytest.approx(0.7))                 # 70 ms of some stall in 1 s: medium
+    assert d.looks[event + 1] - d.looks[event] == pytest.approx(0.01)   # then polls every 10 ms: swap is low
     d = Driver(Lmkd(), lmkd_world(some_rate=0.1, free_mb=lambda t: 3, tasks_at=tasks, swap=(1000, 50)))
     d.run(2.0)
     assert d.victims()[0] == 24                               # under min: the heaviest perceptible app
