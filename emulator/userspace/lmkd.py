@@ -241,20 +241,19 @@ class Lmkd(Daemon):
         self.interval = PSI_POLL_PERIOD_SHORT_S if swap_is_low or self.killing else PSI_POLL_PERIOD_LONG_S
         return out
 
-    def choose(self, snap: Snapshot, adj: int, heaviest: bool) -> TaskInfo | None:
-        band = [t for t in snap.tasks if t.oom_score_adj == adj and t.pid not in self.removed]
-        if not band:
-            return None
-        if heaviest:
-            return max(band, key=lambda t: (t.rss_kb, -t.pid))
-        return min(band, key=lambda t: t.pid)          # proc_adj_tail: the least recently registered
-
     def find_and_kill_process(self, snap: Snapshot, min_adj: int, reason: str) -> list:
-        """find_and_kill_process: the first live task from adj 1000 down to ``min_adj``."""
-        bands = sorted({t.oom_score_adj for t in snap.tasks if t.oom_score_adj >= min_adj}, reverse=True)
-        for adj in bands:
+        """find_and_kill_process: from adj 1000 down to ``min_adj``, the least recently registered
+        task of each adj (the heaviest at or below PERCEPTIBLE_APP_ADJ, or with kill_heaviest_task).
+        One pass over the tasks to group them by adj."""
+        bands: dict[int, list[TaskInfo]] = {}
+        for t in snap.tasks:
+            if t.oom_score_adj >= min_adj and t.pid not in self.removed:
+                bands.setdefault(t.oom_score_adj, []).append(t)
+        for adj in sorted(bands, reverse=True):
             heaviest = bool(self.consts["kill_heaviest_task"]) or adj <= PERCEPTIBLE_APP_ADJ
-            while (t := self.choose(snap, adj, heaviest)) is not None:
+            order = (sorted(bands[adj], key=lambda t: (-t.rss_kb, t.pid)) if heaviest
+                     else sorted(bands[adj], key=lambda t: t.pid))      # proc_adj_tail: the oldest
+            for t in order:
                 self.removed.add(t.pid)                # pid_remove(), killed or not
                 if t.gone:
                     continue                           # "Zombie processes will not have RSS / Swap fields"
