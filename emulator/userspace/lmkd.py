@@ -144,9 +144,10 @@ class Lmkd(Daemon):
 
     def start(self, now: float) -> Decision:
         c = self.consts
-        return Decision((Log("Using psi monitors for memory pressure: some %d ms and full %d ms in %d ms"
-                             % (c["psi_partial_stall_ms"], c["psi_complete_stall_ms"], PSI_WINDOW_SIZE_S * 1000)),),
-                        next_at=now)
+        return Decision((Log("Using psi monitors for memory pressure detection"),            # lmkd.cpp:3367
+                         Log("(emulated) medium: some %d ms, critical: full %d ms, in %d ms; kill_timeout_ms %d"
+                             % (c["psi_partial_stall_ms"], c["psi_complete_stall_ms"], PSI_WINDOW_SIZE_S * 1000,
+                                c["kill_timeout_ms"]))), next_at=now)
 
     # -- the kernel's triggers ------------------------------------------------------
 
