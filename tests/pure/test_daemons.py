@@ -321,6 +321,13 @@ def test_candidates_are_leaf_memcgs_and_each_root_task():
     snap = cgroup_world(lambda t: 0)(0.0)
     assert [(c.path, c.pids, c.current_kb // MB) for c in candidates(snap)] == [
         ("/big", (30, 31), 600), ("/shell[33]", (33,), 20), ("/small", (32,), 200)]
+    nested = Snapshot(0.0, meminfo(100), pressure(),
+                      (task(40, "agent", rss_mb=10, memcg="/a"), task(41, "job", rss_mb=50, memcg="/a/b"),
+                       task(42, "old", rss_mb=5, state=ZOMBIE)),
+                      (MemcgInfo("/", 65 * MB, None), MemcgInfo("/a", 60 * MB, None, pids=(40,)),
+                       MemcgInfo("/a/b", 50 * MB, None, pids=(41,))))
+    # a task of an inner memcg counts on its own; a zombie in the root is no candidate
+    assert [(c.path, c.pids) for c in candidates(nested)] == [("/a/agent[40]", (40,)), ("/a/b", (41,))]
 
 
 def test_oomd_kills_the_biggest_cgroup_after_30s_of_pressure_then_pauses_15s():
