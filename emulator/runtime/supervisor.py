@@ -1260,6 +1260,8 @@ def _printable(value, keep_spaces: bool = False) -> str:
     """A string from the event FIFO (written by a process outside the run, perhaps), fit
     for the log: no control characters, at most 1000 of them."""
     text = value if isinstance(value, str) else "" if value is None else str(value)
+    if keep_spaces:
+        text = text.replace("\t", " ")
     return "".join(c if c.isprintable() and (keep_spaces or not c.isspace()) else "?" for c in text[:1000])
 
 
