@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 ARGS ?=
 SPEED ?= 1
+DAEMON_POLICIES := v6.6,v6.6+earlyoom,v6.6+lmkd,v6.6+oomd,v6.6+systemd-oomd
 
 .DEFAULT_GOAL := help
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-.PHONY: help install run-demo test test-fast stress fuzz bench compare claims cleanup clean
+.PHONY: help install run-demo test test-fast stress fuzz bench compare compare-daemons claims cleanup clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,8 +44,12 @@ bench: $(STAMP) ## figures beside their floors: start-up, USS, OOM round trip, r
 compare: $(STAMP) ## every scenario under every policy, checked against the stated outcomes
 	$(BIN)/oomemu compare --speed 10 --check $(ARGS)
 
-claims: $(STAMP) ## regenerate the README's table of outcomes from a real run
+compare-daemons: $(STAMP) ## every scenario under v6.6 and each user-space daemon on it, checked
+	$(BIN)/oomemu compare --speed 10 --check --policies $(DAEMON_POLICIES) $(ARGS)
+
+claims: $(STAMP) ## regenerate the README's tables of outcomes (kernel policies, daemons) from real runs
 	$(BIN)/python -m emulator.tools.claims README.md
+	$(BIN)/python -m emulator.tools.claims README.md --daemons
 
 cleanup: $(STAMP) ## remove leftovers (processes, /dev/shm) of runs whose supervisor died
 	$(BIN)/oomemu cleanup
