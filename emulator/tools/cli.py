@@ -298,7 +298,10 @@ def cmd_mrelease(a) -> int:
     from ..runtime.door import DoorError
     from .door import mrelease_task
     try:
-        print(mrelease_task(a.run, a.task), flush=True)
+        def waiting(on: bool) -> None:
+            if on:
+                _say(f"oomemu mrelease: waiting for the mmap_sem of {a.task} (Ctrl-C: EINTR) ...")
+        print(mrelease_task(a.run, a.task, on_wait=waiting), flush=True)
     except DoorError as e:
         print(f"oomemu mrelease: process_mrelease({a.task}) failed: {e.name}: {e.strerror}", file=sys.stderr)
         return EXIT_ERRNO
