@@ -102,11 +102,17 @@ def kill_task(run_id: str, task: str, sig: str = "SIGKILL") -> str:
 @contextmanager
 def _killable():
     """SIGINT and SIGTERM interrupt a wait here (EINTR) instead of unwinding through it:
-    the waiter then leaves the mmap_sem's queue itself."""
-    old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    the waiter then leaves the mmap_sem's queue itself. A signal that comes just before
+    the wait blocks would be lost (its handler has run; the wait has not begun): so it
+    starts a 10 ms SIGALRM that interrupts the wait whenever it begins."""
+    def interrupted(*_):
+        signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+    old = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGALRM] = signal.signal(signal.SIGALRM, lambda *_: None)
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for s, h in old.items():
             signal.signal(s, h)
 
