@@ -34,7 +34,11 @@ MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
              "expected", "writeback_mb_per_s"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "exit_unmap_ms_per_mb",
-              "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step", "mm"}
+              "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step", "mm", "sigterm"}
+#: how a task answers SIGTERM (``sigterm``): the default action (it dies, as of SIGKILL: the
+#: kernel makes a fatal signal SIGKILL), "ignore", or a number: its handler cleans up for
+#: that many ms, then the task exits
+SIGTERM_ANSWERS = ("default", "ignore")
 #: what belongs to the mm, not the task: a task that shares another's mm (``mm``) takes the
 #: owner's (oom_score_adj too: the kernel keeps it equal for every process sharing an mm)
 _MM_KEYS = ("vma", "pgtables_mb", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "memcg", "exit_unmap_ms_per_mb",
@@ -143,6 +147,7 @@ class TaskSpec:
     memcg: str = ""
     vma_objects: tuple[int, ...] = ()     # per VMA, the index of the object it maps (-1: none)
     mm: str = ""            # the task whose mm this one shares (CLONE_VM), "": its own
+    sigterm: str | float = "default"   # how it answers SIGTERM: "default", "ignore", or ms (SIGTERM_ANSWERS)
 
     @property
     def initial_mb(self) -> float:
@@ -446,6 +451,12 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                                                  f"oom_score_adj says it all)")
             adj_last = c.number(t, "oom_score_adj_last", w, integer=True, minimum=-1000, maximum=1000)
         notifier = c.string(t, "mmu_notifier", w, default="none", choices=tuple(MMU_NOTIFIERS))
+        sigterm = t.get("sigterm", "default")
+        if isinstance(sigterm, str):
+            c.string(t, "sigterm", w, default="default", choices=SIGTERM_ANSWERS)
+        else:
+            sigterm = float(c.number(t, "sigterm", w, maximum=MAX_DURATION_MS,
+                                     why=" (a day: the ms its SIGTERM handler takes before the task exits)"))
         # exit_mmap unmaps at most the whole zone: that must take at most a day too
         unmap = c.number(t, "exit_unmap_ms_per_mb", w, default=EXIT_UNMAP_MS_PER_MB,
                          maximum=MAX_DURATION_MS / memory_mb,
@@ -520,7 +531,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
             if len(full) > MAX_COMM:
                 c.fail(w + "name", f"{full!r} is longer than a comm's {MAX_COMM} characters")
             tasks.append(TaskSpec(full, ladder_adj(adj, adj_last, k, count), notifier, float(unmap), float(pgt), tuple(vmas), tuple(steps),
-                                  float(pgtables_mb), memcg, mm=shares))
+                                  float(pgtables_mb), memcg, mm=shares, sigterm=sigterm))
 
     seen = set()
     for t in tasks:

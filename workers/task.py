@@ -60,7 +60,7 @@ from emulator.kernel.mm_types import (MMF_OOM_HANDOVER, MMF_OOM_SKIP, MMF_OOM_VI
 from emulator.kernel.policies.base import MmapLock, OomSkipAt
 from emulator.runtime import names
 from emulator.runtime.clock import RunClock, late_ms
-from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, Mm
+from emulator.runtime.mm import CMD_ALLOC, J_CHARGE, J_ZAP, SIGTERM_DEFAULT, Mm
 from emulator.runtime.protocol import SIGKILL_EMULATED, SIGWAKE, Event, WorkerSpec, encode
 from emulator.runtime.rwsem import MmapSem
 from emulator.runtime.zone import Zone
@@ -472,6 +472,8 @@ class WorkerTask:
                 self.mm.fault_in(vi, pages)
                 self.mm.journal_end()
         self.own.state = TaskState.TASK_RUNNING
+        if self.own.sigterm_ms == SIGTERM_DEFAULT:  # the default action: a stray SIGTERM kills for real
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
 
     def start(self) -> None:
         """Wait for time 0 of the run, then do the steps; idle (killable) after them."""
@@ -484,20 +486,37 @@ class WorkerTask:
                 if self.fatal_signal_pending():      # return to user space
                     self.killed()
                     raise Dying
+                if signal.sigtimedwait([signal.SIGTERM], 0) is not None:
+                    self.on_sigterm()
             if self.spec.steps:
                 self.send(Event.STEPS_DONE)
             while True:                               # idle, killable
-                info = self.clock.idle(lambda: signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE]))
+                info = self.clock.idle(lambda: signal.sigwaitinfo([SIGKILL_EMULATED, SIGWAKE, signal.SIGTERM]))
                 if info.si_signo == SIGKILL_EMULATED:
                     self.fatal = True
                     self.killed()
                     raise Dying
-                self.at(self.clock.now())               # a command: the task acts now
-                self.do_commands()
+                self.at(self.clock.now())               # a command or SIGTERM: the task acts now
+                if info.si_signo == signal.SIGTERM:
+                    self.on_sigterm()
+                else:
+                    self.do_commands()
         except Dying:
             if self.fatal:
                 self.killed()
             self.do_exit()
+
+    def on_sigterm(self) -> None:
+        """SIGTERM, caught on return to user space (after the step it came during, or at once
+        when idle), answered as the task's ``sigterm`` key says: ignored, or its handler
+        cleans up (killably) for its ms, then the task exits (Dying, not fatal). A task
+        that takes the default action never gets here: SIGTERM stays unblocked for it
+        (and a user-space killer's SIGTERM to it is the emulated SIGKILL: runtime/door)."""
+        ms = self.own.sigterm_ms
+        if ms < 0:
+            return                                  # SIGTERM_IGNORE
+        self.schedule_timeout_killable(ms / 1000, "sigterm")
+        raise Dying
 
     def do_commands(self) -> None:
         """Commands left in the mm's mailbox by ``oomemu inject`` (then SIGUSR2)."""
@@ -705,7 +724,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
     # Inherited by every worker: the emulated SIGKILL stays pending until a killable point.
-    signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED, SIGWAKE])
+    signal.pthread_sigmask(signal.SIG_BLOCK, [SIGKILL_EMULATED, SIGWAKE, signal.SIGTERM])
     raise_oom_score_adj()
     requests, replies = (int(x) for x in a.serve.split(","))
     return serve(a.run, requests, replies, lambda run_id, reqs: prepare(run_id, a.parent, a.fd, reqs),

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 
 from ..kernel.mm_types import MMF_OOM_SKIP, MMF_UNSTABLE, MMU_NOTIFIERS, PAGE_SIZE, TaskState
 from .clock import hold_for_kill
-from .mm import Mm
+from .mm import SIGTERM_DEFAULT, Mm
 from .protocol import SIGKILL_EMULATED, Event, encode
 from .view import render_meminfo, render_pressure, render_status, render_tasks
 
@@ -69,6 +69,12 @@ def send_kill(zone, own: Mm, index: int, sig: str, send, fifo_fd: int, now: floa
     if own.state == TaskState.TASK_DEAD:
         raise DoorError(errno.ESRCH, f"task {own.comm} (pid {own.pid}) has exited")
     tell(fifo_fd, Event.KILL, index, now, sig=sig, by=by, comm=comm)
+    if sig == "SIGTERM" and own.sigterm_ms != SIGTERM_DEFAULT:
+        try:                                   # caught or ignored: the task decides, no kill
+            send(signal.SIGTERM)
+        except ProcessLookupError:
+            raise DoorError(errno.ESRCH, f"task {own.comm} (pid {own.pid}) has exited") from None
+        return
     if not own.killed_at:
         own.killed_at = max(now, 1e-9)         # 0 is "not killed"
     hold_for_kill(zone, index, now)            # its exit starts at the kill, however late it wakes
@@ -97,7 +103,10 @@ def process_mrelease(zone, own: Mm, mm: Mm, mm_index: int, users: list[Mm], mmap
     using that mm), reaped by the rules of ``policy`` (the run's kernel policy), under
     ``mmap_sem`` taken for read in the name of pid ``me`` (``on_wait(True/False)`` around
     a wait for it: a caller holding the run clock lets go meanwhile). Returns the pages
-    freed; raises DoorError (EINVAL, ESRCH, EINTR, EAGAIN) as the system call fails."""
+    freed; raises DoorError (EINVAL, ESRCH, EINTR, EAGAIN) as the system call fails, ENOSYS
+    if the run's kernel predates it (Linux 5.15)."""
+    if not policy.HAS_PROCESS_MRELEASE:
+        raise DoorError(errno.ENOSYS, f"the run's kernel ({policy.name}) has no process_mrelease (Linux 5.15+)")
     if own.state == TaskState.TASK_DEAD or not own.pid:     # find_lock_task_mm() finds no mm
         raise DoorError(errno.ESRCH, f"task {own.comm} has no mm")
     # task_will_free_mem(): the task and every other user of its mm are dying, and the

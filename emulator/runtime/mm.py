@@ -98,7 +98,10 @@ MM_HEADER = Record(
     ("vmas", f"{MAX_VMAS * VMA_RECORD.size}s"),
     ("mm_tasks", "i"),               # of mm_users, the processes that use the mm as theirs (CLONE_VM)
     ("shares_mm", "i"),              # this task's: 1 + the index of the task whose mm it uses; 0: its own
+    ("sigterm_ms", "d"),             # how the task answers SIGTERM: SIGTERM_DEFAULT (fatal),
+                                     # SIGTERM_IGNORE, or its handler exits after this many ms
 )
+SIGTERM_DEFAULT, SIGTERM_IGNORE = -1.0, -2.0
 _FLAGS_OFF = MM_HEADER.offset("flags")
 _COMM = MM_HEADER.fields["comm"]
 _VMAS_OFF = MM_HEADER.offset("vmas")
@@ -247,6 +250,8 @@ class Mm:
     oom_retry_at = _field("oom_retry_at", "When a stalled allocation retries, as the supervisor answered "
                                           "(emulated time; < 0: a jiffy after the OOM killer's answer).")
     state = _field("state", "The task's TaskState, as an int (a reader of a copy may meet any value).")
+    sigterm_ms = _field("sigterm_ms", "How the task answers SIGTERM (SIGTERM_DEFAULT, SIGTERM_IGNORE, or "
+                                      "the ms its handler takes before it exits).")
     shares_mm = _field("shares_mm", "1 + the index of the task whose mm this task uses (CLONE_VM), 0: its "
                                     "own. Such a task's segment holds only its task fields (pid, state, "
                                     "comm, killed_at, mailbox); the mm is the owner's segment.")

@@ -59,7 +59,7 @@ from .clock import (HOLD_LIMIT_S, RunClock, ScaledClock, hold_for_kill, holding_
                     stop_holding, tolerance_ms)
 from .forkserver import ForkServer, ForkServerDied, Worker, kill_unreported
 from .klog import KernelLog
-from .mm import J_CHARGE, J_ZAP, MM_HEADER, Mm
+from .mm import J_CHARGE, J_ZAP, MM_HEADER, SIGTERM_DEFAULT, SIGTERM_IGNORE, Mm
 from .objects import RunObjects
 from .oom_scan import OomScan
 from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpec, decode
@@ -304,6 +304,8 @@ class Run:
             t.own.mmu_notifier = MMU_NOTIFIERS[t.spec.mmu_notifier]
             t.own.memcg = self.scenario.memcg_index(t.spec.memcg)
             t.own.comm = t.name
+            t.own.sigterm_ms = {"default": SIGTERM_DEFAULT, "ignore": SIGTERM_IGNORE}.get(t.spec.sigterm,
+                                                                                         t.spec.sigterm)
             if t.owner is not None:
                 t.own.shares_mm = 1 + t.owner.index
                 t.mm, t.mmap_sem = t.owner.mm, t.owner.mmap_sem
@@ -534,11 +536,16 @@ class Run:
         but it is dying now (a fatal signal pending)."""
         sig, who = _printable(msg.get("sig")), "%s[%s]" % (_printable(msg.get("comm")), msg.get("by"))
         first = not (t.sigkilled or t.victim is not None or t.killed is not None or t.exited or t.crashed)
-        t.sigkilled = True
-        self.trace("user_kill", t, at, sig=sig, by=msg.get("by"), comm=_printable(msg.get("comm")))
-        self.log.printk("oomemu: %s sent %s to pid %d (%s)%s" % (who, sig, t.pid, t.name,
-                                                               "" if first else " (dying already)"), at)
-        if first:
+        answer = t.spec.sigterm if sig == "SIGTERM" else "default"
+        if answer == "default":                       # fatal: SIGKILL for the whole group
+            t.sigkilled = True
+        note = ("" if first else " (dying already)") if answer != "ignore" else " (it ignores SIGTERM)"
+        if isinstance(answer, float):
+            note += " (its handler exits after %g ms)" % answer
+        self.trace("user_kill", t, at, sig=sig, by=msg.get("by"), comm=_printable(msg.get("comm")),
+                   answer=str(answer))
+        self.log.printk("oomemu: %s sent %s to pid %d (%s)%s" % (who, sig, t.pid, t.name, note), at)
+        if first and answer != "ignore":
             self.kills += 1
             t.killed = VictimRecord(t.name, t.pid, round(at, 6), memcg=self.zone.memcg_tree.path(t.mm.memcg),
                                     killed_by=who, signal=sig, oom_victim=False)
@@ -1020,7 +1027,8 @@ class Run:
             if not stop_holding(self.zone, slot, due):
                 continue                              # it woke meanwhile
             t = self.tasks[slot] if slot < len(self.tasks) else None
-            who = f"task {t.pid} ({t.name})" if t else "the oom_reaper"
+            who = (f"task {t.pid} ({t.name})" if t else "the oom_reaper" if slot == self.zone.supervisor_slot
+                   else "the user-space daemon")
             self.log.printk("oomemu: %s has held the clock at its time for %.1f s (late to wake, or stopped "
                             "from outside); the clock goes on without it" % (who, held))
             self.note_late(held * 1000, "hold_limit", t, due)

@@ -399,6 +399,13 @@ def cmd_policies(a) -> int:
         consts = ", ".join(f"{k}={v:g}" for k, v in cls.DEFAULTS.items())
         print(f"{name:10} {cls.summary} [{consts}]")
     print(f"{'host':10} this machine's own kernel, in a memory cgroup (root; see docs/host.md)")
+    from ..policies import DAEMONS
+    if DAEMONS:
+        print("\nuser-space OOM daemons, on top of a kernel policy: KERNEL+DAEMON (e.g. v6.6+earlyoom; "
+              "see docs/daemons.md)")
+    for name, cls in DAEMONS.items():
+        consts = ", ".join(f"{k}={v:g}" for k, v in cls.DEFAULTS.items())
+        print(f"  +{name:13} {cls.summary} [{consts}]")
     return EXIT_OK
 
 

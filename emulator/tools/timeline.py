@@ -34,7 +34,8 @@ class Lane:
     gone: float | None = None     # when it exited
 
 
-REAPER_EVENTS = ("start_task_reaping", "finish_task_reaping", "skip_task_reaping", "reap_deadline")
+REAPER_EVENTS = ("start_task_reaping", "finish_task_reaping", "skip_task_reaping", "reap_deadline",
+                 "process_mrelease")          # a user-space killer's reap, in its own context
 
 
 @dataclass
@@ -52,6 +53,9 @@ class ReaperMark:
     def label(self) -> str:
         if self.kind == "finish_task_reaping":
             return f"reaped {kb_text(self.freed_kb or 0)}"
+        if self.kind == "process_mrelease":
+            return f"process_mrelease: {self.reason}" if self.reason else \
+                f"process_mrelease: {kb_text(self.freed_kb or 0)}"
         return self.kind + (f": {self.reason}" if self.reason else "")
 
 
@@ -121,8 +125,9 @@ def build(events: list[dict]) -> Timeline:
         if "free_kb" in e:
             free.append((t, e["free_kb"] / 1024))
         if ev in REAPER_EVENTS:
-            reaper.append(ReaperMark(t, ev, e.get("task", ""), e.get("reason", ""),
-                                     e.get("freed_kb"), e.get("left_kb")))
+            reason = e.get("reason", "") if ev != "process_mrelease" else \
+                ("" if e.get("result") in ("0", "", None) else e["result"])
+            reaper.append(ReaperMark(t, ev, e.get("task", ""), reason, e.get("freed_kb"), e.get("left_kb")))
             continue
         if pid not in lanes:
             continue
@@ -134,7 +139,7 @@ def build(events: list[dict]) -> Timeline:
             switch(pid, t, d=e.get("state") == "D")
         elif ev == "mark_victim":
             switch(pid, t, victim=True)
-        elif ev == "oom_kill":
+        elif ev == "oom_kill" or (ev == "user_kill" and e.get("answer") != "ignore"):
             lanes[pid].kills.append(t)
         elif ev == "exit_mmap_start":
             switch(pid, t, exiting=True, d=False, stalled=False)

@@ -170,6 +170,8 @@ class ReaperPolicy:
     SUBSTANTIAL_PAGES = 256                 # 1 MB
     #: the user-space OOM daemon running on top (``emulator.userspace``), if the run names one
     daemon = None
+    #: the kernel has process_mrelease(2) (Linux 5.15+); without it the call is ENOSYS
+    HAS_PROCESS_MRELEASE: ClassVar[bool] = False
 
     def __init__(self, overrides: dict[str, float | str] | None = None):
         #: the policy's constants (``DEFAULTS``, changed by ``--set``)

@@ -36,6 +36,7 @@ class V66(V417):
         "reap_retry_interval_s": 0.1,
     }
     LIMITS = dict(V417.LIMITS, oom_reaper_delay_s=DELAY)    # 0: v5.17, no delay
+    HAS_PROCESS_MRELEASE = True                              # v5.15
     EXIT_MMAP = ExitMmapRules(oom_skip=OomSkipAt.AFTER_UNMAP, reap_first=False,
                               unreapable_vm_flags=VM_HUGETLB | VM_PFNMAP,    # mlocked memory is reapable
                               unmap_lock=MmapLock.READ, free_pgtables_lock=MmapLock.WRITE)
