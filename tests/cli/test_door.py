@@ -125,13 +125,17 @@ def test_a_daemon_of_ones_own_kills_through_the_door_and_sees_the_memory_come_ba
         assert not os.path.exists(f"{door}/{victim}")
         after = meminfo(door)
         assert after["MemFree"] - before["MemFree"] == 40 * MB and after["AnonPages"] == 20 * MB
+        assert oomemu("kill", run.id, "bystander").returncode == 0
+        p = oomemu("mrelease", run.id, "bystander")            # v4.17 predates process_mrelease
+        assert (p.returncode, p.stderr) == (4, "oomemu mrelease: process_mrelease(bystander) failed: ENOSYS: "
+                                               "the run's kernel (v4.17) has no process_mrelease (Linux 5.15+)\n")
         out = run.stop()
     assert "oomemu[" in out and f"] sent SIGKILL to pid {victim} (victim)" in out
     assert not os.path.exists(door) and os.listdir(doors) == []
 
 
 def test_mrelease_reaps_a_dying_task_in_the_callers_context(tmp_path, doors):
-    with HeldRun(write_scenario(tmp_path, STUCK, "stuck")) as run:
+    with HeldRun(write_scenario(tmp_path, STUCK, "stuck"), "v6.6") as run:
         door = door_from_banner(run)
         assert wait_for(lambda: os.path.exists(f"{door}/tasks"), 10)
         stuck = pid_of(door, "stuck")
@@ -155,7 +159,7 @@ def test_mrelease_reaps_a_dying_task_in_the_callers_context(tmp_path, doors):
 
 
 def test_kill_and_mrelease_errors(tmp_path, doors):
-    with HeldRun(write_scenario(tmp_path, IDLE, "idle")) as run:
+    with HeldRun(write_scenario(tmp_path, IDLE, "idle"), "v6.6") as run:
         door = door_from_banner(run)
         assert wait_for(lambda: os.path.exists(f"{door}/tasks"), 10)
         for cmd in ("kill", "mrelease"):                            # a user's mistake: one line, exit 2
@@ -179,7 +183,7 @@ def test_kill_and_mrelease_errors(tmp_path, doors):
 
 
 def test_ctrl_c_while_mrelease_waits_for_the_mmap_sem_is_eintr(tmp_path, doors):
-    with HeldRun(write_scenario(tmp_path, IDLE, "idle")) as run:
+    with HeldRun(write_scenario(tmp_path, IDLE, "idle"), "v6.6") as run:
         door_from_banner(run)
         with started(oomemu_args("inject", run.id, "hold-mmap-sem", "victim", "--seconds", "600")) as holder:
             assert "holding the mmap_sem of victim" in read_line(holder)
