@@ -134,21 +134,18 @@ def mrelease_task(run_id: str, task: str, on_wait=None) -> str:
     try:
         index, label, own = _open_task(run, task)
         opened.append(own)
-        indices = run.mm_indices()
         m = own.shares_mm - 1 if own.shares_mm else index     # the task whose mm it is
+        sharers = [j for j, o in run.each_mm() if j != index and (o.shares_mm - 1 if o.shares_mm else j) == m]
         users, mm = [own], own
-        for j in indices:
-            if j == index:
-                continue
+        for j in sharers:                                      # opened again, to write: live reads
             try:
                 other = run.open_mm(j, write=True)
             except (FileNotFoundError, Refused):
                 continue
             opened.append(other)
+            users.append(other)
             if j == m:
                 mm = other
-            if (other.shares_mm - 1 if other.shares_mm else j) == m:
-                users.append(other)
         if m != index and mm is own:
             raise UsageError(f"task {label} of run {run.run_id} shares an mm that is not there")
         policy = kernel_policy(run.facts.policy)

@@ -255,3 +255,32 @@ def test_cleanup_leaves_alone_what_is_not_laid_out_as_a_door(tmp_path):
         (good / rel).write_text("x\n")
     assert sorted(remove_dead_doors(str(base))) == sorted(done + [f"removed door {good}"])
     assert not good.exists()
+
+
+# main and its thread share one mm (CLONE_VM): the mm is freed only when both are dying.
+SHARED = """
+    memory_mb = 128
+    min_kills = 0
+    [[task]]
+    name = "main"
+    vma = [{ kind = "anon", mb = 40 }]
+    step = [{ op = "busy", ms = 600000 }]
+    [[task]]
+    name = "thread"
+    mm = "main"
+    step = [{ op = "busy", ms = 600000 }]
+"""
+
+
+def test_mrelease_needs_every_user_of_the_mm_dying(tmp_path, doors):
+    with HeldRun(write_scenario(tmp_path, SHARED, "shared"), "v6.6") as run:
+        door_from_banner(run)
+        assert oomemu("kill", run.id, "main").returncode == 0
+        p = oomemu("mrelease", run.id, "main")
+        assert p.returncode == 4 and re.fullmatch(r"oomemu mrelease: process_mrelease\(main\) failed: EINVAL: task "
+                                                  r"main \(pid \d+\) shares its mm with a task that is not dying\n",
+                                                  p.stderr), p.stderr
+        assert oomemu("kill", run.id, "thread").returncode == 0
+        p = oomemu("mrelease", run.id, "thread")                    # through the thread: the same mm
+        assert p.returncode == 0 and p.stdout.endswith(f": reaped {40 * MB}kB\n"), p.stderr
+        run.stop()
