@@ -252,6 +252,9 @@ def main(argv=None) -> int:
         return 1
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
+    # SIGTERM (someone's kill, a sweep of stray processes): exit through close(), so that
+    # the door goes with us
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     us = None
     try:
         if a.daemon_class:

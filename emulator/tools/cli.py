@@ -72,7 +72,7 @@ def cmd_run(a) -> int:
                   f"speed {a.speed:g}, {len(scenario.tasks)} tasks, {scenario.memory_mb:g} MB", flush=True)
         if a.hold:
             _hold_banner(run, scenario)
-        elif run.door and not a.quiet:
+        elif getattr(run, "door", None) and not a.quiet:
             print(f"oomemu: run {run.run_id}'s door (its /proc as files, see docs/door.md): {run.door}",
                   flush=True)
 
