@@ -23,7 +23,7 @@ import errno
 import os
 import signal
 import stat
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import posix_ipc
 import psutil
@@ -60,6 +60,14 @@ def _fifo(run: LiveRun) -> int:
     return fd
 
 
+@contextmanager
+def _opened(fd: int):
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def _open_task(run: LiveRun, task: str) -> tuple[int, str, Mm]:
     """(index, label, its own segment opened to write) of ``task`` (a name or a pid)."""
     index, comm, pid = find_task(run, task)
@@ -83,15 +91,11 @@ def kill_task(run_id: str, task: str, sig: str = "SIGKILL") -> str:
                 worker = run.prove_worker(index, own.pid)
             except NotProven as e:
                 raise DoorError(errno.ESRCH, f"task {label} has exited ({e})") from None
-            with worker:
-                zone, fifo = _writable_zone(run), _fifo(run)
+            with worker, closing(_writable_zone(run)) as zone, _opened(_fifo(run)) as fifo:
                 try:
                     send_kill(zone, own, index, sig, worker.send_signal, fifo, run.now(), os.getpid(), COMM)
                 except BrokenPipeError:
                     raise UsageError(f"run {run.run_id} has ended") from None
-                finally:
-                    os.close(fifo)
-                    zone.close()
         finally:
             own.close()
         return f"oomemu kill: {sig} sent to {label} of run {run.run_id}"
@@ -127,7 +131,7 @@ def kernel_policy(policy_name: str):
 
 def mrelease_task(run_id: str, task: str, on_wait=None) -> str:
     """process_mrelease(2) of ``task`` of run ``run_id``, in this process. Returns the line
-    to print; DoorError (EINVAL, ESRCH, EINTR, EAGAIN) as the system call fails.
+    to print; DoorError (EINVAL, ESRCH, EINTR, EAGAIN, ENOSYS) as the system call fails.
     ``on_wait(True/False)``: around a wait for the mmap_sem."""
     run = open_run(run_id, mine="mrelease tasks of")
     opened: list[Mm] = []
@@ -149,10 +153,8 @@ def mrelease_task(run_id: str, task: str, on_wait=None) -> str:
         if m != index and mm is own:
             raise UsageError(f"task {label} of run {run.run_id} shares an mm that is not there")
         policy = kernel_policy(run.facts.policy)
-        sem = open_mmap_sem(run, m, mm, f"the mmap_sem of {shown(mm.comm)} (pid {mm.pid})")
-        zone = _writable_zone(run)
-        fifo = _fifo(run)
-        try:
+        with closing(open_mmap_sem(run, m, mm, f"the mmap_sem of {shown(mm.comm)} (pid {mm.pid})")) as sem, \
+                closing(_writable_zone(run)) as zone, _opened(_fifo(run)) as fifo:
             skip = mm.test_bit(MMF_OOM_SKIP)
             result, freed = "", 0
             try:
@@ -167,10 +169,6 @@ def mrelease_task(run_id: str, task: str, on_wait=None) -> str:
                          freed_kb=freed_kb(freed))
                 except OSError:
                     pass                                      # the run has ended meanwhile
-        finally:
-            os.close(fifo)
-            zone.close()
-            sem.close()
         what = "its mm was reaped already (MMF_OOM_SKIP)" if skip else f"reaped {freed_kb(freed)}kB"
         return f"oomemu mrelease: {label} of run {run.run_id}: {what}"
     finally:
