@@ -89,7 +89,11 @@ class UserSpace:
             return
         now = self.clock.now()
         snap = self.view.snapshot(now)
-        self.door.write(snap, self.header + "now: %.6f\n" % now)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})   # no exit half-way through a file
+        try:
+            self.door.write(snap, self.header + "now: %.6f\n" % now)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.next_refresh = time.monotonic() + self.refresh_s
 
     # -- waiting --------------------------------------------------------------------
@@ -268,6 +272,7 @@ def main(argv=None) -> int:
         return 1
     finally:
         if us is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)    # on the way out already: finish it
             us.close()
     return 0
 
