@@ -35,7 +35,7 @@ import time
 
 from emulator.kernel.mm_types import PAGE_SIZE
 from emulator.policies import get_policy, register_daemon
-from emulator.runtime import names
+from emulator.runtime import machine, names
 from emulator.runtime.clock import RunClock
 from emulator.runtime.door import DoorDir, DoorError, process_mrelease, send_kill, tell
 from emulator.runtime.mm import Mm
@@ -48,6 +48,7 @@ from emulator.userspace.base import Decision, Kill, Log, Results
 from workers.task import set_pdeathsig
 
 COMM = "oomemu-daemon"
+MAX_SPINS = 10_000                  # looks at one emulated time: a model that never lets time go on
 
 
 class _Woken(Exception):
@@ -65,6 +66,8 @@ class UserSpace:
         self.go_fd = go_fd
         self.zone = Zone(run_id)
         n = self.zone.nr_tasks
+        if not machine.raise_nofile(2 * n + 64):         # a segment per task, a pidfd per victim
+            raise RuntimeError(f"RLIMIT_NOFILE's hard limit is too low for {n} tasks")
         self.own = [Mm(names.mm(run_id, i)) for i in range(n)]
         self.uses = [o.shares_mm - 1 if o.shares_mm else i for i, o in enumerate(self.own)]   # mm index
         self.view = RunView(self.zone, [(self.own[i], self.own[self.uses[i]]) for i in range(n)])
@@ -169,8 +172,8 @@ class UserSpace:
             result = ""
         except DoorError as e:
             freed, result = 0, e.name
-        tell(self.fifo, Event.MRELEASE, i, now, by=self.me, comm=self.name, result=result,
-             freed_kb=freed * PAGE_SIZE // 1024)
+        tell(self.fifo, Event.MRELEASE, i, self.clock.now(), by=self.me, comm=self.name, result=result,
+             freed_kb=freed * PAGE_SIZE // 1024)          # when it returned (it may wait for mmap_sem)
         return result
 
     def _blocked(self, on: bool) -> None:
@@ -192,8 +195,11 @@ class UserSpace:
         return results
 
     def run_daemon(self) -> None:
+        """Look when the model asks (a time already past, as after a call that blocked: at
+        once); a model that keeps asking for now without time moving on is a fault."""
         decision = self.daemon.start(self.clock.now())
         results = self.act(decision, self.clock.now())
+        spins, last = 0, -1.0
         while True:
             due = max(decision.next_at, self.clock.now())
             pidfd = self._pidfd(decision.wake_on_exit) if decision.wake_on_exit else None
@@ -202,11 +208,13 @@ class UserSpace:
             except _Woken:
                 pass
             now = self.clock.hold(self.clock.now())        # we act now, wherever we woke
+            spins = spins + 1 if now == last else 0
+            if spins > MAX_SPINS:
+                raise RuntimeError(f"daemon {self.name}: {MAX_SPINS} looks at {now:g} s without time "
+                                   f"moving on (its next_at is never later than now)")
+            last = now
             decision = self.daemon.poll(self.view.snapshot(now), results)
             results = self.act(decision, now)
-            if decision.next_at <= now and not decision.actions:
-                raise RuntimeError(f"daemon {self.name}: asked to look again at {decision.next_at:g}, "
-                                   f"not after now ({now:g}), having done nothing")
 
     def run(self) -> None:
         if self.daemon is not None:

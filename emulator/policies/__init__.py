@@ -28,6 +28,10 @@ from ..kernel.policies.timeout import Timeout
 from ..kernel.policies.v4_17 import V417
 from ..kernel.policies.v6_6 import V66
 from ..userspace.base import Daemon
+from ..userspace.earlyoom import Earlyoom
+from ..userspace.lmkd import Lmkd
+from ..userspace.oomd import Oomd
+from ..userspace.systemd_oomd import SystemdOomd
 
 POLICIES: dict[str, type[ReaperPolicy]] = {}
 
@@ -61,6 +65,10 @@ def register_daemon(cls: type[Daemon]) -> type[Daemon]:
         raise ValueError(f"{cls.__name__}.name {cls.name!r}: printable ASCII, no spaces, no '+'")
     DAEMONS[cls.name] = cls
     return cls
+
+
+for _daemon in (Earlyoom, Lmkd, Oomd, SystemdOomd):
+    register_daemon(_daemon)
 
 
 def policy_names(daemons: bool = True) -> list[str]:

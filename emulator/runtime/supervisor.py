@@ -37,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import posix_ipc
 import psutil
@@ -117,6 +117,7 @@ class TaskRecord:
     throttled_s: float = 0.0          # emulated seconds it waited on writeback for it so far
     victim: VictimRecord | None = None   # an OOM victim's record (MMF_OOM_VICTIM)
     killed: VictimRecord | None = None   # a user-space killer's kill (the same record if it became one)
+    signalled: set = field(default_factory=set)   # (killer, signal) pairs logged already
     initial_pages: tuple[int, ...] = ()   # pages per VMA at start
     grow_vma: int = 0                     # the VMA that ``alloc`` grows
     own: Mm | None = None                 # its segment: pid, state, comm, killed_at, mailbox (the mm
@@ -310,8 +311,8 @@ class Run:
                 t.own.shares_mm = 1 + t.owner.index
                 t.mm, t.mmap_sem = t.owner.mm, t.owner.mmap_sem
                 with t.mm.guard():            # copy_mm(CLONE_VM): mmget, one more user
-                    for field in ("mm_users", "mm_tasks"):
-                        MM_HEADER.set(t.mm.map, field, MM_HEADER.get(t.mm.map, field) + 1)
+                    for name in ("mm_users", "mm_tasks"):
+                        MM_HEADER.set(t.mm.map, name, MM_HEADER.get(t.mm.map, name) + 1)
 
     def _worker_spec(self, t: TaskRecord, index: dict[str, int]) -> WorkerSpec:
         return WorkerSpec(
@@ -544,7 +545,9 @@ class Run:
             note += " (its handler exits after %g ms)" % answer
         self.trace("user_kill", t, at, sig=sig, by=msg.get("by"), comm=_printable(msg.get("comm")),
                    answer=str(answer))
-        self.log.printk("oomemu: %s sent %s to pid %d (%s)%s" % (who, sig, t.pid, t.name, note), at)
+        if (who, sig) not in t.signalled:             # a signal sent again (oomd's rounds): traced only
+            t.signalled.add((who, sig))
+            self.log.printk("oomemu: %s sent %s to pid %d (%s)%s" % (who, sig, t.pid, t.name, note), at)
         if first and answer != "ignore":
             self.kills += 1
             t.killed = VictimRecord(t.name, t.pid, round(at, 6), memcg=self.zone.memcg_tree.path(t.mm.memcg),
@@ -1257,6 +1260,8 @@ def _printable(value, keep_spaces: bool = False) -> str:
     """A string from the event FIFO (written by a process outside the run, perhaps), fit
     for the log: no control characters, at most 1000 of them."""
     text = value if isinstance(value, str) else "" if value is None else str(value)
+    if keep_spaces:
+        text = text.replace("\t", " ")
     return "".join(c if c.isprintable() and (keep_spaces or not c.isspace()) else "?" for c in text[:1000])
 
 

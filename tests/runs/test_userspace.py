@@ -9,7 +9,7 @@ each assertion is about what the run made of it."""
 import pytest
 
 import emulator
-from emulator.policies import register_daemon
+from emulator.policies import DAEMONS, register_daemon
 from emulator.scenario import load_scenario
 from tests.daemons import Broken, Scripted, TermAll
 from tests.helpers import write_scenario
@@ -17,8 +17,16 @@ from tests.helpers import write_scenario
 pytestmark = pytest.mark.timeout(120)
 SPEED = 10
 
-for _cls in (Scripted, TermAll, Broken):
-    register_daemon(_cls)
+
+@pytest.fixture(autouse=True, scope="module")
+def scripted_daemons():
+    """The test daemons, known by name for this module's tests only (a run's user-space
+    process imports them itself: runtime/userspace.py's --daemon-class)."""
+    for cls in (Scripted, TermAll, Broken):
+        register_daemon(cls)
+    yield
+    for cls in (Scripted, TermAll, Broken):
+        DAEMONS.pop(cls.name, None)
 
 
 def run(scenario, policy, **kw):
