@@ -9,7 +9,8 @@
   ends with ``os._exit``, which runs no ``finally``; its children die with it
   (``PR_SET_PDEATHSIG``, see ``tests.helpers.spawn``), the rest waits here.
 * Their doors (docs/door.md) go into a directory of the session's own,
-  ``/tmp/oomemu_test<pytest pid>.doors`` (OOMEMU_DOOR_DIR), removed at its end.
+  ``/tmp/oomemu_test<pytest pid>.doors`` (OOMEMU_DOOR_DIR), removed at its end
+  (a dead session's, at the next start).
 * Leak checks at three levels, each against a snapshot taken before its scope
   began: every test; every module (its snapshot is taken before the module's
   own fixtures start, so a module fixture that leaks is caught when the module
@@ -37,11 +38,13 @@ os.environ["OOMEMU_PREFIX"] = f"oomemu_test{os.getpid()}"
 DOORS = os.path.join("/tmp", f"oomemu_test{os.getpid()}.doors")
 os.environ["OOMEMU_DOOR_DIR"] = DOORS
 
+import glob
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 # A shell that starts the suite in the background (cmd &) hands it SIGINT
@@ -58,7 +61,10 @@ _swept: list[str] = []
 
 def pytest_configure(config):
     _swept.extend(sweep_dead_sessions(own=True))
-    shutil.rmtree(DOORS, ignore_errors=True)         # a dead session's of the same pid
+    for path in glob.glob("/tmp/oomemu_test*.doors"):   # dead sessions' (os._exit skips unconfigure)
+        pid = path[len("/tmp/oomemu_test"):-len(".doors")]
+        if path == DOORS or (pid.isdigit() and not psutil.pid_exists(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)          # (a symlink is refused, not followed)
 
 
 def pytest_unconfigure(config):
