@@ -8,12 +8,15 @@
   (``tests.helpers.sweep_dead_sessions``). A session killed by pytest-timeout
   ends with ``os._exit``, which runs no ``finally``; its children die with it
   (``PR_SET_PDEATHSIG``, see ``tests.helpers.spawn``), the rest waits here.
+* Their doors (docs/door.md) go into a directory of the session's own,
+  ``/tmp/oomemu_test<pytest pid>.doors`` (OOMEMU_DOOR_DIR), removed at its end
+  (a dead session's, at the next start).
 * Leak checks at three levels, each against a snapshot taken before its scope
   began: every test; every module (its snapshot is taken before the module's
   own fixtures start, so a module fixture that leaks is caught when the module
   ends); the session. A leak is a process of this session (its prefix in the
-  environment, or a descendant of pytest, such as a forked child) or a /dev/shm
-  object of its prefix that was not there at the snapshot. It is
+  environment, or a descendant of pytest, such as a forked child), a /dev/shm
+  object of its prefix or a door that was not there at the snapshot. It is
   removed, then reported as a failure.
 * Every test lives in the folder of its layer, and gets the layer's marker
   (``-m pure``, ``-m "pure or ipc"``...): tests/pure (no processes, no
@@ -31,11 +34,17 @@ import os
 # their own, so that runs elsewhere on the machine neither confuse the leak
 # checks nor get removed by them.
 os.environ["OOMEMU_PREFIX"] = f"oomemu_test{os.getpid()}"
+# ... and their doors (docs/door.md) a directory of their own, checked for leaks as /dev/shm is
+DOORS = os.path.join("/tmp", f"oomemu_test{os.getpid()}.doors")
+os.environ["OOMEMU_DOOR_DIR"] = DOORS
 
+import glob
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 # A shell that starts the suite in the background (cmd &) hands it SIGINT
@@ -52,6 +61,21 @@ _swept: list[str] = []
 
 def pytest_configure(config):
     _swept.extend(sweep_dead_sessions(own=True))
+    for path in glob.glob("/tmp/oomemu_test*.doors"):   # dead sessions' (os._exit skips unconfigure)
+        pid = path[len("/tmp/oomemu_test"):-len(".doors")]
+        if path == DOORS or (pid.isdigit() and not psutil.pid_exists(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)          # (a symlink is refused, not followed)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(DOORS, ignore_errors=True)
+
+
+def doors() -> set[str]:
+    try:
+        return set(os.listdir(DOORS))
+    except FileNotFoundError:
+        return set()
 
 
 # The layers, each a folder of tests/ and a marker of the same name (pyproject.toml registers them).
@@ -96,6 +120,7 @@ class Snapshot:
     def __init__(self):
         self.pids = {p.pid for p in ours()}
         self.shm = shm_leftovers()
+        self.doors = doors()
 
     def new_processes(self):
         return [p for p in ours() if p.pid not in self.pids]
@@ -106,7 +131,7 @@ class Snapshot:
         # process a test ended may still be on its way out: give them a moment
         # (bounded) before calling them leaks.
         wait_for(lambda: not self.new_processes(), timeout=3)
-        procs, shm = self.new_processes(), shm_leftovers() - self.shm
+        procs, shm, door = self.new_processes(), shm_leftovers() - self.shm, doors() - self.doors
         described = []
         for p in procs:
             try:
@@ -114,8 +139,11 @@ class Snapshot:
             except Exception:
                 described.append(str(p.pid))
         remove_all(procs, shm)                      # fail, but do not poison what comes next
+        for d in door:
+            shutil.rmtree(os.path.join(DOORS, d), ignore_errors=True)
         assert not procs, f"processes left behind by {where}: {described}"
         assert not shm, f"left in /dev/shm by {where}: {sorted(shm)}"
+        assert not door, f"doors left in {DOORS} by {where}: {sorted(door)}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -92,7 +92,11 @@ class UserSpace:
             return
         now = self.clock.now()
         snap = self.view.snapshot(now)
-        self.door.write(snap, self.header + "now: %.6f\n" % now)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})   # no exit half-way through a file
+        try:
+            self.door.write(snap, self.header + "now: %.6f\n" % now)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.next_refresh = time.monotonic() + self.refresh_s
 
     # -- waiting --------------------------------------------------------------------
@@ -260,6 +264,9 @@ def main(argv=None) -> int:
         return 1
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
+    # SIGTERM (someone's kill, a sweep of stray processes): exit through close(), so that
+    # the door goes with us
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     us = None
     try:
         if a.daemon_class:
@@ -273,6 +280,7 @@ def main(argv=None) -> int:
         return 1
     finally:
         if us is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)    # on the way out already: finish it
             us.close()
     return 0
 

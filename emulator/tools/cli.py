@@ -1,7 +1,8 @@
 """The ``oomemu`` command line. Exit codes: 0 the command did its job (whatever
 a run's verdict), 1 a fault of ours, 2 a mistake in the input or a machine that
-cannot hold the run, 3 ``compare --check`` found a difference, 128+N killed by
-signal N (after tearing the run down)."""
+cannot hold the run, 3 ``compare --check`` found a difference, 4 ``kill`` or
+``mrelease`` failed as the system call would (the line names the errno), 128+N
+killed by signal N (after tearing the run down)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..errors import UsageError
 from ..result import RunResult
 from .columns import columns
 
-EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
+EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_CHECK, EXIT_ERRNO = 0, 1, 2, 3, 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,12 +72,20 @@ def cmd_run(a) -> int:
                   f"speed {a.speed:g}, {len(scenario.tasks)} tasks, {scenario.memory_mb:g} MB", flush=True)
         if a.hold:
             _hold_banner(run, scenario)
+        elif getattr(run, "door", None) and not a.quiet:
+            print(f"oomemu: run {run.run_id}'s door (its /proc as files, see docs/door.md): {run.door}",
+                  flush=True)
 
     if a.policy == "host":
         run = _host_run(a, scenario, started)
     else:
         run = Run(scenario, a.policy, a.speed, _overrides(a.set), echo=None if a.quiet else _echo,
                   trace=a.trace, hold=a.hold, on_start=started)
+        if a.door is not None and a.no_door:
+            raise UsageError("--door and --no-door: one or the other")
+        if a.door is not None or (a.hold and not a.no_door):
+            from .door import door_path
+            run.door = door_path(run.run_id, a.door or None)
     for opt, path in (("--json", a.json), ("--trace", a.trace)):
         if path:
             try:
@@ -95,7 +104,8 @@ def cmd_run(a) -> int:
 
 def _host_run(a, scenario, started):
     """``--policy host``: the scenario on this machine's kernel (emulator.host)."""
-    for given, opt in ((a.hold, "--hold"), (a.set, "--set"), (a.speed != 1, "--speed")):
+    for given, opt in ((a.hold, "--hold"), (a.set, "--set"), (a.speed != 1, "--speed"),
+                       (a.door is not None, "--door")):
         if given:
             raise UsageError(f"--policy host runs on the kernel's own clock and constants: {opt} does not apply")
     from ..host.run import HostRun
@@ -114,8 +124,14 @@ oomemu: try, from another terminal:
     oomemu inject {rid} hold-mmap-sem {first} --read --seconds 5
     oomemu inject {rid} alloc {scenario.tasks[-1].name} 50
     oomemu inject {rid} crash {first}
-    {sys.executable} {example} {rid} 0 read 5
-""", flush=True)
+    {sys.executable} {example} {rid} 0 read 5""", flush=True)
+    if run.door:
+        daemon = os.path.join(os.path.dirname(example), "door_daemon.py")
+        print(f"""oomemu: its door, its /proc as files for a daemon of your own (docs/door.md): {run.door}
+    oomemu kill {rid} {first}
+    oomemu mrelease {rid} {first}
+    {sys.executable} {daemon} {run.door}""", flush=True)
+    print(flush=True)
 
 
 def summary_table(results: list[RunResult]) -> str:
@@ -264,6 +280,31 @@ def cmd_inject(a) -> int:
         arg = a.mb
     inject(a.run, a.action, a.target, arg, echo=lambda line: print(line, flush=True),
            mode=getattr(a, "mode", None) or "write")
+    return EXIT_OK
+
+
+def cmd_kill(a) -> int:
+    from ..runtime.door import DoorError
+    from .door import kill_task
+    try:
+        print(kill_task(a.run, a.task, a.signal), flush=True)
+    except DoorError as e:
+        print(f"oomemu kill: kill({a.task}, {a.signal}) failed: {e.name}: {e.strerror}", file=sys.stderr)
+        return EXIT_ERRNO
+    return EXIT_OK
+
+
+def cmd_mrelease(a) -> int:
+    from ..runtime.door import DoorError
+    from .door import mrelease_task
+    try:
+        def waiting(on: bool) -> None:
+            if on:
+                _say(f"oomemu mrelease: waiting for the mmap_sem of {a.task} (Ctrl-C: EINTR) ...")
+        print(mrelease_task(a.run, a.task, on_wait=waiting), flush=True)
+    except DoorError as e:
+        print(f"oomemu mrelease: process_mrelease({a.task}) failed: {e.name}: {e.strerror}", file=sys.stderr)
+        return EXIT_ERRNO
     return EXIT_OK
 
 
@@ -416,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", metavar="FILE", help="write trace events as JSON lines")
     r.add_argument("--hold", action="store_true",
                    help="keep the tasks alive after their steps until Ctrl-C or 'oomemu stop RUN'")
+    r.add_argument("--door", nargs="?", const="", default=None, metavar="DIR",
+                   help="write the run's /proc as files for a user-space daemon (docs/door.md) into DIR "
+                        "(a new directory; default: one under $OOMEMU_DOOR_DIR, /run/oomemu or "
+                        "$XDG_RUNTIME_DIR/oomemu); a held run has one unless --no-door")
+    r.add_argument("--no-door", action="store_true", help="no door for a held run")
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("demo", help="mlocked under v4.17 and timeout, side by side")
     d.add_argument("--speed", type=_run_speed, default=1.0)
@@ -462,6 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
                            ("crash", "a real SIGKILL: what it holds stays held")):
         acts.add_parser(name, help=helptext).add_argument("target", metavar="TASK")
     inj.set_defaults(func=cmd_inject)
+    kl = sub.add_parser("kill", help="kill(2) a task of a live run, as a user-space OOM killer does")
+    kl.add_argument("run")
+    kl.add_argument("task", metavar="TASK", help="its name or pid")
+    kl.add_argument("--signal", choices=("SIGKILL", "SIGTERM"), default="SIGKILL")
+    kl.set_defaults(func=cmd_kill)
+    mr = sub.add_parser("mrelease", help="process_mrelease(2) a dying task of a live run, in this process")
+    mr.add_argument("run")
+    mr.add_argument("task", metavar="TASK", help="its name or pid")
+    mr.set_defaults(func=cmd_mrelease)
     c = sub.add_parser("compare", help="every scenario under every policy, one table")
     c.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")
     c.add_argument("--policies", help="comma-separated (default: all)")

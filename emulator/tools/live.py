@@ -435,7 +435,10 @@ def ps_table(run: LiveRun, show_all: bool = False) -> str:
     free_kb = run.zone.free_pages() * k
     head = (f"run {run.run_id}: {shown(run.facts.scenario)} under {shown(run.facts.policy)}, "
             f"t={run.now():.3f}s, free {free_kb}kB of {run.facts.total_pages * k}kB")
-    out = head + page_cache_line(run.zone) + "\n" + columns([PS_HEADER] + [tuple(r.cells) for r in visible])
+    from .door import door_of                   # its door, if it writes one (docs/door.md)
+    door = door_of(run)
+    head += page_cache_line(run.zone) + (f"; door {door}" if door else "")
+    out = head + "\n" + columns([PS_HEADER] + [tuple(r.cells) for r in visible])
     if folded:
         out += "\n" + folded_ps_line(folded, run.run_id)
     return out

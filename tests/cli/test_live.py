@@ -485,6 +485,6 @@ def test_ps_shows_page_cache_and_shmem_apart_from_anon(tmp_path):
         p = oomemu("ps", run.id)
         assert p.returncode == 0, p.stderr
         head, _, row = p.stdout.splitlines()[:3]
-        assert head.endswith("; page cache 20480kB (5120kB dirty), shmem 30720kB"), head
+        assert "; page cache 20480kB (5120kB dirty), shmem 30720kB; door " in head, head
         assert row.split()[1:8] == ["db", "/", "running", "10240k", "20480k", "30720k", "0k"], row
         run.stop()

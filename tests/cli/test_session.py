@@ -103,7 +103,8 @@ def test_the_next_session_sweeps_what_a_dead_one_left(tmp_path):
             open(live_file, "w").close()
             with started(["sleep", "60"], env=dict(os.environ, OOMEMU_PREFIX=live)) as live_proc:
                 assert read_line(orphan).startswith("oomemu: run ")
-                assert wait_for(lambda: len(session_processes(dead)) == 3, timeout=20)
+                # the supervisor, two workers, the process writing the held run's door
+                assert wait_for(lambda: len(session_processes(dead)) == 4, timeout=20)
                 before = shm_of(dead)
                 assert len(before) > 1
                 swept = sweep_dead_sessions()
