@@ -64,8 +64,12 @@ def test_listings():
     assert [l.split()[0] for l in p.stdout.splitlines()] == builtin_names()
     assert {"mlocked", "mmap_sem_held", "livelock"} <= set(builtin_names())
     p = oomemu("policies")
-    assert [l.split()[0] for l in p.stdout.splitlines()] == ["v4.17", "timeout", "handover", "v6.6", "host"]
+    kernel, _, daemons = p.stdout.partition("\n\n")
+    assert [l.split()[0] for l in kernel.splitlines()] == ["v4.17", "timeout", "handover", "v6.6", "host"]
     assert "[oom_reaper_delay_s=2, max_oom_reap_retries=10, reap_retry_interval_s=0.1]" in p.stdout
+    assert daemons.startswith("user-space OOM daemons, on top of a kernel policy: KERNEL+DAEMON")
+    assert [l.split()[0] for l in daemons.splitlines()[1:]] == ["+earlyoom", "+lmkd", "+oomd", "+systemd-oomd"]
+    assert "[mem_term_percent=10, mem_kill_percent=5," in daemons
 
 
 GOOD = """
