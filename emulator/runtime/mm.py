@@ -357,6 +357,18 @@ class Mm:
                 return nr - resident
         return 0
 
+    def map_more(self, vma_index: int, resident: int) -> int:
+        """A refault: the VMA maps its object's first ``resident`` pages again (at most its
+        capacity), unless the mm is being torn down (MMF_UNSTABLE). Returns the pages it
+        maps now."""
+        with self.guard():
+            vma = self.vma(vma_index)
+            if self.test_bit(MMF_UNSTABLE) or resident <= vma.nr_pages:
+                return vma.nr_pages
+            nr = min(resident, vma.capacity)
+            self._set_nr_pages(vma_index, nr)
+            return nr
+
     def _set_nr_pages(self, vma_index: int, nr: int) -> None:
         VMA_RECORD.set(self.map, "nr_pages", nr, _vma_off(vma_index))      # one aligned store
 

@@ -59,6 +59,11 @@ class Event(StrEnum):
     MM_PIN = "mm_pin"                 # an mm_pin step: what ("mmget_not_zero", "mmput"), mm (the mm's
                                       # task index), success (mmget_not_zero: false if the mm was gone)
     INJECT = "inject"                 # from ``oomemu inject``: action, what, by (its pid)
+    SLEEP = "sleep"                   # a sleep step begins (PSI: asleep): until (its end), or -1: idle
+                                      # until an event (after an injected command)
+    TOUCH = "touch"                   # a touch step reached pages of a file VMA that reclaim took:
+                                      # vma, pages (of the VMA to be resident); it waits on oom_reply,
+                                      # then until its oom_retry_at (the refault's read)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpe
 from .reaper import OomReaper
 from .resources import RunResources
 from .rwsem import WRITE, MmapSem
+from .stall import Segment, StallAccounting
 from .trace import Tracer
 
 KILL_WAIT_S = 10.0              # real seconds the teardown waits for killed workers, in all
@@ -210,6 +211,7 @@ class Run:
         self._holding: list[TaskRecord] = []           # the victims that may still hold their memory
         self._victim_of_mm: dict[int, TaskRecord] = {}  # id(mm) -> the first victim using it
         self._scan: OomScan | None = None              # every task as the OOM killer scans it
+        self.pressure: StallAccounting | None = None   # the run's PSI, fed from time 0
         self.verdict: Verdict | None = None
         self.first_oom_at: float | None = None
         self.resolved_at: float | None = None
@@ -253,6 +255,8 @@ class Run:
             Event.MMAP_LOCK: self._on_mmap_lock,
             Event.MMPUT_WAIT: self._on_mmput_wait,
             Event.MM_PIN: self._on_mm_pin,
+            Event.SLEEP: lambda t, msg, at: None,      # for PSI only (see _dispatch)
+            Event.TOUCH: self._on_touch,
         }
         assert set(self._handlers) == set(Event), "every event kind needs a handler"
 
@@ -398,6 +402,8 @@ class Run:
                 t = self.tasks[msg.index]
             else:
                 raise RunFault(f"the run's event FIFO: {msg.kind} for task {msg.index}, which there is not")
+            if self.pressure is not None and msg.kind is not Event.INJECT:
+                self.pressure.on_event(t.index, msg.kind, msg.at, msg.fields)   # first: a handler may plan a stall
             handler(t, msg, msg.at)
             if msg.kind is not Event.INJECT:
                 self._latest_at = max(self._latest_at, msg.at)
@@ -532,6 +538,8 @@ class Run:
         t.exited = True
         t.stalled = False
         self._track(t)
+        if self.pressure is not None:
+            self.pressure.exit(t.index, at)
         self.trace("exited", t, at, crashed=t.crashed)
         if self.objects is not None:
             self._release_objects(t, at)
@@ -667,8 +675,11 @@ class Run:
         got = sum(self.objects.shrink(k, n, self.tasks) for k, n in shrink_page_cache(views, need))
         self.trace(f"mm_vmscan_{kind}_reclaim_end", t, at, nr_reclaimed=got)
         t.reclaimed += got
-        if got > 0:
-            return at                                 # progress: the allocation tries again
+        if got > 0:                                   # progress: the allocation tries again, once
+            until = at + self.scenario.reclaim_ms_per_mb * got / PAGES_PER_MB / 1000   # reclaim is done
+            if until > at:
+                self._stall(t, at, [Segment(until, "reclaim")])
+            return until
         _, dirty = reclaimable(self.objects.views(self.tasks, in_domain))
         if dirty <= 0:
             self._log_reclaim(t, at, "; not enough: out_of_memory")
@@ -682,6 +693,7 @@ class Run:
         self.trace("mm_vmscan_throttled", t, at, usec_timeout=round(THROTTLE_WRITEBACK_S * 1e6),
                    usec_delayed=round((until - at) * 1e6), reason="VMSCAN_THROTTLE_WRITEBACK")
         t.throttled_s += until - at
+        self._stall(t, at, [Segment(until, "writeback", asleep=True)])   # D state, in a memstall
         return until
 
     def _advance_writeback(self, now: float) -> None:
@@ -722,6 +734,70 @@ class Run:
                            "" if freed or op == "shm_truncate" else " (still mapped: it goes with its last mapper)"),
                         at)
         t.oom_reply.release()
+
+    def _on_touch(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """A touch step found pages of a file VMA gone (reclaim took them): they refault.
+        Pages of the object still resident (another mapper's) are mapped at no cost; the
+        rest are read back from the file, at ``refault_ms_per_mb`` (a memstall, reason
+        refault, asleep in iowait), and charged to the page cache again, which may need
+        reclaim first (thrashing: it takes other page cache, not this file's, whose pages
+        were just used). What does not fit after reclaim stays out: a touch calls no OOM
+        killer here (the kernel's fault would: pagefault_out_of_memory). The task waits
+        on oom_reply, then until its oom_retry_at (the refault's end)."""
+        vi, want = msg.get("vma", -1), msg.get("pages", 0)
+        objects = (t.owner or t).spec.vma_objects
+        if not (isinstance(vi, int) and 0 <= vi < len(objects) and objects[vi] >= 0 and isinstance(want, int)):
+            raise RunFault(f"the run's event FIFO: touch of VMA {vi!r} of task {t.name}, which maps no file")
+        k = objects[vi]
+        vma = t.mm.vma(vi)
+        want = max(0, min(want, vma.capacity))
+        resident = self.zone.object_charged(k)
+        refault = max(0, want - resident)
+        got = brought = 0
+        if refault:
+            short = self.zone.room(refault, self.zone.object_field(k, "memcg"))
+            if short is not None:
+                got = self._reclaim_for(t, at, short, refault, exclude=k)
+            brought = self.objects.refault(k, self._fits(refault, self.zone.object_field(k, "memcg")))
+        mapped = t.mm.map_more(vi, min(want, self.zone.object_charged(k)))
+        until = at + self.scenario.reclaim_ms_per_mb * got / PAGES_PER_MB / 1000
+        segments = [Segment(until, "reclaim")] if until > at else []
+        if brought:
+            until += self.scenario.refault_ms_per_mb * brought / PAGES_PER_MB / 1000
+            segments.append(Segment(until, "refault", asleep=True, iowait=True))
+        self._stall(t, at, segments)
+        self.trace("refault", t, at, object=k, nr_pages=brought, mapped=mapped, reclaimed=got,
+                   left_out=refault - brought, usec_delayed=round((until - at) * 1e6))
+        t.own.oom_retry_at = until
+        t.oom_reply.release()
+
+    def _fits(self, pages: int, memcg: int) -> int:
+        """The most of ``pages`` that the zone and ``memcg``'s limits hold now."""
+        while pages > 0 and (short := self.zone.room(pages, memcg)) is not None:
+            if short.where == MEMCG:
+                limit, usage, _ = self.zone.memcg(short.memcg)
+                pages = min(pages - 1, limit - usage)
+            else:
+                pages = min(pages - 1, self.zone.free_pages())
+        return max(0, pages)
+
+    def _reclaim_for(self, t: TaskRecord, at: float, short, pages: int, exclude: int) -> int:
+        """Reclaim clean page cache (not object ``exclude``'s) for ``pages`` that are
+        ``short`` (zone.Short) in the zone or a memcg. Returns the pages taken."""
+        memcg = short.memcg if short.where == MEMCG else None
+        if memcg is None:
+            need = pages - self.zone.free_pages()
+            in_domain = lambda m: True                       # noqa: E731
+        else:
+            limit, usage, _ = self.zone.memcg(memcg)
+            need = usage + pages - limit
+            below = frozenset(self.zone.memcg_tree.subtree(memcg))
+            in_domain = below.__contains__
+        views = [v for v in self.objects.views(self.tasks, in_domain) if v.index != exclude]
+        got = sum(self.objects.shrink(k, n, self.tasks) for k, n in shrink_page_cache(views, need))
+        self.trace("mm_vmscan_%s_reclaim_end" % ("direct" if memcg is None else "memcg"), t, at,
+                   nr_reclaimed=got, refault=True)
+        return got
 
     def _release_objects(self, t: TaskRecord, at: float) -> None:
         """``t`` is gone: shmem objects it was the last to map go with it."""
@@ -886,7 +962,7 @@ class Run:
                 if self.signals.stop_requested:
                     self.verdict = Verdict.RESOLVED if resolved else Verdict.HUNG
                     return
-                timeout = 0.2
+                timeout = min(0.2, self._pressure_wait(now))
             else:
                 if self.verdict is None and self._resolved():
                     self.verdict, self.resolved_at = Verdict.RESOLVED, self._when_resolved(now)
@@ -898,7 +974,7 @@ class Run:
                     self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
                     return
                 until = linger_until if self.verdict else deadline
-                timeout = min(self.clock.real_wait(until - now), WATCH_S)
+                timeout = min(self.clock.real_wait(until - now), WATCH_S, self._pressure_wait(now))
             self._watch_holds()
             events = sel.select(timeout)
             self._oom_requests = {}
@@ -918,6 +994,8 @@ class Run:
                     reclaim = self.try_to_free_pages(t, pages, where, at, memcg)
                     if reclaim is None:
                         self.out_of_memory(t, pages, where, at, memcg, stall_monotonic)
+                        # the retry wait (schedule_timeout_killable(1)): asleep, no memstall
+                        self._stall(t, at, [Segment(at + JIFFY_S, asleep=True)])
                     else:
                         retry_at = reclaim
                 t.own.oom_retry_at = retry_at
@@ -925,6 +1003,12 @@ class Run:
                     t.oom_reply.release()
             if self.writeback.active:
                 self._advance_writeback(self.clock.now())
+            self.pressure.flush(self.clock.now())
+
+    def _pressure_wait(self, now: float) -> float:
+        """Real seconds until PSI's next planned change or averaging period (publish then)."""
+        due = self.pressure.next_due()
+        return WATCH_S if due is None else self.clock.real_wait(due - now)
 
     def _watch_holds(self) -> None:
         """The run clock holds for a sleeper that is late (RunClock.sleep_until); one that has not
@@ -1019,6 +1103,7 @@ class Run:
         self.ready_real_s = time.monotonic() - self._began
         self.zone.set_t0(time.monotonic(), [t.index for t in self.tasks if not (t.crashed or t.exited)])
         self.clock = RunClock(self.zone, self.zone.supervisor_slot)
+        self._start_pressure()
         self.tracer = Tracer(self._trace_path, self.clock.now,
                              lambda: self.zone.free_pages() * PAGE_SIZE // 1024)
         self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=self.policy.name,
@@ -1043,6 +1128,20 @@ class Run:
                    lagged=self.lagged, held_ms=round(self._held[0] * 1000, 3))
         accounting = self._stop_workers_and_check()
         return self._result(accounting)
+
+    def _start_pressure(self) -> None:
+        """The run's PSI from time 0: every task with steps is runnable then (the rest idle
+        until they act); the zone shows /proc/pressure/memory from now on."""
+        self.pressure = StallAccounting(self.scenario.nr_cpus, self.zone.publish_psi)
+        for t in self.tasks:
+            if t.spec.steps and not (t.crashed or t.exited):
+                self.pressure.start(t.index, 0.0)
+        self.pressure.flush(0.0)
+
+    def _stall(self, t: TaskRecord, at: float, segments: list[Segment]) -> None:
+        """``t``, from ``at``, goes through ``segments`` (a memory stall, or a sleep) for PSI."""
+        if self.pressure is not None:
+            self.pressure.plan(t.index, at, segments)
 
     def _stop_workers_and_check(self) -> dict:
         """Kill every worker for real, repair the mms of those that died half-way

@@ -433,6 +433,15 @@ class Zone:
         with self.lock():
             self.set_object_field(k, "charged", self.object_charged(k) + pages)
 
+    def try_charge_object(self, k: int, pages: int) -> Short | None:
+        """Charge ``pages`` more to object ``k`` (a refault brings them back) if they fit in
+        the zone and its memcg's limits; None on success, else why not (nothing charged)."""
+        with self.lock():
+            short = self.room(pages, self.object_field(k, "memcg"))
+            if short is None:
+                self.set_object_field(k, "charged", self.object_charged(k) + pages)
+            return short
+
     def uncharge_object(self, k: int, pages: int) -> None:
         """Its last ``pages`` pages are gone; its dirty pages can only be among those left."""
         if pages <= 0:

@@ -1,0 +1,65 @@
+"""Memory pressure in real runs: what PSI counts is counted, and published in the zone
+as /proc/pressure/memory would show it, while tasks stall and after.
+
+Bounded waits on the zone's figures, no sleeps; times are emulated (the run clock
+waits for late workers), so the figures hold under load.
+"""
+
+import pytest
+
+from emulator.kernel.psi import FSHIFT
+from emulator.runtime import names
+from emulator.runtime.zone import Zone
+from tests.helpers import HeldRun, wait_for, write_scenario
+
+pytestmark = pytest.mark.timeout(120)
+
+# The allocator needs 32 MB more than is free; all the page cache is dirty, written back
+# at 8 MB/s: it waits on writeback (a memstall) about 4 s, alone on its CPU.
+WRITEBACK = """
+    memory_mb = 128
+    writeback_mb_per_s = 8
+    [[task]]
+    name = "db"
+      [[task.vma]]
+      kind = "file_shared"
+      mb = 100
+      dirty_mb = 100
+    [[task]]
+    name = "allocator"
+    oom_score_adj = -1000
+      [[task.step]]
+      op = "sleep"
+      ms = 500
+      [[task.step]]
+      op = "alloc"
+      mb = 60
+"""
+
+
+def some(zone):
+    """(some avg10 as a percentage, total us, the emulated time of the figures)."""
+    figures, at = zone.psi()
+    return figures[0] / (1 << FSHIFT), figures[3], at
+
+
+def test_a_runs_pressure_rises_while_a_task_waits_on_writeback_and_decays_after(tmp_path):
+    with HeldRun(write_scenario(tmp_path, WRITEBACK, "writeback"), "v6.6", "--speed", "4") as run:
+        zone = Zone(run.id)
+        try:
+            # rises: the throttled allocator's stall reaches avg10 at the first periods
+            rising = wait_for(lambda: (s := some(zone))[0] > 20 and s, 60)
+            assert rising, some(zone)
+            # the stall ends (the allocation succeeds; the run is resolved but held):
+            # avg10 then decays period by period, total stays
+            peak = wait_for(lambda: (s := some(zone))[2] > 6 and s, 60)
+            assert peak, some(zone)
+            later = wait_for(lambda: (s := some(zone))[2] > peak[2] + 4 and s, 60)
+            assert later, some(zone)
+            assert later[0] < peak[0] * 0.8, (peak, later)
+            assert later[1] == peak[1], "no stall after the allocation: the total stays"
+            assert 3_000_000 <= later[1] <= 5_000_000, "about 4 s of writeback stall, in us"
+        finally:
+            zone.close()
+        run.stop()
+    assert run.id not in names.leftovers()
