@@ -794,9 +794,10 @@ class Run:
             below = frozenset(self.zone.memcg_tree.subtree(memcg))
             in_domain = below.__contains__
         views = [v for v in self.objects.views(self.tasks, in_domain) if v.index != exclude]
+        kind = "direct" if memcg is None else "memcg"
+        self.trace(f"mm_vmscan_{kind}_reclaim_begin", t, at, order=0, nr_to_reclaim=need, refault=True)
         got = sum(self.objects.shrink(k, n, self.tasks) for k, n in shrink_page_cache(views, need))
-        self.trace("mm_vmscan_%s_reclaim_end" % ("direct" if memcg is None else "memcg"), t, at,
-                   nr_reclaimed=got, refault=True)
+        self.trace(f"mm_vmscan_{kind}_reclaim_end", t, at, nr_reclaimed=got, refault=True)
         return got
 
     def _release_objects(self, t: TaskRecord, at: float) -> None:

@@ -63,3 +63,66 @@ def test_a_runs_pressure_rises_while_a_task_waits_on_writeback_and_decays_after(
             zone.close()
         run.stop()
     assert run.id not in names.leftovers()
+
+
+# Two readers whose files do not both fit beside the hog's 40 MB: each touch of one
+# refaults what the other's touches reclaimed (thrashing), without any OOM.
+THRASH = """
+    memory_mb = 128
+    refault_ms_per_mb = 10
+    [[task]]
+    name = "reader-a"
+      [[task.vma]]
+      kind = "file_private"
+      mb = 60
+      [[task.step]]
+      op = "sleep"
+      ms = 100
+      [[task.step]]
+      op = "touch"
+      vma = "file_private"
+      ms = 50
+      repeat = 8
+    [[task]]
+    name = "reader-b"
+      [[task.vma]]
+      kind = "file_private"
+      mb = 60
+      [[task.step]]
+      op = "sleep"
+      ms = 100
+      [[task.step]]
+      op = "touch"
+      vma = 0
+      ms = 50
+      repeat = 8
+    [[task]]
+    name = "hog"
+    oom_score_adj = -1000
+      [[task.step]]
+      op = "alloc"
+      mb = 40
+"""
+
+
+def test_touching_reclaimed_page_cache_refaults_and_thrashes(tmp_path):
+    import json
+
+    import emulator
+    trace = tmp_path / "t.jsonl"
+    r = emulator.run_scenario(write_scenario(tmp_path, THRASH, "thrash"), policy="v6.6", speed=10,
+                              trace=str(trace))
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert (r.verdict, r.kills, r.error) == ("resolved", 0, None), r.error
+    a = r.accounting
+    assert a["charged_pages"] == a["rss_pages"] == a["segment_pages"], a
+    refaults = [e for e in events if e["ev"] == "refault" and e["nr_pages"] > 0]
+    by = {e["task"] for e in refaults}
+    assert by == {"reader-a", "reader-b"}, refaults
+    # thrashing: the readers take turns refaulting what the other's refaults reclaimed,
+    # each read costing refault_ms_per_mb
+    assert len(refaults) >= 8, refaults
+    assert sum(e["reclaimed"] for e in refaults) > 0
+    for e in refaults:
+        assert e["usec_delayed"] >= round(e["nr_pages"] / 256 * 10_000) - 1, e
+    assert r.kills == 0

@@ -1,0 +1,53 @@
+"""The scenario keys for stalls (nr_cpus, reclaim_ms_per_mb, refault_ms_per_mb) and the
+touch step: their defaults, and each mistake as one line naming the key."""
+
+import pytest
+
+from emulator import ScenarioError
+from emulator.scenario import NR_CPUS, RECLAIM_MS_PER_MB, REFAULT_MS_PER_MB, builtin_names, load_scenario, parse_scenario
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def scenario(step=None, **top):
+    task = {"name": "reader", "vma": [{"kind": "anon", "mb": 4}, {"kind": "file_shared", "mb": 8}]}
+    if step is not None:
+        task["step"] = [step]
+    return parse_scenario({"memory_mb": 64, "task": [task], **top}, source="s.toml")
+
+
+def test_defaults_keep_the_builtins_as_they_were():
+    s = scenario()
+    assert (s.nr_cpus, s.reclaim_ms_per_mb, s.refault_ms_per_mb) == (NR_CPUS, RECLAIM_MS_PER_MB, REFAULT_MS_PER_MB)
+    assert RECLAIM_MS_PER_MB == 0, "reclaim costs no emulated time unless asked: the built-ins' outcomes stand"
+    for name in builtin_names():
+        assert not any(st.op == "touch" for t in load_scenario(name).tasks for st in t.steps)
+
+
+@pytest.mark.parametrize("step, vma, mb, repeat", [
+    ({"op": "touch", "vma": 1}, 1, 8.0, 1),
+    ({"op": "touch", "vma": "file_shared", "mb": 2, "repeat": 50, "ms": 10}, 1, 2.0, 50),
+])
+def test_a_touch_names_a_file_vma_by_index_or_kind(step, vma, mb, repeat):
+    st = scenario(step).tasks[0].steps[0]
+    assert (st.op, st.vma, st.mb, st.repeat) == ("touch", vma, mb, repeat)
+
+
+@pytest.mark.parametrize("step, top, key, says", [
+    ({"op": "touch", "vma": 0}, {}, "task[0].step[0].vma", "a touch reads a file VMA again"),
+    ({"op": "touch", "vma": "file_private"}, {}, "task[0].step[0].vma", "has no VMA of kind 'file_private'"),
+    ({"op": "touch", "vma": 2}, {}, "task[0].step[0].vma", "must be <= 1 (the task's last VMA)"),
+    ({"op": "touch", "vma": 1, "mb": 9}, {}, "task[0].step[0].mb", "must be <= 8 (the VMA's mb)"),
+    ({"op": "touch", "vma": 1, "repeat": 0}, {}, "task[0].step[0].repeat", "must be >= 1"),
+    ({"op": "touch", "vma": 1, "repeat": 1000, "ms": 100_000}, {}, "task[0].step[0].ms", "at most a day"),
+    ({"op": "touch"}, {}, "task[0].step[0].vma", "is required"),
+    (None, {"nr_cpus": 0}, "nr_cpus", "must be >= 1"),
+    (None, {"nr_cpus": 2.5}, "nr_cpus", "must be a whole number"),
+    (None, {"reclaim_ms_per_mb": -1}, "reclaim_ms_per_mb", "must be >= 0"),
+    (None, {"refault_ms_per_mb": 1e9}, "refault_ms_per_mb", "at most a day"),
+])
+def test_mistakes_are_one_line_naming_the_key(step, top, key, says):
+    with pytest.raises(ScenarioError) as e:
+        scenario(step, **top)
+    msg = str(e.value)
+    assert "\n" not in msg and key in msg and says in msg, msg
