@@ -33,7 +33,8 @@ _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {
 SHM_OPS = ("shm_unlink", "shm_truncate")
 MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
-             "expected", "writeback_mb_per_s", "nr_cpus", "reclaim_ms_per_mb", "refault_ms_per_mb"}
+             "expected", "writeback_mb_per_s", "nr_cpus", "reclaim_ms_per_mb", "refault_ms_per_mb", "swap_mb",
+             "swap_mb_per_s"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "exit_unmap_ms_per_mb",
               "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step", "mm"}
 #: what belongs to the mm, not the task: a task that shares another's mm (``mm``) takes the
@@ -61,6 +62,10 @@ RECLAIM_MS_PER_MB = 0.0
 # A refault reads the page back from its file (refault_ms_per_mb): 10 ms per MB is a read
 # at the default disk rate (writeback_mb_per_s, 100 MB/s), the same disk writeback uses.
 REFAULT_MS_PER_MB = 10.0
+# A swap device (swap_mb, 0: none) and its rate (swap_mb_per_s): reclaim swaps anon pages out
+# at that rate (the allocator waits for the writes), a touch swaps them in at it. The default
+# is the default disk's, as for writeback.
+SWAP_MB_PER_S = 100.0
 MAX_REPEAT = 1_000_000          # a touch's repeat: a thrashing loop of minutes at ms-long touches
 # exit_mmap's speed, as measured on Linux 6.18 (docs/kernel-crosscheck.md): 60 MB
 # of mlocked memory munlocked and unmapped in 11-16 ms; 120 MB of page tables freed in
@@ -187,6 +192,8 @@ class Scenario:
     nr_cpus: int = NR_CPUS
     reclaim_ms_per_mb: float = RECLAIM_MS_PER_MB
     refault_ms_per_mb: float = REFAULT_MS_PER_MB
+    swap_mb: float = 0.0
+    swap_mb_per_s: float = SWAP_MB_PER_S
 
     def object_index(self, name: str) -> int:
         """The index of the named shmem object ``name`` (ValueError: none)."""
@@ -527,7 +534,9 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                     mode = c.string(s, "mode", sw, default="write", choices=MMAP_SEM_MODES)
                 steps.append(StepSpec(op, task=other, mode=mode))
             elif op == "touch":
-                steps.append(_touch_step(c, s, sw, vmas, tname, ms_bound))
+                if shares:
+                    c.fail(sw + "vma", f"{tname} shares the mm of {_show(shares)} (mm): its owner touches its VMAs")
+                steps.append(_touch_step(c, s, sw, vmas, tname, ms_bound, memory_mb))
             elif op in ("lock", "unlock") or op in SHM_OPS:
                 steps.append(StepSpec(op, name=c.comm(s, "name", sw)))
             else:
@@ -567,6 +576,9 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                       why=f" (all {memory_mb} MB of memory_mb at that cost must take at most a day)")
     reclaim_ms = c.number(data, "reclaim_ms_per_mb", "", default=RECLAIM_MS_PER_MB, **cost_bound)
     refault_ms = c.number(data, "refault_ms_per_mb", "", default=REFAULT_MS_PER_MB, **cost_bound)
+    swap_mb = c.number(data, "swap_mb", "", default=0, integer=True, maximum=MAX_MEMORY_MB, why=" (1 TiB)")
+    swap_rate = c.number(data, "swap_mb_per_s", "", default=SWAP_MB_PER_S, positive=True,
+                         maximum=MAX_MEMORY_MB, why=" (1 TiB a second)")
     locks = {s.name for t in tasks for s in t.steps if s.op in ("lock", "unlock")}
     if len(locks) > MAX_LOCKS:
         c.fail("task.step.name", f"at most {MAX_LOCKS} distinct lock names, not {len(locks)}")
@@ -615,7 +627,7 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                             f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
                     tuple(tasks), source, expected, tuple(memcgs), tuple(objects), float(writeback),
-                    nr_cpus, float(reclaim_ms), float(refault_ms))
+                    nr_cpus, float(reclaim_ms), float(refault_ms), float(swap_mb), float(swap_rate))
 
 
 def ladder_adj(first: int, last: int, k: int, count: int) -> int:
@@ -695,13 +707,18 @@ def _memcg_tree_order(c: _Checker, memcgs: list[MemcgSpec]) -> list[MemcgSpec]:
     return ordered
 
 
-def _touch_step(c: _Checker, s: dict, sw: str, vmas: list[VmaSpec], tname: str, ms_bound: dict) -> StepSpec:
-    """``touch``: read ``mb`` (default: all) of a file VMA again, ``repeat`` times, each taking
-    ``ms`` of work besides its refaults. ``vma``: its index in the task's [[task.vma]], or a
-    kind (the first VMA of that kind)."""
+def _touch_step(c: _Checker, s: dict, sw: str, vmas: list[VmaSpec], tname: str, ms_bound: dict,
+                memory_mb: float) -> StepSpec:
+    """``touch``: read ``mb`` (default: all) of a file VMA again (refaults), or of an anon VMA
+    (swap-ins), ``repeat`` times, each taking ``ms`` of work besides. ``vma``: its index in
+    the task's [[task.vma]], or a kind (the first VMA of that kind; "anon" with none declared:
+    the VMA alloc grows)."""
     v = s.get("vma")
+    grows = False                       # the anon VMA the run adds for alloc (none declared)
     if isinstance(v, str) and not isinstance(v, bool):
         found = [i for i, x in enumerate(vmas) if x.kind == v]
+        if not found and v == "anon":
+            found, grows = [len(vmas)], True
         if not found:
             c.fail(sw + "vma", f"{tname} has no VMA of kind {_show(v)}")
         index = found[0]
@@ -710,10 +727,15 @@ def _touch_step(c: _Checker, s: dict, sw: str, vmas: list[VmaSpec], tname: str, 
                          why=" (the task's last VMA)")
         if not vmas:
             c.fail(sw + "vma", f"{tname} has no VMA of its own to touch")
-    vma = vmas[index]
-    if vma.kind not in PAGE_CACHE_KINDS:
-        c.fail(sw + "vma", f"a touch reads a file VMA again ({', '.join(PAGE_CACHE_KINDS)}), not {vma.kind}")
-    mb = c.number(s, "mb", sw, default=vma.mb, positive=True, maximum=vma.mb, why=" (the VMA's mb)")
+    vma = VmaSpec("anon", 0.0) if grows else vmas[index]
+    if vma.kind not in PAGE_CACHE_KINDS + ("anon",) or vma.mlocked:
+        c.fail(sw + "vma", f"a touch reads a file VMA again ({', '.join(PAGE_CACHE_KINDS)}) or an anon one "
+                           f"that may be on swap, not {'mlocked ' if vma.mlocked else ''}{vma.kind}")
+    if vma.kind == "anon":              # what it holds by then (alloc grows it): all of it, by default
+        mb = c.number(s, "mb", sw, default=memory_mb, positive=True,
+                      maximum=memory_mb, why=" (memory_mb)")
+    else:
+        mb = c.number(s, "mb", sw, default=vma.mb, positive=True, maximum=vma.mb, why=" (the VMA's mb)")
     repeat = c.number(s, "repeat", sw, default=1, integer=True, minimum=1, maximum=MAX_REPEAT)
     ms = c.number(s, "ms", sw, default=0.0, maximum=ms_bound["maximum"] / repeat,
                   why=" (repeat times ms must be at most a day)")

@@ -426,13 +426,15 @@ class WorkerTask:
             self.mm_pin(step.task, step.ms / 1000)
 
     def touch(self, vma_index: int, pages: int, repeat: int, emulated_s: float) -> None:
-        """Read the first ``pages`` of a file VMA again, ``repeat`` times, each taking
-        ``emulated_s`` (the task runs) besides its refaults. Where reclaim took some of them
-        (the VMA maps fewer), the supervisor, which holds the page cache, refaults them
-        (Event.TOUCH) and says until when the read takes (a memstall, killable: a fault's
+        """Read the first ``pages`` of a file VMA again (or of an anon one), ``repeat`` times,
+        each taking ``emulated_s`` (the task runs) besides its faults. Where reclaim took
+        some of them (the VMA maps fewer; an anon VMA: some are on swap), the supervisor,
+        which holds the page cache and the swap, refaults or swaps them in (Event.TOUCH)
+        and says until when the read takes (a memstall, killable: a fault's
         lock_folio_killable)."""
         for _ in range(repeat):
-            if self.mm.vma(vma_index).nr_pages < pages:
+            vma = self.mm.vma(vma_index)
+            if vma.nr_pages < pages and (vma.kind != "anon" or vma.swapped):
                 self.send(Event.TOUCH, vma=vma_index, pages=pages)
                 sem_down(self.oom_reply)
                 retry_at = self.own.oom_retry_at
@@ -632,7 +634,7 @@ class WorkerTask:
         """Zap one of our VMAs, journalled for repair if we die half-way. The zap claims
         the pages it frees: we uncharge exactly those (the reaper, the others)."""
         self.mm.journal_begin(J_ZAP, vma.index, self.mm.vmas()[vma.index].nr_pages)
-        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.mm_index, pages))
+        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.mm_index, pages), self.zone.uncharge_swap)
         self.mm.journal_end()
         return n
 

@@ -68,6 +68,7 @@ class _Task:
     reason: str = ""                # its reason
     plan: deque = field(default_factory=deque)   # Segments still to run, the current first
     gen: int = 0                    # bumped when the plan is cut: older heap entries are stale
+    idle: bool = False              # asleep until an event, idle (not in D state)
 
 
 class StallAccounting:
@@ -138,9 +139,9 @@ class StallAccounting:
         self._cut(t)
         self._set(index, t, self._now, RUNNING, False)
 
-    def sleep(self, index: int, at: float, until: float | None = None) -> None:
+    def sleep(self, index: int, at: float, until: float | None = None, idle: bool = True) -> None:
         """The task sleeps from ``at`` (not a memory stall) until ``until``, or until its
-        next event (None)."""
+        next event (None): ``idle`` (nothing to do) or not (D state: it waits for another)."""
         if until is not None:
             self.plan(index, at, [Segment(until, asleep=True)])
             return
@@ -150,6 +151,20 @@ class StallAccounting:
             t = self._tasks[index] = _Task()
         self._cut(t)
         self._set(index, t, self._now, ASLEEP, False)
+        t.idle = idle
+
+    def quiet_until_after(self, index: int, at: float) -> bool:
+        """Will the task not run before emulated time ``at`` has passed, but by an event the
+        supervisor itself causes (a kill) or a command (``oomemu inject``)? True if it never
+        ran (no steps), is idle, or is asleep in a plan ending after ``at``; False if it
+        runs, is in D state (what it waits for may come any moment), or wakes by ``at``."""
+        t = self._tasks.get(index)
+        if t is None:
+            return True
+        if t.plan:
+            s = t.plan[0]
+            return s.asleep and s.until > at
+        return t.state == ASLEEP and t.idle
 
     def plan(self, index: int, at: float, segments: list[Segment]) -> None:
         """From ``at``, the task goes through ``segments`` one after the other (each ending
@@ -182,7 +197,7 @@ class StallAccounting:
             until = fields.get("until", -1)
             self.sleep(index, at, None if until is None or until < 0 else float(until))
         elif kind is Event.STATE and fields.get("state") == "D":
-            self.sleep(index, at)
+            self.sleep(index, at, idle=False)
         elif kind in _SLEEPS_AFTER:
             self.sleep(index, at)
         elif kind is not Event.INJECT and kind is not Event.FAULT:
@@ -229,6 +244,7 @@ class StallAccounting:
             psi.sleep(index, now, iowait=iowait)
             t.state = ASLEEP
             self._dirty = True
+        t.idle = False
 
     # -- reading ---------------------------------------------------------------------
     def figures(self, now: float) -> tuple[int, ...]:

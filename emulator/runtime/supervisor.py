@@ -45,8 +45,9 @@ import psutil
 from ..errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, UsageError
 from ..kernel.clock import JIFFY_S
 from ..kernel.memcontrol import NO_LIMIT
-from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout,
-                               TaskState, vm_flags_for)
+from ..kernel.mm_types import (MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, MMF_OOM_SKIP,
+                               MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout, TaskState,
+                               vm_flags_for)
 from ..kernel.oom_kill import (MEMCG, NO_KILLABLE, MemcgState, OomAction, OomDecision, TaskView,
                                killed_process_line, out_of_memory, task_will_free_mem)
 from ..kernel.verdict import Verdict
@@ -115,6 +116,7 @@ class TaskRecord:
     stalled: bool = False
     reclaimed: int = 0                # pages direct reclaim took for its allocation so far
     throttled_s: float = 0.0          # emulated seconds it waited on writeback for it so far
+    swapped_out: int = 0              # pages direct reclaim swapped out for it so far
     victim: VictimRecord | None = None
     initial_pages: tuple[int, ...] = ()   # pages per VMA at start
     grow_vma: int = 0                     # the VMA that ``alloc`` grows
@@ -212,6 +214,7 @@ class Run:
         self._victim_of_mm: dict[int, TaskRecord] = {}  # id(mm) -> the first victim using it
         self._scan: OomScan | None = None              # every task as the OOM killer scans it
         self.pressure: StallAccounting | None = None   # the run's PSI, fed from time 0
+        self._swap_bound = [0] * len(self.tasks)       # per task, at least its mm's swap entries (OomScan)
         self.verdict: Verdict | None = None
         self.first_oom_at: float | None = None
         self.resolved_at: float | None = None
@@ -274,7 +277,7 @@ class Run:
         self.zone = self.resources.create_zone({
             "supervisor_pid": os.getpid(), "supervisor_ctime": psutil.Process().create_time(),
             "speed": self.speed, "total_pages": total, "scenario": self.scenario.name,
-            "policy": self.policy.name,
+            "policy": self.policy.name, "swap_pages": round(self.scenario.swap_mb * PAGES_PER_MB),
             "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB), self.scenario.memcg_index(m.parent), m.oom_group)
                        for m in self.scenario.memcgs],
             "tasks": [self.scenario.memcg_index(t.spec.memcg) for t in self.tasks],
@@ -625,6 +628,8 @@ class Run:
                     self.zone.set_charged(t.mm_index, charged)
             except OSError as e:
                 complaint = f"repair failed: {e}"
+        if self.zone.swap()[0]:                  # a zap it finished freed swap entries: count them again
+            self.zone.set_swap_used(sum(u.mm.swapents() for u in self.tasks if u.owner is None and u.mm))
         if complaint:
             self._fail(f"accounting: task {t.name}: {complaint} (a fault of oomemu's: please report it)",
                        False)
@@ -637,8 +642,10 @@ class Run:
         # An exiting task has let go of its mm (exit_mm, early in do_exit): find_lock_task_mm
         # finds none, so the scan passes it by; a victim's oom_mm still aborts the scan.
         exiting = t.victim is None and t.exiting
+        c = mm.counters()
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
-                        rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
+                        rss_pages=c[MM_FILEPAGES] + c[MM_ANONPAGES] + c[MM_SHMEMPAGES],
+                        pgtables_pages=mm.pgtables_pages, swapents=c[MM_SWAPENTS],
                         has_mm=(t.oom_mm_live if t.victim is not None else (t.has_mm and not exiting))
                         and not t.detached,
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP),
@@ -680,6 +687,12 @@ class Run:
             if until > at:
                 self._stall(t, at, [Segment(until, "reclaim")])
             return until
+        swapped = self._swap_out(t, need, at, in_domain)
+        if swapped:                                   # progress, once the writes to swap are done
+            t.swapped_out += swapped
+            until = at + swapped / (self.scenario.swap_mb_per_s * PAGES_PER_MB)
+            self._stall(t, at, [Segment(until, "reclaim", asleep=True)])
+            return until
         _, dirty = reclaimable(self.objects.views(self.tasks, in_domain))
         if dirty <= 0:
             self._log_reclaim(t, at, "; not enough: out_of_memory")
@@ -696,6 +709,64 @@ class Run:
         self._stall(t, at, [Segment(until, "writeback", asleep=True)])   # D state, in a memstall
         return until
 
+    def _swap_out(self, t: TaskRecord, need: int, at: float, in_domain, requester: bool = True) -> int:
+        """Reclaim swaps out up to ``need`` anon pages (not mlocked) of the tasks it may
+        (:meth:`_swappable`), while the swap device has room: the pages leave their mm's
+        segment and the zone, and count as its swap entries. Returns the pages swapped out."""
+        got = 0
+        if not self.zone.swap()[0]:
+            return 0
+        for c in [c for c in self.tasks if c is not t] + ([t] if requester else []):
+            if got >= need or not self._swappable(c, t, at, in_domain):
+                continue
+            for v in c.mm.vmas():
+                if got >= need:
+                    break
+                if v.kind != "anon" or v.object >= 0 or v.mlocked or not v.nr_pages:
+                    continue
+                n = self.zone.charge_swap(min(v.nr_pages, need - got))
+                if not n:
+                    return got                        # the swap device is full
+                k = c.mm.swap_out(v.index, n, lambda p, i=c.mm_index: self.zone.uncharge(i, p))
+                self.zone.uncharge_swap(n - k)
+                if k:
+                    got += k
+                    self._swap_bound[c.index] += k
+                    self.trace("swap_out", c, at, nr_pages=k, vma=v.index, requester=t.name)
+        return got
+
+    def _swappable(self, c: TaskRecord, requester: TaskRecord, at: float, in_domain) -> bool:
+        """May reclaim, for ``requester`` at ``at``, swap out ``c``'s anon pages now? Only an mm
+        that one process uses (no other may be faulting in it), of a task not dying, in the
+        OOM domain, and not running: the requester itself (it waits for us), or a task
+        that stays asleep past ``at`` (the requester holds the run clock there) or idles.
+        A fault in it that races with us starts again (Mm.fault_in)."""
+        if c.owner is not None or len(c.users) > 1 or c.victim is not None or c.exiting or c.exited \
+                or c.crashed or c.sigkilled or c.detached or not in_domain(c.mm.memcg):
+            return False
+        return c is requester or self.pressure is None or self.pressure.quiet_until_after(c.index, at)
+
+    def _swap_in(self, t: TaskRecord, vi: int, want: int, at: float) -> tuple[int, int, int]:
+        """A touch of ``t``'s anon VMA ``vi`` found pages of its first ``want`` on swap: bring
+        back what fits (after reclaim: page cache, then others' anon to swap). Returns
+        (page cache reclaimed, pages swapped out for it, pages swapped in)."""
+        vma = t.mm.vma(vi)
+        n = min(vma.swapped, max(0, min(want, vma.nr_pages + vma.swapped) - vma.nr_pages))
+        if n <= 0:
+            return 0, 0, 0
+        memcg = t.mm.memcg
+        got = swapped = 0
+        if (short := self.zone.room(n, memcg)) is not None:
+            got, swapped = self._reclaim_for(t, at, short, n, exclude=-1)
+        fit = self._fits(n, memcg)
+        if not fit or self.zone.try_charge(t.mm_index, fit) is not None:
+            return got, swapped, 0
+        back = t.mm.swap_in(vi, fit)
+        self.zone.uncharge(t.mm_index, fit - back)
+        self.zone.uncharge_swap(back)
+        self._swap_bound[t.index] = max(0, self._swap_bound[t.index] - back)
+        return got, swapped, back
+
     def _advance_writeback(self, now: float) -> None:
         """The flusher threads' progress up to ``now``: written pages become clean."""
         written = self.writeback.advance(self.objects.dirty(), now)
@@ -708,11 +779,12 @@ class Run:
 
     def _log_reclaim(self, t: TaskRecord, at: float, then: str) -> None:
         """One line for what direct reclaim did for ``t``'s allocation (if anything)."""
-        if t.reclaimed or t.throttled_s:
+        if t.reclaimed or t.throttled_s or t.swapped_out:
             waited = " (%.0f ms of it waiting on writeback)" % (t.throttled_s * 1000) if t.throttled_s else ""
-            self.log.printk("oomemu: pid %d (%s) direct reclaim freed %dkB of page cache%s%s"
-                            % (t.pid, t.name, t.reclaimed * PAGE_SIZE // 1024, waited, then), at)
-        t.reclaimed, t.throttled_s = 0, 0.0
+            swapped = " and swapped out %dkB of anon" % (t.swapped_out * PAGE_SIZE // 1024) if t.swapped_out else ""
+            self.log.printk("oomemu: pid %d (%s) direct reclaim freed %dkB of page cache%s%s%s"
+                            % (t.pid, t.name, t.reclaimed * PAGE_SIZE // 1024, swapped, waited, then), at)
+        t.reclaimed, t.throttled_s, t.swapped_out = 0, 0.0, 0
 
     def _on_shm(self, t: TaskRecord, msg: Message, at: float) -> None:
         """A task's shm_unlink or shm_truncate on a named shmem object (it waits for us)."""
@@ -746,30 +818,53 @@ class Run:
         on oom_reply, then until its oom_retry_at (the refault's end)."""
         vi, want = msg.get("vma", -1), msg.get("pages", 0)
         objects = (t.owner or t).spec.vma_objects
-        if not (isinstance(vi, int) and 0 <= vi < len(objects) and objects[vi] >= 0 and isinstance(want, int)):
-            raise RunFault(f"the run's event FIFO: touch of VMA {vi!r} of task {t.name}, which maps no file")
-        k = objects[vi]
+        nr_vmas = len(t.mm.vmas())
+        if not (isinstance(vi, int) and 0 <= vi < nr_vmas and isinstance(want, int)):
+            raise RunFault(f"the run's event FIFO: touch of VMA {vi!r} of task {t.name}, which it has not")
+        k = objects[vi] if vi < len(objects) else -1
         vma = t.mm.vma(vi)
         want = max(0, min(want, vma.capacity))
-        resident = self.zone.object_charged(k)
-        refault = max(0, want - resident)
-        got = brought = 0
-        if refault:
-            short = self.zone.room(refault, self.zone.object_field(k, "memcg"))
-            if short is not None:
-                got = self._reclaim_for(t, at, short, refault, exclude=k)
-            brought = self.objects.refault(k, self._fits(refault, self.zone.object_field(k, "memcg")))
-        mapped = t.mm.map_more(vi, min(want, self.zone.object_charged(k)))
-        until = at + self.scenario.reclaim_ms_per_mb * got / PAGES_PER_MB / 1000
-        segments = [Segment(until, "reclaim")] if until > at else []
-        if brought:
-            until += self.scenario.refault_ms_per_mb * brought / PAGES_PER_MB / 1000
-            segments.append(Segment(until, "refault", asleep=True, iowait=True))
+        if vma.kind == "anon":
+            got, swapped, back = self._swap_in(t, vi, want, at)
+            until, segments = self._reclaim_stall(at, got, swapped)
+            if back:
+                until += back / (self.scenario.swap_mb_per_s * PAGES_PER_MB)
+                segments.append(Segment(until, "swapin", asleep=True, iowait=True))
+            self.trace("swap_in", t, at, nr_pages=back, vma=vi, reclaimed=got, swapped_out=swapped,
+                       usec_delayed=round((until - at) * 1e6))
+        elif k >= 0 and self.scenario.objects[k].kind == "file":
+            resident = self.zone.object_charged(k)
+            refault = max(0, want - resident)
+            got = swapped = brought = 0
+            if refault:
+                short = self.zone.room(refault, self.zone.object_field(k, "memcg"))
+                if short is not None:
+                    got, swapped = self._reclaim_for(t, at, short, refault, exclude=k)
+                brought = self.objects.refault(k, self._fits(refault, self.zone.object_field(k, "memcg")))
+            mapped = t.mm.map_more(vi, min(want, self.zone.object_charged(k)))
+            until, segments = self._reclaim_stall(at, got, swapped)
+            if brought:
+                until += self.scenario.refault_ms_per_mb * brought / PAGES_PER_MB / 1000
+                segments.append(Segment(until, "refault", asleep=True, iowait=True))
+            self.trace("refault", t, at, object=k, nr_pages=brought, mapped=mapped, reclaimed=got,
+                       swapped_out=swapped, left_out=refault - brought, usec_delayed=round((until - at) * 1e6))
+        else:
+            raise RunFault(f"the run's event FIFO: touch of VMA {vi} of task {t.name}, neither a file's nor anon")
         self._stall(t, at, segments)
-        self.trace("refault", t, at, object=k, nr_pages=brought, mapped=mapped, reclaimed=got,
-                   left_out=refault - brought, usec_delayed=round((until - at) * 1e6))
         t.own.oom_retry_at = until
         t.oom_reply.release()
+
+    def _reclaim_stall(self, at: float, got: int, swapped: int) -> tuple[float, list[Segment]]:
+        """Reclaim's time for a touch: ``got`` pages of page cache at reclaim_ms_per_mb (the
+        task runs), then ``swapped`` pages written to swap (it waits). (its end, segments)."""
+        until, segments = at, []
+        if got and self.scenario.reclaim_ms_per_mb:
+            until += self.scenario.reclaim_ms_per_mb * got / PAGES_PER_MB / 1000
+            segments.append(Segment(until, "reclaim"))
+        if swapped:
+            until += swapped / (self.scenario.swap_mb_per_s * PAGES_PER_MB)
+            segments.append(Segment(until, "reclaim", asleep=True))
+        return until, segments
 
     def _fits(self, pages: int, memcg: int) -> int:
         """The most of ``pages`` that the zone and ``memcg``'s limits hold now."""
@@ -781,9 +876,10 @@ class Run:
                 pages = min(pages - 1, self.zone.free_pages())
         return max(0, pages)
 
-    def _reclaim_for(self, t: TaskRecord, at: float, short, pages: int, exclude: int) -> int:
-        """Reclaim clean page cache (not object ``exclude``'s) for ``pages`` that are
-        ``short`` (zone.Short) in the zone or a memcg. Returns the pages taken."""
+    def _reclaim_for(self, t: TaskRecord, at: float, short, pages: int, exclude: int) -> tuple[int, int]:
+        """Reclaim clean page cache (not object ``exclude``'s), then others' anon to swap, for
+        ``pages`` that are ``short`` (zone.Short) in the zone or a memcg, for ``t``'s touch.
+        Returns (page cache pages taken, pages swapped out)."""
         memcg = short.memcg if short.where == MEMCG else None
         if memcg is None:
             need = pages - self.zone.free_pages()
@@ -797,8 +893,9 @@ class Run:
         kind = "direct" if memcg is None else "memcg"
         self.trace(f"mm_vmscan_{kind}_reclaim_begin", t, at, order=0, nr_to_reclaim=need, refault=True)
         got = sum(self.objects.shrink(k, n, self.tasks) for k, n in shrink_page_cache(views, need))
-        self.trace(f"mm_vmscan_{kind}_reclaim_end", t, at, nr_reclaimed=got, refault=True)
-        return got
+        swapped = self._swap_out(t, need - got, at, in_domain, requester=False) if got < need else 0
+        self.trace(f"mm_vmscan_{kind}_reclaim_end", t, at, nr_reclaimed=got + swapped, refault=True)
+        return got, swapped
 
     def _release_objects(self, t: TaskRecord, at: float) -> None:
         """``t`` is gone: shmem objects it was the last to map go with it."""
@@ -834,7 +931,7 @@ class Run:
             if exiting and len(requester.users) > 1:   # a user of its mm that is not dying keeps it
                 exiting = task_will_free_mem(self._view(requester), [self._view(u) for u in requester.users])
             if self._scan is None:                          # the tasks' pids are known by now
-                self._scan = OomScan(self.zone, self.tasks, self._view)
+                self._scan = OomScan(self.zone, self.tasks, self._view, self._swap_bound)
             decision = out_of_memory(
                 self._view(requester), exiting, where,
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
@@ -1177,7 +1274,11 @@ class Run:
             self._fail(f"accounting: the zone says {self.zone.charged()} pages charged, the tasks and objects "
                        f"{charged}", False)
         self._check_memcgs()
-        return {"charged_pages": charged, "rss_pages": rss, "segment_pages": segment,
+        swap = sum(t.mm.swapents() for t in self.tasks if t.owner is None)
+        if swap != self.zone.swap()[1]:
+            self._fail(f"accounting: the zone says {self.zone.swap()[1]} pages on swap, the mms count {swap} "
+                       f"(a fault of oomemu's: please report it)", False)
+        return {"swap_pages": swap, "charged_pages": charged, "rss_pages": rss, "segment_pages": segment,
                 "anon_pages": rss - pgtables - kinds["file"] - kinds["shmem"], "pgtables_pages": pgtables,
                 "page_cache_pages": kinds["file"], "shmem_pages": kinds["shmem"]}
 

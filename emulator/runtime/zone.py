@@ -354,6 +354,26 @@ class Zone:
         """(the swap device's pages, pages on it)."""
         return ZONE_HEADER.get(self.map, "swap_pages"), ZONE_HEADER.get(self.map, "swap_used")
 
+    def charge_swap(self, pages: int) -> int:
+        """Take up to ``pages`` swap slots (get_swap_page); returns how many (0: swap full)."""
+        with self.lock():
+            total, used = self.swap()
+            n = max(0, min(pages, total - used))
+            ZONE_HEADER.set(self.map, "swap_used", used + n)
+            return n
+
+    def uncharge_swap(self, pages: int) -> None:
+        """Give back ``pages`` swap slots (swap_free: a swap-in, or a zap of swapped pages)."""
+        if pages <= 0:
+            return
+        with self.lock():
+            ZONE_HEADER.set(self.map, "swap_used", max(0, self.swap()[1] - pages))
+
+    def set_swap_used(self, pages: int) -> None:
+        """After a repair: the slots in use are what the mms count."""
+        with self.lock():
+            ZONE_HEADER.set(self.map, "swap_used", pages)
+
     @property
     def clock_word(self) -> float:
         return ZONE_HEADER.get(self.map, "clock")             # one aligned 8-byte load

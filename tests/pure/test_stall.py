@@ -183,3 +183,21 @@ def test_publishes_only_what_changed():
     acct.start(0, 1.0)
     acct.flush(1.0)
     assert len(r.seen) == 1, "an idle system's figures do not change: published once"
+
+
+def test_who_reclaim_may_swap_out_without_racing_a_fault():
+    """Quiet past a time: never ran, idle, or asleep in a plan ending after it; not a task
+    that runs, waits in D state (what it waits for may come at any moment), or wakes by then."""
+    acct = StallAccounting(nr_cpus=1)
+    assert acct.quiet_until_after(7, 1.0), "a task with no steps never runs"
+    acct.start(0, 0.0)
+    assert not acct.quiet_until_after(0, 1.0)
+    acct.on_event(0, Event.SLEEP, 0.5, {"until": 3.0})
+    assert acct.quiet_until_after(0, 1.0) and not acct.quiet_until_after(0, 3.0)
+    acct.on_event(0, Event.STATE, 3.0, {"state": "D"})
+    assert not acct.quiet_until_after(0, 3.5)
+    acct.on_event(0, Event.STATE, 3.6, {"state": "R"})
+    acct.plan(0, 3.6, [Segment(3.7, "writeback", asleep=True)])
+    assert acct.quiet_until_after(0, 3.65) and not acct.quiet_until_after(0, 3.7)
+    acct.on_event(0, Event.STEPS_DONE, 4.0)
+    assert acct.quiet_until_after(0, 100.0), "idle after its steps"
