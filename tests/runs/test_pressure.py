@@ -10,7 +10,7 @@ import pytest
 from emulator.kernel.psi import FSHIFT
 from emulator.runtime import names
 from emulator.runtime.zone import Zone
-from tests.helpers import HeldRun, wait_for, write_scenario
+from tests.helpers import HeldRun, check_documented, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -113,6 +113,7 @@ def test_touching_reclaimed_page_cache_refaults_and_thrashes(tmp_path):
     r = emulator.run_scenario(write_scenario(tmp_path, THRASH, "thrash"), policy="v6.6", speed=10,
                               trace=str(trace))
     events = [json.loads(line) for line in trace.read_text().splitlines()]
+    check_documented(events)
     assert (r.verdict, r.kills, r.error) == ("resolved", 0, None), r.error
     a = r.accounting
     assert a["charged_pages"] == a["rss_pages"] == a["segment_pages"], a

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import emulator
-from tests.helpers import write_scenario
+from tests.helpers import check_documented, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +38,9 @@ def run(tmp_path, text, **kw):
     assert r.error is None, r.error
     a = r.accounting
     assert a["charged_pages"] == a["rss_pages"] == a["segment_pages"], a
-    return r, [json.loads(line) for line in trace.read_text().splitlines()]
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    check_documented(events)
+    return r, events
 
 
 def test_reclaim_swaps_an_idle_tasks_anon_out_instead_of_killing_it(tmp_path):
