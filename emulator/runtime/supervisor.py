@@ -51,7 +51,8 @@ from ..kernel.mm_types import (MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWA
 from ..kernel.oom_kill import (MEMCG, NO_KILLABLE, MemcgState, OomAction, OomDecision, TaskView,
                                killed_process_line, out_of_memory, task_will_free_mem)
 from ..kernel.verdict import Verdict
-from ..kernel.vmscan import THROTTLE_WRITEBACK_S, Writeback, reclaimable, shrink_page_cache, throttle_until
+from ..kernel.vmscan import (THROTTLE_WRITEBACK_S, AnonView, Writeback, reclaimable, shrink_anon, shrink_page_cache,
+                             throttle_until)
 from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
@@ -663,8 +664,10 @@ class Run:
         ``over_limit`` at its limit: its subtree's page cache) for ``t``'s allocation of
         ``pages`` that did not fit, at emulated time ``at`` (``t`` holds the run clock there).
         Returns when ``t`` should try again: at once (reclaim made room, or some progress),
-        later (it waits on writeback, throttled), or None: reclaim can make no room, call
-        the OOM killer."""
+        later (reclaim's own time, reclaim_ms_per_mb; the writes of what it swapped out;
+        or it waits on writeback, throttled), or None: reclaim can make no room, call
+        the OOM killer. Clean page cache goes first, then anon to swap, then dirty page
+        cache once written back."""
         memcg = over_limit if where == MEMCG else None
         if memcg is None:
             need = pages - self.zone.free_pages()
@@ -710,29 +713,26 @@ class Run:
         return until
 
     def _swap_out(self, t: TaskRecord, need: int, at: float, in_domain, requester: bool = True) -> int:
-        """Reclaim swaps out up to ``need`` anon pages (not mlocked) of the tasks it may
-        (:meth:`_swappable`), while the swap device has room: the pages leave their mm's
-        segment and the zone, and count as its swap entries. Returns the pages swapped out."""
-        got = 0
-        if not self.zone.swap()[0]:
+        """Reclaim, for ``t``, swaps out up to ``need`` anon pages of the tasks it may
+        (:meth:`_swappable`; ``t``'s own only if ``requester``), as ``vmscan.shrink_anon``
+        chooses, while the swap device has room: the pages leave their mm's segment and
+        the zone, and count as its swap entries. Returns the pages swapped out."""
+        total, used = self.zone.swap()
+        if need <= 0 or used >= total:
             return 0
-        for c in [c for c in self.tasks if c is not t] + ([t] if requester else []):
-            if got >= need or not self._swappable(c, t, at, in_domain):
-                continue
-            for v in c.mm.vmas():
-                if got >= need:
-                    break
-                if v.kind != "anon" or v.object >= 0 or v.mlocked or not v.nr_pages:
-                    continue
-                n = self.zone.charge_swap(min(v.nr_pages, need - got))
-                if not n:
-                    return got                        # the swap device is full
-                k = c.mm.swap_out(v.index, n, lambda p, i=c.mm_index: self.zone.uncharge(i, p))
-                self.zone.uncharge_swap(n - k)
-                if k:
-                    got += k
-                    self._swap_bound[c.index] += k
-                    self.trace("swap_out", c, at, nr_pages=k, vma=v.index, requester=t.name)
+        views = [AnonView(c.index, v.index, v.nr_pages, c is t)
+                 for c in self.tasks if (c is not t or requester) and self._swappable(c, t, at, in_domain)
+                 for v in c.mm.vmas() if v.kind == "anon" and v.object < 0 and not v.mlocked and v.nr_pages]
+        got = 0
+        for i, vi, pages in shrink_anon(views, need, total - used):
+            c = self.tasks[i]
+            n = self.zone.charge_swap(pages)
+            k = c.mm.swap_out(vi, n, lambda p: self.zone.uncharge(c.mm_index, p))
+            self.zone.uncharge_swap(n - k)
+            if k:
+                got += k
+                self._swap_bound[i] += k
+                self.trace("swap_out", c, at, nr_pages=k, vma=vi, requester=t.name)
         return got
 
     def _swappable(self, c: TaskRecord, requester: TaskRecord, at: float, in_domain) -> bool:
@@ -808,7 +808,9 @@ class Run:
         t.oom_reply.release()
 
     def _on_touch(self, t: TaskRecord, msg: Message, at: float) -> None:
-        """A touch step found pages of a file VMA gone (reclaim took them): they refault.
+        """A touch step found pages of an anon VMA on swap: they are swapped in, at
+        ``swap_mb_per_s`` (a memstall, reason swapin), as much as fits after reclaim
+        (:meth:`_swap_in`). Or it found pages of a file VMA gone (reclaim took them): they refault.
         Pages of the object still resident (another mapper's) are mapped at no cost; the
         rest are read back from the file, at ``refault_ms_per_mb`` (a memstall, reason
         refault, asleep in iowait), and charged to the page cache again, which may need
