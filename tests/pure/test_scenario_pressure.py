@@ -70,3 +70,22 @@ def test_mistakes_are_one_line_naming_the_key(step, top, key, says):
         scenario(step, **top)
     msg = str(e.value)
     assert "\n" not in msg and key in msg and says in msg, msg
+
+
+def test_the_docs_name_every_top_level_key_and_op():
+    """scenario-format.md's every-key example and its table of keys know every top-level
+    key and every op the loader takes."""
+    import os
+    import re
+
+    from emulator.scenario import _TOP_KEYS, OPS
+    from tests.helpers import REPO
+    with open(os.path.join(REPO, "docs", "scenario-format.md")) as f:
+        doc = f.read()
+    example = re.search(r"## A file that uses every key.*?```toml\n(.*?)```", doc, re.S).group(1)
+    table = doc[doc.index("## Every key and its bounds"):]
+    for key in _TOP_KEYS:
+        assert re.search(rf"^\[*{key}\]*\b", example, re.M), key
+        assert re.search(rf"`\[*{key}\]*`", table), key
+    for op in OPS:
+        assert f'op = "{op}"' in example and f"`{op}`" in table, op
