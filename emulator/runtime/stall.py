@@ -33,6 +33,7 @@ reads every CPU (``nr_cpus``).
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,7 +68,7 @@ class _Task:
     stalled: bool = False           # inside a memstall section we opened
     reason: str = ""                # its reason
     plan: deque = field(default_factory=deque)   # Segments still to run, the current first
-    gen: int = 0                    # bumped when the plan is cut: older heap entries are stale
+    gen: int = 0                    # renewed when the plan is cut: older heap entries are stale
     idle: bool = False              # asleep until an event, idle (not in D state)
 
 
@@ -87,6 +88,8 @@ class StallAccounting:
         self._tasks: dict[int, _Task] = {}
         self._heap: list[tuple[float, int, int, int]] = []     # (segment end, seq, task, gen)
         self._seq = 0
+        self._gens = itertools.count(1)        # plan generations, unique across tasks (an index seen
+                                               # again after its exit never matches an old entry)
         self._dirty = True
         self._published_period = None          # avg_next_update at the last publish
         self._published: tuple | None = None   # the figures last published
@@ -127,15 +130,13 @@ class StallAccounting:
     def start(self, index: int, at: float) -> None:
         """The task begins its steps (time 0): runnable, on CPU ``index % nr_cpus``."""
         self.advance(at)
-        t = self._tasks.setdefault(index, _Task())
+        t = self._task(index)
         self._set(index, t, self._now, RUNNING, False)
 
     def running(self, index: int, at: float) -> None:
         """The task runs at ``at`` (it sent an event): whatever was planned ends here."""
         self.advance(at)
-        t = self._tasks.get(index)
-        if t is None:
-            t = self._tasks[index] = _Task()
+        t = self._task(index)
         self._cut(t)
         self._set(index, t, self._now, RUNNING, False)
 
@@ -146,9 +147,7 @@ class StallAccounting:
             self.plan(index, at, [Segment(until, asleep=True)])
             return
         self.advance(at)
-        t = self._tasks.get(index)
-        if t is None:
-            t = self._tasks[index] = _Task()
+        t = self._task(index)
         self._cut(t)
         self._set(index, t, self._now, ASLEEP, False)
         t.idle = idle
@@ -173,9 +172,7 @@ class StallAccounting:
             if s.reason and s.reason not in MEMSTALL_REASONS:
                 raise ValueError(f"{s.reason!r} is not a memory stall (one of {MEMSTALL_REASONS})")
         self.advance(at)
-        t = self._tasks.get(index)
-        if t is None:
-            t = self._tasks[index] = _Task()
+        t = self._task(index)
         self._cut(t)
         t.plan.extend(s for s in segments if s.until > self._now)
         self._next_segment(index, t, self._now)
@@ -204,10 +201,16 @@ class StallAccounting:
             self.running(index, at)
 
     # -- inside --------------------------------------------------------------------
+    def _task(self, index: int) -> _Task:
+        t = self._tasks.get(index)
+        if t is None:
+            t = self._tasks[index] = _Task(gen=next(self._gens))
+        return t
+
     def _cut(self, t: _Task) -> None:
         if t.plan:
             t.plan.clear()
-            t.gen += 1
+            t.gen = next(self._gens)
 
     def _next_segment(self, index: int, t: _Task, now: float) -> None:
         """Enter the plan's first segment at ``now`` (or run, if the plan is done)."""
@@ -256,19 +259,20 @@ class StallAccounting:
         return (*psi.avg[SOME], psi.total[SOME] // NSEC_PER_USEC, *psi.avg[FULL], psi.total[FULL] // NSEC_PER_USEC)
 
     def flush(self, now: float) -> bool:
-        """Publish the figures at ``now`` if a task's state changed or an averaging period
-        ended since the last publish (read at ``now``, as psi_show catches up), and they
+        """Publish the figures at ``now``, read as psi_show reads them (catching missed
+        periods up): at every averaging period, and when a task's state changed if they
         differ from those last published. Returns whether it published."""
         self.advance(now)
         psi = self.psi
         if to_ns(self._now) >= psi.avg_next_update or (psi.work_due is not None
                                                       and psi.work_due <= to_ns(self._now)):
             psi.read(self._now)
-        if not self._dirty and psi.avg_next_update == self._published_period:
+        period_ended = psi.avg_next_update != self._published_period
+        if not self._dirty and not period_ended:
             return False
         figs = self.figures(self._now)
         self._dirty, self._published_period = False, psi.avg_next_update
-        if figs == self._published:
+        if figs == self._published and not period_ended:
             return False                            # what a reader sees has not changed
         self._published = figs
         if self._publish is not None:

@@ -201,3 +201,26 @@ def test_who_reclaim_may_swap_out_without_racing_a_fault():
     assert acct.quiet_until_after(0, 3.65) and not acct.quiet_until_after(0, 3.7)
     acct.on_event(0, Event.STEPS_DONE, 4.0)
     assert acct.quiet_until_after(0, 100.0), "idle after its steps"
+
+
+def test_an_idle_system_still_publishes_at_every_averaging_period():
+    """A reader sees figures of the time it reads: each averaging period is published,
+    changed or not (the zone's psi_at moves on)."""
+    r = Reader()
+    acct = StallAccounting(nr_cpus=1, publish=r)
+    drive(acct, [], 10 * P + 0.1)
+    times = [at for at, _ in r.seen]
+    assert len(times) >= 10 and times[-1] >= 10 * P, times
+
+
+def test_a_plan_cut_by_exit_never_comes_back_for_the_same_index():
+    acct = StallAccounting(nr_cpus=1)
+    acct.start(0, 0.0)
+    acct.plan(0, 1.0, [Segment(5.0, "writeback", asleep=True)])
+    acct.exit(0, 2.0)
+    acct.running(0, 3.0)                       # the index again (news after its exit)
+    acct.plan(0, 3.0, [Segment(10.0, "refault", asleep=True, iowait=True)])
+    acct.advance(6.0)                          # the old plan's end (5.0) ends nothing now
+    assert acct.psi.stalled(0) and acct.psi.tasks[0].reason == "refault"
+    acct.advance(10.0)
+    assert not acct.psi.stalled(0)
