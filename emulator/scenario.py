@@ -20,19 +20,21 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ScenarioError
-from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, OBJECT_KINDS, PAGES_PER_MB,
-                              TASK_COMM_LEN, VMA_KINDS)
+from .kernel.mm_types import (MAX_MEMCGS, MAX_VMAS, MM_HEADER_PAGES, MMU_NOTIFIERS, OBJECT_KINDS,
+                              PAGE_CACHE_KINDS, PAGES_PER_MB, TASK_COMM_LEN, VMA_KINDS)
 from .kernel.verdict import OUTCOMES, Verdict
 
 OPS = ("alloc", "sleep", "busy", "mmap_sem_down", "mmap_sem_up", "lock", "unlock", "exit", "mm_pin", "shm_unlink",
-       "shm_truncate")
+       "shm_truncate", "touch")
 _OP_KEYS = {"alloc": {"mb"}, "sleep": {"ms"}, "busy": {"ms"}, "mmap_sem_down": {"task", "mode"},
             "mmap_sem_up": {"task"}, "lock": {"name"}, "unlock": {"name"}, "exit": set(),
-            "mm_pin": {"task", "ms"}, "shm_unlink": {"name"}, "shm_truncate": {"name"}}
+            "mm_pin": {"task", "ms"}, "shm_unlink": {"name"}, "shm_truncate": {"name"},
+            "touch": {"vma", "mb", "ms", "repeat"}}
 SHM_OPS = ("shm_unlink", "shm_truncate")
 MMAP_SEM_MODES = ("read", "write")
 _TOP_KEYS = {"name", "description", "memory_mb", "min_kills", "run_deadline_s", "task", "memcg",
-             "expected", "writeback_mb_per_s"}
+             "expected", "writeback_mb_per_s", "nr_cpus", "reclaim_ms_per_mb", "refault_ms_per_mb", "swap_mb",
+             "swap_mb_per_s"}
 _TASK_KEYS = {"name", "count", "oom_score_adj", "oom_score_adj_last", "mmu_notifier", "exit_unmap_ms_per_mb",
               "exit_free_pgtables_ms", "pgtables_mb", "memcg", "vma", "step", "mm", "sigterm"}
 #: how a task answers SIGTERM (``sigterm``): the default action (it dies, as of SIGKILL: the
@@ -50,6 +52,25 @@ _VMA_KEYS = {"kind", "mb", "mlocked", "dirty_mb", "object"}
 MAX_OBJECTS = 4096              # page-cache and shmem objects per run: each is a segment in /dev/shm
                                 # that the supervisor maps (a thousand tasks with a few files each)
 WRITEBACK_MB_PER_S = 100.0      # the default writeback rate (writeback_mb_per_s)
+# The emulated machine's CPUs, for PSI (nr_cpus): FULL is per CPU, weighted by each CPU's
+# non-idle time. A small machine's (a laptop, a phone's cluster); not the host's, which
+# only runs the emulation. Tasks are placed on them by index.
+NR_CPUS = 4
+MAX_CPUS = 4096                 # the kernel's NR_CPUS on a large x86-64 config
+# Direct reclaim's own cost, per MB it takes (reclaim_ms_per_mb): the allocator stalls that
+# long (a memstall, reason reclaim) before it tries again. 0 by default: reclaiming clean
+# page cache takes no emulated time, as before PSI was fed (so the built-ins' outcomes
+# stand); set it for what-ifs (a few tenths of a ms per MB: shrinking clean LRU pages
+# runs at GB/s on one core).
+RECLAIM_MS_PER_MB = 0.0
+# A refault reads the page back from its file (refault_ms_per_mb): 10 ms per MB is a read
+# at the default disk rate (writeback_mb_per_s, 100 MB/s), the same disk writeback uses.
+REFAULT_MS_PER_MB = 10.0
+# A swap device (swap_mb, 0: none) and its rate (swap_mb_per_s): reclaim swaps anon pages out
+# at that rate (the allocator waits for the writes), a touch swaps them in at it. The default
+# is the default disk's, as for writeback.
+SWAP_MB_PER_S = 100.0
+MAX_REPEAT = 1_000_000          # a touch's repeat: a thrashing loop of minutes at ms-long touches
 # exit_mmap's speed, as measured on Linux 6.18 (docs/kernel-crosscheck.md): 60 MB
 # of mlocked memory munlocked and unmapped in 11-16 ms; 120 MB of page tables freed in
 # about 20 ms. A scenario that needs a slow exit names a cause (a D state before it, an
@@ -116,6 +137,8 @@ class StepSpec:
     name: str = ""
     task: str = ""          # mmap_sem_down/_up: another task's mmap_sem (default: its own); mm_pin: whose mm
     mode: str = ""          # mmap_sem_down: "read" or "write"
+    vma: int = -1           # touch: the index of the VMA it touches (a file VMA)
+    repeat: int = 1         # touch: how many times, one after the other
 
 
 @dataclass(frozen=True)
@@ -171,6 +194,11 @@ class Scenario:
     memcgs: tuple[MemcgSpec, ...] = ()     # parents before their children
     objects: tuple[ObjectSpec, ...] = ()
     writeback_mb_per_s: float = WRITEBACK_MB_PER_S
+    nr_cpus: int = NR_CPUS
+    reclaim_ms_per_mb: float = RECLAIM_MS_PER_MB
+    refault_ms_per_mb: float = REFAULT_MS_PER_MB
+    swap_mb: float = 0.0
+    swap_mb_per_s: float = SWAP_MB_PER_S
 
     def object_index(self, name: str) -> int:
         """The index of the named shmem object ``name`` (ValueError: none)."""
@@ -516,6 +544,10 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                 if op == "mmap_sem_down":
                     mode = c.string(s, "mode", sw, default="write", choices=MMAP_SEM_MODES)
                 steps.append(StepSpec(op, task=other, mode=mode))
+            elif op == "touch":
+                if shares:
+                    c.fail(sw + "vma", f"{tname} shares the mm of {_show(shares)} (mm): its owner touches its VMAs")
+                steps.append(_touch_step(c, s, sw, vmas, tname, ms_bound, memory_mb))
             elif op in ("lock", "unlock") or op in SHM_OPS:
                 steps.append(StepSpec(op, name=c.comm(s, "name", sw)))
             else:
@@ -547,6 +579,16 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
     tasks = _share_mms(c, tasks)
     tasks, objects = _objects(c, tasks, memcgs)
     writeback = c.number(data, "writeback_mb_per_s", "", default=WRITEBACK_MB_PER_S, positive=True,
+                         maximum=MAX_MEMORY_MB, why=" (1 TiB a second)")
+    nr_cpus = c.number(data, "nr_cpus", "", default=NR_CPUS, integer=True, minimum=1, maximum=MAX_CPUS,
+                       why=" (the kernel's NR_CPUS)")
+    # each ms-per-MB cost times the whole zone must stay inside a day, as every duration does
+    cost_bound = dict(maximum=MAX_DURATION_MS / memory_mb,
+                      why=f" (all {memory_mb} MB of memory_mb at that cost must take at most a day)")
+    reclaim_ms = c.number(data, "reclaim_ms_per_mb", "", default=RECLAIM_MS_PER_MB, **cost_bound)
+    refault_ms = c.number(data, "refault_ms_per_mb", "", default=REFAULT_MS_PER_MB, **cost_bound)
+    swap_mb = c.number(data, "swap_mb", "", default=0, integer=True, maximum=MAX_MEMORY_MB, why=" (1 TiB)")
+    swap_rate = c.number(data, "swap_mb_per_s", "", default=SWAP_MB_PER_S, positive=True,
                          maximum=MAX_MEMORY_MB, why=" (1 TiB a second)")
     locks = {s.name for t in tasks for s in t.steps if s.op in ("lock", "unlock")}
     if len(locks) > MAX_LOCKS:
@@ -595,7 +637,8 @@ def parse_scenario(data: dict, source: str = "<memory>", default_name: str = "sc
                             f"map more than the {MAX_MAPPED_MB >> 20} TiB a run may map in all: "
                             f"use fewer tasks or a smaller memory_mb")
     return Scenario(name, description, float(memory_mb), int(min_kills), float(run_deadline_s),
-                    tuple(tasks), source, expected, tuple(memcgs), tuple(objects), float(writeback))
+                    tuple(tasks), source, expected, tuple(memcgs), tuple(objects), float(writeback),
+                    nr_cpus, float(reclaim_ms), float(refault_ms), float(swap_mb), float(swap_rate))
 
 
 def ladder_adj(first: int, last: int, k: int, count: int) -> int:
@@ -673,6 +716,41 @@ def _memcg_tree_order(c: _Checker, memcgs: list[MemcgSpec]) -> list[MemcgSpec]:
     for m in memcgs:
         place(m)
     return ordered
+
+
+def _touch_step(c: _Checker, s: dict, sw: str, vmas: list[VmaSpec], tname: str, ms_bound: dict,
+                memory_mb: float) -> StepSpec:
+    """``touch``: read ``mb`` (default: all) of a file VMA again (refaults), or of an anon VMA
+    (swap-ins), ``repeat`` times, each taking ``ms`` of work besides. ``vma``: its index in
+    the task's [[task.vma]], or a kind (the first VMA of that kind; "anon" with none declared:
+    the VMA alloc grows)."""
+    v = s.get("vma")
+    grows = False                       # the anon VMA the run adds for alloc (none declared)
+    if isinstance(v, str) and not isinstance(v, bool):
+        found = [i for i, x in enumerate(vmas) if x.kind == v]
+        if not found and v == "anon":
+            found, grows = [len(vmas)], True
+        if not found:
+            c.fail(sw + "vma", f"{tname} has no VMA of kind {_show(v)}")
+        index = found[0]
+    else:
+        index = c.number(s, "vma", sw, integer=True, minimum=0, maximum=max(0, len(vmas) - 1),
+                         why=" (the task's last VMA)")
+        if not vmas:
+            c.fail(sw + "vma", f"{tname} has no VMA of its own to touch")
+    vma = VmaSpec("anon", 0.0) if grows else vmas[index]
+    if vma.kind not in PAGE_CACHE_KINDS + ("anon",) or vma.mlocked:
+        c.fail(sw + "vma", f"a touch reads a file VMA again ({', '.join(PAGE_CACHE_KINDS)}) or an anon one "
+                           f"that may be on swap, not {'mlocked ' if vma.mlocked else ''}{vma.kind}")
+    if vma.kind == "anon":              # what it holds by then (alloc grows it): all of it, by default
+        mb = c.number(s, "mb", sw, default=memory_mb, positive=True,
+                      maximum=memory_mb, why=" (memory_mb)")
+    else:
+        mb = c.number(s, "mb", sw, default=vma.mb, positive=True, maximum=vma.mb, why=" (the VMA's mb)")
+    repeat = c.number(s, "repeat", sw, default=1, integer=True, minimum=1, maximum=MAX_REPEAT)
+    ms = c.number(s, "ms", sw, default=0.0, maximum=ms_bound["maximum"] / repeat,
+                  why=" (repeat times ms must be at most a day)")
+    return StepSpec("touch", mb=float(mb), ms=float(ms), vma=index, repeat=repeat)
 
 
 def _check_own_read_holds(c: _Checker, where: str, name: str, steps: list[StepSpec]) -> None:

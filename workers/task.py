@@ -391,7 +391,10 @@ class WorkerTask:
         if op == "alloc":
             self.alloc(round(step.mb * PAGES_PER_MB), self.spec.grow_vma)
         elif op == "sleep":
+            self.send(Event.SLEEP, until=self.t_plan + step.ms / 1000)     # for PSI: asleep until then
             self.schedule_timeout_killable(step.ms / 1000)
+        elif op == "touch":
+            self.touch(step.vma, round(step.mb * PAGES_PER_MB), step.repeat, step.ms / 1000)
         elif op == "busy":
             self.uninterruptible(step.ms / 1000)
         elif op == "mmap_sem_down" and step.task:
@@ -421,6 +424,27 @@ class WorkerTask:
             sem_down(self.oom_reply)
         elif op == "mm_pin":
             self.mm_pin(step.task, step.ms / 1000)
+
+    def touch(self, vma_index: int, pages: int, repeat: int, emulated_s: float) -> None:
+        """Read the first ``pages`` of a file VMA again (or of an anon one), ``repeat`` times,
+        each taking ``emulated_s`` (the task runs) besides its faults. Where reclaim took
+        some of them (the VMA maps fewer; an anon VMA: some are on swap), the supervisor,
+        which holds the page cache and the swap, refaults or swaps them in (Event.TOUCH)
+        and says until when the read takes (a memstall, killable: a fault's
+        lock_folio_killable)."""
+        for _ in range(repeat):
+            vma = self.mm.vma(vma_index)
+            if vma.nr_pages < pages and (vma.kind != "anon" or vma.swapped):
+                self.send(Event.TOUCH, vma=vma_index, pages=pages)
+                sem_down(self.oom_reply)
+                retry_at = self.own.oom_retry_at
+                if retry_at > self.t_plan:
+                    self.schedule_timeout_killable(retry_at - self.t_plan, "refault")
+            if emulated_s:
+                self.schedule_timeout_killable(emulated_s, "touch")
+            if self.fatal_signal_pending():
+                self.killed()
+                raise Dying
 
     def mm_pin(self, name: str, emulated_s: float) -> None:
         """mmget_not_zero() on task ``name``'s mm, held ``emulated_s`` as a /proc/PID reader
@@ -501,6 +525,7 @@ class WorkerTask:
                     self.on_sigterm()
                 else:
                     self.do_commands()
+                self.send(Event.SLEEP, until=-1)        # idle again (for PSI)
         except Dying:
             if self.fatal:
                 self.killed()
@@ -628,7 +653,7 @@ class WorkerTask:
         """Zap one of our VMAs, journalled for repair if we die half-way. The zap claims
         the pages it frees: we uncharge exactly those (the reaper, the others)."""
         self.mm.journal_begin(J_ZAP, vma.index, self.mm.vmas()[vma.index].nr_pages)
-        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.mm_index, pages))
+        n = self.mm.zap_vma(vma, lambda pages: self.zone.uncharge(self.mm_index, pages), self.zone.uncharge_swap)
         self.mm.journal_end()
         return n
 

@@ -102,6 +102,7 @@ class Vma:
     capacity: int     # pages reserved (the segment is sparse)
     nr_pages: int     # pages resident now (mapped, for a VMA over an object)
     object: int = -1  # the page-cache or shmem object it maps (-1: its pages are the mm's own)
+    swapped: int = 0  # of its pages, on swap (anon): swap entries, MM_SWAPENTS
 
     @property
     def mlocked(self) -> bool:

@@ -7,8 +7,10 @@ mappers' file-rss drops); dirty page cache must be written back first, which
 the flusher threads do at the disk's rate once reclaim wakes them
 (``wakeup_flusher_threads``), while the allocator waits for it
 (``reclaim_throttle(VMSCAN_THROTTLE_WRITEBACK)``, at most HZ/10 at a time).
-Mlocked page cache is unevictable. shmem has no swap here: reclaim never
-takes it. Only when reclaim can make no room is the OOM killer called.
+Mlocked page cache is unevictable. With a swap device, when clean page
+cache is not enough, reclaim swaps anonymous pages out (:func:`shrink_anon`;
+not mlocked ones) before it waits on writeback; shmem is never swapped here.
+Only when reclaim can make no room is the OOM killer called.
 
 The runtime gives views of the objects (:class:`CacheView`) and applies what
 :func:`shrink_page_cache` and :class:`Writeback` decide.
@@ -61,6 +63,31 @@ def shrink_page_cache(objects: list[CacheView], need: int) -> list[tuple[int, in
             if o.in_domain and o.mapped == mapped and (n := min(o.clean_evictable, need)) > 0:
                 out.append((o.index, n))
                 need -= n
+    return out
+
+
+@dataclass(frozen=True)
+class AnonView:
+    """One anon VMA that reclaim may swap out now (not mlocked; its task not running)."""
+    task: int
+    vma: int
+    resident: int           # its pages in memory
+    requester: bool = False  # the reclaiming task's own: its pages are the most recently used
+
+
+def shrink_anon(vmas: list[AnonView], need: int, swap_free: int) -> list[tuple[int, int, int]]:
+    """Which anon pages to swap out for ``need`` pages, with ``swap_free`` swap slots left:
+    (task, vma, pages), other tasks' first in the order given (the LRU's stand-in), the
+    reclaiming task's own last, and no more than needed or than the swap device holds."""
+    out = []
+    left = min(need, swap_free)
+    for own in (False, True):
+        for v in vmas:
+            if left <= 0:
+                return out
+            if v.requester == own and (n := min(v.resident, left)) > 0:
+                out.append((v.task, v.vma, n))
+                left -= n
     return out
 
 

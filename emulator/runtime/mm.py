@@ -40,7 +40,7 @@ from typing import Callable
 
 import posix_ipc
 
-from ..kernel.mm_types import (KIND_COUNTER, MAX_VMAS, MM_ANONPAGES, MM_FILEPAGES, MM_HEADER_PAGES,
+from ..kernel.mm_types import (KIND_COUNTER, MAX_VMAS, MM_ANONPAGES, MM_FILEPAGES, MM_HEADER_PAGES, MM_SWAPENTS,
                                MM_SHMEMPAGES, MMF_BITS, MMF_UNSTABLE, MMU_NOTIFIERS, NR_MM_COUNTERS, PAGE_SIZE, TASK_COMM_LEN,
                                VMA_KINDS, MmLayout, TaskState, Vma)
 from .layout import Record
@@ -54,7 +54,8 @@ MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: one VMA in the header's table (vm_area_struct, the little of it the emulator needs)
 VMA_RECORD = Record(("kind", "I"), ("vm_flags", "I"), ("start", "q"), ("capacity", "q"), ("nr_pages", "q"),
                     ("object", "i"),         # the object it maps (runtime/objects.py; -1: none, its own pages)
-                    ("pad", "i"))
+                    ("swapped", "i"))        # of its pages, on swap (swap entries): the supervisor's swap-out
+                                             # and swap-in change it, a zap frees them
 #: one waiter in mmap_sem's queue (struct rwsem_waiter): its pid and what it wants (rwsem.READ or
 #: rwsem.WRITE, plus rwsem.GRANTED once the lock is handed to it and it has not yet woken)
 WAITER_RECORD = Record(("pid", "i"), ("mode", "I"))
@@ -299,7 +300,12 @@ class Mm:
             counter = KIND_COUNTER[v.kind]
             if counter is not None:          # hugetlb, pfnmap: not in the kernel's rss counters
                 c[counter] += v.nr_pages
+            c[MM_SWAPENTS] += v.swapped
         return c
+
+    def swapents(self) -> int:
+        """MM_SWAPENTS: the mm's pages on swap."""
+        return sum(v.swapped for v in self.vmas())
 
     def get_mm_rss(self) -> int:
         c = self.counters()
@@ -341,9 +347,10 @@ class Mm:
 
     def vma(self, i: int) -> Vma:
         """VMA ``i`` alone (reclaim asks each mapper of an object for one VMA, not all)."""
-        kind, flags, start, cap, nr, obj = (VMA_RECORD.get(self.map, f, _vma_off(i))
-                                            for f in ("kind", "vm_flags", "start", "capacity", "nr_pages", "object"))
-        return Vma(i, VMA_KINDS[kind], flags, start, cap, nr, obj)
+        kind, flags, start, cap, nr, obj, swapped = (
+            VMA_RECORD.get(self.map, f, _vma_off(i))
+            for f in ("kind", "vm_flags", "start", "capacity", "nr_pages", "object", "swapped"))
+        return Vma(i, VMA_KINDS[kind], flags, start, cap, nr, obj, swapped)
 
     def map_object(self, vma_index: int, pages: int) -> None:
         """Map ``pages`` pages of the VMA's object (they are the object's, already charged
@@ -362,6 +369,54 @@ class Mm:
                 return nr - resident
         return 0
 
+    def map_more(self, vma_index: int, resident: int) -> int:
+        """A refault: the VMA maps its object's first ``resident`` pages again (at most its
+        capacity), unless the mm is being torn down (MMF_UNSTABLE). Returns the pages it
+        maps now."""
+        with self.guard():
+            vma = self.vma(vma_index)
+            if self.test_bit(MMF_UNSTABLE) or resident <= vma.nr_pages:
+                return vma.nr_pages
+            nr = min(resident, vma.capacity)
+            self._set_nr_pages(vma_index, nr)
+            return nr
+
+    def swap_out(self, vma_index: int, pages: int, uncharge: Callable[[int], object]) -> int:
+        """Reclaim moves up to ``pages`` of an anon VMA's resident pages to swap: in one
+        guarded section the count drops, the swap entries rise, ``uncharge`` (the zone's)
+        is called and the pages are punched out (inside: a fault that began before sees
+        the count changed and starts again, one that begins after writes past the new
+        count, never into the punched range). None if the mm is being torn down
+        (MMF_UNSTABLE). Returns the pages swapped out."""
+        with self.guard():
+            vma = self.vma(vma_index)
+            n = min(pages, vma.nr_pages)
+            if n <= 0 or self.test_bit(MMF_UNSTABLE):
+                return 0
+            self._set_nr_pages(vma_index, vma.nr_pages - n)
+            VMA_RECORD.set(self.map, "swapped", vma.swapped + n, _vma_off(vma_index))
+            uncharge(n)
+            self.map.madvise(mmap.MADV_REMOVE, HEADER_SIZE + (vma.start + vma.nr_pages - n) * PAGE_SIZE,
+                             n * PAGE_SIZE)
+        return n
+
+    def swap_in(self, vma_index: int, pages: int) -> int:
+        """A fault on swapped pages brings up to ``pages`` of them back (already charged by
+        the caller): written after the resident ones, counted, their swap entries gone.
+        The owner waits meanwhile (it asked for it). Returns the pages brought back (0 if
+        the mm is being torn down: the caller uncharges what it charged)."""
+        with self.guard():
+            vma = self.vma(vma_index)
+            n = min(pages, vma.swapped, vma.capacity - vma.nr_pages)
+            if n <= 0 or self.test_bit(MMF_UNSTABLE):
+                return 0
+            off = HEADER_SIZE + (vma.start + vma.nr_pages) * PAGE_SIZE
+            self._allocate(off, n)
+            self._write(off, n)
+            self._set_nr_pages(vma_index, vma.nr_pages + n)
+            VMA_RECORD.set(self.map, "swapped", vma.swapped - n, _vma_off(vma_index))
+        return n
+
     def _set_nr_pages(self, vma_index: int, nr: int) -> None:
         VMA_RECORD.set(self.map, "nr_pages", nr, _vma_off(vma_index))      # one aligned store
 
@@ -369,7 +424,16 @@ class Mm:
         """Touch ``pages`` more pages of a VMA (the zone is already charged). The owner
         only. Returns False, with nothing counted and nothing left resident, if the mm
         became unstable (``MMF_UNSTABLE``: the reaper or exit_mmap is tearing it down)
-        meanwhile: check_stable_address_space(), where the kernel's fault gives SIGBUS."""
+        meanwhile: check_stable_address_space(), where the kernel's fault gives SIGBUS.
+        If the count changed meanwhile with the mm stable (reclaim swapped some of the
+        VMA out: :meth:`swap_out`), the pages are given back and the fault starts again."""
+        while True:
+            done = self._fault_in_once(vma_index, pages)
+            if done is not None:
+                return done
+
+    def _fault_in_once(self, vma_index: int, pages: int) -> bool | None:
+        """:meth:`fault_in`'s one try; None: the count changed under it, try again."""
         with self.guard():
             vma = self.vmas()[vma_index]
             unstable = self.test_bit(MMF_UNSTABLE)
@@ -387,12 +451,13 @@ class Mm:
         self._write(off, pages)
         with self.guard():
             now = self.vmas()[vma_index].nr_pages
-            if now == vma.nr_pages and not self.test_bit(MMF_UNSTABLE):
+            unstable = self.test_bit(MMF_UNSTABLE)
+            if now == vma.nr_pages and not unstable:
                 self._set_nr_pages(vma_index, now + pages)
                 MM_HEADER.set(self.map, "total_vm", self.total_vm + pages)
                 return True
         self.map.madvise(mmap.MADV_REMOVE, off, pages * PAGE_SIZE)      # a zap came first: give back
-        return False
+        return False if unstable else None
 
     def shared_fault(self, vma_index: int, pages: int, try_charge: Callable[[int], str | None],
                      repair: Callable[[], None]) -> str | bool:
@@ -445,8 +510,10 @@ class Mm:
             self.map[off:off + n] = self._CHUNK[:n]
             off += n
 
-    def zap_vma(self, vma: Vma, uncharge: Callable[[int], object] | None = None) -> int:
-        """Free a VMA's resident pages for real; returns how many. The pages are *claimed*
+    def zap_vma(self, vma: Vma, uncharge: Callable[[int], object] | None = None,
+                free_swap: Callable[[int], object] | None = None) -> int:
+        """Free a VMA's resident pages for real, and its swap entries (``free_swap``, the
+        zone's); returns how many resident pages. The pages are *claimed*
         first: in one guarded section the count is read and set to 0, and ``uncharge`` (the
         zone's, for the mm's task) is called with it; then they are punched out. The reaper
         and exit_mmap may zap the same VMA at once (both under mmap_sem held for read):
@@ -454,11 +521,16 @@ class Mm:
         charge drops with the count, the OOM killer never sees a count of 0 with the pages
         still charged (the kernel's rss counters and free pages move together)."""
         with self.guard():
-            claimed = self.vmas()[vma.index].nr_pages          # fresh: someone may have zapped it
+            fresh = self.vma(vma.index)                         # fresh: someone may have zapped it
+            claimed = fresh.nr_pages
             if claimed:
                 self._set_nr_pages(vma.index, 0)
                 if uncharge is not None and vma.object < 0:
                     uncharge(claimed)                           # the zone lock, inside the guard
+            if fresh.swapped:                                   # its swap entries go too (free_swap_and_cache)
+                VMA_RECORD.set(self.map, "swapped", 0, _vma_off(vma.index))
+                if free_swap is not None:
+                    free_swap(fresh.swapped)
         if vma.object >= 0:
             return 0            # unmapped only: the pages are the object's (page cache, shmem)
         if claimed:

@@ -120,6 +120,27 @@ class RunObjects:
         with self.zone.lock():
             self.zone.set_object_field(k, "dirty", max(0, self.zone.object_field(k, "dirty") - pages))
 
+    def refault(self, k: int, pages: int) -> int:
+        """Bring back ``pages`` pages at the end of object ``k`` (a refault reads them from
+        the file): real pages first, then charged if they fit (zone.try_charge_object), else
+        given back. Returns the pages brought back (0 or ``pages``)."""
+        if pages <= 0:
+            return 0
+        resident = self.zone.object_charged(k)
+        off, end = resident * PAGE_SIZE, (resident + pages) * PAGE_SIZE
+        os.posix_fallocate(self.fds[k], off, end - off)
+        m = self.maps[k]
+        if len(m) < end:                       # mapped at set-up for its size: never smaller
+            raise ValueError(f"object {k}: no room for {resident + pages} pages")
+        while off < end:
+            n = min(len(_CHUNK), end - off)
+            m[off:off + n] = _CHUNK[:n]
+            off += n
+        if self.zone.try_charge_object(k, pages) is not None:
+            m.madvise(mmap.MADV_REMOVE, resident * PAGE_SIZE, pages * PAGE_SIZE)
+            return 0
+        return pages
+
     # -- taking pages away ----------------------------------------------------------
     def shrink(self, k: int, pages: int, tasks) -> int:
         """Free the last ``pages`` pages of object ``k`` (reclaim; truncate): its mappers

@@ -5,7 +5,9 @@ supervisor knows of it) costs some 12 microseconds; a thousand of them, more
 than everything else an OOM kill does. But every task's badness is bounded
 from above by numbers the run already keeps in one place: the zone's charge
 counter of its mm (anon pages and page tables: every page the mm counts is
-charged first and uncharged last, so the charge is never below the count),
+charged first and uncharged last, so the charge is never below the count), its
+swap entries (as many as the supervisor swapped out and has not swapped back in: a
+zap only frees some),
 the pages of page-cache and shmem objects its VMAs map (no more than the
 VMA's size, nor than the object holds: a VMA maps a prefix of its object,
 which shrinks its mappers before its charge), and its oom_score_adj.
@@ -33,8 +35,11 @@ class OomScan(TaskTable):
     processes started (pids known); ``view(task)``: the supervisor's full read of one.
     Call :meth:`retire` for a task as it becomes an OOM victim."""
 
-    def __init__(self, zone, tasks, view: Callable[[object], TaskView]):
+    def __init__(self, zone, tasks, view: Callable[[object], TaskView], swap: list[int] | None = None):
         self._zone = zone
+        # per task, at least its mm's swap entries (MM_SWAPENTS, in oom_badness): kept by the
+        # supervisor, which alone swaps out (a zap only lowers the real count)
+        self._swap = swap
         self._tasks = tasks
         self._read = view
         self.memcgs = [t.mm.memcg for t in tasks]
@@ -83,6 +88,8 @@ class OomScan(TaskTable):
         if self._shared:
             charges = [charges[k] for k in self._mm_index]
         bounds = list(map(operator.add, charges, static))
+        if self._swap is not None and any(self._swap):
+            bounds = list(map(operator.add, bounds, [self._swap[k] for k in self._mm_index]))
         if self._mapping:
             mapped = [0] * len(bounds)
             for maps, group in self._mapping:

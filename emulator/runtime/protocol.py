@@ -64,6 +64,11 @@ class Event(StrEnum):
     MRELEASE = "mrelease"             # a process_mrelease() done in its caller's context: by, comm,
                                       # result ("" or the errno's name), freed_kb
     DAEMON = "daemon"                 # a line of the run's user-space daemon's log (index -1): line, by, comm
+    SLEEP = "sleep"                   # a sleep step begins (PSI: asleep): until (its end), or -1: idle
+                                      # until an event (after an injected command)
+    TOUCH = "touch"                   # a touch step reached pages of a file VMA that reclaim took:
+                                      # vma, pages (of the VMA to be resident); it waits on oom_reply,
+                                      # then until its oom_retry_at (the refault's read)
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,8 @@ class OomReaper:
                 with self.clock.frozen():             # real work: no emulated time
                     for vma in mm.vmas():
                         if self.policy.can_reap_vma(vma.kind, vma.vm_flags):
-                            freed += mm.zap_vma(vma, lambda n: self.zone.uncharge(task.mm_index, n))
+                            freed += mm.zap_vma(vma, lambda n: self.zone.uncharge(task.mm_index, n),
+                                                self.zone.uncharge_swap)
                 task.victim.reaped_kb += freed * PAGE_SIZE // 1024
                 kb = mm.rss_kb()
                 self.printk("oom_reaper: reaped process %d (%s), now anon-rss:%dkB, file-rss:%dkB, shmem-rss:%dkB"

@@ -45,12 +45,14 @@ import psutil
 from ..errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, UsageError
 from ..kernel.clock import JIFFY_S
 from ..kernel.memcontrol import NO_LIMIT
-from ..kernel.mm_types import (MMF_OOM_SKIP, MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout,
-                               TaskState, vm_flags_for)
+from ..kernel.mm_types import (MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, MMF_OOM_SKIP,
+                               MMF_OOM_VICTIM, MMU_NOTIFIERS, PAGE_SIZE, PAGES_PER_MB, MmLayout, TaskState,
+                               vm_flags_for)
 from ..kernel.oom_kill import (MEMCG, NO_KILLABLE, MemcgState, OomAction, OomDecision, TaskView,
                                killed_process_line, out_of_memory, task_will_free_mem)
 from ..kernel.verdict import Verdict
-from ..kernel.vmscan import THROTTLE_WRITEBACK_S, Writeback, reclaimable, shrink_page_cache, throttle_until
+from ..kernel.vmscan import (THROTTLE_WRITEBACK_S, AnonView, Writeback, reclaimable, shrink_anon, shrink_page_cache,
+                             throttle_until)
 from ..policies import get_policy
 from ..result import RunResult, VictimRecord
 from ..scenario import Scenario, TaskSpec
@@ -66,6 +68,7 @@ from .protocol import SIGKILL_EMULATED, Event, Message, ProtocolError, WorkerSpe
 from .reaper import OomReaper
 from .resources import RunResources
 from .rwsem import WRITE, MmapSem
+from .stall import Segment, StallAccounting
 from .trace import Tracer
 from .userspace import UserSpaceFailed, UserSpaceProcess
 
@@ -75,6 +78,9 @@ LINGER_S = 30.0                 # emulated seconds a resolved run waits for dyin
 # Slower than 0.1 would stretch a day-long run_deadline_s past what a wait can take.
 MIN_SPEED, MAX_SPEED = 0.1, 1e6
 
+
+#: events about a task that its own process did not send (PSI follows only the task's own)
+_NOT_THE_TASKS = frozenset((Event.INJECT, Event.DAEMON, Event.KILL, Event.MRELEASE))
 
 GIL_SWITCH_S = 0.0002           # see Run.execute
 WATCH_S = 0.25                  # real seconds between looks at the run clock's holds (_watch_holds)
@@ -118,6 +124,7 @@ class TaskRecord:
     victim: VictimRecord | None = None   # an OOM victim's record (MMF_OOM_VICTIM)
     killed: VictimRecord | None = None   # a user-space killer's kill (the same record if it became one)
     signalled: set = field(default_factory=set)   # (killer, signal) pairs logged already
+    swapped_out: int = 0              # pages direct reclaim swapped out for it so far
     initial_pages: tuple[int, ...] = ()   # pages per VMA at start
     grow_vma: int = 0                     # the VMA that ``alloc`` grows
     own: Mm | None = None                 # its segment: pid, state, comm, killed_at, mailbox (the mm
@@ -218,6 +225,8 @@ class Run:
         self._holding: list[TaskRecord] = []           # the victims that may still hold their memory
         self._victim_of_mm: dict[int, TaskRecord] = {}  # id(mm) -> the first victim using it
         self._scan: OomScan | None = None              # every task as the OOM killer scans it
+        self.pressure: StallAccounting | None = None   # the run's PSI, fed from time 0
+        self._swap_bound = [0] * len(self.tasks)       # per task, at least its mm's swap entries (OomScan)
         self.verdict: Verdict | None = None
         self.first_oom_at: float | None = None
         self.resolved_at: float | None = None
@@ -264,6 +273,8 @@ class Run:
             Event.KILL: self._on_user_kill,
             Event.MRELEASE: self._on_mrelease,
             Event.DAEMON: self._on_daemon_log,
+            Event.SLEEP: lambda t, msg, at: None,      # for PSI only (see _dispatch)
+            Event.TOUCH: self._on_touch,
         }
         assert set(self._handlers) == set(Event), "every event kind needs a handler"
 
@@ -281,7 +292,7 @@ class Run:
         self.zone = self.resources.create_zone({
             "supervisor_pid": os.getpid(), "supervisor_ctime": psutil.Process().create_time(),
             "speed": self.speed, "total_pages": total, "scenario": self.scenario.name,
-            "policy": self.policy.name,
+            "policy": self.policy.name, "swap_pages": round(self.scenario.swap_mb * PAGES_PER_MB),
             "memcgs": [(m.name, round(m.limit_mb * PAGES_PER_MB), self.scenario.memcg_index(m.parent), m.oom_group)
                        for m in self.scenario.memcgs],
             "tasks": [self.scenario.memcg_index(t.spec.memcg) for t in self.tasks],
@@ -411,6 +422,8 @@ class Run:
                 t = self.tasks[msg.index]
             else:
                 raise RunFault(f"the run's event FIFO: {msg.kind} for task {msg.index}, which there is not")
+            if self.pressure is not None and t is not None and msg.kind not in _NOT_THE_TASKS:
+                self.pressure.on_event(t.index, msg.kind, msg.at, msg.fields)   # first: a handler may plan a stall
             handler(t, msg, msg.at)
             if msg.kind not in (Event.INJECT, Event.DAEMON, Event.KILL, Event.MRELEASE):
                 self._latest_at = max(self._latest_at, msg.at)
@@ -608,6 +621,8 @@ class Run:
         t.exited = True
         t.stalled = False
         self._track(t)
+        if self.pressure is not None:
+            self.pressure.exit(t.index, at)
         self.trace("exited", t, at, crashed=t.crashed)
         if self.objects is not None:
             self._release_objects(t, at)
@@ -693,6 +708,8 @@ class Run:
                     self.zone.set_charged(t.mm_index, charged)
             except OSError as e:
                 complaint = f"repair failed: {e}"
+        if self.zone.swap()[0]:                  # a zap it finished freed swap entries: count them again
+            self.zone.set_swap_used(sum(u.mm.swapents() for u in self.tasks if u.owner is None and u.mm))
         if complaint:
             self._fail(f"accounting: task {t.name}: {complaint} (a fault of oomemu's: please report it)",
                        False)
@@ -705,8 +722,10 @@ class Run:
         # An exiting task has let go of its mm (exit_mm, early in do_exit): find_lock_task_mm
         # finds none, so the scan passes it by; a victim's oom_mm still aborts the scan.
         exiting = t.victim is None and t.exiting
+        c = mm.counters()
         return TaskView(pid=t.pid, name=t.name, oom_score_adj=mm.oom_score_adj, memcg=mm.memcg,
-                        rss_pages=mm.get_mm_rss(), pgtables_pages=mm.pgtables_pages,
+                        rss_pages=c[MM_FILEPAGES] + c[MM_ANONPAGES] + c[MM_SHMEMPAGES],
+                        pgtables_pages=mm.pgtables_pages, swapents=c[MM_SWAPENTS],
                         has_mm=(t.oom_mm_live if t.victim is not None else (t.has_mm and not exiting))
                         and not t.detached,
                         oom_victim=t.victim is not None, mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP),
@@ -724,8 +743,10 @@ class Run:
         ``over_limit`` at its limit: its subtree's page cache) for ``t``'s allocation of
         ``pages`` that did not fit, at emulated time ``at`` (``t`` holds the run clock there).
         Returns when ``t`` should try again: at once (reclaim made room, or some progress),
-        later (it waits on writeback, throttled), or None: reclaim can make no room, call
-        the OOM killer."""
+        later (reclaim's own time, reclaim_ms_per_mb; the writes of what it swapped out;
+        or it waits on writeback, throttled), or None: reclaim can make no room, call
+        the OOM killer. Clean page cache goes first, then anon to swap, then dirty page
+        cache once written back."""
         memcg = over_limit if where == MEMCG else None
         if memcg is None:
             need = pages - self.zone.free_pages()
@@ -743,8 +764,17 @@ class Run:
         got = sum(self.objects.shrink(k, n, self.tasks) for k, n in shrink_page_cache(views, need))
         self.trace(f"mm_vmscan_{kind}_reclaim_end", t, at, nr_reclaimed=got)
         t.reclaimed += got
-        if got > 0:
-            return at                                 # progress: the allocation tries again
+        if got > 0:                                   # progress: the allocation tries again, once
+            until = at + self.scenario.reclaim_ms_per_mb * got / PAGES_PER_MB / 1000   # reclaim is done
+            if until > at:
+                self._stall(t, at, [Segment(until, "reclaim")])
+            return until
+        swapped = self._swap_out(t, need, at, in_domain)
+        if swapped:                                   # progress, once the writes to swap are done
+            t.swapped_out += swapped
+            until = at + swapped / (self.scenario.swap_mb_per_s * PAGES_PER_MB)
+            self._stall(t, at, [Segment(until, "reclaim", asleep=True)])
+            return until
         _, dirty = reclaimable(self.objects.views(self.tasks, in_domain))
         if dirty <= 0:
             self._log_reclaim(t, at, "; not enough: out_of_memory")
@@ -758,7 +788,63 @@ class Run:
         self.trace("mm_vmscan_throttled", t, at, usec_timeout=round(THROTTLE_WRITEBACK_S * 1e6),
                    usec_delayed=round((until - at) * 1e6), reason="VMSCAN_THROTTLE_WRITEBACK")
         t.throttled_s += until - at
+        self._stall(t, at, [Segment(until, "writeback", asleep=True)])   # D state, in a memstall
         return until
+
+    def _swap_out(self, t: TaskRecord, need: int, at: float, in_domain, requester: bool = True) -> int:
+        """Reclaim, for ``t``, swaps out up to ``need`` anon pages of the tasks it may
+        (:meth:`_swappable`; ``t``'s own only if ``requester``), as ``vmscan.shrink_anon``
+        chooses, while the swap device has room: the pages leave their mm's segment and
+        the zone, and count as its swap entries. Returns the pages swapped out."""
+        total, used = self.zone.swap()
+        if need <= 0 or used >= total:
+            return 0
+        views = [AnonView(c.index, v.index, v.nr_pages, c is t)
+                 for c in self.tasks if (c is not t or requester) and self._swappable(c, t, at, in_domain)
+                 for v in c.mm.vmas() if v.kind == "anon" and v.object < 0 and not v.mlocked and v.nr_pages]
+        got = 0
+        for i, vi, pages in shrink_anon(views, need, total - used):
+            c = self.tasks[i]
+            n = self.zone.charge_swap(pages)
+            k = c.mm.swap_out(vi, n, lambda p: self.zone.uncharge(c.mm_index, p))
+            self.zone.uncharge_swap(n - k)
+            if k:
+                got += k
+                self._swap_bound[i] += k
+                self.trace("swap_out", c, at, nr_pages=k, vma=vi, requester=t.name)
+        return got
+
+    def _swappable(self, c: TaskRecord, requester: TaskRecord, at: float, in_domain) -> bool:
+        """May reclaim, for ``requester`` at ``at``, swap out ``c``'s anon pages now? Only an mm
+        that one process uses (no other may be faulting in it), of a task not dying, in the
+        OOM domain, and not running: the requester itself (it waits for us), or a task
+        that stays asleep past ``at`` (the requester holds the run clock there) or idles.
+        A fault in it that races with us starts again (Mm.fault_in)."""
+        if c.owner is not None or len(c.users) > 1 or c.victim is not None or c.exiting or c.exited \
+                or c.crashed or c.sigkilled or c.detached or not in_domain(c.mm.memcg):
+            return False
+        return c is requester or self.pressure is None or self.pressure.quiet_until_after(c.index, at)
+
+    def _swap_in(self, t: TaskRecord, vi: int, want: int, at: float) -> tuple[int, int, int]:
+        """A touch of ``t``'s anon VMA ``vi`` found pages of its first ``want`` on swap: bring
+        back what fits (after reclaim: page cache, then others' anon to swap). Returns
+        (page cache reclaimed, pages swapped out for it, pages swapped in)."""
+        vma = t.mm.vma(vi)
+        n = min(vma.swapped, max(0, min(want, vma.nr_pages + vma.swapped) - vma.nr_pages))
+        if n <= 0:
+            return 0, 0, 0
+        memcg = t.mm.memcg
+        got = swapped = 0
+        if (short := self.zone.room(n, memcg)) is not None:
+            got, swapped = self._reclaim_for(t, at, short, n, exclude=-1)
+        fit = self._fits(n, memcg)
+        if not fit or self.zone.try_charge(t.mm_index, fit) is not None:
+            return got, swapped, 0
+        back = t.mm.swap_in(vi, fit)
+        self.zone.uncharge(t.mm_index, fit - back)
+        self.zone.uncharge_swap(back)
+        self._swap_bound[t.index] = max(0, self._swap_bound[t.index] - back)
+        return got, swapped, back
 
     def _advance_writeback(self, now: float) -> None:
         """The flusher threads' progress up to ``now``: written pages become clean."""
@@ -772,11 +858,12 @@ class Run:
 
     def _log_reclaim(self, t: TaskRecord, at: float, then: str) -> None:
         """One line for what direct reclaim did for ``t``'s allocation (if anything)."""
-        if t.reclaimed or t.throttled_s:
+        if t.reclaimed or t.throttled_s or t.swapped_out:
             waited = " (%.0f ms of it waiting on writeback)" % (t.throttled_s * 1000) if t.throttled_s else ""
-            self.log.printk("oomemu: pid %d (%s) direct reclaim freed %dkB of page cache%s%s"
-                            % (t.pid, t.name, t.reclaimed * PAGE_SIZE // 1024, waited, then), at)
-        t.reclaimed, t.throttled_s = 0, 0.0
+            swapped = " and swapped out %dkB of anon" % (t.swapped_out * PAGE_SIZE // 1024) if t.swapped_out else ""
+            self.log.printk("oomemu: pid %d (%s) direct reclaim freed %dkB of page cache%s%s%s"
+                            % (t.pid, t.name, t.reclaimed * PAGE_SIZE // 1024, swapped, waited, then), at)
+        t.reclaimed, t.throttled_s, t.swapped_out = 0, 0.0, 0
 
     def _on_shm(self, t: TaskRecord, msg: Message, at: float) -> None:
         """A task's shm_unlink or shm_truncate on a named shmem object (it waits for us)."""
@@ -798,6 +885,98 @@ class Run:
                            "" if freed or op == "shm_truncate" else " (still mapped: it goes with its last mapper)"),
                         at)
         t.oom_reply.release()
+
+    def _on_touch(self, t: TaskRecord, msg: Message, at: float) -> None:
+        """A touch step found pages of an anon VMA on swap: they are swapped in, at
+        ``swap_mb_per_s`` (a memstall, reason swapin), as much as fits after reclaim
+        (:meth:`_swap_in`). Or it found pages of a file VMA gone (reclaim took them): they refault.
+        Pages of the object still resident (another mapper's) are mapped at no cost; the
+        rest are read back from the file, at ``refault_ms_per_mb`` (a memstall, reason
+        refault, asleep in iowait), and charged to the page cache again, which may need
+        reclaim first (thrashing: it takes other page cache, not this file's, whose pages
+        were just used). What does not fit after reclaim stays out: a touch calls no OOM
+        killer here (the kernel's fault would: pagefault_out_of_memory). The task waits
+        on oom_reply, then until its oom_retry_at (the refault's end)."""
+        vi, want = msg.get("vma", -1), msg.get("pages", 0)
+        objects = (t.owner or t).spec.vma_objects
+        nr_vmas = len(t.mm.vmas())
+        if not (isinstance(vi, int) and 0 <= vi < nr_vmas and isinstance(want, int)):
+            raise RunFault(f"the run's event FIFO: touch of VMA {vi!r} of task {t.name}, which it has not")
+        k = objects[vi] if vi < len(objects) else -1
+        vma = t.mm.vma(vi)
+        want = max(0, min(want, vma.capacity))
+        if vma.kind == "anon":
+            got, swapped, back = self._swap_in(t, vi, want, at)
+            until, segments = self._reclaim_stall(at, got, swapped)
+            if back:
+                until += back / (self.scenario.swap_mb_per_s * PAGES_PER_MB)
+                segments.append(Segment(until, "swapin", asleep=True, iowait=True))
+            self.trace("swap_in", t, at, nr_pages=back, vma=vi, reclaimed=got, swapped_out=swapped,
+                       usec_delayed=round((until - at) * 1e6))
+        elif k >= 0 and self.scenario.objects[k].kind == "file":
+            resident = self.zone.object_charged(k)
+            refault = max(0, want - resident)
+            got = swapped = brought = 0
+            if refault:
+                short = self.zone.room(refault, self.zone.object_field(k, "memcg"))
+                if short is not None:
+                    got, swapped = self._reclaim_for(t, at, short, refault, exclude=k)
+                brought = self.objects.refault(k, self._fits(refault, self.zone.object_field(k, "memcg")))
+            mapped = t.mm.map_more(vi, min(want, self.zone.object_charged(k)))
+            until, segments = self._reclaim_stall(at, got, swapped)
+            if brought:
+                until += self.scenario.refault_ms_per_mb * brought / PAGES_PER_MB / 1000
+                segments.append(Segment(until, "refault", asleep=True, iowait=True))
+            self.trace("refault", t, at, object=k, nr_pages=brought, mapped=mapped, reclaimed=got,
+                       swapped_out=swapped, left_out=refault - brought, usec_delayed=round((until - at) * 1e6))
+        else:
+            raise RunFault(f"the run's event FIFO: touch of VMA {vi} of task {t.name}, neither a file's nor anon")
+        self._stall(t, at, segments)
+        t.own.oom_retry_at = until
+        t.oom_reply.release()
+
+    def _reclaim_stall(self, at: float, got: int, swapped: int) -> tuple[float, list[Segment]]:
+        """Reclaim's time for a touch: ``got`` pages of page cache at reclaim_ms_per_mb (the
+        task runs), then ``swapped`` pages written to swap (it waits). (its end, segments)."""
+        until, segments = at, []
+        if got and self.scenario.reclaim_ms_per_mb:
+            until += self.scenario.reclaim_ms_per_mb * got / PAGES_PER_MB / 1000
+            segments.append(Segment(until, "reclaim"))
+        if swapped:
+            until += swapped / (self.scenario.swap_mb_per_s * PAGES_PER_MB)
+            segments.append(Segment(until, "reclaim", asleep=True))
+        return until, segments
+
+    def _fits(self, pages: int, memcg: int) -> int:
+        """The most of ``pages`` that the zone and ``memcg``'s limits hold now."""
+        while pages > 0 and (short := self.zone.room(pages, memcg)) is not None:
+            if short.where == MEMCG:
+                limit, usage, _ = self.zone.memcg(short.memcg)
+                pages = min(pages - 1, limit - usage)
+            else:
+                pages = min(pages - 1, self.zone.free_pages())
+        return max(0, pages)
+
+    def _reclaim_for(self, t: TaskRecord, at: float, short, pages: int, exclude: int) -> tuple[int, int]:
+        """Reclaim clean page cache (not object ``exclude``'s), then others' anon to swap, for
+        ``pages`` that are ``short`` (zone.Short) in the zone or a memcg, for ``t``'s touch.
+        Returns (page cache pages taken, pages swapped out)."""
+        memcg = short.memcg if short.where == MEMCG else None
+        if memcg is None:
+            need = pages - self.zone.free_pages()
+            in_domain = lambda m: True                       # noqa: E731
+        else:
+            limit, usage, _ = self.zone.memcg(memcg)
+            need = usage + pages - limit
+            below = frozenset(self.zone.memcg_tree.subtree(memcg))
+            in_domain = below.__contains__
+        views = [v for v in self.objects.views(self.tasks, in_domain) if v.index != exclude]
+        kind = "direct" if memcg is None else "memcg"
+        self.trace(f"mm_vmscan_{kind}_reclaim_begin", t, at, order=0, nr_to_reclaim=need, refault=True)
+        got = sum(self.objects.shrink(k, n, self.tasks) for k, n in shrink_page_cache(views, need))
+        swapped = self._swap_out(t, need - got, at, in_domain, requester=False) if got < need else 0
+        self.trace(f"mm_vmscan_{kind}_reclaim_end", t, at, nr_reclaimed=got + swapped, refault=True)
+        return got, swapped
 
     def _release_objects(self, t: TaskRecord, at: float) -> None:
         """``t`` is gone: shmem objects it was the last to map go with it."""
@@ -833,7 +1012,7 @@ class Run:
             if exiting and len(requester.users) > 1:   # a user of its mm that is not dying keeps it
                 exiting = task_will_free_mem(self._view(requester), [self._view(u) for u in requester.users])
             if self._scan is None:                          # the tasks' pids are known by now
-                self._scan = OomScan(self.zone, self.tasks, self._view)
+                self._scan = OomScan(self.zone, self.tasks, self._view, self._swap_bound)
             decision = out_of_memory(
                 self._view(requester), exiting, where,
                 would_succeed=self.zone.room(pages, requester.mm.memcg) is None,
@@ -974,7 +1153,7 @@ class Run:
                 if self.signals.stop_requested:
                     self.verdict = Verdict.RESOLVED if resolved else Verdict.HUNG
                     return
-                timeout = 0.2
+                timeout = min(0.2, self._pressure_wait(now))
             else:
                 if self.verdict is None and self._resolved():
                     self.verdict, self.resolved_at = Verdict.RESOLVED, self._when_resolved(now)
@@ -986,7 +1165,7 @@ class Run:
                     self.log.printk("oomemu: run deadline %gs passed: hung" % deadline)
                     return
                 until = linger_until if self.verdict else deadline
-                timeout = min(self.clock.real_wait(until - now), WATCH_S)
+                timeout = min(self.clock.real_wait(until - now), WATCH_S, self._pressure_wait(now))
             self._watch_holds()
             events = sel.select(timeout)
             self._oom_requests = {}
@@ -1010,6 +1189,8 @@ class Run:
                     reclaim = self.try_to_free_pages(t, pages, where, at, memcg)
                     if reclaim is None:
                         self.out_of_memory(t, pages, where, at, memcg, stall_monotonic)
+                        # the retry wait (schedule_timeout_killable(1)): asleep, no memstall
+                        self._stall(t, at, [Segment(at + JIFFY_S, asleep=True)])
                     else:
                         retry_at = reclaim
                 t.own.oom_retry_at = retry_at
@@ -1017,6 +1198,12 @@ class Run:
                     t.oom_reply.release()
             if self.writeback.active:
                 self._advance_writeback(self.clock.now())
+            self.pressure.flush(self.clock.now())
+
+    def _pressure_wait(self, now: float) -> float:
+        """Real seconds until PSI's next planned change or averaging period (publish then)."""
+        due = self.pressure.next_due()
+        return WATCH_S if due is None else self.clock.real_wait(due - now)
 
     def _watch_holds(self) -> None:
         """The run clock holds for a sleeper that is late (RunClock.sleep_until); one that has not
@@ -1119,6 +1306,7 @@ class Run:
         self.ready_real_s = time.monotonic() - self._began
         self.zone.set_t0(time.monotonic(), [t.index for t in self.tasks if not (t.crashed or t.exited)])
         self.clock = RunClock(self.zone, self.zone.supervisor_slot)
+        self._start_pressure()
         self.tracer = Tracer(self._trace_path, self.clock.now,
                              lambda: self.zone.free_pages() * PAGE_SIZE // 1024)
         self.trace("run_start", at=0.0, scenario=self.scenario.name, policy=self.policy.name,
@@ -1147,6 +1335,20 @@ class Run:
                    lagged=self.lagged, held_ms=round(self._held[0] * 1000, 3))
         accounting = self._stop_workers_and_check()
         return self._result(accounting)
+
+    def _start_pressure(self) -> None:
+        """The run's PSI from time 0: every task with steps is runnable then (the rest idle
+        until they act); the zone shows /proc/pressure/memory from now on."""
+        self.pressure = StallAccounting(self.scenario.nr_cpus, self.zone.publish_psi)
+        for t in self.tasks:
+            if t.spec.steps and not (t.crashed or t.exited):
+                self.pressure.start(t.index, 0.0)
+        self.pressure.flush(0.0)
+
+    def _stall(self, t: TaskRecord, at: float, segments: list[Segment]) -> None:
+        """``t``, from ``at``, goes through ``segments`` (a memory stall, or a sleep) for PSI."""
+        if self.pressure is not None:
+            self.pressure.plan(t.index, at, segments)
 
     def _stop_workers_and_check(self) -> dict:
         """Kill every worker for real, repair the mms of those that died half-way
@@ -1181,7 +1383,11 @@ class Run:
             self._fail(f"accounting: the zone says {self.zone.charged()} pages charged, the tasks and objects "
                        f"{charged}", False)
         self._check_memcgs()
-        return {"charged_pages": charged, "rss_pages": rss, "segment_pages": segment,
+        swap = sum(t.mm.swapents() for t in self.tasks if t.owner is None)
+        if swap != self.zone.swap()[1]:
+            self._fail(f"accounting: the zone says {self.zone.swap()[1]} pages on swap, the mms count {swap} "
+                       f"(a fault of oomemu's: please report it)", False)
+        return {"swap_pages": swap, "charged_pages": charged, "rss_pages": rss, "segment_pages": segment,
                 "anon_pages": rss - pgtables - kinds["file"] - kinds["shmem"], "pgtables_pages": pgtables,
                 "page_cache_pages": kinds["file"], "shmem_pages": kinds["shmem"]}
 

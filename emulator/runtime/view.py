@@ -76,7 +76,7 @@ class RunView:
         state = own.state
         gone = state == TaskState.TASK_DEAD
         c = mm.counters()
-        swap = getattr(mm, "swapents", 0)
+        swap = mm.swapents()
         view = TaskView(own.pid, own.comm, mm.oom_score_adj, c[MM_FILEPAGES] + c[MM_ANONPAGES] + c[MM_SHMEMPAGES],
                         mm.pgtables_pages, swapents=swap, has_mm=not gone,
                         oom_victim=mm.test_bit(MMF_OOM_VICTIM), mmf_oom_skip=mm.test_bit(MMF_OOM_SKIP))
@@ -101,10 +101,12 @@ class RunView:
         usages = zone.memcg_usages()
         memcgs = []
         for m in range(len(tree)):
-            limit = zone.memcg(m)[0]
-            pids = tuple(t.pid for t in tasks if t.memcg == tree.path(m) and t.state != DEAD)
-            memcgs.append(MemcgInfo(tree.path(m), usages[m] * KB, None if limit < 0 else limit * KB,
-                                    pressure=pressure if m == 0 else MemoryPressure(), pids=pids))
+            limit, path = zone.memcg(m)[0], tree.path(m)
+            below = [t for t in tasks if t.state != DEAD and (t.memcg == path or t.memcg.startswith(path.rstrip("/") + "/"))]
+            memcgs.append(MemcgInfo(path, usages[m] * KB, None if limit < 0 else limit * KB,
+                                    swap_kb=sum(t.swap_kb for t in below),
+                                    pressure=pressure if m == 0 else MemoryPressure(),
+                                    pids=tuple(t.pid for t in below if t.memcg == path)))
         return Snapshot(now, self.meminfo(), pressure, tasks, tuple(memcgs))
 
 

@@ -354,6 +354,26 @@ class Zone:
         """(the swap device's pages, pages on it)."""
         return ZONE_HEADER.get(self.map, "swap_pages"), ZONE_HEADER.get(self.map, "swap_used")
 
+    def charge_swap(self, pages: int) -> int:
+        """Take up to ``pages`` swap slots (get_swap_page); returns how many (0: swap full)."""
+        with self.lock():
+            total, used = self.swap()
+            n = max(0, min(pages, total - used))
+            ZONE_HEADER.set(self.map, "swap_used", used + n)
+            return n
+
+    def uncharge_swap(self, pages: int) -> None:
+        """Give back ``pages`` swap slots (swap_free: a swap-in, or a zap of swapped pages)."""
+        if pages <= 0:
+            return
+        with self.lock():
+            ZONE_HEADER.set(self.map, "swap_used", max(0, self.swap()[1] - pages))
+
+    def set_swap_used(self, pages: int) -> None:
+        """After a repair: the slots in use are what the mms count."""
+        with self.lock():
+            ZONE_HEADER.set(self.map, "swap_used", pages)
+
     @property
     def clock_word(self) -> float:
         return ZONE_HEADER.get(self.map, "clock")             # one aligned 8-byte load
@@ -432,6 +452,15 @@ class Zone:
         """Charge an object's pages (set-up: the scenario made sure they fit)."""
         with self.lock():
             self.set_object_field(k, "charged", self.object_charged(k) + pages)
+
+    def try_charge_object(self, k: int, pages: int) -> Short | None:
+        """Charge ``pages`` more to object ``k`` (a refault brings them back) if they fit in
+        the zone and its memcg's limits; None on success, else why not (nothing charged)."""
+        with self.lock():
+            short = self.room(pages, self.object_field(k, "memcg"))
+            if short is None:
+                self.set_object_field(k, "charged", self.object_charged(k) + pages)
+            return short
 
     def uncharge_object(self, k: int, pages: int) -> None:
         """Its last ``pages`` pages are gone; its dirty pages can only be among those left."""
