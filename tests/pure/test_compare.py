@@ -6,6 +6,7 @@ import json
 import pytest
 
 from emulator.tools import compare
+from emulator.policies import DAEMONS
 from emulator.scenario import builtin_names, load_scenario
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,5 +49,5 @@ def test_formats():
 def test_every_builtin_scenario_states_an_outcome_for_every_policy():
     for name in builtin_names():
         s = load_scenario(name)
-        assert set(s.expected) >= {"v4.17", "timeout", "handover", "v6.6"}, name
+        assert set(s.expected) >= {"v4.17", "timeout", "handover", "v6.6"} | {f"v6.6+{d}" for d in DAEMONS}, name
         assert all(len(e.why) > 20 for e in s.expected.values()), name
