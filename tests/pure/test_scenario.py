@@ -167,3 +167,31 @@ def test_a_task_sharing_an_mm_has_no_ladder_of_its_own(tmp_path):
     path = write_scenario(tmp_path, text)
     with pytest.raises(ScenarioError, match=r"task\[1\]\.oom_score_adj_last: helper: shares the mm"):
         load_scenario(path)
+
+
+SIGTERM_TASK = """
+    memory_mb = 64
+    [[task]]
+    name = "t"
+    {line}
+"""
+
+
+@pytest.mark.parametrize("line, answer", [("", "default"), ('sigterm = "default"', "default"),
+                                          ('sigterm = "ignore"', "ignore"), ("sigterm = 250", 250.0)])
+def test_a_task_says_how_it_answers_sigterm(tmp_path, line, answer):
+    (t,) = load_scenario(write_scenario(tmp_path, SIGTERM_TASK.format(line=line))).tasks
+    assert t.sigterm == answer
+
+
+@pytest.mark.parametrize("value, says", [
+    ('"term"', "task[0].sigterm: must be one of default, ignore, not 'term'"),
+    ("-5", "task[0].sigterm: must be >= 0, not -5"),
+    ("true", "task[0].sigterm: must be a number, not true"),
+])
+def test_sigterm_mistakes_are_one_line_naming_the_key(tmp_path, value, says):
+    path = write_scenario(tmp_path, SIGTERM_TASK.format(line=f"sigterm = {value}"))
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path)
+    assert str(e.value).startswith(f"{path}: {says}"), str(e.value)
+    assert "\n" not in str(e.value)
