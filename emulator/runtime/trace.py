@@ -32,7 +32,7 @@ OOMEMU_EVENTS = ("oom_kill", "oom_abort", "reap_deadline", "oom_skip_set", "exit
                  "exit_mmap_done", "alloc_stall", "alloc_ok", "panic", "inject", "run_start",
                  "run_end", "task_state", "handover", "exited", "run_stopped", "lag", "mmput_wait",
                  "shm_unlink", "shm_truncate", "shmem_freed", "mm_sharer_killed", "mm_pin", "mm_unpin",
-                 "refault", "swap_out", "swap_in")
+                 "refault", "swap_out", "swap_in", "user_kill", "process_mrelease", "daemon_log")
 
 
 class Tracer:

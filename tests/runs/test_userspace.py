@@ -6,13 +6,15 @@ killer is killing as its victim without a kill of its own (task_will_free_mem).
 The daemons are scripted (tests/daemons.py): what they do and when is fixed, so
 each assertion is about what the run made of it."""
 
+import json
+
 import pytest
 
 import emulator
 from emulator.policies import DAEMONS, register_daemon
 from emulator.scenario import load_scenario
 from tests.daemons import Broken, Scripted, TermAll
-from tests.helpers import write_scenario
+from tests.helpers import check_documented, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 SPEED = 10
@@ -49,12 +51,20 @@ def test_a_daemons_kill_counts_and_process_mrelease_reaps_a_task_in_d_state():
     assert any("scripted: mrelease %d: ok" % v.pid in line for line in r.log), r.log
 
 
-def test_the_oom_killer_marks_a_dying_task_its_victim_without_a_kill():
+def test_the_oom_killer_marks_a_dying_task_its_victim_without_a_kill(tmp_path):
     """Killed by the daemon without process_mrelease, the NFS client cannot exit before
-    5.1 s; the builder's allocation fails at 0.2 s and the OOM killer chooses the dying
-    client: task_will_free_mem, so it marks it a victim and queues the reaper, and prints
-    nothing (no "Killed process"). v6.6's reaper reaps it 2 s later: still one kill."""
-    r = run("d_state_exit", "v6.6+scripted")
+    5.1 s; the builder's allocations fail from about 0.7 s and the OOM killer chooses the
+    dying client: task_will_free_mem, so it marks it a victim and queues the reaper, and
+    prints nothing (no "Killed process"). v6.6's reaper reaps it 2 s later: still one
+    kill. The trace says so, in events the docs list."""
+    trace = tmp_path / "t.jsonl"
+    r = run("d_state_exit", "v6.6+scripted", trace=str(trace))
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    check_documented(events)
+    assert [e["ev"] for e in events if e["task"] == "nfs-client" and e["ev"] in ("user_kill", "mark_victim")] \
+        == ["user_kill", "mark_victim"]
+    assert next(e for e in events if e["ev"] == "mark_victim")["dying"] is True
+    assert any(e["ev"] == "daemon_log" and e["line"] == "scripted: started" for e in events)
     assert r.verdict == "resolved" and r.kills == 1, r.log
     (v,) = r.victims
     assert v.name == "nfs-client" and v.oom_victim and v.reaped_kb == 100 * 1024, v
