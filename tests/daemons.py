@@ -26,6 +26,8 @@ class Scripted(Daemon):
 
     def poll(self, snap, results):
         acts = [Log(f"scripted: kill {pid}: {err or 'ok'}") for pid, err in sorted(results.kill.items())]
+        if snap.meminfo.SwapTotal:
+            acts.append(Log(f"scripted: SwapFree {snap.meminfo.SwapFree} kB of {snap.meminfo.SwapTotal} kB"))
         acts += [Log(f"scripted: mrelease {pid}: {err or 'ok'}") for pid, err in sorted(results.mrelease.items())]
         if not self.done:
             self.done = True
@@ -41,6 +43,21 @@ class TermAll(Scripted):
     targets = "default,ignorer,handler"
     signal = "SIGTERM"
     DEFAULTS = {"at": 0.1, "mrelease": 0, "interval": 1.0}
+
+
+class TermApp(Scripted):
+    """SIGTERM to the app, whose handler takes 3 s."""
+    name = "term-app"
+    targets = "app"
+    signal = "SIGTERM"
+    DEFAULTS = {"at": 0.1, "mrelease": 0, "interval": 1.0}
+
+
+class KillVictim(Scripted):
+    """SIGKILL and process_mrelease to the victim, part of whose memory is on swap."""
+    name = "kill-victim"
+    targets = "victim"
+    DEFAULTS = {"at": 0.5, "mrelease": 1, "interval": 0.1}
 
 
 class Broken(Daemon):

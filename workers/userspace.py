@@ -77,12 +77,14 @@ class UserSpace:
         self.fifo = open_fifo_for_write(names.events(run_id), os.getuid())
         if self.fifo is None:
             raise RuntimeError("the run's event FIFO is not there")
+        self.door = None
+        self.pidfds: dict[int, int] = {}
+        _OPEN.append(self)                                 # from here on, SIGTERM closes us
         self.door = DoorDir(door) if door else None
         self.refresh_s = refresh_s
         self.next_refresh = 0.0
         self.clock = RunClock(self.zone, self.zone.daemon_slot)
         self.sems: dict[int, MmapSem] = {}
-        self.pidfds: dict[int, int] = {}
         self.me = os.getpid()
         self.header = ""
 
@@ -234,10 +236,15 @@ class UserSpace:
             pass
 
     def close(self) -> None:
+        """Remove the door, close the pidfds; again (from a SIGTERM handler) does no harm."""
         if self.door is not None:
             self.door.remove()
-        for fd in self.pidfds.values():
-            os.close(fd)
+        for fd in list(self.pidfds.values()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.pidfds.clear()
 
 
 def _import(where: str):
@@ -259,14 +266,15 @@ def main(argv=None) -> int:
     p.add_argument("--door", help="write the run's view into this directory (made here)")
     p.add_argument("--refresh-ms", type=float, default=20.0)
     a = p.parse_args(argv)
-    set_pdeathsig()
+    set_pdeathsig(signal.SIGTERM)                          # its handler removes the door on the way out
     if os.getppid() != a.parent:                           # the supervisor died before prctl
         return 1
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
-    # SIGTERM (someone's kill, a sweep of stray processes): exit through close(), so that
-    # the door goes with us
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # SIGTERM (the supervisor's death, someone's kill, a sweep of stray processes): remove
+    # the door and exit, from the handler itself (an exception raised there could cut the
+    # way out short: SIGTERM and EOF on the go pipe come together when the supervisor dies)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     us = None
     try:
         if a.daemon_class:
@@ -280,9 +288,17 @@ def main(argv=None) -> int:
         return 1
     finally:
         if us is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)    # on the way out already: finish it
-            us.close()
+            us.close()                                     # (a SIGTERM meanwhile closes and exits)
     return 0
+
+
+_OPEN: list = []                                           # the UserSpace to close on SIGTERM
+
+
+def _on_sigterm(signum, frame) -> None:
+    for us in _OPEN:
+        us.close()
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -68,20 +68,23 @@ def send_kill(zone, own: Mm, index: int, sig: str, send, fifo_fd: int, now: floa
         raise DoorError(errno.EINVAL, f"signal {sig!r}: {' or '.join(SIGNALS)}")
     if own.state == TaskState.TASK_DEAD:
         raise DoorError(errno.ESRCH, f"task {own.comm} (pid {own.pid}) has exited")
-    tell(fifo_fd, Event.KILL, index, now, sig=sig, by=by, comm=comm)
-    if sig == "SIGTERM" and own.sigterm_ms != SIGTERM_DEFAULT:
-        try:                                   # caught or ignored: the task decides, no kill
-            send(signal.SIGTERM)
+    if own.state == TaskState.EXITING:
+        return                                 # exiting on its own: kill(2) succeeds and changes nothing
+    with _no_interruptions():                  # the run told and the signal sent, or neither
+        tell(fifo_fd, Event.KILL, index, now, sig=sig, by=by, comm=comm)
+        if sig == "SIGTERM" and own.sigterm_ms != SIGTERM_DEFAULT:
+            try:                               # caught or ignored: the task decides, no kill
+                send(signal.SIGTERM)
+            except ProcessLookupError:
+                pass                           # it died meanwhile: kill(2) of a zombie succeeds too
+            return
+        if not own.killed_at:
+            own.killed_at = max(now, 1e-9)     # 0 is "not killed"
+        hold_for_kill(zone, index, now)        # its exit starts at the kill, however late it wakes
+        try:
+            send(SIGKILL_EMULATED)
         except ProcessLookupError:
-            raise DoorError(errno.ESRCH, f"task {own.comm} (pid {own.pid}) has exited") from None
-        return
-    if not own.killed_at:
-        own.killed_at = max(now, 1e-9)         # 0 is "not killed"
-    hold_for_kill(zone, index, now)            # its exit starts at the kill, however late it wakes
-    try:
-        send(SIGKILL_EMULATED)
-    except ProcessLookupError:
-        raise DoorError(errno.ESRCH, f"task {own.comm} (pid {own.pid}) has exited") from None
+            pass                               # exited meanwhile (the run hears of its exit)
 
 
 @contextmanager
@@ -107,7 +110,9 @@ def process_mrelease(zone, own: Mm, mm: Mm, mm_index: int, users: list[Mm], mmap
     if the run's kernel predates it (Linux 5.15)."""
     if not policy.HAS_PROCESS_MRELEASE:
         raise DoorError(errno.ENOSYS, f"the run's kernel ({policy.name}) has no process_mrelease (Linux 5.15+)")
-    if own.state == TaskState.TASK_DEAD or not own.pid:     # find_lock_task_mm() finds no mm
+    if own.state in (TaskState.EXITING, TaskState.TASK_DEAD) or not own.pid:
+        # find_lock_task_mm() finds no mm: exit_mm() has let go of it (the exit_mmap under way is
+        # the last user's; the kernel's task->mm is NULL from exit_mm on)
         raise DoorError(errno.ESRCH, f"task {own.comm} has no mm")
     # task_will_free_mem(): the task and every other user of its mm are dying, and the
     # mm is not MMF_OOM_SKIP already
@@ -130,8 +135,8 @@ def process_mrelease(zone, own: Mm, mm: Mm, mm_index: int, users: list[Mm], mmap
         with _no_interruptions():
             mm.set_bit(MMF_UNSTABLE)
             for vma in mm.vmas():
-                if vma.nr_pages and policy.can_reap_vma(vma.kind, vma.vm_flags):
-                    freed += mm.zap_vma(vma, lambda n: zone.uncharge(mm_index, n))
+                if (vma.nr_pages or vma.swapped) and policy.can_reap_vma(vma.kind, vma.vm_flags):
+                    freed += mm.zap_vma(vma, lambda n: zone.uncharge(mm_index, n), zone.uncharge_swap)
         return freed
     finally:
         mmap_sem.up_read(me)

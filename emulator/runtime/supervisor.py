@@ -549,7 +549,8 @@ class Run:
         counts if it is the task's first; it is no OOM victim for that (no MMF_OOM_VICTIM),
         but it is dying now (a fatal signal pending)."""
         sig, who = _printable(msg.get("sig")), "%s[%s]" % (_printable(msg.get("comm")), msg.get("by"))
-        first = not (t.sigkilled or t.victim is not None or t.killed is not None or t.exited or t.crashed)
+        first = not (t.sigkilled or t.victim is not None or t.killed is not None or t.exiting or t.exited
+                     or t.crashed)
         answer = t.spec.sigterm if sig == "SIGTERM" else "default"
         if answer == "default":                       # fatal: SIGKILL for the whole group
             t.sigkilled = True
@@ -708,7 +709,7 @@ class Run:
                     self.zone.set_charged(t.mm_index, charged)
             except OSError as e:
                 complaint = f"repair failed: {e}"
-        if self.zone.swap()[0]:                  # a zap it finished freed swap entries: count them again
+        if self.zone.swap()[0] and op == J_ZAP:  # a zap it finished freed swap entries: count them again
             self.zone.set_swap_used(sum(u.mm.swapents() for u in self.tasks if u.owner is None and u.mm))
         if complaint:
             self._fail(f"accounting: task {t.name}: {complaint} (a fault of oomemu's: please report it)",
@@ -1087,13 +1088,17 @@ class Run:
         t.victim = VictimRecord(t.name, t.pid, round(at, 6), memcg=tree.path(t.mm.memcg),
                                 oom_memcg=None if decision.memcg is None else tree.path(decision.memcg),
                                 oom_group=None if decision.oom_group is None else tree.path(decision.oom_group))
+        if t.killed is not None:       # a user-space killer's SIGTERM, which its handler answers, came
+            t.killed.oom_victim = True # first: one task, one kill (its record says both)
+            t.victim = t.killed
+        else:
+            self._records.append(t.victim)
+            self.kills += 1
         self.victims.append(t)
-        self._records.append(t.victim)
         self._victim_of_mm.setdefault(id(t.mm), t)
         self._holding.append(t)
         if self._scan is not None:
             self._scan.retire(t.index)
-        self.kills += 1
         self.trace("oom_kill", t, at, points=0 if group_member else decision.points, requester=requester.name,
                    memcg=decision.memcg, **({} if decision.oom_group is None else {"oom_group": decision.oom_group}),
                    **kb, stall_monotonic=stall_monotonic, signal_monotonic=signal_monotonic)

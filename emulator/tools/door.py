@@ -217,6 +217,8 @@ def door_path(run_id: str, given: str | None) -> str:
                              f"which the run removes at its end)")
         if not os.path.isdir(os.path.dirname(path)):
             raise UsageError(f"--door {given}: {os.path.dirname(path)} is not a directory")
+        if not os.access(os.path.dirname(path), os.W_OK | os.X_OK) or path.startswith(("/proc/", "/sys/")):
+            raise UsageError(f"--door {given}: no directory can be made in {os.path.dirname(path)}")
         return path
     base = names.door_base()
     try:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from emulator.runtime import names
-from emulator.runtime.cleanup import door_writer_alive, remove_dead_doors
+from emulator.runtime.cleanup import door_writer_alive, is_door_writer, remove_dead_doors
 from tests.helpers import HeldRun, oomemu, oomemu_args, read_line, started, wait_for, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
@@ -210,12 +210,23 @@ def test_the_door_goes_with_its_run_and_cleanup_removes_one_a_killed_run_left(tm
     p = oomemu("run", scenario, "--door", mine)
     assert p.returncode == 0 and f"door (its /proc as files, see docs/door.md): {mine}" in p.stdout
     assert not os.path.exists(mine)
-    with HeldRun(scenario) as run:
-        door = door_from_banner(run)
+    with HeldRun(scenario) as run:                        # the supervisor SIGKILLed: its door writer
+        door = door_from_banner(run)                      # (PDEATHSIG: SIGTERM) removes the door itself
         assert wait_for(lambda: os.path.exists(f"{door}/tasks"), 10)
-        run.proc.kill()                                   # SIGKILL: the supervisor tears nothing down
+        run.proc.kill()
         run.proc.wait(30)
         assert wait_for(lambda: not door_writer_alive(run.id, os.getuid()), 10)
+        assert wait_for(lambda: not os.path.exists(door), 10)
+        oomemu("cleanup")
+    with HeldRun(scenario) as run:                        # both SIGKILLed (the machine's OOM killer,
+        door = door_from_banner(run)                      # say): the door stays, for cleanup
+        assert wait_for(lambda: os.path.exists(f"{door}/tasks"), 10)
+        writer = next(p for p in psutil.process_iter(["cmdline"])
+                      if is_door_writer(p.info["cmdline"] or [], run.id))
+        writer.kill()
+        assert wait_for(lambda: not door_writer_alive(run.id, os.getuid()), 10)
+        run.proc.kill()                                   # SIGKILL: the supervisor tears nothing down
+        run.proc.wait(30)
         assert os.path.exists(f"{door}/meminfo")
         p = oomemu("cleanup")
         assert p.returncode == 0 and f"oomemu cleanup: removed door {door}\n" in p.stdout, p.stdout

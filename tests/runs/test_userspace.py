@@ -13,21 +13,22 @@ import pytest
 import emulator
 from emulator.policies import DAEMONS, register_daemon
 from emulator.scenario import load_scenario
-from tests.daemons import Broken, Scripted, TermAll
+from tests.daemons import Broken, KillVictim, Scripted, TermAll, TermApp
 from tests.helpers import check_documented, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 SPEED = 10
+DAEMONS_HERE = (Scripted, TermAll, TermApp, KillVictim, Broken)
 
 
 @pytest.fixture(autouse=True, scope="module")
 def scripted_daemons():
     """The test daemons, known by name for this module's tests only (a run's user-space
     process imports them itself: runtime/userspace.py's --daemon-class)."""
-    for cls in (Scripted, TermAll, Broken):
+    for cls in DAEMONS_HERE:
         register_daemon(cls)
     yield
-    for cls in (Scripted, TermAll, Broken):
+    for cls in DAEMONS_HERE:
         DAEMONS.pop(cls.name, None)
 
 
@@ -134,3 +135,87 @@ def test_process_mrelease_is_enosys_on_a_kernel_older_than_5_15():
     (v,) = r.victims
     assert v.mreleased_kb == 0 and v.oom_victim and v.reaped_kb == 100 * 1024, v
     assert any("process_mrelease(pid %d (nfs-client)): -ENOSYS" % v.pid in line for line in r.log), r.log
+
+
+HANDLER_THEN_OOM = """
+    name = "handler_then_oom"
+    memory_mb = 128
+    min_kills = 1
+    run_deadline_s = 20
+
+    [[task]]
+    name = "app"
+    sigterm = 3000
+      [[task.vma]]
+      kind = "anon"
+      mb = 80
+
+    [[task]]
+    name = "allocator"
+    oom_score_adj = -1000
+      [[task.vma]]
+      kind = "anon"
+      mb = 4
+      [[task.step]]
+      op = "sleep"
+      ms = 500
+      [[task.step]]
+      op = "alloc"
+      mb = 60
+"""
+
+
+def test_a_task_answering_sigterm_and_then_oom_killed_is_one_kill(tmp_path):
+    """The daemon's SIGTERM at 0.1 s starts the app's 3 s handler (not a fatal signal: the
+    app is not dying); the allocator's OOM at 0.5 s chooses the app and kills it. One
+    task died: one kill, one record saying both."""
+    r = run(write_scenario(tmp_path, HANDLER_THEN_OOM), "v6.6+term-app")
+    assert r.verdict == "resolved" and r.kills == 1, r.log
+    (v,) = r.victims
+    assert v.name == "app" and v.signal == "SIGTERM" and v.killed_by.startswith("term-app[") and v.oom_victim
+    assert v.exited_at_s < 3.1, v
+    assert sum("Killed process" in line for line in r.log) == 1, r.log
+
+
+SWAPPED_VICTIM = """
+    name = "swapped_victim"
+    memory_mb = 64
+    swap_mb = 32
+    min_kills = 1
+    run_deadline_s = 10
+
+    [[task]]
+    name = "victim"
+      [[task.vma]]
+      kind = "anon"
+      mb = 40
+
+    [[task]]
+    name = "allocator"
+    oom_score_adj = -1000
+      [[task.vma]]
+      kind = "anon"
+      mb = 4
+      [[task.step]]
+      op = "sleep"
+      ms = 100
+      [[task.step]]
+      op = "alloc"
+      mb = 30
+      [[task.step]]
+      op = "sleep"
+      ms = 1000
+"""
+
+
+def test_process_mrelease_frees_the_swap_entries_of_the_mm_it_reaps(tmp_path):
+    """Reclaim swaps 10 MB of the victim out for the allocator; the daemon's kill and
+    process_mrelease at 0.5 s free its pages and its swap entries alike: the next look
+    finds the swap device empty again."""
+    r = run(write_scenario(tmp_path, SWAPPED_VICTIM), "v6.6+kill-victim")
+    assert r.verdict == "resolved" and r.kills == 1, r.log
+    swap = [line.split("SwapFree ")[1] for line in r.log if "scripted: SwapFree" in line]
+    assert swap[0] != "32768 kB of 32768 kB", r.log            # some of the victim on swap, before
+    assert swap[-1] == "32768 kB of 32768 kB", r.log           # none after its mm was reaped
+    (v,) = r.victims
+    assert v.mreleased_kb > 0 and r.accounting["swap_pages"] == 0, (v, r.accounting)
