@@ -1,6 +1,8 @@
 """The scenario keys for stalls (nr_cpus, reclaim_ms_per_mb, refault_ms_per_mb) and the
 touch step: their defaults, and each mistake as one line naming the key."""
 
+import pathlib
+
 import pytest
 
 from emulator import ScenarioError
@@ -25,7 +27,7 @@ def test_defaults_keep_the_builtins_as_they_were():
     for name in builtin_names():          # a built-in that refaults says at what cost (slow_leak)
         sc = load_scenario(name)
         if any(st.op == "touch" for t in sc.tasks for st in t.steps):
-            assert "refault_ms_per_mb" in open(sc.source).read(), name
+            assert "refault_ms_per_mb" in pathlib.Path(sc.source).read_text(), name
 
 
 @pytest.mark.parametrize("step, vma, mb, repeat", [
