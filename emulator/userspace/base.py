@@ -21,10 +21,8 @@ lineage and sources in the docstring), set ``name``, ``summary``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
-from ..errors import UsageError
-from ..kernel.policies.base import Limit
+from ..kernel.policies.base import Limit, Tunable
 
 #: Task states as /proc/PID/status shows them (the first letter of ``State:``).
 RUNNING, SLEEPING, DISK_SLEEP, ZOMBIE, DEAD = "R", "S", "D", "Z", "X"
@@ -161,30 +159,11 @@ SECONDS = Limit(0.001, 3600.0, why="seconds, 0.001 to 3600")
 PERCENT = Limit(0.0, 100.0, why="a percentage, 0 to 100")
 
 
-class Daemon:
-    """A user-space OOM daemon model (pure). ``poll`` is called at the times it asks for."""
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    #: its tunables, named after the daemon's own options
-    DEFAULTS: ClassVar[dict[str, float]] = {}
-    LIMITS: ClassVar[dict[str, Limit]] = {}
-
-    def __init__(self, overrides: dict[str, float | str] | None = None):
-        self.consts = dict(self.DEFAULTS)
-        for key, value in (overrides or {}).items():
-            if key not in self.consts:
-                known = ", ".join(sorted(self.consts)) or "none"
-                raise UsageError(f"--set {key}: daemon {self.name} has no such option (known: {known})")
-            self.consts[key] = self.limit(key).parse(key, value)
-
-    @classmethod
-    def limit(cls, key: str) -> Limit:
-        if key in cls.LIMITS:
-            return cls.LIMITS[key]
-        default = cls.DEFAULTS[key]
-        if isinstance(default, int) and not isinstance(default, bool):
-            return Limit(0, 1_000_000, integer=True)
-        return SECONDS
+class Daemon(Tunable):
+    """A user-space OOM daemon model (pure). ``poll`` is called at the times it asks for.
+    Its tunables (``DEFAULTS``, ``LIMITS``) are named after the daemon's own options."""
+    FLOAT_LIMIT = SECONDS
+    KIND, CONSTANT = "daemon", "option"
 
     def start(self, now: float) -> Decision:
         """The daemon starts at emulated time ``now`` (the run's time 0): its banner lines,

@@ -156,30 +156,26 @@ INTERVAL = Limit(JIFFY_S, MAX_SECONDS, why="seconds, a jiffy to a day")
 DELAY = Limit(0, MAX_SECONDS, why="seconds, at most a day")
 
 
-class ReaperPolicy:
-    """A reaper policy: its constants, its VMA and exit_mmap rules, and its queue (pure)."""
+class Tunable:
+    """Constants with defaults (``DEFAULTS``) that ``--set`` may change, each within its range
+    (``LIMITS``; a constant without one gets :meth:`limit`'s default: whole numbers 0..1e6
+    for an int, ``FLOAT_LIMIT`` for a float). A reaper policy's, or a user-space daemon's."""
     name: str = ""
     summary: str = ""
     DEFAULTS: dict[str, float] = {}
-    #: the range of each constant for ``--set``; a constant without one gets
-    #: :meth:`limit`'s default (whole numbers 0..1e6 for an int, DELAY for a float)
     LIMITS: dict[str, Limit] = {}
-    #: what a victim's exit_mmap does, and which VMAs the reaper may reap
-    EXIT_MMAP: ClassVar[ExitMmapRules] = ExitMmapRules()
-    #: after a reap, this much left (rss, unreapable VMAs, page tables) is "substantial"
-    SUBSTANTIAL_PAGES = 256                 # 1 MB
-    #: the user-space OOM daemon running on top (``emulator.userspace``), if the run names one
-    daemon = None
-    #: the kernel has process_mrelease(2) (Linux 5.15+); without it the call is ENOSYS
-    HAS_PROCESS_MRELEASE: ClassVar[bool] = False
+    FLOAT_LIMIT: ClassVar[Limit] = DELAY
+    KIND: ClassVar[str] = "policy"            # what the messages call it, and its constants
+    CONSTANT: ClassVar[str] = "constant"
 
     def __init__(self, overrides: dict[str, float | str] | None = None):
-        #: the policy's constants (``DEFAULTS``, changed by ``--set``)
+        #: the constants (``DEFAULTS``, changed by ``--set``)
         self.consts = dict(self.DEFAULTS)
         for key, value in (overrides or {}).items():
             if key not in self.consts:
                 known = ", ".join(sorted(self.consts)) or "none"
-                raise UsageError(f"--set {key}: policy {self.name} has no such constant (known: {known})")
+                raise UsageError(f"--set {key}: {self.KIND} {self.name} has no such {self.CONSTANT} "
+                                 f"(known: {known})")
             self.consts[key] = self.limit(key).parse(key, value)
 
     @classmethod
@@ -190,7 +186,19 @@ class ReaperPolicy:
         default = cls.DEFAULTS[key]
         if isinstance(default, int) and not isinstance(default, bool):
             return Limit(0, 1_000_000, integer=True)
-        return DELAY
+        return cls.FLOAT_LIMIT
+
+
+class ReaperPolicy(Tunable):
+    """A reaper policy: its constants, its VMA and exit_mmap rules, and its queue (pure)."""
+    #: what a victim's exit_mmap does, and which VMAs the reaper may reap
+    EXIT_MMAP: ClassVar[ExitMmapRules] = ExitMmapRules()
+    #: after a reap, this much left (rss, unreapable VMAs, page tables) is "substantial"
+    SUBSTANTIAL_PAGES = 256                 # 1 MB
+    #: the user-space OOM daemon running on top (``emulator.userspace``), if the run names one
+    daemon = None
+    #: the kernel has process_mrelease(2) (Linux 5.15+); without it the call is ENOSYS
+    HAS_PROCESS_MRELEASE: ClassVar[bool] = False
 
     # -- mm rules -----------------------------------------------------------
     def can_reap_vma(self, kind: str, vm_flags: int) -> bool:
