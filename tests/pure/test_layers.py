@@ -1,6 +1,7 @@
 """The three layers the folders show, kept so by reading every module's imports.
 
-kernel/ (the pure model) imports nothing of runtime/ or tools/, and nothing
+kernel/ (the pure model) and userspace/ (the daemon models, as pure) import
+nothing of runtime/ or tools/, and nothing
 that sleeps, reads the real clock, or touches a process, a semaphore or
 /dev/shm; runtime/ imports nothing of tools/; the shared modules at the top
 (errors, scenario, result, policies) import only kernel/ and each other; the
@@ -86,6 +87,13 @@ def test_kernel_imports_neither_runtime_nor_tools():
 
 def test_kernel_touches_no_process_ipc_clock_or_thread():
     assert violations(modules("kernel"), KERNEL_FORBIDDEN) == []
+
+
+def test_daemon_models_are_as_pure_as_the_kernel_model():
+    """userspace/ (earlyoom, lmkd, oomd, systemd-oomd as decision logic) sees a run only
+    through the snapshots it is handed: no runtime/, no tools/, no process, no clock."""
+    assert len(modules("userspace")) >= 5
+    assert violations(modules("userspace"), ("emulator.runtime", "emulator.tools") + KERNEL_FORBIDDEN) == []
 
 
 def test_runtime_does_not_import_tools():
