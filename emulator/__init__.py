@@ -6,9 +6,11 @@ Three layers, each importing only the ones below it (tests/test_layers.py)::
                     flags, VMA kinds, TaskState), oom_kill (oom_badness,
                     select_bad_process, out_of_memory's decision), clock (FakeClock),
                     verdict, policies/ (one file per reaper policy)
+    userspace/      user-space OOM daemons as pure models (earlyoom, lmkd, oomd,
+                    systemd-oomd): what they see (Snapshot), what they decide
     runtime/        processes and IPC: supervisor, resources, protocol, mm, rwsem, zone,
-                    layout, machine, reaper, clock (RunClock), klog, trace,
-                    names, cleanup, signals, shm_trust, proc_trust
+                    layout, machine, reaper, clock (RunClock), stall (PSI), view, door,
+                    userspace, klog, trace, names, cleanup, signals, shm_trust, proc_trust
     tools/          what a user types and sees: cli, compare, claims, live,
                     timeline, perfetto, plot, columns
 
@@ -19,7 +21,8 @@ Shared by every layer (pure, importing only kernel/)::
     result.py       RunResult, VictimRecord
     policies/       the registry: get_policy, register, POLICIES
 
-The workers (``workers/task.py``, one process per task) use kernel/ and runtime/.
+The workers (``workers/task.py``, one process per task; ``workers/userspace.py``, a
+run's daemon and door) use kernel/, userspace/ and runtime/.
 
 For your own tests::
 
