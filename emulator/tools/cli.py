@@ -384,6 +384,34 @@ def cmd_compare(a) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(a) -> int:
+    from . import compare, sweep
+    scenarios = compare.load_all(a.scenarios)
+    policies = compare.resolve_policies([p.strip() for p in a.policies.split(",") if p.strip()]
+                                        if a.policies else None)
+    if "host" in policies:
+        raise UsageError("sweep: the host policy has no constants to sweep (use kernel-check)")
+    points = sweep.grid(scenarios, policies, sweep.parse_sets(a.set), a.repeat)
+    try:
+        open(a.out, "a").close()
+    except OSError as e:
+        raise UsageError(f"--out {a.out}: {e.strerror}") from None
+    progress = compare.Progress()
+    try:
+        ran = sweep.run_sweep(scenarios, points, a.out, a.speed, a.jobs or compare.default_jobs(), progress)
+    except compare.CellFailed as e:
+        progress(0, 0, "")
+        if e.usage:
+            raise UsageError(str(e)) from None
+        print(f"oomemu: internal error: {e} (please report this)", file=sys.stderr)
+        return EXIT_FAULT
+    progress(0, 0, "")
+    print(f"oomemu sweep: {ran} run(s) now, {len(points) - ran} of {len(points)} in {a.out} already",
+          file=sys.stderr)
+    print(sweep.render(sweep.summarize(sweep.read_records(a.out))))
+    return EXIT_OK
+
+
 def cmd_scenarios(a) -> int:
     from ..scenario import builtin_names, load_scenario
     for name in builtin_names():
@@ -531,6 +559,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true",
                    help="exit 3 if a measured outcome differs from the one the scenario file states")
     c.set_defaults(func=cmd_compare)
+    w = sub.add_parser("sweep", help="a grid of scenarios x policies x constants, results appended to a file")
+    w.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="built-in names or files")
+    w.add_argument("--policies", help="comma-separated (default: all kernel policies)")
+    w.add_argument("--set", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="a constant's values (repeatable); each applies to the policies that have it")
+    w.add_argument("--speed", type=_run_speed, default=10.0, help="run N times faster (default 10)")
+    w.add_argument("--repeat", type=_positive_int, default=1, help="runs per point (default 1)")
+    w.add_argument("--jobs", type=_positive_int, default=None, help="runs at once (default: one per core)")
+    w.add_argument("--out", metavar="FILE", required=True,
+                   help="JSON lines, one per run, appended as each ends; a sweep run again resumes")
+    w.set_defaults(func=cmd_sweep)
     k = sub.add_parser("kernel-check", help="each scenario on this kernel (root) beside every policy")
     k.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")
     k.add_argument("--repeat", type=_positive_int, default=1, help="runs per cell (default 1)")

@@ -1,0 +1,63 @@
+"""oomemu sweep at the command line: every run appended as it ends, the summary, and a
+sweep cut short (Ctrl-C, a torn last line) resumed without running a finished point again."""
+
+import json
+import signal
+
+import pytest
+
+from emulator.scenario import load_scenario
+from tests.helpers import oomemu, oomemu_args, shm_leftovers, started, wait_for
+
+pytestmark = pytest.mark.timeout(200)
+
+SWEEP = ("sweep", "mlocked", "--policies", "timeout,v6.6", "--set", "reap_timeout_s=0.5,10",
+         "--set", "oom_reaper_delay_s=0,2", "--speed", "10")
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_sweep_appends_every_run_resumes_after_ctrl_c_and_a_torn_line(tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    before = shm_leftovers()
+    with started(oomemu_args(*SWEEP, "--repeat", "2", "--jobs", "1", "--out", str(out))) as p:
+        assert wait_for(lambda: out.exists() and len(lines(out)) >= 1, 120)
+        p.send_signal(signal.SIGINT)                      # Ctrl-C: the run under way ends, torn down
+        p.communicate(timeout=60)
+    first = len(lines(out))
+    assert 1 <= first < 8
+    assert wait_for(lambda: shm_leftovers() <= before, 10)
+    p = oomemu(*SWEEP, "--repeat", "2", "--out", str(out), timeout=150)
+    assert p.returncode == 0, p.stderr
+    assert f"oomemu sweep: {8 - first} run(s) now, {first} of 8 in {out} already" in p.stderr
+    recs = lines(out)
+    points = {(r["policy"], tuple(sorted(r["set"].items())), r["repeat"]) for r in recs}
+    assert len(recs) == len(points) == 8, "each point once: 2 policies x 2 values x 2 repeats"
+    stated = {p: (e.verdict, e.kills) for p, e in load_scenario("mlocked").expected.items()}
+    for r in recs:                                         # the defaults as the file states them
+        if r["set"] in ({"reap_timeout_s": "10"}, {"oom_reaper_delay_s": "2"}):
+            assert (r["verdict"], r["kills"]) == stated[r["policy"]], r
+        assert r["scenario"] == "mlocked" and "log" in r and r["min_kills"] == 1
+    # the summary: a row per policy and constants
+    rows = [line.split() for line in p.stdout.splitlines()[1:]]
+    assert sorted(r[1] for r in rows) == ["oom_reaper_delay_s=0", "oom_reaper_delay_s=2",
+                                          "reap_timeout_s=0.5", "reap_timeout_s=10"]
+    assert all(r[2] == "2" for r in rows)
+    # a torn last line (a sweep killed while writing) is not a finished point
+    text = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(text[:-1]) + text[-1][:40])
+    p = oomemu(*SWEEP, "--repeat", "2", "--out", str(out), timeout=100)
+    assert p.returncode == 0 and "oomemu sweep: 1 run(s) now, 7 of 8" in p.stderr, p.stderr
+    assert len(lines_ok := [json.loads(x) for x in out.read_text().splitlines() if x.startswith("{") and
+                            x.endswith("}")]) == 8, lines_ok
+    assert shm_leftovers() <= before
+
+
+def test_sweep_mistakes_are_one_line():
+    p = oomemu("sweep", "mlocked", "--set", "nope=1", "--out", "/tmp/never-written.jsonl")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--set nope: none of the policies" in p.stderr
+    p = oomemu("sweep", "mlocked", "--policies", "timeout", "--set", "reap_timeout_s=1",
+               "--out", "/nonexistent/dir/x.jsonl")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--out /nonexistent/dir/x.jsonl" in p.stderr

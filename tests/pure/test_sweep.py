@@ -1,0 +1,62 @@
+"""oomemu sweep's pure parts: the grid of points, resuming from a results file, the summary."""
+
+import json
+
+import pytest
+
+from emulator import UsageError, load_scenario
+from emulator.tools import sweep
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_constants_apply_to_the_policies_that_have_them_and_the_others_run_with_defaults():
+    s = [load_scenario("mlocked")]
+    points = sweep.grid(s, ["v4.17", "timeout"], sweep.parse_sets(["reap_timeout_s=0.5,10"]), repeat=2)
+    got = sorted((p.policy, p.set, p.repeat) for p in points)
+    assert got == [("timeout", (("reap_timeout_s", "0.5"),), 0), ("timeout", (("reap_timeout_s", "0.5"),), 1),
+                   ("timeout", (("reap_timeout_s", "10"),), 0), ("timeout", (("reap_timeout_s", "10"),), 1),
+                   ("v4.17", (), 0), ("v4.17", (), 1)]
+    assert [p.repeat for p in points] == sorted(p.repeat for p in points)     # first repeats first
+
+
+@pytest.mark.parametrize("sets, says", [
+    (["reap_timeout_s"], "--set 'reap_timeout_s': expected NAME=VALUE[,VALUE...]"),
+    (["reap_timeout_s=1", "reap_timeout_s=2"], "--set reap_timeout_s: given twice"),
+    (["nope=1"], "--set nope: none of the policies v4.17, timeout has it"),
+    (["reap_timeout_s=1,-3"], "--set reap_timeout_s=-3: must be"),
+])
+def test_sweep_mistakes_are_one_line(sets, says):
+    with pytest.raises(UsageError) as e:
+        sweep.grid([load_scenario("mlocked")], ["v4.17", "timeout"], sweep.parse_sets(sets), 1)
+    assert str(e.value).startswith(says) and "\n" not in str(e.value)
+
+
+def test_a_results_file_says_which_points_are_done_and_a_torn_line_is_none(tmp_path):
+    points = sweep.grid([load_scenario("mlocked")], ["timeout"], {"reap_timeout_s": ["1", "2"]}, 1)
+    path = tmp_path / "r.jsonl"
+    path.write_text(sweep._record(points[0], {"verdict": "resolved", "kills": 1})
+                    + sweep._record(points[1], {"verdict": "resolved", "kills": 1})[:30])
+    assert sweep.done_keys(str(path)) == {points[0].key}
+    assert sweep.done_keys(str(tmp_path / "none.jsonl")) == set()
+
+
+def rec(policy, value, kills, ttr, verdict="resolved"):
+    return {"policy": policy, "set": {"k": value} if value else {}, "verdict": verdict, "kills": kills,
+            "min_kills": 1, "time_to_resolve_s": ttr}
+
+
+def test_the_summary_takes_medians_counts_panics_and_marks_the_pareto_front():
+    rows = sweep.summarize([rec("a", "1", 3, 1.0), rec("a", "1", 3, 1.2), rec("a", "1", 1, 0.9, "panic"),
+                            rec("a", "9", 1, 9.0), rec("a", "9", 1, 10.0),
+                            rec("b", None, 3, 5.0), rec("b", None, 0, None, "error")])
+    by = {(r.policy, r.set): r for r in rows}
+    fast, patient, worse = by[("a", (("k", "1"),))], by[("a", (("k", "9"),))], by[("b", ())]
+    assert (fast.extra_median, fast.ttr_median, fast.panics) == (2, 1.1, 1)
+    assert (patient.extra_median, patient.ttr_median) == (0, 9.5)
+    assert (worse.errors, worse.extra_median) == (1, 2)
+    assert fast.front and patient.front and not worse.front      # b is slower than a=1, not better in kills
+    text = sweep.render(rows)
+    assert text.splitlines()[0].split() == ["policy", "constants", "runs", "extra", "kills", "time", "to",
+                                            "resolve", "panic", "hung", "error", "front"]
+    assert json.dumps(rows[0].set)                                # plain data
