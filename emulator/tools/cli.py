@@ -392,6 +392,9 @@ def cmd_sweep(a) -> int:
     if "host" in policies:
         raise UsageError("sweep: the host policy has no constants to sweep (use kernel-check)")
     points = sweep.grid(scenarios, policies, sweep.parse_sets(a.set), a.repeat)
+    if a.plot:
+        from .plot import _matplotlib
+        _matplotlib()                     # fail before the runs if it is missing
     try:
         open(a.out, "a").close()
     except OSError as e:
@@ -408,7 +411,11 @@ def cmd_sweep(a) -> int:
     progress(0, 0, "")
     print(f"oomemu sweep: {ran} run(s) now, {len(points) - ran} of {len(points)} in {a.out} already",
           file=sys.stderr)
-    print(sweep.render(sweep.summarize(sweep.read_records(a.out))))
+    summaries = sweep.summarize(sweep.read_records(a.out))
+    print(sweep.render(summaries))
+    if a.plot:
+        sweep.plot(summaries, a.plot)
+        print(f"oomemu sweep: {a.plot}: extra kills against time to resolve", file=sys.stderr)
     return EXIT_OK
 
 
@@ -569,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=_positive_int, default=None, help="runs at once (default: one per core)")
     w.add_argument("--out", metavar="FILE", required=True,
                    help="JSON lines, one per run, appended as each ends; a sweep run again resumes")
+    w.add_argument("--plot", metavar="PNG", help="draw the trade-off (extra kills against time to resolve)")
     w.set_defaults(func=cmd_sweep)
     k = sub.add_parser("kernel-check", help="each scenario on this kernel (root) beside every policy")
     k.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")

@@ -15,8 +15,11 @@ stopped. The summary says, per policy and constants, the extra kills and the
 time to resolve (medians), how many runs panicked or hung, and marks the
 Pareto front (no other point has fewer extra kills and a shorter time both).
 
-Left for later (issue 15): generated families of scenarios, the picture, and
-running the points on a Dask cluster.
+``--plot FILE`` draws the trade-off: each policy and constants one point at
+(median time to resolve, median extra kills), the Pareto front joined.
+
+Left for later (issue 15): generated families of scenarios, and running the
+points on a Dask cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import signal
 import statistics
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -146,7 +150,7 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
             f.write("\n")                                 # a torn last line stays alone
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                    initializer=compare._pool_worker_init)
-        done = 0
+        done, began = 0, time.monotonic()
         try:
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, compare.STOP_SIGNALS)
             try:
@@ -168,7 +172,8 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
                     os.fsync(f.fileno())
                     done += 1
                 if progress:
-                    progress(done, len(todo), f"{len(have)} done before" if have else "")
+                    progress(done, len(todo), eta_text(done, len(todo), time.monotonic() - began)
+                             + (f"; {len(have)} done before" if have else ""))
         except KeyboardInterrupt:
             compare._stop_pool(pool, compare.CTRL_C_GRACE_S)
             raise
@@ -177,6 +182,16 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
             raise
         pool.shutdown(wait=True)
     return done
+
+
+def eta_text(done: int, total: int, elapsed_s: float) -> str:
+    """``12.0 runs/min, about 3 min left``: the rate so far and what it makes of the rest."""
+    if done == 0 or elapsed_s <= 0:
+        return "starting"
+    rate = done / elapsed_s * 60
+    left_s = (total - done) / done * elapsed_s
+    left = f"{left_s:.0f} s" if left_s < 120 else f"{left_s / 60:.0f} min"
+    return f"{rate:.1f} runs/min, about {left} left"
 
 
 def _ends_with_newline(path: str) -> bool:
@@ -249,6 +264,35 @@ def render(summaries: list[Summary]) -> str:
                      str(s.panics), str(s.hangs), str(s.errors), "*" if s.front else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def plot(summaries: list[Summary], out: str) -> None:
+    """The trade-off as a picture: x the median time to resolve, y the median extra kills;
+    a colour per policy, each point labelled with its constants; the Pareto front joined."""
+    from .plot import _matplotlib
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    scored = [s for s in summaries if s.extra_median is not None and s.ttr_median is not None]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, policy in enumerate(dict.fromkeys(s.policy for s in scored)):
+        mine = [s for s in scored if s.policy == policy]
+        ax.scatter([s.ttr_median for s in mine], [s.extra_median for s in mine], label=policy,
+                   color=colours[i % len(colours)], s=40, zorder=3)
+        for s in mine:
+            ax.annotate(", ".join(f"{k}={v}" for k, v in s.set), (s.ttr_median, s.extra_median), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    front = sorted((s for s in scored if s.front), key=lambda s: s.ttr_median)
+    if front:
+        ax.plot([s.ttr_median for s in front], [s.extra_median for s in front], "k--", lw=1,
+                label="Pareto front", zorder=2)
+    ax.set_xlabel("time to resolve, median (emulated s)")
+    ax.set_ylabel("extra kills, median")
+    ax.set_title("extra kills against time to resolve (runs that panicked or hung: the table)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 def read_records(path: str) -> list[dict]:

@@ -29,8 +29,10 @@ def test_a_sweep_appends_every_run_resumes_after_ctrl_c_and_a_torn_line(tmp_path
     first = len(lines(out))
     assert 1 <= first < 8
     assert wait_for(lambda: shm_leftovers() <= before, 10)
-    p = oomemu(*SWEEP, "--repeat", "2", "--out", str(out), timeout=150)
+    png = tmp_path / "sweep.png"
+    p = oomemu(*SWEEP, "--repeat", "2", "--out", str(out), "--plot", str(png), timeout=150)
     assert p.returncode == 0, p.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert f"oomemu sweep: {8 - first} run(s) now, {first} of 8 in {out} already" in p.stderr
     recs = lines(out)
     points = {(r["policy"], tuple(sorted(r["set"].items())), r["repeat"]) for r in recs}

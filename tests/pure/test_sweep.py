@@ -60,3 +60,13 @@ def test_the_summary_takes_medians_counts_panics_and_marks_the_pareto_front():
     assert text.splitlines()[0].split() == ["policy", "constants", "runs", "extra", "kills", "time", "to",
                                             "resolve", "panic", "hung", "error", "front"]
     assert json.dumps(rows[0].set)                                # plain data
+
+
+@pytest.mark.parametrize("done, total, elapsed, says", [
+    (0, 10, 0.0, "starting"),
+    (2, 10, 30.0, "4.0 runs/min, about 2 min left"),
+    (3, 4, 30.0, "6.0 runs/min, about 10 s left"),
+    (1, 100, 60.0, "1.0 runs/min, about 99 min left"),
+])
+def test_the_progress_line_says_the_rate_and_the_time_left(done, total, elapsed, says):
+    assert sweep.eta_text(done, total, elapsed) == says
