@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-.PHONY: help install run-demo test test-fast stress fuzz bench compare compare-daemons claims cleanup clean
+.PHONY: help install run-demo sweep-demo test test-fast stress fuzz bench compare compare-daemons claims cleanup clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,13 @@ install: $(STAMP) ## make the virtual environment (.venv) from pyproject.toml
 
 run-demo: $(STAMP) ## mlocked under v4.17 and under timeout, side by side; pictures and traces in out/demo
 	$(BIN)/oomemu demo --speed $(SPEED) --out out/demo $(ARGS)
+
+sweep-demo: $(STAMP) ## timeout's patience (0.25-20 s) and v6.6's reaper delay (0-5 s) over three families; out/sweep-demo
+	@mkdir -p out/sweep-demo
+	$(BIN)/oomemu sweep examples/families/mlocked.toml examples/families/mmap_sem_held.toml \
+	    examples/families/livelock.toml --policies v4.17,timeout,v6.6 \
+	    --set reap_timeout_s=0.25,0.5,1,2,5,10,20 --set oom_reaper_delay_s=0,0.5,1,2,5 \
+	    --out out/sweep-demo/sweep.jsonl --plot out/sweep-demo/sweep.png $(ARGS)
 
 test: $(STAMP) ## the whole test suite (ARGS= passes pytest options)
 	$(BIN)/python -m pytest $(ARGS)

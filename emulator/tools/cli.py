@@ -385,8 +385,10 @@ def cmd_compare(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    from . import compare, sweep
-    scenarios = compare.load_all(a.scenarios)
+    from . import compare, family, sweep
+    scenarios = []
+    for arg in a.scenarios:                   # a family file stands for its members
+        scenarios += family.load_family(arg) if family.is_family(arg) else compare.load_all([arg])
     policies = compare.resolve_policies([p.strip() for p in a.policies.split(",") if p.strip()]
                                         if a.policies else None)
     if "host" in policies:
@@ -567,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 3 if a measured outcome differs from the one the scenario file states")
     c.set_defaults(func=cmd_compare)
     w = sub.add_parser("sweep", help="a grid of scenarios x policies x constants, results appended to a file")
-    w.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="built-in names or files")
+    w.add_argument("scenarios", nargs="+", metavar="SCENARIO",
+                   help="built-in names, scenario files, or family files (a [family] table: docs/sweep.md)")
     w.add_argument("--policies", help="comma-separated (default: all kernel policies)")
     w.add_argument("--set", action="append", default=[], metavar="NAME=V1,V2,...",
                    help="a constant's values (repeatable); each applies to the policies that have it")

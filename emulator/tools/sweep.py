@@ -18,8 +18,8 @@ Pareto front (no other point has fewer extra kills and a shorter time both).
 ``--plot FILE`` draws the trade-off: each policy and constants one point at
 (median time to resolve, median extra kills), the Pareto front joined.
 
-Left for later (issue 15): generated families of scenarios, and running the
-points on a Dask cluster.
+A family file (``tools/family.py``) stands for its members. docs/sweep.md has
+it all. Left for later (issue 15): running the points on a Dask cluster.
 """
 
 from __future__ import annotations

@@ -63,3 +63,16 @@ def test_sweep_mistakes_are_one_line():
     p = oomemu("sweep", "mlocked", "--policies", "timeout", "--set", "reap_timeout_s=1",
                "--out", "/nonexistent/dir/x.jsonl")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--out /nonexistent/dir/x.jsonl" in p.stderr
+
+
+def test_a_family_file_sweeps_its_members(tmp_path):
+    fam = tmp_path / "fam.toml"
+    fam.write_text('[family]\nbase = "mlocked"\ncount = 2\nseed = 4\nbusy_ms = [0.5, 1.0]\n')
+    out = tmp_path / "f.jsonl"
+    p = oomemu("sweep", str(fam), "--policies", "v6.6", "--set", "oom_reaper_delay_s=0,2", "--out", str(out),
+               timeout=100)
+    assert p.returncode == 0, p.stderr
+    recs = lines(out)
+    assert sorted((r["scenario"], r["set"]["oom_reaper_delay_s"]) for r in recs) == [
+        ("mlocked~0", "0"), ("mlocked~0", "2"), ("mlocked~1", "0"), ("mlocked~1", "2")]
+    assert all(r["verdict"] in ("resolved", "panic", "hung") for r in recs)
