@@ -11,12 +11,13 @@ appended to ``--out`` as one JSON line as soon as it ends: the point
 index, and the run's result (RunResult.to_dict()). A sweep started again
 with the same file skips the runs it holds (a torn last line, from a sweep
 cut short, is skipped too), so an interrupted sweep resumes where it
-stopped. The summary says, per policy and constants, the extra kills and the
-time to resolve (medians), how many runs panicked or hung, and marks the
-Pareto front (no other point has fewer extra kills and a shorter time both).
+stopped. The summary says, per policy and constants, the extra kills per run
+(their mean) and the median time to resolve, how many runs panicked or hung,
+and marks the Pareto front (no other point has fewer extra kills and a
+shorter time both).
 
 ``--plot FILE`` draws the trade-off: each policy and constants one point at
-(median time to resolve, median extra kills), the Pareto front joined.
+(median time to resolve, extra kills per run), the Pareto front joined.
 
 A family file (``tools/family.py``) stands for its members. docs/sweep.md has
 it all. Left for later (issue 15): running the points on a Dask cluster.
@@ -218,8 +219,10 @@ class Summary:
     front: bool = False
 
     @property
-    def extra_median(self) -> float | None:
-        return statistics.median(self.extra) if self.extra else None
+    def extra_mean(self) -> float | None:
+        """Extra kills per run, on average: over a family, a median hides the members
+        that need more kills (most need none)."""
+        return statistics.fmean(self.extra) if self.extra else None
 
     @property
     def ttr_median(self) -> float | None:
@@ -245,10 +248,10 @@ def summarize(records: list[dict]) -> list[Summary]:
         if verdict == "resolved" and r.get("time_to_resolve_s") is not None:
             s.ttr.append(r["time_to_resolve_s"])
     out = list(rows.values())
-    scored = [s for s in out if s.extra_median is not None and s.ttr_median is not None]
+    scored = [s for s in out if s.extra_mean is not None and s.ttr_median is not None]
     for s in scored:
-        s.front = not any(o is not s and o.extra_median <= s.extra_median and o.ttr_median <= s.ttr_median
-                          and (o.extra_median, o.ttr_median) != (s.extra_median, s.ttr_median) for o in scored)
+        s.front = not any(o is not s and o.extra_mean <= s.extra_mean and o.ttr_median <= s.ttr_median
+                          and (o.extra_mean, o.ttr_median) != (s.extra_mean, s.ttr_median) for o in scored)
     return out
 
 
@@ -258,36 +261,36 @@ def render(summaries: list[Summary]) -> str:
 
     def num(x, fmt):
         return "-" if x is None else fmt % x
-    rows = [("policy", "constants", "runs", "extra kills", "time to resolve", "panic", "hung", "error", "front")]
+    rows = [("policy", "constants", "runs", "extra kills/run", "time to resolve", "panic", "hung", "error", "front")]
     for s in summaries:
-        rows.append((s.policy, settings(s), str(s.runs), num(s.extra_median, "%g"), num(s.ttr_median, "%.2fs"),
+        rows.append((s.policy, settings(s), str(s.runs), num(s.extra_mean, "%.2f"), num(s.ttr_median, "%.2fs"),
                      str(s.panics), str(s.hangs), str(s.errors), "*" if s.front else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def plot(summaries: list[Summary], out: str) -> None:
-    """The trade-off as a picture: x the median time to resolve, y the median extra kills;
+    """The trade-off as a picture: x the median time to resolve, y the extra kills per run;
     a colour per policy, each point labelled with its constants; the Pareto front joined."""
     from .plot import _matplotlib
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    scored = [s for s in summaries if s.extra_median is not None and s.ttr_median is not None]
+    scored = [s for s in summaries if s.extra_mean is not None and s.ttr_median is not None]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, policy in enumerate(dict.fromkeys(s.policy for s in scored)):
         mine = [s for s in scored if s.policy == policy]
-        ax.scatter([s.ttr_median for s in mine], [s.extra_median for s in mine], label=policy,
+        ax.scatter([s.ttr_median for s in mine], [s.extra_mean for s in mine], label=policy,
                    color=colours[i % len(colours)], s=40, zorder=3)
         for s in mine:
-            ax.annotate(", ".join(f"{k}={v}" for k, v in s.set), (s.ttr_median, s.extra_median), fontsize=7,
+            ax.annotate(", ".join(f"{k}={v}" for k, v in s.set), (s.ttr_median, s.extra_mean), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     front = sorted((s for s in scored if s.front), key=lambda s: s.ttr_median)
     if front:
-        ax.plot([s.ttr_median for s in front], [s.extra_median for s in front], "k--", lw=1,
+        ax.plot([s.ttr_median for s in front], [s.extra_mean for s in front], "k--", lw=1,
                 label="Pareto front", zorder=2)
     ax.set_xlabel("time to resolve, median (emulated s)")
-    ax.set_ylabel("extra kills, median")
-    ax.set_title("extra kills against time to resolve (runs that panicked or hung: the table)")
+    ax.set_ylabel("extra kills per run (mean)")
+    ax.set_title("extra kills against time to resolve (panics and hangs: in the table)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

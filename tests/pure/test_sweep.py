@@ -52,12 +52,12 @@ def test_the_summary_takes_medians_counts_panics_and_marks_the_pareto_front():
                             rec("b", None, 3, 5.0), rec("b", None, 0, None, "error")])
     by = {(r.policy, r.set): r for r in rows}
     fast, patient, worse = by[("a", (("k", "1"),))], by[("a", (("k", "9"),))], by[("b", ())]
-    assert (fast.extra_median, fast.ttr_median, fast.panics) == (2, 1.1, 1)
-    assert (patient.extra_median, patient.ttr_median) == (0, 9.5)
-    assert (worse.errors, worse.extra_median) == (1, 2)
-    assert fast.front and patient.front and not worse.front      # b is slower than a=1, not better in kills
+    assert (fast.extra_mean, fast.ttr_median, fast.panics) == (pytest.approx(4 / 3), 1.1, 1)
+    assert (patient.extra_mean, patient.ttr_median) == (0, 9.5)
+    assert (worse.errors, worse.extra_mean) == (1, 2)
+    assert fast.front and patient.front and not worse.front      # b: slower than a=1, and more kills
     text = sweep.render(rows)
-    assert text.splitlines()[0].split() == ["policy", "constants", "runs", "extra", "kills", "time", "to",
+    assert text.splitlines()[0].split() == ["policy", "constants", "runs", "extra", "kills/run", "time", "to",
                                             "resolve", "panic", "hung", "error", "front"]
     assert json.dumps(rows[0].set)                                # plain data
 
