@@ -25,6 +25,7 @@ it (verdict error).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -152,7 +153,7 @@ class UserSpace:
         pidfd = self._pidfd(k.pid)
         try:
             if pidfd is None or self.own[i].pid != k.pid:
-                raise DoorError(3, "gone")               # ESRCH
+                raise DoorError(errno.ESRCH, "gone")
             send_kill(self.zone, self.own[i], i, k.signal,
                       lambda sig: signal.pidfd_send_signal(pidfd, sig), self.fifo, now, self.me, self.name)
             results.kill[k.pid] = ""

@@ -79,7 +79,8 @@ LINGER_S = 30.0                 # emulated seconds a resolved run waits for dyin
 MIN_SPEED, MAX_SPEED = 0.1, 1e6
 
 
-#: events about a task that its own process did not send (PSI follows only the task's own)
+#: events about a task that its own process did not send: PSI follows only the task's own, and
+#: the run is resolved at the time of what a task itself last reported (_when_resolved)
 _NOT_THE_TASKS = frozenset((Event.INJECT, Event.DAEMON, Event.KILL, Event.MRELEASE))
 
 GIL_SWITCH_S = 0.0002           # see Run.execute
@@ -425,7 +426,7 @@ class Run:
             if self.pressure is not None and t is not None and msg.kind not in _NOT_THE_TASKS:
                 self.pressure.on_event(t.index, msg.kind, msg.at, msg.fields)   # first: a handler may plan a stall
             handler(t, msg, msg.at)
-            if msg.kind not in (Event.INJECT, Event.DAEMON, Event.KILL, Event.MRELEASE):
+            if msg.kind not in _NOT_THE_TASKS:
                 self._latest_at = max(self._latest_at, msg.at)
 
     def _traced(self, t: TaskRecord, msg: Message, at: float) -> None:
