@@ -394,16 +394,22 @@ def cmd_sweep(a) -> int:
     if "host" in policies:
         raise UsageError("sweep: the host policy has no constants to sweep (use kernel-check)")
     points = sweep.grid(scenarios, policies, sweep.parse_sets(a.set), a.repeat)
+    if a.dask and a.dask != "local" and a.jobs:
+        raise UsageError("--jobs: with --dask ADDRESS, the cluster's workers and their threads decide "
+                         "how many points run at once")
     if a.plot:
         from .plot import _matplotlib
         _matplotlib()                     # fail before the runs if it is missing
-    try:
-        open(a.out, "a").close()
-    except OSError as e:
-        raise UsageError(f"--out {a.out}: {e.strerror}") from None
+    for opt, path in (("--out", a.out), ("--csv", a.csv)):
+        if path:
+            try:
+                open(path, "a").close()
+            except OSError as e:
+                raise UsageError(f"{opt} {path}: {e.strerror}") from None
     progress = compare.Progress()
     try:
-        ran = sweep.run_sweep(scenarios, points, a.out, a.speed, a.jobs or compare.default_jobs(), progress)
+        ran = sweep.run_sweep(scenarios, points, a.out, a.speed, a.jobs or compare.default_jobs(), progress,
+                              dask=a.dask)
     except compare.CellFailed as e:
         progress(0, 0, "")
         if e.usage:
@@ -413,8 +419,13 @@ def cmd_sweep(a) -> int:
     progress(0, 0, "")
     print(f"oomemu sweep: {ran} run(s) now, {len(points) - ran} of {len(points)} in {a.out} already",
           file=sys.stderr)
-    summaries = sweep.summarize(sweep.read_records(a.out))
+    records = sweep.read_records(a.out)
+    summaries = sweep.summarize(records)
     print(sweep.render(summaries))
+    if a.csv:
+        with open(a.csv, "w", newline="") as f:
+            f.write(sweep.to_csv(records))
+        print(f"oomemu sweep: {a.csv}: {len(records)} run(s) as CSV", file=sys.stderr)
     if a.plot:
         sweep.plot(summaries, a.plot)
         print(f"oomemu sweep: {a.plot}: extra kills against time to resolve", file=sys.stderr)
@@ -579,7 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=_positive_int, default=None, help="runs at once (default: one per core)")
     w.add_argument("--out", metavar="FILE", required=True,
                    help="JSON lines, one per run, appended as each ends; a sweep run again resumes")
+    w.add_argument("--csv", metavar="FILE", help="also write every run in --out as CSV (a column per field "
+                   "and per constant; the victims and the log stay in the JSON)")
     w.add_argument("--plot", metavar="PNG", help="draw the trade-off (extra kills against time to resolve)")
+    w.add_argument("--dask", metavar="ADDRESS", help="run the points on a Dask distributed cluster "
+                   "(tcp://HOST:8786; 'local': --jobs worker processes here); needs oomemu[cluster]")
     w.set_defaults(func=cmd_sweep)
     k = sub.add_parser("kernel-check", help="each scenario on this kernel (root) beside every policy")
     k.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")

@@ -25,21 +25,23 @@ it all. Left for later (issue 15): running the points on a Dask cluster.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import secrets
 import signal
 import statistics
+import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 
 from ..errors import UsageError
 from ..policies import get_policy
 from ..scenario import Scenario
-from . import compare
+from . import compare, point
+from .point import PointSpec
 
 
 @dataclass(frozen=True)
@@ -120,69 +122,174 @@ def _record(point: Point, result: dict) -> str:
     return json.dumps(rec, separators=(",", ":"), default=str) + "\n"
 
 
-def _run_point(scenario: Scenario, point: Point, speed: float) -> dict:
-    """One run in a pool process (compare's signal discipline: a stop ends it through its
-    teardown); the result as a dict, or a CellFailed."""
-    from ..runtime.supervisor import run_scenario
-    compare._in_run = True
-    try:
-        if compare._stopping:
-            raise KeyboardInterrupt
-        return run_scenario(scenario, policy=point.policy, speed=speed, overrides=point.settings).to_dict()
-    except UsageError as e:
-        raise compare.CellFailed(point.scenario, point.policy, str(e), True) from None
-    except Exception as e:
-        raise compare.CellFailed(point.scenario, point.policy, f"{e!r}", False) from None
-    finally:
-        compare._in_run = False
-
-
 def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: float, jobs: int,
-              progress=None) -> int:
-    """Run the points ``out`` does not hold yet, appending each result as it ends.
-    Returns how many ran. A run that raises stops the sweep (CellFailed), as in compare."""
+              progress=None, dask: str | None = None) -> int:
+    """Run the points ``out`` does not hold yet, each in a process of its own
+    (tools/point.py): ``jobs`` at once here, or on the Dask cluster at ``dask``
+    (``"local"``: one of ``jobs`` worker processes started for the sweep).
+    Each result is appended as it comes back, once per point whatever a
+    cluster re-ran. Returns how many ran. A point the run refuses, or whose
+    process breaks, stops the sweep (CellFailed), as a run does in compare;
+    so do Ctrl-C and SIGTERM, and the points under way end through their
+    teardown wherever they run."""
     by_name = {s.name: s for s in scenarios}
     have = done_keys(out)
     todo = [p for p in points if p.key not in have]
     if not todo:
         return 0
-    with open(out, "a") as f:
-        if f.tell() and not _ends_with_newline(out):
-            f.write("\n")                                 # a torn last line stays alone
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
-                                   initializer=compare._pool_worker_init)
-        done, began = 0, time.monotonic()
-        try:
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, compare.STOP_SIGNALS)
-            try:
-                futures = {pool.submit(_run_point, by_name[p.scenario], p, speed): p for p in todo}
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    p = futures[fut]
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool as e:
-                        raise compare.CellFailed(p.scenario, p.policy, f"the process running it died ({e})",
-                                                 False) from None
-                    f.write(_record(p, result))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    done += 1
+    sweep_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+    specs = {p: PointSpec(by_name[p.scenario], p.policy, p.settings, speed, sweep_id) for p in todo}
+    backend = DaskPoints(dask, jobs, sweep_id) if dask else LocalPoints(jobs, sweep_id)
+    done, began = 0, time.monotonic()
+    try:
+        with open(out, "a") as f:
+            if f.tell() and not _ends_with_newline(out):
+                f.write("\n")                             # a torn last line stays alone
+            for p, answer in backend.results(specs):
+                status = answer["status"]
+                if status in ("usage", "fault"):
+                    raise compare.CellFailed(p.scenario, p.policy, answer["message"], status == "usage")
+                if status != "ok" or p.key in have:        # stopped; or a second answer for it
+                    continue
+                have.add(p.key)
+                f.write(_record(p, answer["result"]))
+                f.flush()
+                os.fsync(f.fileno())
+                done += 1
                 if progress:
                     progress(done, len(todo), eta_text(done, len(todo), time.monotonic() - began)
-                             + (f"; {len(have)} done before" if have else ""))
-        except KeyboardInterrupt:
-            compare._stop_pool(pool, compare.CTRL_C_GRACE_S)
-            raise
-        except BaseException:
-            compare._stop_pool(pool)
-            raise
-        pool.shutdown(wait=True)
+                             + (f"; {len(points) - len(todo)} done before" if len(todo) < len(points) else ""))
+    except BaseException:
+        backend.stop()
+        raise
+    finally:
+        backend.close()
     return done
+
+
+class LocalPoints:
+    """``jobs`` points at once on this machine: a thread each, waiting on its point process."""
+
+    def __init__(self, jobs: int, sweep_id: str):
+        self.sweep_id = sweep_id
+        self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="point")
+
+    def results(self, specs: dict[Point, PointSpec]):
+        futures = {self.pool.submit(point.run_point, spec): p for p, spec in specs.items()}
+        pending = set(futures)
+        while pending:                     # a bounded wait, so that Ctrl-C is seen at once
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield futures[fut], fut.result()
+
+    def stop(self) -> None:
+        point.stop_points(self.sweep_id)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        point.forget(self.sweep_id)
+
+
+class DaskPoints:
+    """Points as tasks of a Dask distributed cluster (the ``cluster`` extra). Each
+    task runs its point as a process of its own on the worker (tools/point.py);
+    each repeat is a task of its own (``pure=False``, a key per point); a task
+    whose worker died is run again by the scheduler and answers once.
+    ``address`` ``local`` starts a cluster of ``jobs`` worker processes here."""
+
+    def __init__(self, address: str, jobs: int, sweep_id: str):
+        try:
+            import distributed
+        except ImportError:
+            raise UsageError("--dask needs Dask distributed: pip install 'oomemu[cluster]'") from None
+        self.sweep_id, self.cluster, self.client, self.futures = sweep_id, None, None, {}
+        try:
+            if address == "local":
+                self.cluster = _local_cluster(distributed, jobs)
+                address = self.cluster.scheduler_address
+            try:
+                self.client = distributed.Client(address, timeout=DASK_CONNECT_S)
+            except (OSError, TimeoutError, ValueError) as e:
+                raise UsageError(f"--dask {address}: no Dask scheduler answers there ({e})") from None
+            check_workers(self.client, address)
+        except BaseException:
+            self.close()
+            raise
+
+    def results(self, specs: dict[Point, PointSpec]):
+        from distributed import as_completed
+        self.futures = {self.client.submit(point.run_point, spec, pure=False,
+                                           key=f"oomemu-point-{self.sweep_id}-{n}"): p
+                        for n, (p, spec) in enumerate(specs.items())}
+        for fut in as_completed(list(self.futures)):
+            p = self.futures[fut]
+            try:
+                answer = fut.result()
+            except Exception as e:            # KilledWorker: it took down every worker it ran on
+                answer = {"status": "fault", "message": f"its Dask task failed: {e!r}"}
+            yield p, answer
+
+    def stop(self) -> None:
+        """Start no more points, and end those under way on every worker (through their
+        teardown, as here)."""
+        if self.client is None:
+            return
+        try:
+            self.client.cancel(list(self.futures))
+            self.client.run(point.stop_points, self.sweep_id, on_error="return")
+        except Exception as e:             # the cluster went away: its points watch their workers
+            print(f"oomemu sweep: could not reach every Dask worker to stop its points ({e!r})",
+                  file=sys.stderr)
+
+    def close(self) -> None:
+        try:
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    self.client.run(point.forget, self.sweep_id, on_error="return")
+                self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+DASK_CONNECT_S = 10.0
+DASK_WORKERS_S = 30.0
+
+
+def _local_cluster(distributed, jobs: int):
+    """``--dask local``: ``jobs`` worker processes of one thread each, here, with no
+    dashboard. They start with SIGINT ignored: Ctrl-C at the terminal is the sweep's
+    to handle (it stops the points through them), not theirs to die of."""
+    import logging
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.ERROR)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def check_workers(client, address: str) -> dict:
+    """Every worker runs this very code (the sweep's outcomes would mix otherwise) on Linux;
+    at least one must be there within DASK_WORKERS_S. Returns their facts by address."""
+    try:
+        client.wait_for_workers(1, timeout=DASK_WORKERS_S)
+    except TimeoutError:
+        raise UsageError(f"--dask {address}: the scheduler has no workers "
+                         f"(none came in {DASK_WORKERS_S:.0f} s)") from None
+    try:
+        facts = client.run(point.worker_facts)
+    except Exception as e:
+        raise UsageError(f"--dask {address}: a worker cannot run oomemu ({e!r}): "
+                         "install it there, the same version as here") from None
+    mine = point.code_digest()
+    for where, f in facts.items():
+        if f["system"] != "Linux":
+            raise UsageError(f"--dask: worker {where} ({f['host']}) runs {f['system']}: oomemu needs Linux")
+        if f["digest"] != mine:
+            raise UsageError(f"--dask: worker {where} ({f['host']}) has other oomemu code (digest {f['digest']}, "
+                             f"here {mine}): install the same there")
+    return facts
 
 
 def eta_text(done: int, total: int, elapsed_s: float) -> str:
@@ -216,7 +323,17 @@ class Summary:
     errors: int = 0
     extra: list[int] = field(default_factory=list)
     ttr: list[float] = field(default_factory=list)
+    scenarios: set = field(default_factory=set)        # the scenarios (family members) it ran
+    bad: set = field(default_factory=set)              # ... and those where a run panicked or hung
     front: bool = False
+
+    @property
+    def bad_text(self) -> str:
+        """The share of the scenarios (a family's members) where this point panics or hangs
+        (in any of its repeats): ``2/12 (17%)``."""
+        if not self.scenarios:
+            return "-"
+        return f"{len(self.bad)}/{len(self.scenarios)} ({100 * len(self.bad) / len(self.scenarios):.0f}%)"
 
     @property
     def extra_mean(self) -> float | None:
@@ -242,6 +359,9 @@ def summarize(records: list[dict]) -> list[Summary]:
         if verdict == "error":
             s.errors += 1
             continue
+        s.scenarios.add(r["scenario"])
+        if verdict in ("panic", "hung"):
+            s.bad.add(r["scenario"])
         s.panics += verdict == "panic"
         s.hangs += verdict == "hung"
         s.extra.append(max(0, r.get("kills", 0) - r.get("min_kills", 0)))
@@ -261,10 +381,11 @@ def render(summaries: list[Summary]) -> str:
 
     def num(x, fmt):
         return "-" if x is None else fmt % x
-    rows = [("policy", "constants", "runs", "extra kills/run", "time to resolve", "panic", "hung", "error", "front")]
+    rows = [("policy", "constants", "runs", "extra kills/run", "time to resolve", "panic", "hung", "error",
+             "scenarios panic|hung", "front")]
     for s in summaries:
         rows.append((s.policy, settings(s), str(s.runs), num(s.extra_mean, "%.2f"), num(s.ttr_median, "%.2fs"),
-                     str(s.panics), str(s.hangs), str(s.errors), "*" if s.front else ""))
+                     str(s.panics), str(s.hangs), str(s.errors), s.bad_text, "*" if s.front else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -282,15 +403,17 @@ def plot(summaries: list[Summary], out: str) -> None:
         ax.scatter([s.ttr_median for s in mine], [s.extra_mean for s in mine], label=policy,
                    color=colours[i % len(colours)], s=40, zorder=3)
         for s in mine:
-            ax.annotate(", ".join(f"{k}={v}" for k, v in s.set), (s.ttr_median, s.extra_mean), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+            label = ", ".join(f"{k}={v}" for k, v in s.set)
+            if s.bad:
+                label += f" [panic|hung {len(s.bad)}/{len(s.scenarios)}]"
+            ax.annotate(label, (s.ttr_median, s.extra_mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
     front = sorted((s for s in scored if s.front), key=lambda s: s.ttr_median)
     if front:
         ax.plot([s.ttr_median for s in front], [s.extra_mean for s in front], "k--", lw=1,
                 label="Pareto front", zorder=2)
     ax.set_xlabel("time to resolve, median (emulated s)")
     ax.set_ylabel("extra kills per run (mean)")
-    ax.set_title("extra kills against time to resolve (panics and hangs: in the table)")
+    ax.set_title("extra kills against time to resolve ([panic|hung k/n]: of the n scenarios)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -309,3 +432,25 @@ def read_records(path: str) -> list[dict]:
             if isinstance(rec, dict) and "policy" in rec:
                 out.append(rec)
     return out
+
+
+CSV_FIELDS = ("scenario", "policy", "repeat", "verdict", "kills", "min_kills", "extra_kills", "time_to_resolve_s",
+              "first_oom_at_s", "resolved_at_s", "speed", "lagged", "lag_ms", "error", "error_kind", "host",
+              "run_id", "oomemu_version", "scenario_sha256")
+
+
+def to_csv(records: list[dict]) -> str:
+    """The runs as CSV, one row each: the point (a ``set.NAME`` column per constant any
+    run has), then the run's scalar fields (CSV_FIELDS). The victims, the log and the
+    accounting are lists and tables: they stay in the JSON lines."""
+    import csv
+    import io
+    consts = sorted({k for r in records for k in r.get("set", {})})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_FIELDS[:3], *(f"set.{k}" for k in consts), *CSV_FIELDS[3:]])
+    for r in records:
+        sets = r.get("set", {})
+        w.writerow([*(r.get(k) for k in CSV_FIELDS[:3]), *(sets.get(k, "") for k in consts),
+                    *("" if r.get(k) is None else r.get(k) for k in CSV_FIELDS[3:])])
+    return buf.getvalue()

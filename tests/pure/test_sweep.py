@@ -1,5 +1,7 @@
 """oomemu sweep's pure parts: the grid of points, resuming from a results file, the summary."""
 
+import csv
+import io
 import json
 
 import pytest
@@ -41,13 +43,13 @@ def test_a_results_file_says_which_points_are_done_and_a_torn_line_is_none(tmp_p
     assert sweep.done_keys(str(tmp_path / "none.jsonl")) == set()
 
 
-def rec(policy, value, kills, ttr, verdict="resolved"):
-    return {"policy": policy, "set": {"k": value} if value else {}, "verdict": verdict, "kills": kills,
-            "min_kills": 1, "time_to_resolve_s": ttr}
+def rec(policy, value, kills, ttr, verdict="resolved", scenario="s~0"):
+    return {"scenario": scenario, "policy": policy, "set": {"k": value} if value else {}, "verdict": verdict,
+            "kills": kills, "min_kills": 1, "time_to_resolve_s": ttr}
 
 
 def test_the_summary_takes_medians_counts_panics_and_marks_the_pareto_front():
-    rows = sweep.summarize([rec("a", "1", 3, 1.0), rec("a", "1", 3, 1.2), rec("a", "1", 1, 0.9, "panic"),
+    rows = sweep.summarize([rec("a", "1", 3, 1.0), rec("a", "1", 3, 1.2), rec("a", "1", 1, 0.9, "panic", "s~1"),
                             rec("a", "9", 1, 9.0), rec("a", "9", 1, 10.0),
                             rec("b", None, 3, 5.0), rec("b", None, 0, None, "error")])
     by = {(r.policy, r.set): r for r in rows}
@@ -58,8 +60,29 @@ def test_the_summary_takes_medians_counts_panics_and_marks_the_pareto_front():
     assert fast.front and patient.front and not worse.front      # b: slower than a=1, and more kills
     text = sweep.render(rows)
     assert text.splitlines()[0].split() == ["policy", "constants", "runs", "extra", "kills/run", "time", "to",
-                                            "resolve", "panic", "hung", "error", "front"]
+                                            "resolve", "panic", "hung", "error", "scenarios", "panic|hung", "front"]
+    assert (fast.bad_text, patient.bad_text, worse.bad_text) == ("1/2 (50%)", "0/1 (0%)", "0/1 (0%)")
     assert json.dumps(rows[0].set)                                # plain data
+
+
+def test_the_share_of_a_family_that_panics_or_hangs_counts_members_not_runs():
+    recs = [rec("a", None, 1, 1.0, "hung", "f~0"), rec("a", None, 1, None, "hung", "f~0"),   # one member, twice
+            rec("a", None, 1, 1.0, "panic", "f~1"), rec("a", None, 1, 1.0, scenario="f~2"),
+            rec("a", None, 1, 1.0, scenario="f~3"), rec("a", None, 0, None, "error", "f~4")]
+    (row,) = sweep.summarize(recs)
+    assert (row.hangs, row.panics, row.errors) == (2, 1, 1)
+    assert row.bad_text == "2/4 (50%)"            # f~0 and f~1 of the four with a verdict
+
+
+def test_the_csv_has_a_column_per_constant_and_the_scalar_fields():
+    recs = [dict(rec("timeout", "1", 2, 1.5), repeat=0, lagged=False, victims=[{"pid": 1}], log=["x"]),
+            {**rec("v6.6", None, 1, None, "hung"), "set": {"oom_reaper_delay_s": "2"}, "repeat": 1}]
+    rows = list(csv.DictReader(io.StringIO(sweep.to_csv(recs))))
+    assert [r["set.k"] for r in rows] == ["1", ""]
+    assert [r["set.oom_reaper_delay_s"] for r in rows] == ["", "2"]
+    assert (rows[0]["verdict"], rows[0]["kills"], rows[0]["time_to_resolve_s"]) == ("resolved", "2", "1.5")
+    assert rows[1]["time_to_resolve_s"] == "" and rows[1]["repeat"] == "1"
+    assert "victims" not in rows[0] and "log" not in rows[0]
 
 
 @pytest.mark.parametrize("done, total, elapsed, says", [
