@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-.PHONY: help install run-demo sweep-demo test test-fast stress fuzz bench compare compare-daemons claims cleanup clean
+.PHONY: help install run-demo sweep-demo sweep-check test test-fast stress fuzz bench compare compare-daemons claims cleanup clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,16 @@ sweep-demo: $(STAMP) ## timeout's patience (0.25-20 s) and v6.6's reaper delay (
 	    examples/families/livelock.toml --policies v4.17,timeout,v6.6 \
 	    --set reap_timeout_s=0.25,0.5,1,2,5,10,20 --set oom_reaper_delay_s=0,0.5,1,2,5 \
 	    --out out/sweep-demo/sweep.jsonl --plot out/sweep-demo/sweep.png $(ARGS)
+
+# 200 points (5 families of 4 x 10 policies and constants), each twice
+CHECK_GRID := $(foreach f,mlocked mmap_sem_held livelock mmu_notifier shared_file,examples/families/$(f).toml) \
+    --policies v4.17,timeout,v6.6 --set reap_timeout_s=0.25,0.5,1,2,5,10,20 --set oom_reaper_delay_s=0,2 --repeat 2
+
+sweep-check: $(STAMP) ## 200 points with --jobs 2 and through a local Dask cluster: the same outcomes (out/sweep-check)
+	@rm -rf out/sweep-check && mkdir -p out/sweep-check
+	$(BIN)/oomemu sweep $(CHECK_GRID) --jobs 2 --out out/sweep-check/local.jsonl > out/sweep-check/local.txt
+	$(BIN)/oomemu sweep $(CHECK_GRID) --dask local --jobs 2 --out out/sweep-check/dask.jsonl > out/sweep-check/dask.txt
+	$(BIN)/oomemu sweep-diff out/sweep-check/local.jsonl out/sweep-check/dask.jsonl
 
 test: $(STAMP) ## the whole test suite (ARGS= passes pytest options)
 	$(BIN)/python -m pytest $(ARGS)

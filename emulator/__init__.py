@@ -12,7 +12,8 @@ Three layers, each importing only the ones below it (tests/test_layers.py)::
                     layout, machine, reaper, clock (RunClock), stall (PSI), view, door,
                     userspace, klog, trace, names, cleanup, signals, shm_trust, proc_trust
     tools/          what a user types and sees: cli, compare, claims, live,
-                    timeline, perfetto, plot, columns
+                    timeline, perfetto, plot, columns, door, sweep, family,
+                    point (a sweep's run as a process, here or on a Dask worker)
 
 Shared by every layer (pure, importing only kernel/)::
 

@@ -432,6 +432,19 @@ def cmd_sweep(a) -> int:
     return EXIT_OK
 
 
+def cmd_sweep_diff(a) -> int:
+    from . import sweep
+    recs = []
+    for path in (a.a, a.b):
+        try:
+            recs.append(sweep.read_records(path))
+        except OSError as e:
+            raise UsageError(f"{path}: {e.strerror}") from None
+    g = sweep.agreement(*recs)
+    print(sweep.render_agreement(g, a.a, a.b))
+    return EXIT_OK if g.ok else EXIT_CHECK
+
+
 def cmd_scenarios(a) -> int:
     from ..scenario import builtin_names, load_scenario
     for name in builtin_names():
@@ -596,6 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--dask", metavar="ADDRESS", help="run the points on a Dask distributed cluster "
                    "(tcp://HOST:8786; 'local': --jobs worker processes here); needs oomemu[cluster]")
     w.set_defaults(func=cmd_sweep)
+    d = sub.add_parser("sweep-diff", help="two sweeps' results files of one grid: exit 3 if a point whose "
+                       "repeats agree in each gives another verdict or kills, or a point is in one only")
+    d.add_argument("a", metavar="A.jsonl")
+    d.add_argument("b", metavar="B.jsonl")
+    d.set_defaults(func=cmd_sweep_diff)
     k = sub.add_parser("kernel-check", help="each scenario on this kernel (root) beside every policy")
     k.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or files (default: all built-in)")
     k.add_argument("--repeat", type=_positive_int, default=1, help="runs per cell (default 1)")

@@ -19,8 +19,12 @@ shorter time both).
 ``--plot FILE`` draws the trade-off: each policy and constants one point at
 (median time to resolve, extra kills per run), the Pareto front joined.
 
-A family file (``tools/family.py``) stands for its members. docs/sweep.md has
-it all. Left for later (issue 15): running the points on a Dask cluster.
+Each run is a process of its own in a fresh session (tools/point.py): ``--jobs``
+at once here, or tasks of a Dask distributed cluster with ``--dask ADDRESS``
+(``local``: a cluster of ``--jobs`` worker processes started here). ``--csv``
+writes the runs as CSV too; :func:`agreement` (``oomemu sweep-diff``) compares
+two results files of one grid. A family file (``tools/family.py``) stands for
+its members. docs/sweep.md has it all.
 """
 
 from __future__ import annotations
@@ -207,6 +211,7 @@ class DaskPoints:
             if address == "local":
                 self.cluster = _local_cluster(distributed, jobs)
                 address = self.cluster.scheduler_address
+            _refused(address)
             try:
                 self.client = distributed.Client(address, timeout=DASK_CONNECT_S)
             except (OSError, TimeoutError, ValueError) as e:
@@ -256,15 +261,31 @@ DASK_CONNECT_S = 10.0
 DASK_WORKERS_S = 30.0
 
 
+def _refused(address: str) -> None:
+    """A TCP address nobody listens at is one line at once (Dask would retry for
+    DASK_CONNECT_S); anything else is left to Dask to judge."""
+    import socket
+    from urllib.parse import urlsplit
+    try:
+        where = urlsplit(address if "://" in address else f"tcp://{address}")
+        if where.scheme != "tcp" or not where.hostname or not where.port:
+            return
+        socket.create_connection((where.hostname, where.port), timeout=DASK_CONNECT_S).close()
+    except ValueError:
+        return
+    except OSError as e:
+        raise UsageError(f"--dask {address}: no Dask scheduler answers there ({e.strerror or e})") from None
+
+
 def _local_cluster(distributed, jobs: int):
-    """``--dask local``: ``jobs`` worker processes of one thread each, here, with no
-    dashboard. They start with SIGINT ignored: Ctrl-C at the terminal is the sweep's
+    """``--dask local``: ``jobs`` worker processes of one thread each, here, its
+    dashboard on a free port. They start with SIGINT ignored: Ctrl-C at the terminal is the sweep's
     to handle (it stops the points through them), not theirs to die of."""
     import logging
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR)
+                                        dashboard_address=":0", silence_logs=logging.ERROR)
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -454,3 +475,69 @@ def to_csv(records: list[dict]) -> str:
         w.writerow([*(r.get(k) for k in CSV_FIELDS[:3]), *(sets.get(k, "") for k in consts),
                     *("" if r.get(k) is None else r.get(k) for k in CSV_FIELDS[3:])])
     return buf.getvalue()
+
+
+# -- two results files of the same grid (pure) -------------------------------------------
+
+@dataclass
+class Agreement:
+    """Two results files, point by point (a point: scenario, policy, constants)."""
+    only_a: list[tuple] = field(default_factory=list)
+    only_b: list[tuple] = field(default_factory=list)
+    same: int = 0                       # its repeats agree in each file, and the files agree
+    varies: list[tuple] = field(default_factory=list)    # its repeats disagree in a file: not compared
+    differ: list[tuple] = field(default_factory=list)    # (point, outcome in a, outcome in b)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.only_a or self.only_b or self.differ)
+
+
+def _outcomes(records: list[dict]) -> dict[tuple, dict[int, tuple]]:
+    out: dict[tuple, dict[int, tuple]] = {}
+    for r in records:
+        key = (r["scenario"], r["policy"], tuple(sorted(r.get("set", {}).items())))
+        out.setdefault(key, {})[r.get("repeat", 0)] = (r.get("verdict"), r.get("kills"))
+    return out
+
+
+def agreement(a: list[dict], b: list[dict]) -> Agreement:
+    """Which points two sweeps of one grid share, and, of those whose repeats give one
+    outcome (verdict, kills) in each file, whether the files give the same one. A point
+    whose repeats disagree within a file is timing-sensitive there: it is counted apart,
+    not compared (its repeats must also be the same ones: the same indices)."""
+    oa, ob = _outcomes(a), _outcomes(b)
+    g = Agreement(only_a=sorted(set(oa) - set(ob)), only_b=sorted(set(ob) - set(oa)))
+    for key in sorted(set(oa) & set(ob)):
+        ra, rb = oa[key], ob[key]
+        if set(ra) != set(rb):
+            (g.only_a if set(ra) - set(rb) else g.only_b).append(key)
+            continue
+        va, vb = set(ra.values()), set(rb.values())
+        if len(va) > 1 or len(vb) > 1:
+            g.varies.append(key)
+        elif va != vb:
+            g.differ.append((key, va.pop(), vb.pop()))
+        else:
+            g.same += 1
+    return g
+
+
+def render_agreement(g: Agreement, a: str, b: str) -> str:
+    def point(key):
+        scenario, policy, sets = key
+        return f"{scenario} under {policy}" + (f" ({', '.join(f'{k}={v}' for k, v in sets)})" if sets else "")
+
+    def outcome(o):
+        return f"{o[0]}, kills {o[1]}"
+    shared = g.same + len(g.varies) + len(g.differ)
+    lines = [f"{shared} point(s) in both: {g.same} the same in both, {len(g.varies)} whose repeats vary "
+             f"(not compared), {len(g.differ)} differ"]
+    for key, oa, ob in g.differ:
+        lines.append(f"  differs: {point(key)}: {outcome(oa)} in {a}, {outcome(ob)} in {b}")
+    for key in g.varies:
+        lines.append(f"  varies: {point(key)}")
+    for which, keys in ((a, g.only_a), (b, g.only_b)):
+        for key in keys:
+            lines.append(f"  only in {which} (or with other repeats): {point(key)}")
+    return "\n".join(lines)

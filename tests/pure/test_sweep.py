@@ -93,3 +93,68 @@ def test_the_csv_has_a_column_per_constant_and_the_scalar_fields():
 ])
 def test_the_progress_line_says_the_rate_and_the_time_left(done, total, elapsed, says):
     assert sweep.eta_text(done, total, elapsed) == says
+
+
+class FakeClient:
+    """What check_workers asks of a Dask client: workers come, and each says what it runs."""
+    def __init__(self, facts=None, raises=None, workers=True):
+        self.facts, self.raises, self.workers = facts, raises, workers
+
+    def wait_for_workers(self, n, timeout):
+        if not self.workers:
+            raise TimeoutError
+
+    def run(self, fn):
+        assert fn is sweep.point.worker_facts
+        if self.raises:
+            raise self.raises
+        return self.facts
+
+
+@pytest.mark.parametrize("client, says", [
+    (FakeClient(workers=False), "--dask A: the scheduler has no workers (none came in 30 s)"),
+    (FakeClient(raises=ModuleNotFoundError("No module named 'emulator'")), "--dask A: a worker cannot run oomemu"),
+    (FakeClient({"tcp://w:1": {"host": "w", "system": "Linux", "digest": "0" * 16}}),
+     "--dask: worker tcp://w:1 (w) has other oomemu code (digest 0000000000000000, here "),
+    (FakeClient({"tcp://w:1": {"host": "w", "system": "Darwin", "digest": "x"}}),
+     "--dask: worker tcp://w:1 (w) runs Darwin: oomemu needs Linux"),
+])
+def test_a_cluster_whose_workers_cannot_run_this_code_is_refused_in_one_line(client, says):
+    with pytest.raises(UsageError) as e:
+        sweep.check_workers(client, "A")
+    assert str(e.value).startswith(says) and "\n" not in str(e.value)
+
+
+def test_workers_running_this_code_are_taken():
+    facts = {"tcp://w:1": {**sweep.point.worker_facts()}}
+    assert sweep.check_workers(FakeClient(facts), "A") == facts
+
+
+def test_the_code_digest_changes_with_a_line_of_the_model(tmp_path, monkeypatch):
+    a = sweep.point.code_digest()
+    assert a == sweep.point.code_digest() and len(a) == 16
+    import shutil
+    from pathlib import Path
+    root = Path(sweep.point.__file__).resolve().parents[2]
+    for top in ("emulator", "workers"):
+        shutil.copytree(root / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "emulator" / "kernel" / "oom_kill.py").write_text(
+        (root / "emulator" / "kernel" / "oom_kill.py").read_text() + "\n# one more line\n")
+    monkeypatch.setattr(sweep.point, "__file__", str(tmp_path / "emulator" / "tools" / "point.py"))
+    assert sweep.point.code_digest() != a
+
+
+@pytest.mark.parametrize("rc, out, err, stopped, status, message", [
+    (0, b'{"verdict": "resolved"}', b"", False, "ok", None),
+    (0, b"", b"", False, "fault", "the point process gave no result (no output)"),
+    (2, b"", b"oomemu: error: policy nope: unknown\n", False, "usage", "policy nope: unknown"),
+    (-9, b"", b"", False, "fault", "the point process ended with signal SIGKILL"),
+    (1, b"", b"Traceback...\nValueError: x\n", False, "fault", "the point process ended with exit status 1: "
+                                                              "ValueError: x"),
+    (143, b"", b"", True, "stopped", "the sweep was stopped"),
+])
+def test_a_point_process_s_ending_is_one_answer(rc, out, err, stopped, status, message):
+    a = sweep.point._answer(rc, out, err, stopped)
+    assert a["status"] == status and a.get("message") == message
+    if status == "ok":
+        assert a["result"] == {"verdict": "resolved"}

@@ -1,0 +1,125 @@
+"""oomemu sweep --dask: the points through a real Dask distributed cluster of worker
+processes (started here, as ``dask worker`` would be on other machines), giving the
+points --jobs gives; a worker killed mid-point; Ctrl-C; nothing left behind."""
+
+import json
+import os
+import signal
+
+import psutil
+import pytest
+
+from tests.helpers import oomemu, oomemu_args, shm_leftovers, started, wait_for
+
+distributed = pytest.importorskip("distributed")       # the 'cluster' extra; make test installs it
+
+pytestmark = pytest.mark.timeout(240)
+
+GRID = ("mlocked", "mmap_sem_held", "--policies", "timeout,v6.6", "--set", "reap_timeout_s=0.5,10",
+        "--repeat", "2", "--speed", "10")            # 2 scenarios x 3 policies and constants x 2 repeats
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cluster(n):
+    return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                    silence_logs=50)
+
+
+def worker_pids(c) -> list[int]:
+    with distributed.Client(c) as client:
+        return list(client.run(os.getpid).values())
+
+
+def points_of(pids) -> list[psutil.Process]:
+    """The point processes (tools/point.py) the workers ``pids`` run now."""
+    out = []
+    for pid in pids:
+        try:
+            kids = psutil.Process(pid).children()
+        except psutil.Error:
+            continue
+        for k in kids:
+            try:
+                if "emulator.tools.point" in k.cmdline() and k.status() != psutil.STATUS_ZOMBIE:
+                    out.append(k)
+            except psutil.Error:
+                pass
+    return out
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    with cluster(2) as c:
+        yield c
+
+
+def test_a_sweep_through_dask_gives_the_points_jobs_gives_and_resumes_after_ctrl_c(tmp_path, two_workers):
+    before = shm_leftovers()
+    workers = worker_pids(two_workers)
+    here, there = tmp_path / "here.jsonl", tmp_path / "there.jsonl"
+    p = oomemu("sweep", *GRID, "--jobs", "2", "--out", str(here), "--csv", str(tmp_path / "here.csv"), timeout=150)
+    assert p.returncode == 0, p.stderr
+    with started(oomemu_args("sweep", *GRID, "--dask", two_workers.scheduler_address, "--out", str(there))) as sw:
+        running = wait_for(lambda: points_of(workers), 60)
+        assert running, "the workers run the points"
+        for pt in running:                          # each point: a process group and session of its own
+            assert os.getsid(pt.pid) == pt.pid and os.getpgid(pt.pid) == pt.pid
+        assert wait_for(lambda: there.exists() and len(lines(there)) >= 2, 120)
+        sw.send_signal(signal.SIGINT)                # Ctrl-C: the points under way end through their teardown
+        _, err = sw.communicate(timeout=60)
+    assert sw.returncode == 130, err
+    assert not [pt for pt in running if alive(pt)] and not points_of(workers)
+    assert wait_for(lambda: shm_leftovers() <= before, 10), "the stopped runs' objects are gone"
+    first = len(lines(there))
+    assert 2 <= first < 12
+    p = oomemu("sweep", *GRID, "--dask", two_workers.scheduler_address, "--out", str(there), timeout=150)
+    assert p.returncode == 0, p.stderr
+    assert f"oomemu sweep: {12 - first} run(s) now, {first} of 12 in {there} already" in p.stderr
+    recs = lines(there)
+    assert len(recs) == len({(r["scenario"], r["policy"], str(r["set"]), r["repeat"]) for r in recs}) == 12
+    assert all(r["host"] for r in recs)
+    d = oomemu("sweep-diff", str(here), str(there))
+    assert d.returncode == 0, d.stdout
+    same = int(d.stdout.split(": ")[1].split()[0])
+    assert d.stdout.startswith("6 point(s) in both") and same >= 4, d.stdout   # mlocked and mmap_sem_held
+    assert (tmp_path / "here.csv").read_text().count("\n") == 13                  # are not timing-sensitive
+    assert shm_leftovers() <= before
+
+
+def test_a_worker_killed_mid_point_leaves_nothing_and_its_point_is_recorded_once(tmp_path):
+    before = shm_leftovers()
+    out = tmp_path / "r.jsonl"
+    with cluster(2) as c:
+        workers = worker_pids(c)
+        args = ("sweep", "mmap_sem_held", "--policies", "v6.6", "--repeat", "4", "--speed", "2",
+                "--dask", c.scheduler_address, "--out", str(out))
+        with started(oomemu_args(*args)) as sw:
+            running = wait_for(lambda: points_of(workers), 60)
+            assert running
+            victim = running[0]
+            psutil.Process(victim.ppid()).kill()        # its Dask worker dies (the nanny starts another)
+            assert wait_for(lambda: not alive(victim), 30), "the orphaned point ends through its teardown"
+            out_, err = sw.communicate(timeout=150)
+        assert sw.returncode == 0, err
+    recs = lines(out)
+    assert sorted(r["repeat"] for r in recs) == [0, 1, 2, 3], "the re-run point is recorded once"
+    assert all(r["verdict"] == "resolved" and r["kills"] == 1 for r in recs)
+    assert wait_for(lambda: shm_leftovers() <= before, 10)
+
+
+def test_dask_mistakes_are_one_line(tmp_path):
+    p = oomemu("sweep", "mlocked", "--dask", "tcp://127.0.0.1:9", "--jobs", "2", "--out", str(tmp_path / "x"))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--jobs: with --dask ADDRESS" in p.stderr
+    p = oomemu("sweep", "mlocked", "--dask", "tcp://127.0.0.1:9", "--out", str(tmp_path / "x"), timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "--dask tcp://127.0.0.1:9: no Dask scheduler answers there" in p.stderr
