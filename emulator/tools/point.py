@@ -59,6 +59,7 @@ class PointSpec:
     settings: dict = field(default_factory=dict)
     speed: float = 10.0
     sweep: str = ""          # the sweep's id: stop_points(sweep) ends its points
+    digest: str = ""         # code_digest() where the sweep began: a point run by other code refuses
 
 
 # -- the caller's side: a thread per running point ---------------------------------------
@@ -204,6 +205,11 @@ def main(argv=None) -> int:
     _watch_parent(a.parent)
     spec: PointSpec = pickle.load(sys.stdin.buffer)
     from ..errors import UsageError
+    if spec.digest and code_digest() != spec.digest:
+        print(f"oomemu: error: the oomemu code on {socket.gethostname()} changed since the sweep began "
+              f"(digest {code_digest()}, the sweep's {spec.digest}): results of two codes would mix",
+              file=sys.stderr)
+        return 2
     from ..runtime.supervisor import run_scenario
     try:
         result = run_scenario(spec.scenario, policy=spec.policy, speed=spec.speed,

@@ -142,7 +142,8 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
     if not todo:
         return 0
     sweep_id = f"{os.getpid()}-{secrets.token_hex(4)}"
-    specs = {p: PointSpec(by_name[p.scenario], p.policy, p.settings, speed, sweep_id) for p in todo}
+    digest = point.code_digest()
+    specs = {p: PointSpec(by_name[p.scenario], p.policy, p.settings, speed, sweep_id, digest) for p in todo}
     backend = DaskPoints(dask, jobs, sweep_id) if dask else LocalPoints(jobs, sweep_id)
     done, began = 0, time.monotonic()
     try:

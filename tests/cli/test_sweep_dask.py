@@ -123,3 +123,30 @@ def test_dask_mistakes_are_one_line(tmp_path):
     p = oomemu("sweep", "mlocked", "--dask", "tcp://127.0.0.1:9", "--out", str(tmp_path / "x"), timeout=60)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "--dask tcp://127.0.0.1:9: no Dask scheduler answers there" in p.stderr
+
+
+def mp_semaphores() -> set[str]:
+    """multiprocessing's named semaphores (a Dask nanny's): removed when their cluster closes."""
+    return {e for e in os.listdir("/dev/shm") if e.startswith("sem.mp-")}
+
+
+def test_dask_local_starts_a_cluster_here_and_ctrl_c_takes_it_down_with_its_points(tmp_path):
+    before, sems = shm_leftovers(), mp_semaphores()
+    out = tmp_path / "r.jsonl"
+    args = ("sweep", "mmap_sem_held", "--policies", "v6.6", "--repeat", "6", "--speed", "4", "--dask", "local",
+            "--jobs", "2", "--out", str(out))
+    with started(oomemu_args(*args)) as sw:
+        me = psutil.Process(sw.pid)
+        assert wait_for(lambda: [k for k in me.children(recursive=True) if "emulator.tools.point" in k.cmdline()],
+                        60), "the local cluster's workers run the points"
+        sw.send_signal(signal.SIGINT)
+        _, err = sw.communicate(timeout=60)
+    assert sw.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "oomemu: interrupted (SIGINT)", err
+    assert wait_for(lambda: mp_semaphores() <= sems, 10), "the cluster's semaphores went with it"
+    assert wait_for(lambda: shm_leftovers() <= before, 10)
+    done = len(lines(out)) if out.exists() else 0
+    p = oomemu(*args, timeout=150)
+    assert p.returncode == 0, p.stderr
+    assert f"{6 - done} run(s) now, {done} of 6" in p.stderr
+    assert sorted(r["repeat"] for r in lines(out)) == list(range(6))
