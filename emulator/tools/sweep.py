@@ -389,12 +389,21 @@ def summarize(records: list[dict]) -> list[Summary]:
         s.extra.append(max(0, r.get("kills", 0) - r.get("min_kills", 0)))
         if verdict == "resolved" and r.get("time_to_resolve_s") is not None:
             s.ttr.append(r["time_to_resolve_s"])
-    out = list(rows.values())
+    order = list(dict.fromkeys(policy for policy, _ in rows))     # policies as they first come
+    out = sorted(rows.values(), key=lambda s: (order.index(s.policy), [_value_key(v) for _, v in s.set]))
     scored = [s for s in out if s.extra_mean is not None and s.ttr_median is not None]
     for s in scored:
         s.front = not any(o is not s and o.extra_mean <= s.extra_mean and o.ttr_median <= s.ttr_median
                           and (o.extra_mean, o.ttr_median) != (s.extra_mean, s.ttr_median) for o in scored)
     return out
+
+
+def _value_key(value: str):
+    """Values as numbers where they are numbers (0.25 before 10), else as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def render(summaries: list[Summary]) -> str:
@@ -424,11 +433,14 @@ def plot(summaries: list[Summary], out: str) -> None:
         mine = [s for s in scored if s.policy == policy]
         ax.scatter([s.ttr_median for s in mine], [s.extra_mean for s in mine], label=policy,
                    color=colours[i % len(colours)], s=40, zorder=3)
-        for s in mine:
-            label = ", ".join(f"{k}={v}" for k, v in s.set)
-            if s.bad:
-                label += f" [panic|hung {len(s.bad)}/{len(s.scenarios)}]"
-            ax.annotate(label, (s.ttr_median, s.extra_mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    labels: dict[tuple, list[str]] = {}      # points that fall together share one label, a line each
+    for s in scored:
+        label = ", ".join(f"{k}={v}" for k, v in s.set) or s.policy
+        if s.bad:
+            label += f" [panic|hung {len(s.bad)}/{len(s.scenarios)}]"
+        labels.setdefault((round(s.ttr_median, 3), round(s.extra_mean, 3)), []).append(label)
+    for (x, y), text in labels.items():
+        ax.annotate("\n".join(text), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points", va="bottom")
     front = sorted((s for s in scored if s.front), key=lambda s: s.ttr_median)
     if front:
         ax.plot([s.ttr_median for s in front], [s.extra_mean for s in front], "k--", lw=1,

@@ -76,3 +76,14 @@ def test_a_family_file_sweeps_its_members(tmp_path):
     assert sorted((r["scenario"], r["set"]["oom_reaper_delay_s"]) for r in recs) == [
         ("mlocked~0", "0"), ("mlocked~0", "2"), ("mlocked~1", "0"), ("mlocked~1", "2")]
     assert all(r["verdict"] in ("resolved", "panic", "hung") for r in recs)
+
+
+def test_a_point_whose_code_changed_since_the_sweep_began_refuses_to_run():
+    from emulator.tools import point
+    spec = point.PointSpec(load_scenario("mlocked"), "v6.6", {}, 10.0, "test-1", digest="0" * 16)
+    a = point.run_point(spec)
+    assert a["status"] == "usage", a
+    assert "changed since the sweep began" in a["message"] and "\n" not in a["message"]
+    ok = point.run_point(point.PointSpec(load_scenario("mlocked"), "v6.6", {}, 10.0, "test-1",
+                                         digest=point.code_digest()))
+    assert ok["status"] == "ok" and ok["result"]["verdict"] == "resolved", ok
