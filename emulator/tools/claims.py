@@ -1,6 +1,7 @@
 """``make claims``: measure every scenario under every policy and put the table in the README.
 
     python -m emulator.tools.claims README.md [--repeat 3] [--speed 10] [--daemons]
+    python -m emulator.tools.claims README.md --from TABLE.json    # oomemu compare --format json's
 
 Replaces what lies between ``<!-- claims:begin -->`` and ``<!-- claims:end -->``
 with a table from a real run, so the README never drifts from the code; with
@@ -58,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--speed", type=float, default=10.0)
     p.add_argument("--daemons", action="store_true", help="the daemons' table: v6.6 and each daemon on it")
+    p.add_argument("--from", dest="source", metavar="TABLE.json",
+                   help="the cells of an 'oomemu compare --format json' over every built-in and the "
+                        "table's policies, instead of running them again")
     a = p.parse_args(argv)
     BEGIN_, END_ = (DAEMONS_BEGIN, DAEMONS_END) if a.daemons else (BEGIN, END)
     policies = daemon_policies() if a.daemons else None
@@ -65,13 +69,21 @@ def main(argv=None) -> int:
     if BEGIN_ not in text or END_ not in text:
         print(f"{a.readme}: no {BEGIN_} ... {END_} block to fill", file=sys.stderr)
         return 2
-    try:
-        cells = compare.run_matrix([load_scenario(n) for n in builtin_names()], policies or list(compare.POLICIES),
-                                   speed=a.speed, repeat=a.repeat, progress=compare.Progress())
-    except compare.CellFailed as e:          # the README is left as it was
-        print(f"{a.readme}: not written: {e}" + ("" if e.usage else " (a fault of ours: please report this)"),
-              file=sys.stderr)
-        return 2 if e.usage else 1
+    wanted = policies or list(compare.POLICIES)
+    if a.source:
+        try:
+            cells, a.repeat, a.speed = cells_from(a.source, wanted)
+        except ValueError as e:
+            print(f"{a.readme}: not written: --from {a.source}: {e}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            cells = compare.run_matrix([load_scenario(n) for n in builtin_names()], wanted,
+                                       speed=a.speed, repeat=a.repeat, progress=compare.Progress())
+        except compare.CellFailed as e:          # the README is left as it was
+            print(f"{a.readme}: not written: {e}" + ("" if e.usage else " (a fault of ours: please report this)"),
+                  file=sys.stderr)
+            return 2 if e.usage else 1
     head, rest = text.split(BEGIN_, 1)
     _, tail = rest.split(END_, 1)
     with open(a.readme, "w") as f:
@@ -79,6 +91,29 @@ def main(argv=None) -> int:
     bad = compare.mismatches(cells)
     print(f"{a.readme}: claims table written ({len(cells)} cells, {len(bad)} differ from the stated outcome)")
     return 3 if bad else 0
+
+
+def cells_from(path: str, policies: list[str]) -> tuple[list, int, float]:
+    """The cells of a compare JSON file, with its runs per cell and speed, if it covers
+    every built-in under exactly ``policies`` (ValueError, in a line, if not)."""
+    import json
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        by = {(c["scenario"], c["policy"]): c["runs"] for c in data}
+    except OSError as e:
+        raise ValueError(e.strerror) from None
+    except (ValueError, TypeError, KeyError):
+        raise ValueError("not the JSON of oomemu compare --format json") from None
+    want = [(n, p) for n in builtin_names() for p in policies]
+    if set(by) != set(want) or not all(by.values()):
+        raise ValueError(f"not every built-in under {','.join(policies)} and nothing else")
+    runs = [r for k in want for r in by[k]]
+    speeds = {r.get("speed") for r in runs}
+    if len(speeds) != 1:
+        raise ValueError(f"runs at more than one speed ({sorted(map(str, speeds))})")
+    return ([compare.Cell(load_scenario(n), p, list(by[(n, p)])) for n, p in want],
+            max(len(by[k]) for k in want), float(speeds.pop()))
 
 
 if __name__ == "__main__":

@@ -15,20 +15,33 @@ from tests.helpers import CLAIMS_DOC, REPO, oomemu, started, write_scenario
 pytestmark = pytest.mark.timeout(300)
 
 
-DAEMONS = "v6.6,v6.6+earlyoom,v6.6+lmkd,v6.6+oomd,v6.6+systemd-oomd"     # make compare-daemons's
+# make compare-daemons's, but v6.6 alone: the kernel policies' check below has it
+DAEMONS = "v6.6+earlyoom,v6.6+lmkd,v6.6+oomd,v6.6+systemd-oomd"
+
+
+@pytest.fixture(scope="module")
+def kernel_table(tmp_path_factory):
+    """``oomemu compare --speed 10 --check --format json`` over every built-in and kernel
+    policy, run once for the module: the check below and make claims's table both read it."""
+    out = tmp_path_factory.mktemp("kernel") / "table.json"
+    p = oomemu("compare", "--speed", "10", "--check", "--format", "json", "--out", str(out), timeout=280)
+    return p, out
 
 
 @pytest.mark.parametrize("policies", [(), ("--policies", DAEMONS)], ids=["kernel", "daemons"])
-def test_compare_check_agrees_with_every_stated_outcome(tmp_path, policies):
+def test_compare_check_agrees_with_every_stated_outcome(tmp_path, policies, request):
     """Every built-in cell comes out as its file states: under the kernel policies (the
     default), and under v6.6 with each user-space daemon on it (issue 14's check). A
     run at speed 10 is real work on a 2-core machine, and a race a few ms wide can flip
     one cell now and then (seen about once in 150 cells): a cell that differs is run
     three times more, and must then agree in at least three of its four runs. A cell
     that is wrong for a reason, not by chance, fails all four."""
-    out = tmp_path / "table.json"
-    p = oomemu("compare", "--speed", "10", "--check", "--format", "json", "--out", str(out), *policies,
-               timeout=280)
+    if policies:
+        out = tmp_path / "table.json"
+        p = oomemu("compare", "--speed", "10", "--check", "--format", "json", "--out", str(out), *policies,
+                   timeout=280)
+    else:
+        p, out = request.getfixturevalue("kernel_table")
     assert p.returncode in (0, 3), p.stderr
     cells = json.loads(out.read_text())
     assert {c["scenario"] for c in cells} == set(builtin_names())
@@ -88,11 +101,13 @@ def readme_with_stale_table(tmp_path):
     return path, head, tail
 
 
-def test_make_claims_rewrites_the_table_and_nothing_else(tmp_path):
+def test_make_claims_rewrites_the_table_and_nothing_else(tmp_path, kernel_table):
     """``make claims``'s engine on a copy of the README: the block between the
-    markers is measured anew; every byte before and after it stays."""
+    markers is written anew from real runs (the check's above: ``--from`` its
+    compare JSON, which is what make claims runs, once per cell); every byte
+    before and after it stays."""
     path, head, tail = readme_with_stale_table(tmp_path)
-    with started([sys.executable, "-m", "emulator.tools.claims", str(path), "--repeat", "1", "--speed", "10"],
+    with started([sys.executable, "-m", "emulator.tools.claims", str(path), "--from", str(kernel_table[1])],
                  cwd=REPO) as p:
         out, err = p.communicate(timeout=250)
     n = len(builtin_names())
@@ -134,3 +149,20 @@ def test_make_claims_without_the_markers_is_one_line_and_exit_2(tmp_path):
         out, err = p.communicate(timeout=60)
     assert p.returncode == 2 and err.count("\n") == 1 and "no <!-- claims:begin --> ... <!-- claims:end -->" in err
     assert path.read_text() == "# nothing to fill\n"
+
+
+@pytest.mark.parametrize("content, says", [
+    ('[{"scenario": "mlocked", "policy": "v4.17", "runs": [{"speed": 10}]}]', "not every built-in under v4.17,"),
+    ("{not json", "not the JSON of oomemu compare --format json"),
+    (None, "No such file or directory"),
+])
+def test_make_claims_from_a_file_that_is_not_the_whole_table_is_one_line_and_exit_2(tmp_path, content, says):
+    path, _, _ = readme_with_stale_table(tmp_path)
+    before = path.read_text()
+    source = tmp_path / "table.json"
+    if content is not None:
+        source.write_text(content)
+    with started([sys.executable, "-m", "emulator.tools.claims", str(path), "--from", str(source)], cwd=REPO) as p:
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and err.count("\n") == 1 and f"--from {source}: {says}" in err, err
+    assert path.read_text() == before
