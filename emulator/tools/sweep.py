@@ -421,26 +421,46 @@ def render(summaries: list[Summary]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _label_groups(scored: list[Summary]) -> list[tuple[tuple[float, float], list[tuple[str, str]]]]:
+    """One label per group of points that lie close together (within 3 % of the axes'
+    spans: their labels would overlap), at the group's first point, a line (policy, text)
+    per point: its constants' values (their names are in the legend), its panics and hangs."""
+    xs, ys = [s.ttr_median for s in scored], [s.extra_mean for s in scored]
+    dx = 0.03 * ((max(xs) - min(xs)) or 1.0) if xs else 1.0
+    dy = 0.03 * ((max(ys) - min(ys)) or 1.0) if ys else 1.0
+    groups: list[tuple[tuple[float, float], list[tuple[str, str]]]] = []
+    for s in sorted(scored, key=lambda s: (s.ttr_median, s.extra_mean)):
+        label = ", ".join(v for _, v in s.set) or s.policy
+        if s.bad:
+            label += f" [panic|hung {len(s.bad)}/{len(s.scenarios)}]"
+        near = next((g for g in groups if abs(g[0][0] - s.ttr_median) <= dx and abs(g[0][1] - s.extra_mean) <= dy),
+                    None)
+        if near:
+            near[1].append((s.policy, label))
+        else:
+            groups.append(((s.ttr_median, s.extra_mean), [(s.policy, label)]))
+    return groups
+
+
 def plot(summaries: list[Summary], out: str) -> None:
     """The trade-off as a picture: x the median time to resolve, y the extra kills per run;
-    a colour per policy, each point labelled with its constants; the Pareto front joined."""
+    a colour per policy (its constants' names in the legend), each point labelled with their
+    values; the Pareto front joined."""
     from .plot import _matplotlib
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     scored = [s for s in summaries if s.extra_mean is not None and s.ttr_median is not None]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, policy in enumerate(dict.fromkeys(s.policy for s in scored)):
+    colour = {p: colours[i % len(colours)] for i, p in enumerate(dict.fromkeys(s.policy for s in scored))}
+    for policy in colour:
         mine = [s for s in scored if s.policy == policy]
-        ax.scatter([s.ttr_median for s in mine], [s.extra_mean for s in mine], label=policy,
-                   color=colours[i % len(colours)], s=40, zorder=3)
-    labels: dict[tuple, list[str]] = {}      # points that fall together share one label, a line each
-    for s in scored:
-        label = ", ".join(f"{k}={v}" for k, v in s.set) or s.policy
-        if s.bad:
-            label += f" [panic|hung {len(s.bad)}/{len(s.scenarios)}]"
-        labels.setdefault((round(s.ttr_median, 3), round(s.extra_mean, 3)), []).append(label)
-    for (x, y), text in labels.items():
-        ax.annotate("\n".join(text), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points", va="bottom")
+        names = list(dict.fromkeys(k for s in mine for k, _ in s.set))
+        ax.scatter([s.ttr_median for s in mine], [s.extra_mean for s in mine], s=40, zorder=3,
+                   label=f"{policy} ({', '.join(names)})" if names else policy, color=colour[policy])
+    for (x, y), lines in _label_groups(scored):
+        for j, (policy, text) in enumerate(lines):       # a line each, in its policy's colour
+            ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4 + 9 * j), textcoords="offset points",
+                        color=colour[policy])
     front = sorted((s for s in scored if s.front), key=lambda s: s.ttr_median)
     if front:
         ax.plot([s.ttr_median for s in front], [s.extra_mean for s in front], "k--", lw=1,
