@@ -83,7 +83,14 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
 def grid(scenarios: list[Scenario], policies: list[str], sets: dict[str, list[str]], repeat: int) -> list[Point]:
     """Every point, in order: per scenario, per policy, every combination of the values of
     the constants that policy has (its defaults if none), per repeat. Each value is checked
-    against the policy's range here, before anything runs."""
+    against the policy's range here, before anything runs; so is each scenario's name
+    (a point goes by it: two of one name would be one point)."""
+    seen: dict[str, Scenario] = {}
+    for s in scenarios:
+        if s.name in seen:
+            raise UsageError(f"two scenarios are named {s.name} ({seen[s.name].source} and {s.source}): "
+                             "a sweep tells its points apart by their scenarios' names")
+        seen[s.name] = s
     points = []
     unknown = set(sets)
     for policy in policies:

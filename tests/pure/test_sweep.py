@@ -158,3 +158,20 @@ def test_a_point_process_s_ending_is_one_answer(rc, out, err, stopped, status, m
     assert a["status"] == status and a.get("message") == message
     if status == "ok":
         assert a["result"] == {"verdict": "resolved"}
+
+
+def test_two_scenarios_of_one_name_are_refused_not_run_as_one(tmp_path):
+    """Points go by their scenario's name: two families of one base (mlocked~0 twice), or
+    a name given twice, would be one point, run once and counted "in the file already"."""
+    from emulator.tools import family
+    paths = []
+    for seed in (1, 2):
+        paths.append(tmp_path / f"f{seed}.toml")
+        paths[-1].write_text(f'[family]\nbase = "mlocked"\ncount = 2\nseed = {seed}\nmb = [0.5, 1.5]\n')
+    members = family.load_family(str(paths[0])) + family.load_family(str(paths[1]))
+    with pytest.raises(UsageError) as e:
+        sweep.grid(members, ["v6.6"], {}, 1)
+    assert str(e.value) == (f"two scenarios are named mlocked~0 ({paths[0]}#0 and {paths[1]}#0): "
+                            "a sweep tells its points apart by their scenarios' names")
+    with pytest.raises(UsageError, match="two scenarios are named mlocked "):
+        sweep.grid([load_scenario("mlocked")] * 2, ["v6.6"], {}, 1)
