@@ -127,8 +127,34 @@ def done_keys(path: str) -> set[str]:
     return keys
 
 
-def _record(point: Point, result: dict) -> str:
+def scenario_digest(s: Scenario) -> str:
+    """What a scenario is (its tasks, sizes, times), not where it came from nor what it says
+    of itself: a family member's changes with the family's seed and ranges."""
+    import dataclasses
+    import hashlib
+    bare = dataclasses.replace(s, source="", description="", expected={})
+    return hashlib.sha256(repr(bare).encode()).hexdigest()[:16]
+
+
+def check_same_scenarios(path: str, digests: dict[str, str]) -> None:
+    """Refuse a results file whose runs of one of this sweep's scenarios were of another
+    scenario of that name (a family's seed or ranges, or a file, changed since): its points
+    would count as done, and the summary would mix the two. UsageError, one line."""
+    try:
+        records = read_records(path)
+    except FileNotFoundError:
+        return
+    for r in records:
+        had, now = r.get("scenario_digest"), digests.get(r.get("scenario"))
+        if had and now and had != now:
+            raise UsageError(f"--out {path}: its runs of {r['scenario']} are of another scenario of that name "
+                             "(it changed since): give another --out")
+
+
+def _record(point: Point, result: dict, digest: str | None = None) -> str:
     rec = {"scenario": point.scenario, "policy": point.policy, "set": point.settings, "repeat": point.repeat}
+    if digest:
+        rec["scenario_digest"] = digest
     rec.update({k: v for k, v in result.items() if k not in rec})
     return json.dumps(rec, separators=(",", ":"), default=str) + "\n"
 
@@ -144,6 +170,8 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
     so do Ctrl-C and SIGTERM, and the points under way end through their
     teardown wherever they run."""
     by_name = {s.name: s for s in scenarios}
+    digests = {s.name: scenario_digest(s) for s in scenarios}
+    check_same_scenarios(out, digests)
     have = done_keys(out)
     todo = [p for p in points if p.key not in have]
     if not todo:
@@ -164,7 +192,7 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
                 if status != "ok" or p.key in have:        # stopped; or a second answer for it
                     continue
                 have.add(p.key)
-                f.write(_record(p, answer["result"]))
+                f.write(_record(p, answer["result"], digests[p.scenario]))
                 f.flush()
                 os.fsync(f.fileno())
                 done += 1

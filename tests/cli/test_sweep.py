@@ -87,3 +87,17 @@ def test_a_point_whose_code_changed_since_the_sweep_began_refuses_to_run():
     ok = point.run_point(point.PointSpec(load_scenario("mlocked"), "v6.6", {}, 10.0, "test-1",
                                          digest=point.code_digest()))
     assert ok["status"] == "ok" and ok["result"]["verdict"] == "resolved", ok
+
+
+def test_a_family_changed_since_its_runs_is_refused_not_taken_for_done(tmp_path):
+    """Its members keep their names (mlocked~0): resumed, the old runs would count as the
+    new family's, and the summary would be of the old one."""
+    fam, out = tmp_path / "fam.toml", tmp_path / "r.jsonl"
+    fam.write_text('[family]\nbase = "mlocked"\ncount = 1\nseed = 1\nmb = [0.5, 1.5]\n')
+    p = oomemu("sweep", str(fam), "--policies", "v6.6", "--out", str(out), timeout=100)
+    assert p.returncode == 0 and len(lines(out)) == 1, p.stderr
+    fam.write_text('[family]\nbase = "mlocked"\ncount = 1\nseed = 2\nmb = [0.5, 1.5]\n')
+    p = oomemu("sweep", str(fam), "--policies", "v6.6", "--out", str(out), timeout=100)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert f"--out {out}: its runs of mlocked~0 are of another scenario of that name" in p.stderr
+    assert len(lines(out)) == 1

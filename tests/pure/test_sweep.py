@@ -175,3 +175,14 @@ def test_two_scenarios_of_one_name_are_refused_not_run_as_one(tmp_path):
                             "a sweep tells its points apart by their scenarios' names")
     with pytest.raises(UsageError, match="two scenarios are named mlocked "):
         sweep.grid([load_scenario("mlocked")] * 2, ["v6.6"], {}, 1)
+
+
+def test_a_scenario_s_digest_is_what_it_is_not_where_it_came_from(tmp_path):
+    from emulator.tools import family
+    path = tmp_path / "f.toml"
+    digests = []
+    for seed in (1, 1, 2):
+        path.write_text(f'[family]\nbase = "mlocked"\ncount = 1\nseed = {seed}\nmb = [0.5, 1.5]\n')
+        digests.append(sweep.scenario_digest(family.load_family(str(path))[0]))
+    assert digests[0] == digests[1] != digests[2]
+    assert sweep.scenario_digest(load_scenario("mlocked")) == sweep.scenario_digest(load_scenario("mlocked"))
