@@ -159,8 +159,27 @@ def _record(point: Point, result: dict, digest: str | None = None) -> str:
     return json.dumps(rec, separators=(",", ":"), default=str) + "\n"
 
 
+@contextlib.contextmanager
+def _sole_writer(out: str):
+    """Hold ``out`` for this sweep alone (flock): two sweeps of one file would each run
+    what it lacks, and every such point would be in it twice."""
+    import fcntl
+    with open(out, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--out {out}: another sweep is writing it") from None
+        yield
+
+
 def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: float, jobs: int,
               progress=None, dask: str | None = None) -> int:
+    with _sole_writer(out):
+        return _run_sweep(scenarios, points, out, speed, jobs, progress, dask)
+
+
+def _run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: float, jobs: int,
+               progress=None, dask: str | None = None) -> int:
     """Run the points ``out`` does not hold yet, each in a process of its own
     (tools/point.py): ``jobs`` at once here, or on the Dask cluster at ``dask``
     (``"local"``: one of ``jobs`` worker processes started for the sweep).

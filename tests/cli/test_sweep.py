@@ -101,3 +101,14 @@ def test_a_family_changed_since_its_runs_is_refused_not_taken_for_done(tmp_path)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert f"--out {out}: its runs of mlocked~0 are of another scenario of that name" in p.stderr
     assert len(lines(out)) == 1
+
+
+def test_a_results_file_another_sweep_is_writing_is_refused(tmp_path):
+    """Two sweeps of one file would each run what it lacks: every such point twice."""
+    import fcntl
+    out = tmp_path / "r.jsonl"
+    with open(out, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)              # as a sweep of it under way holds it
+        p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), timeout=100)
+    assert p.returncode == 2 and p.stderr == f"oomemu: error: --out {out}: another sweep is writing it\n"
+    assert out.read_text() == ""
