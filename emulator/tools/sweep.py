@@ -111,13 +111,16 @@ def grid(scenarios: list[Scenario], policies: list[str], sets: dict[str, list[st
 
 def done_keys(path: str) -> set[str]:
     """The points a results file holds already (a line that does not parse, as the torn
-    last line of a sweep cut short, is not one of them)."""
+    last line of a sweep cut short, is not one of them; nor is a run the machine broke,
+    an error of kind ``environment``: /dev/shm full, the host's OOM killer)."""
     keys: set[str] = set()
     try:
         with open(path) as f:
             for line in f:
                 try:
                     rec = json.loads(line)
+                    if rec.get("verdict") == "error" and rec.get("error_kind") == "environment":
+                        continue
                     keys.add(Point(rec["scenario"], rec["policy"], tuple(sorted(rec["set"].items())),
                                    rec["repeat"]).key)
                 except (ValueError, KeyError, TypeError, AttributeError):
@@ -510,7 +513,9 @@ def plot(summaries: list[Summary], out: str) -> None:
 
 
 def read_records(path: str) -> list[dict]:
-    out = []
+    """The runs in a results file, one per point: a later line of a point (the re-run of
+    one the machine broke) replaces an earlier one."""
+    out: dict[str, dict] = {}
     with open(path) as f:
         for line in f:
             try:
@@ -518,8 +523,11 @@ def read_records(path: str) -> list[dict]:
             except ValueError:
                 continue
             if isinstance(rec, dict) and "policy" in rec:
-                out.append(rec)
-    return out
+                key = json.dumps([rec.get("scenario"), rec["policy"], sorted(dict(rec.get("set") or {}).items()),
+                                  rec.get("repeat")])
+                out.pop(key, None)
+                out[key] = rec
+    return list(out.values())
 
 
 CSV_FIELDS = ("scenario", "policy", "repeat", "verdict", "kills", "min_kills", "extra_kills", "time_to_resolve_s",

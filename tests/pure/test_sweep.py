@@ -186,3 +186,20 @@ def test_a_scenario_s_digest_is_what_it_is_not_where_it_came_from(tmp_path):
         digests.append(sweep.scenario_digest(family.load_family(str(path))[0]))
     assert digests[0] == digests[1] != digests[2]
     assert sweep.scenario_digest(load_scenario("mlocked")) == sweep.scenario_digest(load_scenario("mlocked"))
+
+
+def test_a_run_the_machine_broke_runs_again_on_resume_and_its_rerun_replaces_it(tmp_path):
+    """/dev/shm full or the host's OOM killer (an error of kind environment): the user makes
+    room and runs the sweep again; that point was not done, and its new run is the one counted."""
+    p0, p1 = sweep.grid([load_scenario("mlocked")], ["timeout"], {"reap_timeout_s": ["1", "2"]}, 1)
+    path = tmp_path / "r.jsonl"
+    broke = {"verdict": "error", "error_kind": "environment", "kills": 0}
+    path.write_text(sweep._record(p0, broke) + sweep._record(p1, {"verdict": "error", "error_kind": "fault"}))
+    assert sweep.done_keys(str(path)) == {p1.key}            # a fault of ours is an outcome to report
+    with open(path, "a") as f:
+        f.write(sweep._record(p0, {"verdict": "resolved", "kills": 1}))
+    assert sweep.done_keys(str(path)) == {p0.key, p1.key}
+    recs = sweep.read_records(str(path))
+    assert [(r["set"], r["verdict"]) for r in recs] == [({"reap_timeout_s": "2"}, "error"),
+                                                        ({"reap_timeout_s": "1"}, "resolved")]
+    assert [(s.runs, s.errors) for s in sweep.summarize(recs)] == [(1, 0), (1, 1)]
