@@ -440,6 +440,8 @@ def cmd_sweep_diff(a) -> int:
             recs.append(sweep.read_records(path))
         except OSError as e:
             raise UsageError(f"{path}: {e.strerror}") from None
+        if not recs[-1]:
+            raise UsageError(f"{path}: no runs in it (a sweep's --out file, JSON lines)")
     g = sweep.agreement(*recs)
     print(sweep.render_agreement(g, a.a, a.b))
     return EXIT_OK if g.ok else EXIT_CHECK

@@ -112,3 +112,12 @@ def test_a_results_file_another_sweep_is_writing_is_refused(tmp_path):
         p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), timeout=100)
     assert p.returncode == 2 and p.stderr == f"oomemu: error: --out {out}: another sweep is writing it\n"
     assert out.read_text() == ""
+
+
+def test_sweep_diff_of_files_without_runs_is_a_mistake_not_an_agreement(tmp_path):
+    """Two CSVs, or two empty files, have no point in common and none apart: 'they agree'
+    (exit 0) would pass make sweep-check's comparison with nothing compared."""
+    csv = tmp_path / "a.csv"
+    csv.write_text("scenario,policy,repeat\nmlocked,v6.6,0\n")
+    p = oomemu("sweep-diff", str(csv), str(csv))
+    assert p.returncode == 2 and p.stderr == f"oomemu: error: {csv}: no runs in it (a sweep's --out file, JSON lines)\n"
