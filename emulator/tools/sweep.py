@@ -105,7 +105,8 @@ def grid(scenarios: list[Scenario], policies: list[str], sets: dict[str, list[st
                     points.append(Point(s.name, policy, tuple(sorted(settings.items())), n))
     if unknown:
         raise UsageError(f"--set {sorted(unknown)[0]}: none of the policies {', '.join(policies)} has it")
-    points.sort(key=lambda p: (p.repeat, [s.name for s in scenarios].index(p.scenario)))
+    order = {s.name: i for i, s in enumerate(scenarios)}
+    points.sort(key=lambda p: (p.repeat, order[p.scenario]))
     return points
 
 

@@ -203,3 +203,16 @@ def test_a_run_the_machine_broke_runs_again_on_resume_and_its_rerun_replaces_it(
     assert [(r["set"], r["verdict"]) for r in recs] == [({"reap_timeout_s": "2"}, "error"),
                                                         ({"reap_timeout_s": "1"}, "resolved")]
     assert [(s.runs, s.errors) for s in sweep.summarize(recs)] == [(1, 0), (1, 1)]
+
+
+def test_the_grid_of_a_large_family_is_made_at_once():
+    """A family may have 10,000 members: the points' order is not found by a search of
+    every scenario for each point (that took half a minute before anything ran)."""
+    import dataclasses
+    import time
+    base = load_scenario("mlocked")
+    members = [dataclasses.replace(base, name=f"m~{i}") for i in range(8000)]
+    began = time.monotonic()
+    points = sweep.grid(members, ["v6.6"], {"oom_reaper_delay_s": ["0", "1", "2", "5"]}, 1)
+    assert len(points) == 32000 and time.monotonic() - began < 3.0
+    assert [p.scenario for p in points[:3]] == ["m~0", "m~0", "m~0"] and points[4].scenario == "m~1"
