@@ -25,7 +25,8 @@ def test_a_sweep_appends_every_run_resumes_after_ctrl_c_and_a_torn_line(tmp_path
     with started(oomemu_args(*SWEEP, "--repeat", "2", "--jobs", "1", "--out", str(out))) as p:
         assert wait_for(lambda: out.exists() and len(lines(out)) >= 1, 120)
         p.send_signal(signal.SIGINT)                      # Ctrl-C: the run under way ends, torn down
-        p.communicate(timeout=60)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "oomemu: interrupted (SIGINT)", err
     first = len(lines(out))
     assert 1 <= first < 8
     assert wait_for(lambda: shm_leftovers() <= before, 10)
