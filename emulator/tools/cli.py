@@ -406,6 +406,9 @@ def cmd_sweep(a) -> int:
                 open(path, "a").close()
             except OSError as e:
                 raise UsageError(f"{opt} {path}: {e.strerror}") from None
+    for opt, path in (("--csv", a.csv), ("--plot", a.plot)):
+        if path and os.path.exists(path) and os.path.samefile(path, a.out):
+            raise UsageError(f"{opt} {path}: the results file (--out): it would be written over")
     progress = compare.Progress()
     try:
         ran = sweep.run_sweep(scenarios, points, a.out, a.speed, a.jobs or compare.default_jobs(), progress,

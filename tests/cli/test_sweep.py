@@ -122,3 +122,15 @@ def test_sweep_diff_of_files_without_runs_is_a_mistake_not_an_agreement(tmp_path
     csv.write_text("scenario,policy,repeat\nmlocked,v6.6,0\n")
     p = oomemu("sweep-diff", str(csv), str(csv))
     assert p.returncode == 2 and p.stderr == f"oomemu: error: {csv}: no runs in it (a sweep's --out file, JSON lines)\n"
+
+
+def test_a_csv_or_plot_over_the_results_file_is_refused(tmp_path):
+    """--csv and --plot write their file whole: over --out, they would erase the runs."""
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"scenario": "mlocked", "policy": "v6.6", "set": {}, "repeat": 0, "verdict": "resolved"}\n')
+    kept = out.read_text()
+    for opt in ("--csv", "--plot"):
+        p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), opt, str(out), timeout=100)
+        assert p.returncode == 2 and p.stderr == (f"oomemu: error: {opt} {out}: the results file (--out): "
+                                                  "it would be written over\n"), p.stderr
+        assert out.read_text() == kept
