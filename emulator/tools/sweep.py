@@ -76,6 +76,11 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
             raise UsageError(f"--set {item!r}: expected NAME=VALUE[,VALUE...]")
         if key in out:
             raise UsageError(f"--set {key}: given twice (list its values once: {key}=A,B,...)")
+        seen: dict = {}
+        for v in vals:
+            if _value_key(v) in seen:
+                raise UsageError(f"--set {key}: {v} is {seen[_value_key(v)]} again (each value once)")
+            seen[_value_key(v)] = v
         out[key] = vals
     return out
 

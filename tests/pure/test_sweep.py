@@ -27,6 +27,8 @@ def test_constants_apply_to_the_policies_that_have_them_and_the_others_run_with_
     (["reap_timeout_s=1", "reap_timeout_s=2"], "--set reap_timeout_s: given twice"),
     (["nope=1"], "--set nope: none of the policies v4.17, timeout has it"),
     (["reap_timeout_s=1,-3"], "--set reap_timeout_s=-3: must be"),
+    (["reap_timeout_s=1,2,1.0"], "--set reap_timeout_s: 1.0 is 1 again (each value once)"),   # one point, twice
+    (["reap_timeout_s=5,5"], "--set reap_timeout_s: 5 is 5 again"),
 ])
 def test_sweep_mistakes_are_one_line(sets, says):
     with pytest.raises(UsageError) as e:
