@@ -406,6 +406,9 @@ def cmd_sweep(a) -> int:
                 open(path, "a").close()
             except OSError as e:
                 raise UsageError(f"{opt} {path}: {e.strerror}") from None
+    for opt, path in (("--csv", a.csv), ("--plot", a.plot)):
+        if path and os.path.exists(path) and os.path.samefile(path, a.out):
+            raise UsageError(f"{opt} {path}: the results file (--out): it would be written over")
     progress = compare.Progress()
     try:
         ran = sweep.run_sweep(scenarios, points, a.out, a.speed, a.jobs or compare.default_jobs(), progress,
@@ -440,6 +443,8 @@ def cmd_sweep_diff(a) -> int:
             recs.append(sweep.read_records(path))
         except OSError as e:
             raise UsageError(f"{path}: {e.strerror}") from None
+        if not recs[-1]:
+            raise UsageError(f"{path}: no runs in it (a sweep's --out file, JSON lines)")
     g = sweep.agreement(*recs)
     print(sweep.render_agreement(g, a.a, a.b))
     return EXIT_OK if g.ok else EXIT_CHECK

@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,9 +119,9 @@ def stop_points(sweep: str, grace_s: float = STOP_GRACE_S) -> int:
         procs = list(_running.get(sweep, ()))
     for p in procs:
         _signal_group(p, signal.SIGTERM)
-    killed = False
+    killed, deadline = False, time.monotonic() + grace_s      # one grace for all, not one each in turn
     for p in procs:
-        killed |= _end(p, grace_s)
+        killed |= _end(p, max(0.0, deadline - time.monotonic()))
     if killed:
         from ..runtime.cleanup import cleanup
         cleanup()

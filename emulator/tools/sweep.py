@@ -76,6 +76,11 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
             raise UsageError(f"--set {item!r}: expected NAME=VALUE[,VALUE...]")
         if key in out:
             raise UsageError(f"--set {key}: given twice (list its values once: {key}=A,B,...)")
+        seen: dict = {}
+        for v in vals:
+            if _value_key(v) in seen:
+                raise UsageError(f"--set {key}: {v} is {seen[_value_key(v)]} again (each value once)")
+            seen[_value_key(v)] = v
         out[key] = vals
     return out
 
@@ -83,7 +88,14 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
 def grid(scenarios: list[Scenario], policies: list[str], sets: dict[str, list[str]], repeat: int) -> list[Point]:
     """Every point, in order: per scenario, per policy, every combination of the values of
     the constants that policy has (its defaults if none), per repeat. Each value is checked
-    against the policy's range here, before anything runs."""
+    against the policy's range here, before anything runs; so is each scenario's name
+    (a point goes by it: two of one name would be one point)."""
+    seen: dict[str, Scenario] = {}
+    for s in scenarios:
+        if s.name in seen:
+            raise UsageError(f"two scenarios are named {s.name} ({seen[s.name].source} and {s.source}): "
+                             "a sweep tells its points apart by their scenarios' names")
+        seen[s.name] = s
     points = []
     unknown = set(sets)
     for policy in policies:
@@ -98,19 +110,23 @@ def grid(scenarios: list[Scenario], policies: list[str], sets: dict[str, list[st
                     points.append(Point(s.name, policy, tuple(sorted(settings.items())), n))
     if unknown:
         raise UsageError(f"--set {sorted(unknown)[0]}: none of the policies {', '.join(policies)} has it")
-    points.sort(key=lambda p: (p.repeat, [s.name for s in scenarios].index(p.scenario)))
+    order = {s.name: i for i, s in enumerate(scenarios)}
+    points.sort(key=lambda p: (p.repeat, order[p.scenario]))
     return points
 
 
 def done_keys(path: str) -> set[str]:
     """The points a results file holds already (a line that does not parse, as the torn
-    last line of a sweep cut short, is not one of them)."""
+    last line of a sweep cut short, is not one of them; nor is a run the machine broke,
+    an error of kind ``environment``: /dev/shm full, the host's OOM killer)."""
     keys: set[str] = set()
     try:
         with open(path) as f:
             for line in f:
                 try:
                     rec = json.loads(line)
+                    if rec.get("verdict") == "error" and rec.get("error_kind") == "environment":
+                        continue
                     keys.add(Point(rec["scenario"], rec["policy"], tuple(sorted(rec["set"].items())),
                                    rec["repeat"]).key)
                 except (ValueError, KeyError, TypeError, AttributeError):
@@ -120,14 +136,59 @@ def done_keys(path: str) -> set[str]:
     return keys
 
 
-def _record(point: Point, result: dict) -> str:
+def scenario_digest(s: Scenario) -> str:
+    """What a scenario is (its tasks, sizes, times), not where it came from nor what it says
+    of itself: a family member's changes with the family's seed and ranges."""
+    import dataclasses
+    import hashlib
+    bare = dataclasses.replace(s, source="", description="", expected={})
+    return hashlib.sha256(repr(bare).encode()).hexdigest()[:16]
+
+
+def check_same_scenarios(path: str, digests: dict[str, str]) -> None:
+    """Refuse a results file whose runs of one of this sweep's scenarios were of another
+    scenario of that name (a family's seed or ranges, or a file, changed since): its points
+    would count as done, and the summary would mix the two. UsageError, one line."""
+    try:
+        records = read_records(path)
+    except FileNotFoundError:
+        return
+    for r in records:
+        had, now = r.get("scenario_digest"), digests.get(r.get("scenario"))
+        if had and now and had != now:
+            raise UsageError(f"--out {path}: its runs of {r['scenario']} are of another scenario of that name "
+                             "(it changed since): give another --out")
+
+
+def _record(point: Point, result: dict, digest: str | None = None) -> str:
     rec = {"scenario": point.scenario, "policy": point.policy, "set": point.settings, "repeat": point.repeat}
+    if digest:
+        rec["scenario_digest"] = digest
     rec.update({k: v for k, v in result.items() if k not in rec})
     return json.dumps(rec, separators=(",", ":"), default=str) + "\n"
 
 
+@contextlib.contextmanager
+def _sole_writer(out: str):
+    """Hold ``out`` for this sweep alone (flock): two sweeps of one file would each run
+    what it lacks, and every such point would be in it twice."""
+    import fcntl
+    with open(out, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--out {out}: another sweep is writing it") from None
+        yield
+
+
 def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: float, jobs: int,
               progress=None, dask: str | None = None) -> int:
+    with _sole_writer(out):
+        return _run_sweep(scenarios, points, out, speed, jobs, progress, dask)
+
+
+def _run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: float, jobs: int,
+               progress=None, dask: str | None = None) -> int:
     """Run the points ``out`` does not hold yet, each in a process of its own
     (tools/point.py): ``jobs`` at once here, or on the Dask cluster at ``dask``
     (``"local"``: one of ``jobs`` worker processes started for the sweep).
@@ -137,6 +198,8 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
     so do Ctrl-C and SIGTERM, and the points under way end through their
     teardown wherever they run."""
     by_name = {s.name: s for s in scenarios}
+    digests = {s.name: scenario_digest(s) for s in scenarios}
+    check_same_scenarios(out, digests)
     have = done_keys(out)
     todo = [p for p in points if p.key not in have]
     if not todo:
@@ -157,7 +220,7 @@ def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: f
                 if status != "ok" or p.key in have:        # stopped; or a second answer for it
                     continue
                 have.add(p.key)
-                f.write(_record(p, answer["result"]))
+                f.write(_record(p, answer["result"], digests[p.scenario]))
                 f.flush()
                 os.fsync(f.fileno())
                 done += 1
@@ -476,7 +539,9 @@ def plot(summaries: list[Summary], out: str) -> None:
 
 
 def read_records(path: str) -> list[dict]:
-    out = []
+    """The runs in a results file, one per point: a later line of a point (the re-run of
+    one the machine broke) replaces an earlier one."""
+    out: dict[str, dict] = {}
     with open(path) as f:
         for line in f:
             try:
@@ -484,8 +549,11 @@ def read_records(path: str) -> list[dict]:
             except ValueError:
                 continue
             if isinstance(rec, dict) and "policy" in rec:
-                out.append(rec)
-    return out
+                key = json.dumps([rec.get("scenario"), rec["policy"], sorted(dict(rec.get("set") or {}).items()),
+                                  rec.get("repeat")])
+                out.pop(key, None)
+                out[key] = rec
+    return list(out.values())
 
 
 CSV_FIELDS = ("scenario", "policy", "repeat", "verdict", "kills", "min_kills", "extra_kills", "time_to_resolve_s",

@@ -25,7 +25,8 @@ def test_a_sweep_appends_every_run_resumes_after_ctrl_c_and_a_torn_line(tmp_path
     with started(oomemu_args(*SWEEP, "--repeat", "2", "--jobs", "1", "--out", str(out))) as p:
         assert wait_for(lambda: out.exists() and len(lines(out)) >= 1, 120)
         p.send_signal(signal.SIGINT)                      # Ctrl-C: the run under way ends, torn down
-        p.communicate(timeout=60)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "oomemu: interrupted (SIGINT)", err
     first = len(lines(out))
     assert 1 <= first < 8
     assert wait_for(lambda: shm_leftovers() <= before, 10)
@@ -87,3 +88,49 @@ def test_a_point_whose_code_changed_since_the_sweep_began_refuses_to_run():
     ok = point.run_point(point.PointSpec(load_scenario("mlocked"), "v6.6", {}, 10.0, "test-1",
                                          digest=point.code_digest()))
     assert ok["status"] == "ok" and ok["result"]["verdict"] == "resolved", ok
+
+
+def test_a_family_changed_since_its_runs_is_refused_not_taken_for_done(tmp_path):
+    """Its members keep their names (mlocked~0): resumed, the old runs would count as the
+    new family's, and the summary would be of the old one."""
+    fam, out = tmp_path / "fam.toml", tmp_path / "r.jsonl"
+    fam.write_text('[family]\nbase = "mlocked"\ncount = 1\nseed = 1\nmb = [0.5, 1.5]\n')
+    p = oomemu("sweep", str(fam), "--policies", "v6.6", "--out", str(out), timeout=100)
+    assert p.returncode == 0 and len(lines(out)) == 1, p.stderr
+    fam.write_text('[family]\nbase = "mlocked"\ncount = 1\nseed = 2\nmb = [0.5, 1.5]\n')
+    p = oomemu("sweep", str(fam), "--policies", "v6.6", "--out", str(out), timeout=100)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert f"--out {out}: its runs of mlocked~0 are of another scenario of that name" in p.stderr
+    assert len(lines(out)) == 1
+
+
+def test_a_results_file_another_sweep_is_writing_is_refused(tmp_path):
+    """Two sweeps of one file would each run what it lacks: every such point twice."""
+    import fcntl
+    out = tmp_path / "r.jsonl"
+    with open(out, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)              # as a sweep of it under way holds it
+        p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), timeout=100)
+    assert p.returncode == 2 and p.stderr == f"oomemu: error: --out {out}: another sweep is writing it\n"
+    assert out.read_text() == ""
+
+
+def test_sweep_diff_of_files_without_runs_is_a_mistake_not_an_agreement(tmp_path):
+    """Two CSVs, or two empty files, have no point in common and none apart: 'they agree'
+    (exit 0) would pass make sweep-check's comparison with nothing compared."""
+    csv = tmp_path / "a.csv"
+    csv.write_text("scenario,policy,repeat\nmlocked,v6.6,0\n")
+    p = oomemu("sweep-diff", str(csv), str(csv))
+    assert p.returncode == 2 and p.stderr == f"oomemu: error: {csv}: no runs in it (a sweep's --out file, JSON lines)\n"
+
+
+def test_a_csv_or_plot_over_the_results_file_is_refused(tmp_path):
+    """--csv and --plot write their file whole: over --out, they would erase the runs."""
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"scenario": "mlocked", "policy": "v6.6", "set": {}, "repeat": 0, "verdict": "resolved"}\n')
+    kept = out.read_text()
+    for opt in ("--csv", "--plot"):
+        p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), opt, str(out), timeout=100)
+        assert p.returncode == 2 and p.stderr == (f"oomemu: error: {opt} {out}: the results file (--out): "
+                                                  "it would be written over\n"), p.stderr
+        assert out.read_text() == kept

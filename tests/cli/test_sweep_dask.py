@@ -97,22 +97,24 @@ def test_a_sweep_through_dask_gives_the_points_jobs_gives_and_resumes_after_ctrl
 
 
 def test_a_worker_killed_mid_point_leaves_nothing_and_its_point_is_recorded_once(tmp_path):
+    """At speed 0.5 a point runs about 7 s: the orphan's end within 3 s of its worker's
+    death is its watch on its parent, not its run ending by itself."""
     before = shm_leftovers()
     out = tmp_path / "r.jsonl"
     with cluster(2) as c:
         workers = worker_pids(c)
-        args = ("sweep", "mmap_sem_held", "--policies", "v6.6", "--repeat", "4", "--speed", "2",
+        args = ("sweep", "mmap_sem_held", "--policies", "v6.6", "--repeat", "2", "--speed", "0.5",
                 "--dask", c.scheduler_address, "--out", str(out))
         with started(oomemu_args(*args)) as sw:
             running = wait_for(lambda: points_of(workers), 60)
             assert running
             victim = running[0]
             psutil.Process(victim.ppid()).kill()        # its Dask worker dies (the nanny starts another)
-            assert wait_for(lambda: not alive(victim), 30), "the orphaned point ends through its teardown"
+            assert wait_for(lambda: not alive(victim), 3), "the orphaned point ends through its teardown"
             out_, err = sw.communicate(timeout=150)
         assert sw.returncode == 0, err
     recs = lines(out)
-    assert sorted(r["repeat"] for r in recs) == [0, 1, 2, 3], "the re-run point is recorded once"
+    assert sorted(r["repeat"] for r in recs) == [0, 1], "the re-run point is recorded once"
     assert all(r["verdict"] == "resolved" and r["kills"] == 1 for r in recs)
     assert wait_for(lambda: shm_leftovers() <= before, 10)
 

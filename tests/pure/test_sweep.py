@@ -27,6 +27,8 @@ def test_constants_apply_to_the_policies_that_have_them_and_the_others_run_with_
     (["reap_timeout_s=1", "reap_timeout_s=2"], "--set reap_timeout_s: given twice"),
     (["nope=1"], "--set nope: none of the policies v4.17, timeout has it"),
     (["reap_timeout_s=1,-3"], "--set reap_timeout_s=-3: must be"),
+    (["reap_timeout_s=1,2,1.0"], "--set reap_timeout_s: 1.0 is 1 again (each value once)"),   # one point, twice
+    (["reap_timeout_s=5,5"], "--set reap_timeout_s: 5 is 5 again"),
 ])
 def test_sweep_mistakes_are_one_line(sets, says):
     with pytest.raises(UsageError) as e:
@@ -158,3 +160,61 @@ def test_a_point_process_s_ending_is_one_answer(rc, out, err, stopped, status, m
     assert a["status"] == status and a.get("message") == message
     if status == "ok":
         assert a["result"] == {"verdict": "resolved"}
+
+
+def test_two_scenarios_of_one_name_are_refused_not_run_as_one(tmp_path):
+    """Points go by their scenario's name: two families of one base (mlocked~0 twice), or
+    a name given twice, would be one point, run once and counted "in the file already"."""
+    from emulator.tools import family
+    paths = []
+    for seed in (1, 2):
+        paths.append(tmp_path / f"f{seed}.toml")
+        paths[-1].write_text(f'[family]\nbase = "mlocked"\ncount = 2\nseed = {seed}\nmb = [0.5, 1.5]\n')
+    members = family.load_family(str(paths[0])) + family.load_family(str(paths[1]))
+    with pytest.raises(UsageError) as e:
+        sweep.grid(members, ["v6.6"], {}, 1)
+    assert str(e.value) == (f"two scenarios are named mlocked~0 ({paths[0]}#0 and {paths[1]}#0): "
+                            "a sweep tells its points apart by their scenarios' names")
+    with pytest.raises(UsageError, match="two scenarios are named mlocked "):
+        sweep.grid([load_scenario("mlocked")] * 2, ["v6.6"], {}, 1)
+
+
+def test_a_scenario_s_digest_is_what_it_is_not_where_it_came_from(tmp_path):
+    from emulator.tools import family
+    path = tmp_path / "f.toml"
+    digests = []
+    for seed in (1, 1, 2):
+        path.write_text(f'[family]\nbase = "mlocked"\ncount = 1\nseed = {seed}\nmb = [0.5, 1.5]\n')
+        digests.append(sweep.scenario_digest(family.load_family(str(path))[0]))
+    assert digests[0] == digests[1] != digests[2]
+    assert sweep.scenario_digest(load_scenario("mlocked")) == sweep.scenario_digest(load_scenario("mlocked"))
+
+
+def test_a_run_the_machine_broke_runs_again_on_resume_and_its_rerun_replaces_it(tmp_path):
+    """/dev/shm full or the host's OOM killer (an error of kind environment): the user makes
+    room and runs the sweep again; that point was not done, and its new run is the one counted."""
+    p0, p1 = sweep.grid([load_scenario("mlocked")], ["timeout"], {"reap_timeout_s": ["1", "2"]}, 1)
+    path = tmp_path / "r.jsonl"
+    broke = {"verdict": "error", "error_kind": "environment", "kills": 0}
+    path.write_text(sweep._record(p0, broke) + sweep._record(p1, {"verdict": "error", "error_kind": "fault"}))
+    assert sweep.done_keys(str(path)) == {p1.key}            # a fault of ours is an outcome to report
+    with open(path, "a") as f:
+        f.write(sweep._record(p0, {"verdict": "resolved", "kills": 1}))
+    assert sweep.done_keys(str(path)) == {p0.key, p1.key}
+    recs = sweep.read_records(str(path))
+    assert [(r["set"], r["verdict"]) for r in recs] == [({"reap_timeout_s": "2"}, "error"),
+                                                        ({"reap_timeout_s": "1"}, "resolved")]
+    assert [(s.runs, s.errors) for s in sweep.summarize(recs)] == [(1, 0), (1, 1)]
+
+
+def test_the_grid_of_a_large_family_is_made_at_once():
+    """A family may have 10,000 members: the points' order is not found by a search of
+    every scenario for each point (that took half a minute before anything ran)."""
+    import dataclasses
+    import time
+    base = load_scenario("mlocked")
+    members = [dataclasses.replace(base, name=f"m~{i}") for i in range(8000)]
+    began = time.monotonic()
+    points = sweep.grid(members, ["v6.6"], {"oom_reaper_delay_s": ["0", "1", "2", "5"]}, 1)
+    assert len(points) == 32000 and time.monotonic() - began < 3.0
+    assert [p.scenario for p in points[:3]] == ["m~0", "m~0", "m~0"] and points[4].scenario == "m~1"
