@@ -7,6 +7,7 @@ killed by signal N (after tearing the run down)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -60,6 +61,18 @@ def _echo(line: str) -> None:
 
 
 def cmd_run(a) -> int:
+    if a.json == "-":                      # the JSON alone on stdout; what a run says goes to stderr
+        out = sys.stdout
+        a.json = None
+        with contextlib.redirect_stdout(sys.stderr):
+            rc, result = _cmd_run(a)
+        out.write(result.to_json() + "\n")
+        out.flush()
+        return rc
+    return _cmd_run(a)[0]
+
+
+def _cmd_run(a):
     from ..runtime.supervisor import Run
     from ..scenario import load_scenario
     if a.policy == "host":                 # what the machine must give first: root, a memory controller
@@ -99,7 +112,7 @@ def cmd_run(a) -> int:
             f.write(result.to_json() + "\n")
     if result.error is not None:
         print(f"oomemu: error: {result.error}", file=sys.stderr, flush=True)
-    return result.exit_code
+    return result.exit_code, result
 
 
 def _host_run(a, scenario, started):
@@ -518,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", default="v4.17", help="reaper policy (see 'oomemu policies'); default v4.17")
     r.add_argument("--speed", type=_run_speed, default=1.0, help="run N times faster than real time")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a policy constant")
-    r.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    r.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': to stdout, alone; "
+                   "the log then goes to stderr)")
     r.add_argument("--quiet", action="store_true", help="print only the summary line")
     r.add_argument("--trace", metavar="FILE", help="write trace events as JSON lines")
     r.add_argument("--hold", action="store_true",

@@ -21,7 +21,9 @@ base's mechanism; the hold and D-state times move apart from each other, which
 is what a sweep over a reaper's patience wants to vary. A member's ``min_kills``
 is the base's (the mechanism decides it, not the numbers: keep ``task_count``
 at [1, 1] for a base whose fewest kills depend on its counts), and it states
-no expected outcome.
+no expected outcome. Its ``run_deadline_s`` is the base's times the larger of
+its ``sleep_ms`` and ``busy_ms`` factors (never shortened): a member whose holds
+were stretched must not come out hung only because it met the base's deadline.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import random
 
 from ..errors import ScenarioError, UsageError
-from ..scenario import Scenario, builtin_names, builtin_path, parse_scenario
+from ..scenario import MAX_DEADLINE_S, Scenario, builtin_names, builtin_path, parse_scenario
 
 RANGES = ("mb", "sleep_ms", "busy_ms", "task_count")
 KEYS = {"base", "count", "seed"} | set(RANGES)
@@ -129,4 +131,9 @@ def _scaled(raw: dict, f: dict) -> dict:
                 walk(x, step_op)
 
     walk(data)
+    # A member's hold and D-state times stretched by up to a factor keep their run
+    # deadline in the same proportion (never shortened): a member must not come out
+    # "hung" only because its longer holds met the base's deadline.
+    stretch = max(1.0, f["sleep_ms"], f["busy_ms"])
+    data["run_deadline_s"] = min(MAX_DEADLINE_S, round(float(raw.get("run_deadline_s", 60)) * stretch, 3))
     return data

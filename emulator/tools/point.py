@@ -7,8 +7,9 @@ sweep's own process, or a Dask worker), starts
     python -m emulator.tools.point --sweep ID --parent PID
 
 in a fresh session (so a process group of its own: a terminal's Ctrl-C does
-not reach it, and ``killpg`` reaches all of it), hands it the point on stdin
-and reads the run's result from its stdout. The point process:
+not reach it), hands it the point on stdin and reads the run's result from
+its stdout. The run's workers are in a group of their own (the forkserver's)
+and die with the point's supervisor (PR_SET_PDEATHSIG). The point process:
 
 * **watches its parent** through a pidfd: if the process that started it
   dies (a Dask worker killed mid-point, the sweep SIGKILLed), it sends itself
@@ -18,13 +19,16 @@ and reads the run's result from its stdout. The point process:
   a subprocess it may.
 * **is stopped by name**: :func:`stop_points` ends every point of one sweep
   running in this process, SIGTERM first (the run tears down), then, past the
-  grace, SIGKILL to its whole group and ``oomemu cleanup``'s sweep of what a
-  dead run left. The sweep calls it for Ctrl-C: locally, and on every Dask
+  grace, SIGKILL to its group (its workers follow it) and ``oomemu cleanup``'s
+  sweep of what a dead run left. The sweep calls it for Ctrl-C: locally, and on every Dask
   worker through ``Client.run``.
 
 A point's answer is a dict: ``{"status": "ok", "result": {...}}``, or
-``"usage"`` (the run refused: one line), ``"stopped"``, ``"fault"`` (the
-process died or said something that is no result), each with ``message``.
+``"usage"`` (the run refused, or the point process was ended by a signal from
+outside the sweep: one line, exit 2), ``"stopped"``, ``"fault"`` (the process
+failed or said something that is no result), each with ``message``. A point
+process that died by a signal leaves its run's objects to ``cleanup()``, called
+at once.
 Nothing raises across Dask, so every answer comes back as it is.
 """
 
@@ -91,6 +95,9 @@ def run_point(spec: PointSpec) -> dict:
     finally:
         with _lock:
             _running.get(spec.sweep, set()).discard(proc)
+    if proc.returncode < 0:            # its supervisor died by a signal: what its run left goes now
+        from ..runtime.cleanup import cleanup
+        cleanup()
     return _answer(proc.returncode, out, err, spec.sweep in _stopped)
 
 
@@ -106,8 +113,20 @@ def _answer(rc: int, out: bytes, err: bytes, stopped: bool) -> dict:
         return {"status": "stopped", "message": "the sweep was stopped"}
     if rc == 2:
         return {"status": "usage", "message": last.removeprefix("oomemu: error: ")}
-    how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
-    return {"status": "fault", "message": f"the point process ended with {how}" + (f": {last}" if last else "")}
+    sig = -rc if rc < 0 else rc - 128 if 128 < rc < 128 + signal.NSIG else 0
+    if sig:                       # not the sweep's doing: the machine's or someone's (exit 2, not a fault)
+        name = _signal_name(sig)
+        why = " (the host's OOM killer? see dmesg)" if sig == signal.SIGKILL else ""
+        return {"status": "usage", "message": f"its point process was ended by {name} from outside the sweep{why}"}
+    return {"status": "fault", "message": f"the point process ended with exit status {rc}"
+            + (f": {last}" if last else "")}
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
 
 
 def stop_points(sweep: str, grace_s: float = STOP_GRACE_S) -> int:
@@ -131,7 +150,7 @@ def stop_points(sweep: str, grace_s: float = STOP_GRACE_S) -> int:
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, sig)         # the point is its group's leader: its run is in it too
+            os.killpg(proc.pid, sig)         # the point leads its group; its run's workers die with it
         except (ProcessLookupError, PermissionError):
             pass
 

@@ -13,11 +13,12 @@ with the same file skips the runs it holds (a torn last line, from a sweep
 cut short, is skipped too), so an interrupted sweep resumes where it
 stopped. The summary says, per policy and constants, the extra kills per run
 (their mean) and the median time to resolve, how many runs panicked or hung,
-and marks the Pareto front (no other point has fewer extra kills and a
-shorter time both).
+the share of the scenarios where it panics or hangs, and marks the Pareto
+front (no other row is as good on all three of extra kills, time to resolve
+and that share, and better on one).
 
 ``--plot FILE`` draws the trade-off: each policy and constants one point at
-(median time to resolve, extra kills per run), the Pareto front joined.
+(median time to resolve, extra kills per run), the Pareto front ringed.
 
 Each run is a process of its own in a fresh session (tools/point.py): ``--jobs``
 at once here, or tasks of a Dask distributed cluster with ``--dask ADDRESS``
@@ -291,11 +292,12 @@ class DaskPoints:
                                            key=f"oomemu-point-{self.sweep_id}-{n}"): p
                         for n, (p, spec) in enumerate(specs.items())}
         for fut in as_completed(list(self.futures)):
-            p = self.futures[fut]
+            p = self.futures.pop(fut)         # what is left is what stop() cancels
             try:
                 answer = fut.result()
             except Exception as e:            # KilledWorker: it took down every worker it ran on
                 answer = {"status": "fault", "message": f"its Dask task failed: {e!r}"}
+            fut.release()                     # its result leaves the worker's memory now, not at the end
             yield p, answer
 
     def stop(self) -> None:
@@ -413,6 +415,18 @@ class Summary:
     front: bool = False
 
     @property
+    def bad_share(self) -> float:
+        """Of the scenarios it ran, the share where a run panicked or hung."""
+        return len(self.bad) / len(self.scenarios) if self.scenarios else 0.0
+
+    @property
+    def costs(self) -> tuple[float, float, float]:
+        """What the Pareto front weighs, lower better each: extra kills per run, the median
+        time to resolve, and the share of scenarios that panic or hang (a hung run kills
+        nobody more and has no time to resolve: without it, hanging would look cheap)."""
+        return (self.extra_mean, self.ttr_median, self.bad_share)
+
+    @property
     def bad_text(self) -> str:
         """The share of the scenarios (a family's members) where this point panics or hangs
         (in any of its repeats): ``2/12 (17%)``."""
@@ -434,7 +448,7 @@ class Summary:
 def summarize(records: list[dict]) -> list[Summary]:
     """Per (policy, constants), over every scenario and repeat: extra kills of the runs with
     a verdict, time to resolve of the resolved ones, panics, hangs, errors; the Pareto front
-    (lower is better on both medians) marked."""
+    (Summary.costs, lower is better on each) marked."""
     rows: dict = {}
     for r in records:
         key = (r["policy"], tuple(sorted(r.get("set", {}).items())))
@@ -456,9 +470,12 @@ def summarize(records: list[dict]) -> list[Summary]:
     out = sorted(rows.values(), key=lambda s: (order.index(s.policy), [_value_key(v) for _, v in s.set]))
     scored = [s for s in out if s.extra_mean is not None and s.ttr_median is not None]
     for s in scored:
-        s.front = not any(o is not s and o.extra_mean <= s.extra_mean and o.ttr_median <= s.ttr_median
-                          and (o.extra_mean, o.ttr_median) != (s.extra_mean, s.ttr_median) for o in scored)
+        s.front = not any(o is not s and _dominates(o.costs, s.costs) for o in scored)
     return out
+
+
+def _dominates(a: tuple, b: tuple) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and a != b
 
 
 def _value_key(value: str):
@@ -508,7 +525,7 @@ def _label_groups(scored: list[Summary]) -> list[tuple[tuple[float, float], list
 def plot(summaries: list[Summary], out: str) -> None:
     """The trade-off as a picture: x the median time to resolve, y the extra kills per run;
     a colour per policy (its constants' names in the legend), each point labelled with their
-    values; the Pareto front joined."""
+    values; the Pareto front ringed."""
     from .plot import _matplotlib
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -526,8 +543,8 @@ def plot(summaries: list[Summary], out: str) -> None:
                         color=colour[policy])
     front = sorted((s for s in scored if s.front), key=lambda s: s.ttr_median)
     if front:
-        ax.plot([s.ttr_median for s in front], [s.extra_mean for s in front], "k--", lw=1,
-                label="Pareto front", zorder=2)
+        ax.scatter([s.ttr_median for s in front], [s.extra_mean for s in front], s=110, facecolors="none",
+                   edgecolors="black", linewidths=1, zorder=4, label="Pareto front (kills, time, panic|hung)")
     ax.set_xlabel("time to resolve, median (emulated s)")
     ax.set_ylabel("extra kills per run (mean)")
     ax.set_title("extra kills against time to resolve ([panic|hung k/n]: of the n scenarios)")

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from emulator.scenario import builtin_names
-from tests.helpers import oomemu, write_scenario
+from tests.helpers import oomemu, oomemu_args, started, write_scenario
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,6 +21,18 @@ def test_run_prints_kernel_lines_a_summary_and_writes_json(tmp_path):
     d = json.loads(out.read_text())
     assert (d["verdict"], d["kills"], d["extra_kills"], d["policy"]) == ("resolved", 1, 0, "timeout")
     assert d["log"] == [l for l in lines if l.startswith("[")]
+
+
+def test_run_json_dash_puts_the_json_alone_on_stdout_and_the_log_on_stderr(tmp_path):
+    with started(oomemu_args("run", "mlocked", "--policy", "v6.6", "--speed", "10", "--json", "-"),
+                 cwd=str(tmp_path)) as p:
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    d = json.loads(out)                                   # nothing else on stdout
+    assert (d["verdict"], d["kills"]) == ("resolved", 1)
+    assert d["log"] == [l for l in err.splitlines() if l.startswith("[")]
+    assert err.splitlines()[-1].startswith("oomemu: mlocked under v6.6: resolved, kills 1")
+    assert not (tmp_path / "-").exists()
 
 
 def test_a_panic_is_a_verdict_not_an_error():

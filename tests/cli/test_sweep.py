@@ -16,7 +16,15 @@ SWEEP = ("sweep", "mlocked", "--policies", "timeout,v6.6", "--set", "reap_timeou
 
 
 def lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The runs in a results file; a line still being written (read while the sweep
+    appends) is not one yet."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
 
 
 def test_a_sweep_appends_every_run_resumes_after_ctrl_c_and_a_torn_line(tmp_path):
@@ -134,3 +142,34 @@ def test_a_csv_or_plot_over_the_results_file_is_refused(tmp_path):
         assert p.returncode == 2 and p.stderr == (f"oomemu: error: {opt} {out}: the results file (--out): "
                                                   "it would be written over\n"), p.stderr
         assert out.read_text() == kept
+
+
+def test_a_point_killed_from_outside_stops_the_sweep_in_one_line_and_leaves_nothing(tmp_path):
+    """The host's OOM killer (or anyone) SIGKILLs a point's process: its run's supervisor
+    dies with no teardown. The sweep says so in one line (exit 2: the machine's doing, not
+    a fault of ours), removes what that run left, and the same command resumes."""
+    import psutil
+    before = shm_leftovers()
+    out = tmp_path / "r.jsonl"
+    args = ("sweep", "mmap_sem_held", "--policies", "v6.6", "--repeat", "2", "--speed", "1", "--jobs", "1",
+            "--out", str(out))
+
+    def point_of(pid):
+        for k in psutil.Process(pid).children():
+            try:
+                if "emulator.tools.point" in k.cmdline():
+                    return k
+            except psutil.Error:
+                pass
+    with started(oomemu_args(*args)) as sw:
+        victim = wait_for(lambda: point_of(sw.pid), 60)
+        assert victim
+        assert wait_for(lambda: shm_leftovers() - before, 30), "its run is under way"
+        victim.kill()
+        _, err = sw.communicate(timeout=60)
+    assert sw.returncode == 2 and err.count("\n") == 1, err
+    assert "mmap_sem_held under v6.6: its point process was ended by SIGKILL from outside the sweep" in err
+    assert wait_for(lambda: shm_leftovers() <= before, 10), "the dead run's objects are removed"
+    assert not (out.exists() and lines(out))
+    p = oomemu(*args[:-6], "--speed", "10", "--jobs", "1", "--out", str(out), timeout=100)
+    assert p.returncode == 0 and "2 run(s) now, 0 of 2" in p.stderr, p.stderr

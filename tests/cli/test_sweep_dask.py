@@ -20,7 +20,15 @@ GRID = ("mlocked", "mmap_sem_held", "--policies", "timeout,v6.6", "--set", "reap
 
 
 def lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The runs in a results file; a line still being written (read while the sweep
+    appends) is not one yet."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
 
 
 def cluster(n):
@@ -48,6 +56,13 @@ def points_of(pids) -> list[psutil.Process]:
             except psutil.Error:
                 pass
     return out
+
+
+def is_point(p: psutil.Process) -> bool:
+    try:
+        return "emulator.tools.point" in p.cmdline()
+    except psutil.Error:
+        return False
 
 
 def alive(p: psutil.Process) -> bool:
@@ -139,8 +154,8 @@ def test_dask_local_starts_a_cluster_here_and_ctrl_c_takes_it_down_with_its_poin
             "--jobs", "2", "--out", str(out))
     with started(oomemu_args(*args)) as sw:
         me = psutil.Process(sw.pid)
-        assert wait_for(lambda: [k for k in me.children(recursive=True) if "emulator.tools.point" in k.cmdline()],
-                        60), "the local cluster's workers run the points"
+        assert wait_for(lambda: [k for k in me.children(recursive=True) if is_point(k)], 60), \
+            "the local cluster's workers run the points"
         sw.send_signal(signal.SIGINT)
         _, err = sw.communicate(timeout=60)
     assert sw.returncode == 130, err

@@ -41,6 +41,13 @@ def test_a_family_is_its_seed_s_and_scales_sizes_and_d_state_apart(tmp_path):
         assert 0.5 <= f_mb <= 2.0 and 1.0 <= f_busy <= 4.0
         assert s.memory_mb == pytest.approx(base.memory_mb * f_mb, abs=1)     # the machine grows with it
         assert s.min_kills == base.min_kills and s.expected == {}
+        assert s.run_deadline_s == pytest.approx(base.run_deadline_s * f_busy, rel=1e-3)   # stretched with it
+
+
+def test_a_member_s_deadline_is_never_shorter_than_its_base_s(tmp_path):
+    base = load_scenario("mmap_sem_held")
+    shrunk = family.load_family(write(tmp_path, FAMILY.format(seed=1).replace("[1.0, 4.0]", "[0.1, 0.5]")))
+    assert all(s.run_deadline_s == base.run_deadline_s for s in shrunk)
 
 
 @pytest.mark.parametrize("text, says", [

@@ -53,18 +53,29 @@ def rec(policy, value, kills, ttr, verdict="resolved", scenario="s~0"):
 def test_the_summary_takes_medians_counts_panics_and_marks_the_pareto_front():
     rows = sweep.summarize([rec("a", "1", 3, 1.0), rec("a", "1", 3, 1.2), rec("a", "1", 1, 0.9, "panic", "s~1"),
                             rec("a", "9", 1, 9.0), rec("a", "9", 1, 10.0),
-                            rec("b", None, 3, 5.0), rec("b", None, 0, None, "error")])
+                            rec("b", None, 3, 5.0), rec("b", None, 0, None, "error"),
+                            rec("c", None, 4, 10.0)])
     by = {(r.policy, r.set): r for r in rows}
     fast, patient, worse = by[("a", (("k", "1"),))], by[("a", (("k", "9"),))], by[("b", ())]
     assert (fast.extra_mean, fast.ttr_median, fast.panics) == (pytest.approx(4 / 3), 1.1, 1)
     assert (patient.extra_mean, patient.ttr_median) == (0, 9.5)
     assert (worse.errors, worse.extra_mean) == (1, 2)
-    assert fast.front and patient.front and not worse.front      # b: slower than a=1, and more kills
+    # b: slower than a=1 and more kills, but it never panics; c: slower than a=9, and more kills
+    assert fast.front and patient.front and worse.front and not by[("c", ())].front
     text = sweep.render(rows)
     assert text.splitlines()[0].split() == ["policy", "constants", "runs", "extra", "kills/run", "time", "to",
                                             "resolve", "panic", "hung", "error", "scenarios", "panic|hung", "front"]
     assert (fast.bad_text, patient.bad_text, worse.bad_text) == ("1/2 (50%)", "0/1 (0%)", "0/1 (0%)")
     assert json.dumps(rows[0].set)                                # plain data
+
+
+def test_a_point_that_hangs_is_no_cheaper_for_it():
+    """A hung run kills nobody more and has no time to resolve: one point hanging in 3 of
+    4 scenarios, quick in the fourth, does not push off the front one that resolves all."""
+    hangs = [rec("t", "1", 1, None, "hung", f"f~{i}") for i in range(3)] + [rec("t", "1", 1, 0.5, scenario="f~3")]
+    patient = [rec("t", "9", 1, 3.0, scenario=f"f~{i}") for i in range(4)]
+    rows = {r.set: r for r in sweep.summarize(hangs + patient)}
+    assert rows[(("k", "9"),)].front and rows[(("k", "1"),)].front
 
 
 def test_the_share_of_a_family_that_panics_or_hangs_counts_members_not_runs():
@@ -150,7 +161,9 @@ def test_the_code_digest_changes_with_a_line_of_the_model(tmp_path, monkeypatch)
     (0, b'{"verdict": "resolved"}', b"", False, "ok", None),
     (0, b"", b"", False, "fault", "the point process gave no result (no output)"),
     (2, b"", b"oomemu: error: policy nope: unknown\n", False, "usage", "policy nope: unknown"),
-    (-9, b"", b"", False, "fault", "the point process ended with signal SIGKILL"),
+    (-9, b"", b"", False, "usage", "its point process was ended by SIGKILL from outside the sweep "
+                                   "(the host's OOM killer? see dmesg)"),
+    (143, b"", b"", False, "usage", "its point process was ended by SIGTERM from outside the sweep"),
     (1, b"", b"Traceback...\nValueError: x\n", False, "fault", "the point process ended with exit status 1: "
                                                               "ValueError: x"),
     (143, b"", b"", True, "stopped", "the sweep was stopped"),
