@@ -261,6 +261,18 @@ def remove_all(procs, shm_entries, shm_dir: str = names.SHM_DIR) -> list[str]:
     return removed
 
 
+def jsonl_lines(path) -> list:
+    """The records of a JSON-lines file (a sweep's results); a line still being written,
+    read while the file is appended to, is not one yet."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.01):
     """Bounded wait for a condition; returns its last value."""
     deadline = time.monotonic() + timeout

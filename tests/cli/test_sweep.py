@@ -7,24 +7,12 @@ import signal
 import pytest
 
 from emulator.scenario import load_scenario
-from tests.helpers import oomemu, oomemu_args, shm_leftovers, started, wait_for
+from tests.helpers import jsonl_lines as lines, oomemu, oomemu_args, shm_leftovers, started, wait_for
 
 pytestmark = pytest.mark.timeout(200)
 
 SWEEP = ("sweep", "mlocked", "--policies", "timeout,v6.6", "--set", "reap_timeout_s=0.5,10",
          "--set", "oom_reaper_delay_s=0,2", "--speed", "10")
-
-
-def lines(path):
-    """The runs in a results file; a line still being written (read while the sweep
-    appends) is not one yet."""
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def test_a_sweep_appends_every_run_resumes_after_ctrl_c_and_a_torn_line(tmp_path):

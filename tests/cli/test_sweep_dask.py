@@ -2,14 +2,13 @@
 processes (started here, as ``dask worker`` would be on other machines), giving the
 points --jobs gives; a worker killed mid-point; Ctrl-C; nothing left behind."""
 
-import json
 import os
 import signal
 
 import psutil
 import pytest
 
-from tests.helpers import oomemu, oomemu_args, shm_leftovers, started, wait_for
+from tests.helpers import jsonl_lines as lines, oomemu, oomemu_args, shm_leftovers, started, wait_for
 
 distributed = pytest.importorskip("distributed")       # the 'cluster' extra; make test installs it
 
@@ -17,18 +16,6 @@ pytestmark = pytest.mark.timeout(240)
 
 GRID = ("mlocked", "mmap_sem_held", "--policies", "timeout,v6.6", "--set", "reap_timeout_s=0.5,10",
         "--repeat", "2", "--speed", "10")            # 2 scenarios x 3 policies and constants x 2 repeats
-
-
-def lines(path):
-    """The runs in a results file; a line still being written (read while the sweep
-    appends) is not one yet."""
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def cluster(n):
