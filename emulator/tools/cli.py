@@ -413,12 +413,15 @@ def cmd_sweep(a) -> int:
     if a.plot:
         from .plot import _matplotlib
         _matplotlib()                     # fail before the runs if it is missing
-    for opt, path in (("--out", a.out), ("--csv", a.csv)):
+    for opt, path in (("--out", a.out), ("--csv", a.csv), ("--plot", a.plot)):
         if path:
+            there = os.path.exists(path)
             try:
                 open(path, "a").close()
             except OSError as e:
                 raise UsageError(f"{opt} {path}: {e.strerror}") from None
+            if opt == "--plot" and not there:
+                os.unlink(path)           # only asked whether it can be written (after the runs)
     for opt, path in (("--csv", a.csv), ("--plot", a.plot)):
         if path and os.path.exists(path) and os.path.samefile(path, a.out):
             raise UsageError(f"{opt} {path}: the results file (--out): it would be written over")

@@ -551,8 +551,12 @@ def plot(summaries: list[Summary], out: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        raise UsageError(f"--plot {out}: {e.strerror}") from None
+    finally:
+        plt.close(fig)
 
 
 def read_records(path: str) -> list[dict]:

@@ -132,6 +132,17 @@ def test_a_csv_or_plot_over_the_results_file_is_refused(tmp_path):
         assert out.read_text() == kept
 
 
+def test_a_plot_that_cannot_be_written_is_refused_before_the_runs(tmp_path):
+    out = tmp_path / "r.jsonl"
+    p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), "--plot", "/nonexistent/dir/s.png",
+               timeout=100)
+    assert p.returncode == 2 and p.stderr == "oomemu: error: --plot /nonexistent/dir/s.png: No such file or directory\n"
+    assert out.read_text() == ""
+    p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), "--plot", str(tmp_path / "s.png"),
+               timeout=100)
+    assert p.returncode == 0 and (tmp_path / "s.png").stat().st_size > 0, p.stderr
+
+
 def test_a_point_killed_from_outside_stops_the_sweep_in_one_line_and_leaves_nothing(tmp_path):
     """The host's OOM killer (or anyone) SIGKILLs a point's process: its run's supervisor
     dies with no teardown. The sweep says so in one line (exit 2: the machine's doing, not
