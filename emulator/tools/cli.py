@@ -413,6 +413,9 @@ def cmd_sweep(a) -> int:
     if a.plot:
         from .plot import _matplotlib
         _matplotlib()                     # fail before the runs if it is missing
+    for arg in a.scenarios:               # the runs appended to a scenario or family file would spoil it
+        if os.path.isfile(arg) and os.path.exists(a.out) and os.path.samefile(arg, a.out):
+            raise UsageError(f"--out {a.out}: a scenario file of this sweep: the runs would be appended to it")
     for opt, path in (("--out", a.out), ("--csv", a.csv), ("--plot", a.plot)):
         if path:
             there = os.path.exists(path)

@@ -132,6 +132,17 @@ def test_a_csv_or_plot_over_the_results_file_is_refused(tmp_path):
         assert out.read_text() == kept
 
 
+def test_a_scenario_file_given_for_the_results_file_is_refused_untouched(tmp_path):
+    """--out appends: over the family file being swept, the runs would spoil it."""
+    fam = tmp_path / "fam.toml"
+    fam.write_text('[family]\nbase = "mlocked"\ncount = 1\nseed = 1\n')
+    kept = fam.read_text()
+    p = oomemu("sweep", str(fam), "--policies", "v6.6", "--out", str(fam), timeout=100)
+    assert p.returncode == 2 and p.stderr == (f"oomemu: error: --out {fam}: a scenario file of this sweep: "
+                                              "the runs would be appended to it\n"), p.stderr
+    assert fam.read_text() == kept
+
+
 def test_a_plot_that_cannot_be_written_is_refused_before_the_runs(tmp_path):
     out = tmp_path / "r.jsonl"
     p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), "--plot", "/nonexistent/dir/s.png",
