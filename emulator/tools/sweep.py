@@ -563,8 +563,12 @@ def read_records(path: str) -> list[dict]:
     """The runs in a results file, one per point: a later line of a point (the re-run of
     one the machine broke) replaces an earlier one."""
     out: dict[str, dict] = {}
-    with open(path) as f:
-        for line in f:
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode()
+            except UnicodeDecodeError:            # a picture, say, given for a results file
+                raise UsageError(f"{path}: not a sweep's results file (JSON lines): it is not text") from None
             try:
                 rec = json.loads(line)
             except ValueError:

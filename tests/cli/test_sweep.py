@@ -143,6 +143,19 @@ def test_a_scenario_file_given_for_the_results_file_is_refused_untouched(tmp_pat
     assert fam.read_text() == kept
 
 
+def test_a_results_file_that_is_not_text_is_one_line(tmp_path):
+    """A picture given where the results go (--out, or sweep-diff's files): one line, untouched."""
+    png = tmp_path / "s.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    kept = png.read_bytes()
+    p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(png), timeout=100)
+    assert p.returncode == 2 and p.stderr == (f"oomemu: error: {png}: not a sweep's results file (JSON lines): "
+                                              "it is not text\n"), p.stderr
+    assert png.read_bytes() == kept
+    p = oomemu("sweep-diff", str(png), str(png))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "not a sweep's results file" in p.stderr, p.stderr
+
+
 def test_a_plot_that_cannot_be_written_is_refused_before_the_runs(tmp_path):
     out = tmp_path / "r.jsonl"
     p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--out", str(out), "--plot", "/nonexistent/dir/s.png",
