@@ -281,6 +281,9 @@ class DaskPoints:
                 self.client = distributed.Client(address, timeout=DASK_CONNECT_S)
             except (OSError, TimeoutError, ValueError) as e:
                 raise UsageError(f"--dask {address}: no Dask scheduler answers there ({e})") from None
+            except Exception as e:            # what answers reads as garbage: sshd, say
+                raise UsageError(f"--dask {address}: what answers there is not a Dask scheduler "
+                                 f"({type(e).__name__} reading its answer)") from None
             check_workers(self.client, address)
         except BaseException:
             self.close()

@@ -129,6 +129,39 @@ def test_dask_mistakes_are_one_line(tmp_path):
     assert "--dask tcp://127.0.0.1:9: no Dask scheduler answers there" in p.stderr
 
 
+def test_an_address_where_something_else_answers_is_one_line(tmp_path):
+    """sshd's port given for the scheduler's: Dask reads its banner as a frame's length
+    (exabytes) and raises MemoryError; that is the user's address, not our fault."""
+    import socket
+    import threading
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def banner():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                c.settimeout(2)
+                try:
+                    c.recv(1024)
+                except OSError:
+                    pass
+    threading.Thread(target=banner, daemon=True).start()
+    try:
+        out = tmp_path / "x.jsonl"
+        p = oomemu("sweep", "mlocked", "--policies", "v6.6", "--dask", f"tcp://127.0.0.1:{port}", "--out", str(out),
+                   timeout=60)
+    finally:
+        srv.close()
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert f"--dask tcp://127.0.0.1:{port}: what answers there is not a Dask scheduler" in p.stderr
+    assert out.read_text() == ""
+
+
 def mp_semaphores() -> set[str]:
     """multiprocessing's named semaphores (a Dask nanny's): removed when their cluster closes."""
     return {e for e in os.listdir("/dev/shm") if e.startswith("sem.mp-")}
