@@ -449,8 +449,10 @@ def cmd_sweep(a) -> int:
             f.write(sweep.to_csv(records))
         print(f"oomemu sweep: {a.csv}: {len(records)} run(s) as CSV", file=sys.stderr)
     if a.plot:
-        sweep.plot(summaries, a.plot)
-        print(f"oomemu sweep: {a.plot}: extra kills against time to resolve", file=sys.stderr)
+        undrawn = sweep.plot(summaries, a.plot)
+        print(f"oomemu sweep: {a.plot}: extra kills against time to resolve"
+              + (f" ({len(undrawn)} row(s) with no resolved run: named in the picture, not drawn)" if undrawn else ""),
+              file=sys.stderr)
     return EXIT_OK
 
 

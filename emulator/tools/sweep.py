@@ -38,6 +38,7 @@ import secrets
 import signal
 import statistics
 import sys
+import textwrap
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -525,10 +526,11 @@ def _label_groups(scored: list[Summary]) -> list[tuple[tuple[float, float], list
     return groups
 
 
-def plot(summaries: list[Summary], out: str) -> None:
+def plot(summaries: list[Summary], out: str) -> list[Summary]:
     """The trade-off as a picture: x the median time to resolve, y the extra kills per run;
     a colour per policy (its constants' names in the legend), each point labelled with their
-    values; the Pareto front ringed."""
+    values; the Pareto front ringed. A row none of whose runs resolved has no time to
+    resolve and no place on the axes: it is named in a corner, and returned."""
     from .plot import _matplotlib
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -551,7 +553,13 @@ def plot(summaries: list[Summary], out: str) -> None:
     ax.set_xlabel("time to resolve, median (emulated s)")
     ax.set_ylabel("extra kills per run (mean)")
     ax.set_title("extra kills against time to resolve ([panic|hung k/n]: of the n scenarios)")
-    ax.legend(fontsize=8)
+    if scored:
+        ax.legend(fontsize=8)
+    undrawn = [s for s in summaries if s.extra_mean is None or s.ttr_median is None]
+    if undrawn:
+        names = "; ".join(f"{s.policy} {', '.join(f'{k}={v}' for k, v in s.set)}".strip() for s in undrawn)
+        ax.text(0.01, 0.01, textwrap.fill(f"no run resolved, not drawn: {names}", 110), transform=ax.transAxes,
+                fontsize=7, color="firebrick", va="bottom")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
@@ -560,6 +568,7 @@ def plot(summaries: list[Summary], out: str) -> None:
         raise UsageError(f"--plot {out}: {e.strerror}") from None
     finally:
         plt.close(fig)
+    return undrawn
 
 
 def read_records(path: str) -> list[dict]:

@@ -231,3 +231,20 @@ def test_the_grid_of_a_large_family_is_made_at_once():
     points = sweep.grid(members, ["v6.6"], {"oom_reaper_delay_s": ["0", "1", "2", "5"]}, 1)
     assert len(points) == 32000 and time.monotonic() - began < 3.0
     assert [p.scenario for p in points[:3]] == ["m~0", "m~0", "m~0"] and points[4].scenario == "m~1"
+
+
+def test_a_row_with_no_resolved_run_is_named_in_the_picture_not_dropped_from_it(tmp_path):
+    """It has no time to resolve, so no place on the axes; v4.17 panicking on every member
+    is the very row a reader looks for. Nothing resolved at all: a picture still, no warning."""
+    import warnings
+    pytest.importorskip("matplotlib")
+    rows = sweep.summarize([rec("v4.17", None, 3, None, "panic"), rec("timeout", "1", 2, 1.0),
+                            rec("timeout", "0.25", 3, None, "panic")])
+    png = tmp_path / "s.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        undrawn = sweep.plot(rows, str(png))
+        assert sorted((s.policy, s.set) for s in undrawn) == [("timeout", (("k", "0.25"),)), ("v4.17", ())]
+        assert png.stat().st_size > 0
+        assert [s.policy for s in sweep.plot(sweep.summarize([rec("v4.17", None, 3, None, "panic")]),
+                                             str(tmp_path / "none.png"))] == ["v4.17"]
