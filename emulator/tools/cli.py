@@ -402,8 +402,11 @@ def cmd_sweep(a) -> int:
     scenarios = []
     for arg in a.scenarios:                   # a family file stands for its members
         scenarios += family.load_family(arg) if family.is_family(arg) else compare.load_all([arg])
-    policies = compare.resolve_policies([p.strip() for p in a.policies.split(",") if p.strip()]
-                                        if a.policies else None)
+    if a.policies is not None and not all(p.strip() for p in a.policies.split(",")):
+        raise UsageError(f"--policies {a.policies!r}: comma-separated names, none empty")
+    if a.dask is not None and not a.dask.strip():
+        raise UsageError("--dask '': a scheduler's address (tcp://HOST:8786) or 'local'")
+    policies = compare.resolve_policies([p.strip() for p in a.policies.split(",")] if a.policies else None)
     if "host" in policies:
         raise UsageError("sweep: the host policy has no constants to sweep (use kernel-check)")
     points = sweep.grid(scenarios, policies, sweep.parse_sets(a.set), a.repeat)
@@ -429,9 +432,19 @@ def cmd_sweep(a) -> int:
         if path and os.path.exists(path) and os.path.samefile(path, a.out):
             raise UsageError(f"{opt} {path}: the results file (--out): it would be written over")
     progress = compare.Progress()
+
+    def on_start(to_run: int, total: int) -> None:
+        where = ("" if not to_run else f", on the Dask cluster at {a.dask}" if a.dask and a.dask != "local"
+                 else f", on a local Dask cluster of {a.jobs or compare.default_jobs()} workers" if a.dask else f", {a.jobs or compare.default_jobs()} at once")
+        _say(f"oomemu sweep: {to_run} of {total} run(s) to do, {total - to_run} in {a.out} already{where}")
     try:
         ran = sweep.run_sweep(scenarios, points, a.out, a.speed, a.jobs or compare.default_jobs(), progress,
-                              dask=a.dask)
+                              dask=a.dask, on_start=on_start)
+    except (KeyboardInterrupt, SystemExit):
+        progress(0, 0, "")
+        _say(f"oomemu sweep: stopped; {len(sweep.done_keys(a.out))} run(s) in {a.out}: "
+             "the same command resumes")
+        raise
     except compare.CellFailed as e:
         progress(0, 0, "")
         if e.usage:

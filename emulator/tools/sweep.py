@@ -73,8 +73,8 @@ def parse_sets(items: list[str]) -> dict[str, list[str]]:
     for item in items or []:
         key, eq, values = item.partition("=")
         key = key.strip()
-        vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not eq or not key or not vals:
+        vals = [v.strip() for v in values.split(",")]
+        if not eq or not key or not all(vals):
             raise UsageError(f"--set {item!r}: expected NAME=VALUE[,VALUE...]")
         if key in out:
             raise UsageError(f"--set {key}: given twice (list its values once: {key}=A,B,...)")
@@ -184,13 +184,13 @@ def _sole_writer(out: str):
 
 
 def run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: float, jobs: int,
-              progress=None, dask: str | None = None) -> int:
+              progress=None, dask: str | None = None, on_start=None) -> int:
     with _sole_writer(out):
-        return _run_sweep(scenarios, points, out, speed, jobs, progress, dask)
+        return _run_sweep(scenarios, points, out, speed, jobs, progress, dask, on_start)
 
 
 def _run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: float, jobs: int,
-               progress=None, dask: str | None = None) -> int:
+               progress=None, dask: str | None = None, on_start=None) -> int:
     """Run the points ``out`` does not hold yet, each in a process of its own
     (tools/point.py): ``jobs`` at once here, or on the Dask cluster at ``dask``
     (``"local"``: one of ``jobs`` worker processes started for the sweep).
@@ -198,7 +198,8 @@ def _run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: 
     cluster re-ran. Returns how many ran. A point the run refuses, or whose
     process breaks, stops the sweep (CellFailed), as a run does in compare;
     so do Ctrl-C and SIGTERM, and the points under way end through their
-    teardown wherever they run."""
+    teardown wherever they run. ``on_start(to_run, total)`` is told what is left to
+    run once the points have somewhere to run, before the first starts."""
     by_name = {s.name: s for s in scenarios}
     digests = {s.name: scenario_digest(s) for s in scenarios}
     check_same_scenarios(out, digests)
@@ -210,6 +211,8 @@ def _run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: 
     digest = point.code_digest()
     specs = {p: PointSpec(by_name[p.scenario], p.policy, p.settings, speed, sweep_id, digest) for p in todo}
     backend = DaskPoints(dask, jobs, sweep_id) if dask else LocalPoints(jobs, sweep_id)
+    if on_start:                                       # the cluster is up and checked: say what comes
+        on_start(len(todo), len(points))
     done, began = 0, time.monotonic()
     try:
         with open(out, "a") as f:
@@ -279,7 +282,9 @@ class DaskPoints:
                 address = self.cluster.scheduler_address
             _refused(address)
             try:
-                self.client = distributed.Client(address, timeout=DASK_CONNECT_S)
+                self.client = _connect(distributed, address)
+            except UsageError:
+                raise
             except (OSError, TimeoutError, ValueError) as e:
                 raise UsageError(f"--dask {address}: no Dask scheduler answers there ({e})") from None
             except Exception as e:            # what answers reads as garbage: sshd, say
@@ -327,20 +332,55 @@ class DaskPoints:
                 self.cluster.close()
 
 
-DASK_CONNECT_S = 10.0
+HANDSHAKE_MARGIN_S = 5.0
+
+
+def connect_timeout_s() -> float:
+    """Dask's own connect timeout (``distributed.comm.timeouts.connect``: 30 s unless its
+    configuration or DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT says otherwise)."""
+    import dask
+    from dask.utils import parse_timedelta
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s"))
 DASK_WORKERS_S = 30.0
+
+
+def _connect(distributed, address: str):
+    """A Client of the scheduler at ``address``, within Dask's connect timeout and a margin. Dask's
+    own timeout does not cover its handshake (dask/distributed#8071): at a port where
+    something else listens and says nothing, an HTTP server such as the dashboard's,
+    it would wait for ever. So the connection is made in a thread of its own, and one
+    that does not come in time is a usage error; its thread, a daemon, is left behind
+    with the process about to exit."""
+    import threading
+    box: dict = {}
+    wait_s = connect_timeout_s() + HANDSHAKE_MARGIN_S
+
+    def connect():
+        try:
+            box["client"] = distributed.Client(address)
+        except BaseException as e:
+            box["error"] = e
+    t = threading.Thread(target=connect, name="dask-connect", daemon=True)
+    t.start()
+    t.join(wait_s)
+    if t.is_alive():
+        raise UsageError(f"--dask {address}: something listens there but does not answer as a Dask scheduler "
+                         f"(no handshake in {wait_s:g} s; the dashboard's port, 8787?)")
+    if "error" in box:
+        raise box["error"]
+    return box["client"]
 
 
 def _refused(address: str) -> None:
     """A TCP address nobody listens at is one line at once (Dask would retry for
-    DASK_CONNECT_S); anything else is left to Dask to judge."""
+    its connect timeout); anything else is left to Dask to judge."""
     import socket
     from urllib.parse import urlsplit
     try:
         where = urlsplit(address if "://" in address else f"tcp://{address}")
         if where.scheme != "tcp" or not where.hostname or not where.port:
             return
-        socket.create_connection((where.hostname, where.port), timeout=DASK_CONNECT_S).close()
+        socket.create_connection((where.hostname, where.port), timeout=connect_timeout_s()).close()
     except ValueError:
         return
     except OSError as e:
@@ -352,6 +392,8 @@ def _local_cluster(distributed, jobs: int):
     dashboard on a free port. They start with SIGINT ignored: Ctrl-C at the terminal is the sweep's
     to handle (it stops the points through them), not theirs to die of."""
     import logging
+    print(f"oomemu sweep: starting a local Dask cluster of {jobs} worker(s) (Ctrl-C counts once it is up)",
+          file=sys.stderr, flush=True)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
@@ -595,7 +637,7 @@ def read_records(path: str) -> list[dict]:
 
 CSV_FIELDS = ("scenario", "policy", "repeat", "verdict", "kills", "min_kills", "extra_kills", "time_to_resolve_s",
               "first_oom_at_s", "resolved_at_s", "speed", "lagged", "lag_ms", "error", "error_kind", "host",
-              "run_id", "oomemu_version", "scenario_sha256")
+              "run_id", "oomemu_version", "scenario_sha256", "scenario_digest")
 
 
 def to_csv(records: list[dict]) -> str:

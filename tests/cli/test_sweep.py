@@ -24,6 +24,7 @@ def test_a_sweep_appends_every_run_resumes_after_ctrl_c_and_a_torn_line(tmp_path
         _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "oomemu: interrupted (SIGINT)", err
     first = len(lines(out))
+    assert f"oomemu sweep: stopped; {first} run(s) in {out}: the same command resumes" in err
     assert 1 <= first < 8
     assert wait_for(lambda: shm_leftovers() <= before, 10)
     png = tmp_path / "sweep.png"
@@ -190,7 +191,8 @@ def test_a_point_killed_from_outside_stops_the_sweep_in_one_line_and_leaves_noth
         assert wait_for(lambda: shm_leftovers() - before, 30), "its run is under way"
         victim.kill()
         _, err = sw.communicate(timeout=60)
-    assert sw.returncode == 2 and err.count("\n") == 1, err
+    assert sw.returncode == 2 and err.count("oomemu: error:") == 1 and err.startswith("oomemu sweep: 2 of 2 run(s) "
+                                                                                  "to do"), err
     assert "mmap_sem_held under v6.6: its point process was ended by SIGKILL from outside the sweep" in err
     assert wait_for(lambda: shm_leftovers() <= before, 10), "the dead run's objects are removed"
     assert not (out.exists() and lines(out))

@@ -162,6 +162,25 @@ def test_an_address_where_something_else_answers_is_one_line(tmp_path):
     assert out.read_text() == ""
 
 
+def test_an_address_where_something_listens_and_says_nothing_is_one_line_not_a_hang(tmp_path):
+    """The dashboard's port (an HTTP server) given for the scheduler's: Dask's handshake
+    waits for ever there (dask/distributed#8071); the sweep gives up after Dask's connect
+    timeout (here 1 s, through Dask's own configuration) and its margin."""
+    import socket
+    srv = socket.create_server(("127.0.0.1", 0))              # accepts, never speaks
+    port = srv.getsockname()[1]
+    env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s")
+    try:
+        with started(oomemu_args("sweep", "mlocked", "--policies", "v6.6", "--dask", f"tcp://127.0.0.1:{port}",
+                                 "--out", str(tmp_path / "x.jsonl")), env=env) as p:
+            _, err = p.communicate(timeout=60)
+    finally:
+        srv.close()
+    assert p.returncode == 2 and err.count("\n") == 1, err
+    assert f"--dask tcp://127.0.0.1:{port}: something listens there but does not answer as a Dask scheduler " \
+           "(no handshake in 6 s" in err
+
+
 def mp_semaphores() -> set[str]:
     """multiprocessing's named semaphores (a Dask nanny's): removed when their cluster closes."""
     return {e for e in os.listdir("/dev/shm") if e.startswith("sem.mp-")}
