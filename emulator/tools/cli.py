@@ -432,14 +432,14 @@ def cmd_sweep(a) -> int:
         if path and os.path.exists(path) and os.path.samefile(path, a.out):
             raise UsageError(f"{opt} {path}: the results file (--out): it would be written over")
     progress = compare.Progress()
+    jobs = a.jobs or compare.default_jobs()
+    where = (f"on a local Dask cluster of {jobs} workers" if a.dask == "local" else
+             f"on the Dask cluster at {a.dask}" if a.dask else f"{jobs} at once")
 
     def on_start(to_run: int, total: int) -> None:
-        where = ("" if not to_run else f", on the Dask cluster at {a.dask}" if a.dask and a.dask != "local"
-                 else f", on a local Dask cluster of {a.jobs or compare.default_jobs()} workers" if a.dask else f", {a.jobs or compare.default_jobs()} at once")
-        _say(f"oomemu sweep: {to_run} of {total} run(s) to do, {total - to_run} in {a.out} already{where}")
+        _say(f"oomemu sweep: {to_run} of {total} run(s) to do, {total - to_run} in {a.out} already, {where}")
     try:
-        ran = sweep.run_sweep(scenarios, points, a.out, a.speed, a.jobs or compare.default_jobs(), progress,
-                              dask=a.dask, on_start=on_start)
+        ran = sweep.run_sweep(scenarios, points, a.out, a.speed, jobs, progress, dask=a.dask, on_start=on_start)
     except (KeyboardInterrupt, SystemExit):
         progress(0, 0, "")
         _say(f"oomemu sweep: stopped; {len(sweep.done_keys(a.out))} run(s) in {a.out}: "

@@ -58,6 +58,12 @@ class Point:
     set: tuple[tuple[str, str], ...]     # (constant, value as given), in name order
     repeat: int
 
+    @classmethod
+    def of(cls, rec: dict) -> "Point":
+        """The point a results file's line is a run of."""
+        return cls(rec.get("scenario"), rec.get("policy"), tuple(sorted(dict(rec.get("set") or {}).items())),
+                   rec.get("repeat"))
+
     @property
     def key(self) -> str:
         return json.dumps([self.scenario, self.policy, [list(kv) for kv in self.set], self.repeat])
@@ -121,21 +127,19 @@ def done_keys(path: str) -> set[str]:
     """The points a results file holds already (a line that does not parse, as the torn
     last line of a sweep cut short, is not one of them; nor is a run the machine broke,
     an error of kind ``environment``: /dev/shm full, the host's OOM killer)."""
-    keys: set[str] = set()
+    return _done(_records_if_any(path))
+
+
+def _done(records: list[dict]) -> set[str]:
+    return {Point.of(r).key for r in records
+            if not (r.get("verdict") == "error" and r.get("error_kind") == "environment")}
+
+
+def _records_if_any(path: str) -> list[dict]:
     try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                    if rec.get("verdict") == "error" and rec.get("error_kind") == "environment":
-                        continue
-                    keys.add(Point(rec["scenario"], rec["policy"], tuple(sorted(rec["set"].items())),
-                                   rec["repeat"]).key)
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    continue
+        return read_records(path)
     except FileNotFoundError:
-        pass
-    return keys
+        return []
 
 
 def scenario_digest(s: Scenario) -> str:
@@ -147,14 +151,10 @@ def scenario_digest(s: Scenario) -> str:
     return hashlib.sha256(repr(bare).encode()).hexdigest()[:16]
 
 
-def check_same_scenarios(path: str, digests: dict[str, str]) -> None:
+def check_same_scenarios(path: str, records: list[dict], digests: dict[str, str]) -> None:
     """Refuse a results file whose runs of one of this sweep's scenarios were of another
     scenario of that name (a family's seed or ranges, or a file, changed since): its points
     would count as done, and the summary would mix the two. UsageError, one line."""
-    try:
-        records = read_records(path)
-    except FileNotFoundError:
-        return
     for r in records:
         had, now = r.get("scenario_digest"), digests.get(r.get("scenario"))
         if had and now and had != now:
@@ -202,8 +202,9 @@ def _run_sweep(scenarios: list[Scenario], points: list[Point], out: str, speed: 
     run once the points have somewhere to run, before the first starts."""
     by_name = {s.name: s for s in scenarios}
     digests = {s.name: scenario_digest(s) for s in scenarios}
-    check_same_scenarios(out, digests)
-    have = done_keys(out)
+    records = _records_if_any(out)
+    check_same_scenarios(out, records, digests)
+    have = _done(records)
     todo = [p for p in points if p.key not in have]
     if not todo:
         return 0
@@ -628,8 +629,10 @@ def read_records(path: str) -> list[dict]:
             except ValueError:
                 continue
             if isinstance(rec, dict) and "policy" in rec:
-                key = json.dumps([rec.get("scenario"), rec["policy"], sorted(dict(rec.get("set") or {}).items()),
-                                  rec.get("repeat")])
+                try:
+                    key = Point.of(rec).key
+                except (TypeError, ValueError):       # a "set" that is no table: no run of ours
+                    continue
                 out.pop(key, None)
                 out[key] = rec
     return list(out.values())
